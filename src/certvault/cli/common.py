@@ -1,0 +1,85 @@
+"""What every command shares: settings, ports, the operator identity and error reporting."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+from rich.console import Console
+
+from certvault.config import Settings
+from certvault.errors import CertvaultError
+from certvault.services.actors import Actor
+from certvault.services.ports import Ports, open_ports, operator_name
+
+T = TypeVar("T")
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+def fail(message: str, code: str = "error", exit_code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error[/] [{code}]: {message}", markup=True, highlight=False)
+    raise SystemExit(exit_code)
+
+
+@contextmanager
+def ports_for_command() -> Iterator[Ports]:
+    try:
+        ports = open_ports(Settings())
+    except CertvaultError as exc:
+        fail(exc.message, exc.code)
+    try:
+        yield ports
+    finally:
+        ports.close()
+
+
+def operator() -> Actor:
+    return Actor.operator(operator_name())
+
+
+def guarded(work: Callable[[], T]) -> T:
+    """Run a command body: certvault errors become one clear line and exit 1; anything else
+    is reported by type only, because a library's message may carry data we must not print."""
+    try:
+        return work()
+    except CertvaultError as exc:
+        fail(exc.message, exc.code)
+    except KeyboardInterrupt:
+        fail("interrupted", "interrupted", 130)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence for secrets
+        if os.environ.get("CERTVAULT_DEBUG") == "1":
+            # Frames only: no exception message and no local variables.
+            err.print("".join(traceback.format_tb(exc.__traceback__)), markup=False)
+        fail(
+            f"unexpected {type(exc).__name__}; its message is not shown because it may carry "
+            "data. Set CERTVAULT_DEBUG=1 to see where it happened.",
+            "internal",
+        )
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """A password or passphrase from a file: one trailing newline is dropped, nothing else."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        fail(f"Cannot read the {what} file {path}: {exc.strerror}.", "unreadable")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        fail(f"The {what} file {path} is not UTF-8.", "invalid_input")
+    if text.endswith("\r\n"):
+        text = text[:-2]
+    elif text.endswith("\n"):
+        text = text[:-1]
+    return text
+
+
+def is_tty() -> bool:
+    return sys.stderr.isatty()

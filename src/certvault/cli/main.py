@@ -1,0 +1,254 @@
+"""The `certvault` command. It acts as the operator (`operator:<user>@<host>`), never as an
+administrator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from certvault import __version__
+from certvault.cli import keys as keys_commands
+from certvault.cli.common import err, guarded, operator, out, ports_for_command, read_secret_file
+from certvault.services import accounts, admins, audit, notify
+from certvault.services.verification import verify_escrow
+
+app = typer.Typer(
+    name="certvault",
+    help="Self-hosted key escrow vault for the private keys of client certificates.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+account_app = typer.Typer(
+    help="Accounts (tenants) and their Key Vault switch.", no_args_is_help=True
+)
+admin_app = typer.Typer(help="Administrators of an account.", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit log.", no_args_is_help=True)
+mail_app = typer.Typer(help="The mail outbox.", no_args_is_help=True)
+app.add_typer(account_app, name="account")
+app.add_typer(admin_app, name="admin")
+app.add_typer(audit_app, name="audit")
+app.add_typer(mail_app, name="mail")
+app.add_typer(keys_commands.kek_app, name="kek")
+app.command("import")(keys_commands.import_command)
+app.command("export")(keys_commands.export_command)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    out.print(__version__)
+
+
+@app.command()
+def init() -> None:
+    """Create CERTVAULT_HOME, the database and the master key. Safe to run again."""
+    with ports_for_command() as ports:
+        result = guarded(lambda: accounts.initialize(ports, operator()))
+        s = ports.settings
+        out.print(f"certvault home: {s.home_dir}")
+        out.print("database: " + ("created" if result.created_database else "up to date"))
+        if result.created_master_key:
+            out.print(f"master key: created in {s.effective_master_key_dir}")
+        else:
+            out.print("master key: present (never overwritten)")
+        if not result.shares_exported:
+            err.print(
+                "[bold yellow]WARNING[/]: the master key exists in ONE file only. If that file is "
+                "lost, EVERY escrowed key is lost with it. Split it now for custodians:\n"
+                "    certvault kek export-shares --threshold 2 --shares 3\n"
+                "and keep the master-key directory out of database backups.",
+                markup=True,
+            )
+
+
+@account_app.command("create")
+def account_create(
+    name: str,
+    slug: Annotated[str, typer.Option(help="Short name used in URLs (a-z, 0-9, -).")],
+    enable_key_vault: Annotated[bool, typer.Option("--enable-key-vault")] = False,
+) -> None:
+    """Create an account with its default organization and account key."""
+    with ports_for_command() as ports:
+        account = guarded(
+            lambda: accounts.create_account(
+                ports, operator(), name, slug, key_vault_enabled=enable_key_vault
+            )
+        )
+        out.print(
+            f"account {account.slug} created (Key Vault "
+            f"{'enabled' if account.key_vault_enabled else 'disabled'})"
+        )
+
+
+@account_app.command("show")
+def account_show(slug: str) -> None:
+    """Show an account."""
+    with ports_for_command() as ports:
+
+        def work() -> str:
+            with ports.db.read() as session:
+                a = accounts.get_account(session, slug)
+                return (
+                    f"{a.slug}\t{a.name}\tkey_vault={'on' if a.key_vault_enabled else 'off'}"
+                    f"\tuuid={a.uuid}"
+                )
+
+        out.print(guarded(work))
+
+
+def _set_key_vault(slug: str, enabled: bool) -> None:
+    with ports_for_command() as ports:
+        guarded(lambda: accounts.set_key_vault(ports, operator(), slug, enabled))
+        out.print(
+            f"Key Vault {'enabled' if enabled else 'disabled'} for {slug}"
+            + ("" if enabled else "; escrowed keys stay, archive and release are refused")
+        )
+
+
+@account_app.command("enable-key-vault")
+def account_enable(slug: str) -> None:
+    """Enable Key Vault for an account."""
+    _set_key_vault(slug, True)
+
+
+@account_app.command("disable-key-vault")
+def account_disable(slug: str) -> None:
+    """Disable Key Vault (keys stay; archive and release are refused while disabled)."""
+    _set_key_vault(slug, False)
+
+
+@account_app.command("trust-issuer")
+def account_trust_issuer(
+    slug: str, certificate: Annotated[Path, typer.Argument(help="Issuer certificate, PEM or DER.")]
+) -> None:
+    """Add an issuer the account trusts for the certificates it escrows."""
+    from cryptography import x509
+
+    with ports_for_command() as ports:
+
+        def work() -> None:
+            data = certificate.read_bytes()
+            try:
+                cert = (
+                    x509.load_pem_x509_certificate(data)
+                    if b"-----BEGIN" in data
+                    else x509.load_der_x509_certificate(data)
+                )
+            except ValueError:
+                from certvault.errors import InvalidInput
+
+                raise InvalidInput("Not a certificate (PEM or DER).") from None
+            accounts.add_trusted_issuer(ports, operator(), slug, cert)
+
+        guarded(work)
+        out.print("trusted issuer added")
+
+
+@account_app.command("require-trusted-issuer")
+def account_require_trusted(
+    slug: str, required: Annotated[bool, typer.Option("--on/--off")] = True
+) -> None:
+    """Refuse (or accept again) keys whose certificate does not chain to a trusted issuer."""
+    with ports_for_command() as ports:
+        guarded(lambda: accounts.set_require_trusted_issuer(ports, operator(), slug, required))
+        out.print(f"trusted issuer {'required' if required else 'not required'} for {slug}")
+
+
+@admin_app.command("create")
+def admin_create(
+    login: str,
+    account: Annotated[str, typer.Option(help="Account slug.")],
+    role: Annotated[str, typer.Option(help="account | organization")] = "account",
+    organization: Annotated[list[str] | None, typer.Option(help="Organization name or id.")] = None,
+    privilege: Annotated[list[str] | None, typer.Option(help="Privilege to grant.")] = None,
+    api_only: Annotated[bool, typer.Option("--api-only")] = False,
+    password_file: Annotated[Path | None, typer.Option()] = None,
+    email: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Create an administrator; without --password-file a strong password is printed once."""
+    with ports_for_command() as ports:
+        password = read_secret_file(password_file, "password") if password_file else None
+        created = guarded(
+            lambda: admins.create_admin(
+                ports,
+                operator(),
+                account,
+                login,
+                role=role,
+                organizations=organization or [],
+                privileges=privilege or [],
+                api_only=api_only,
+                password=password,
+                email=email,
+            )
+        )
+        out.print(f"administrator {created.login} created in {account}")
+        if created.generated_password:
+            out.print(f"password (shown once): {created.generated_password}")
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check every audit chain; exit 1 naming the first broken event of each broken chain."""
+    with ports_for_command() as ports:
+        report = guarded(lambda: audit.verify_chains(ports))
+        for p in report.problems:
+            where = f"event #{p.seq}" + (f" (row {p.event_id})" if p.event_id else "")
+            err.print(f"BROKEN chain {p.chain}: {where}: {p.reason}", markup=False)
+        if not report.ok:
+            raise SystemExit(1)
+        out.print(f"OK: {report.chains} chains, {report.events} events verified")
+
+
+@mail_app.command("send")
+def mail_send() -> None:
+    """Deliver due messages from the outbox (failed ones are retried later with backoff)."""
+    with ports_for_command() as ports:
+        result = guarded(lambda: notify.send_pending(ports))
+        out.print(f"sent {result.sent}, failed {result.failed}, still pending {result.pending}")
+        if result.failed:
+            raise SystemExit(1)
+
+
+@app.command()
+def verify(account: Annotated[str | None, typer.Option(help="Only this account.")] = None) -> None:
+    """Decrypt every escrowed key in memory, validate it and check it against its certificates."""
+    with ports_for_command() as ports:
+        report = guarded(lambda: verify_escrow(ports, operator(), account))
+        for f in report.failures:
+            err.print(f"FAILED {f.account} key {f.escrowed_key_uuid}: {f.reason}", markup=False)
+        out.print(
+            f"keys checked: {report.keys}, certificates: {report.certificates}, "
+            f"failures: {len(report.failures)}"
+        )
+        if not report.ok:
+            raise SystemExit(1)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="Default: CERTVAULT_PORT or 8080.")] = None,
+) -> None:
+    """Run the HTTP server (health and readiness checks in this version)."""
+    import uvicorn
+
+    from certvault.config import Settings
+
+    settings = Settings()
+    uvicorn.run(
+        "certvault.web.app:create_app",
+        factory=True,
+        host=host,
+        port=port or settings.port,
+        log_level="info",
+        access_log=False,
+    )
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,67 @@
+"""Settings from the environment (``CERTVAULT_*``) and files."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CERTVAULT_", extra="ignore")
+
+    home: Path = Path("./var")
+    database_url: str | None = None
+    master_key_provider: str = "file"
+    master_key_dir: Path | None = None
+    audit_head_dir: Path | None = None
+    public_url: str = "http://127.0.0.1:8080"
+    port: int = 8080
+
+    # PKCS#12 written on release: the KDF is the one deliberate cost (DESIGN.md §10).
+    p12_kdf_rounds: int = Field(default=600_000, ge=1_000, le=10_000_000)
+    # Ceilings checked before any KDF of an uploaded file runs.
+    p12_max_bytes: int = Field(default=1024 * 1024, ge=1024)
+    p12_max_iterations: int = Field(default=2_000_000, ge=1)
+    import_batch_size: int = Field(default=100, ge=1, le=10_000)
+
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "certvault@localhost"
+    smtp_security: str = Field(default="none", pattern="^(none|starttls|tls)$")
+    smtp_timeout: float = 10.0
+
+    # argon2 parameters for administrator passwords (RFC 9106 low-memory profile by default).
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
+
+    @cached_property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def database_dir(self) -> Path:
+        return self.home_dir / "db"
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.database_dir / 'certvault.sqlite3'}"
+
+    @property
+    def effective_master_key_dir(self) -> Path:
+        # Kept apart from the database directory so that no database backup carries it.
+        return (self.master_key_dir or self.home_dir / "master-key").expanduser().resolve()
+
+    @property
+    def effective_audit_head_dir(self) -> Path:
+        return (self.audit_head_dir or self.home_dir / "audit-heads").expanduser().resolve()
+
+
+def load_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,121 @@
+"""Private keys certvault accepts, and how they relate to certificates."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TypeAlias
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (
+    PrivateKeyTypes,
+    PublicKeyTypes,
+)
+from cryptography.x509.oid import NameOID
+
+from certvault.errors import CryptoError, InvalidInput, UnsupportedKey
+
+PrivateKey: TypeAlias = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+
+MIN_RSA_BITS = 2048
+SUPPORTED_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
+
+
+def supported_key(key: PrivateKeyTypes) -> PrivateKey:
+    """Return ``key`` as a :data:`PrivateKey`, or raise :class:`UnsupportedKey`."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        if key.key_size < MIN_RSA_BITS:
+            raise UnsupportedKey(f"RSA keys need at least {MIN_RSA_BITS} bits.")
+        return key
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        if key.curve.name not in SUPPORTED_CURVES:
+            raise UnsupportedKey("Only the EC curves P-256, P-384 and P-521 are supported.")
+        return key
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key
+    raise UnsupportedKey("Only RSA, EC (P-256, P-384, P-521) and Ed25519 keys are supported.")
+
+
+def spki_der(public_key: PublicKeyTypes) -> bytes:
+    """The DER SubjectPublicKeyInfo of ``public_key``."""
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def spki_sha256(public_key: PublicKeyTypes) -> bytes:
+    """SHA-256 of the DER SubjectPublicKeyInfo: the public-key fingerprint."""
+    return hashlib.sha256(spki_der(public_key)).digest()
+
+
+def certificate_spki_der(cert: x509.Certificate) -> bytes | None:
+    """The certificate's SubjectPublicKeyInfo, or None when its key type cannot be loaded."""
+    try:
+        return spki_der(cert.public_key())
+    except (ValueError, UnsupportedAlgorithm):
+        # A certificate for a key type we cannot load can never match a key we accept.
+        return None
+
+
+def key_matches_certificate(key: PrivateKey, cert: x509.Certificate) -> bool:
+    """True when ``cert`` certifies the public half of ``key``."""
+    # The whole SPKI, not just the modulus or point: a wrong curve or algorithm must not match.
+    return spki_der(key.public_key()) == certificate_spki_der(cert)
+
+
+def describe_key(key: PrivateKey) -> tuple[str, int | str]:
+    """Algorithm and size or curve, e.g. ``("rsa", 2048)`` or ``("ec", "secp256r1")``."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        return ("rsa", key.key_size)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return ("ec", key.curve.name)
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return ("ed25519", 255)
+    raise UnsupportedKey()
+
+
+def certificate_emails(cert: x509.Certificate) -> list[str]:
+    """rfc822 SAN names, then subject emailAddress values; lowercased, unique, in order."""
+    found: list[str] = []
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        found.extend(san.get_values_for_type(x509.RFC822Name))
+    except x509.ExtensionNotFound:
+        pass
+    except ValueError as exc:
+        # Duplicate or undecodable extensions: guessing would risk sending a recovery code to the
+        # wrong address (DESIGN §5.8), so refuse instead.
+        raise InvalidInput("The certificate's extensions cannot be read.") from exc
+    for attribute in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
+        if isinstance(attribute.value, str):
+            found.append(attribute.value)
+    return list(dict.fromkeys(address.lower() for address in found if address))
+
+
+def to_pkcs8_der(key: PrivateKey) -> bytes:
+    """Unencrypted PKCS#8 DER of ``key`` (for sealing, never for storage as is)."""
+    return key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def load_pkcs8_der(der: bytes, *, validate: bool) -> PrivateKey:
+    """Load an unencrypted PKCS#8 key; ``validate=False`` only for keys unsealed from the vault.
+
+    Keys in the vault were fully validated when archived and are authenticated by AES-GCM, so
+    re-checking the RSA primes on every release would cost up to half a second for nothing
+    (DESIGN §10).
+    """
+    try:
+        key = serialization.load_der_private_key(
+            der, password=None, unsafe_skip_rsa_key_validation=not validate
+        )
+    except UnsupportedAlgorithm as exc:
+        raise UnsupportedKey() from exc
+    except (ValueError, TypeError) as exc:
+        raise CryptoError("The private key is not a valid unencrypted PKCS#8 key.") from exc
+    return supported_key(key)

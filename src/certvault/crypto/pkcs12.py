@@ -1,0 +1,715 @@
+"""PKCS#12 in and out: our own reader with KDF cost ceilings, and an export with an honest MAC.
+
+The reader is written on asn1crypto and cryptography's primitives instead of ``load_pkcs12`` so
+that (a) every iteration count is checked before its KDF runs: a hostile upload declaring 100
+million rounds is refused in milliseconds, also when the count hides inside encrypted content;
+and (b) every key and certificate in the file is seen, not just the first key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from asn1crypto import algos
+from asn1crypto import pkcs12 as asn1_pkcs12
+from cryptography import x509
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.serialization import pkcs12 as crypto_pkcs12
+
+from certvault.crypto import keys
+from certvault.crypto.keys import PrivateKey
+from certvault.errors import (
+    CryptoError,
+    InvalidInput,
+    KeyMismatch,
+    P12Malformed,
+    P12NoCertificate,
+    P12NoKey,
+    P12TooExpensive,
+    P12TooLarge,
+    P12WrongPassword,
+    UnsupportedEncryption,
+    UnsupportedKey,
+)
+
+T = TypeVar("T")
+
+# asn1crypto parses lazily, so malformed input surfaces as any of these, wherever a field is read.
+_ASN1_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError)
+
+_HASHES = frozenset({"sha1", "sha224", "sha256", "sha384", "sha512"})
+_PBMAC1_OID = "1.2.840.113549.1.5.14"
+_MAX_NESTING = 4  # SafeContents bags inside SafeContents bags
+_MAX_WRITE_ITERATIONS = 10_000_000
+
+# RFC 7292 B.3: which kind of material the PKCS#12 KDF derives.
+_ID_KEY, _ID_IV, _ID_MAC = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class P12Limits:
+    """Ceilings that keep a hostile upload from pinning a worker (DESIGN §5.5)."""
+
+    max_bytes: int = 1024 * 1024
+    max_iterations: int = 2_000_000  # per KDF invocation (MAC, each encrypted bag / EncryptedData)
+    max_total_iterations: int = 6_000_000  # sum over the whole file
+    max_bags: int = 64  # SafeBags, nested ones and encrypted sections included
+
+
+_DEFAULT_LIMITS = P12Limits()
+
+
+@dataclass(frozen=True)
+class P12Entry:
+    key: PrivateKey  # loaded with full validation: this is the way into the vault
+    certificate: x509.Certificate  # its public key is the key's public key
+    friendly_name: str | None  # of the key bag, else of the certificate bag
+
+
+@dataclass(frozen=True)
+class P12Contents:
+    entries: list[P12Entry]  # one per private key, in file order
+    extra_certificates: list[x509.Certificate]  # not matched to a key (the chain)
+
+
+class EncryptionType(StrEnum):
+    """How a released PKCS#12 file is protected."""
+
+    AES256_SHA256 = "AES256-SHA256"  # PBES2 AES-256-CBC, PBKDF2-HMAC-SHA256, SHA-256 MAC
+    TRIPLEDES_SHA1 = "TripleDES-SHA1"  # pbeWithSHAAnd3-KeyTripleDES-CBC, SHA-1 MAC: old devices
+
+    @classmethod
+    def parse(cls, value: str | None) -> EncryptionType:
+        """``None`` gives the default; names match case-insensitively."""
+        if value is None:
+            return cls.AES256_SHA256
+        for member in cls:
+            if value.strip().lower() == member.value.lower():
+                return member
+        # The submitted value is not echoed: it may be huge, or a passphrase pasted by mistake.
+        raise UnsupportedEncryption(
+            "Unknown encryption type; use one of: " + ", ".join(m.value for m in cls) + "."
+        )
+
+
+# --- the PKCS#12 key derivation function ---------------------------------------------------------
+
+
+def pkcs12_kdf(
+    hash_name: str, password_bmp: bytes, salt: bytes, id_byte: int, iterations: int, n_bytes: int
+) -> bytes:
+    """RFC 7292 appendix B.2. ``password_bmp`` is already BMPString-encoded (see ``_bmp``)."""
+    ctor = getattr(hashlib, hash_name)
+    v = ctor().block_size  # 64 bytes for SHA-1/SHA-256, 128 for SHA-384/SHA-512
+
+    def stretch(data: bytes) -> bytes:
+        # Repeat to fill a whole number of v-byte blocks; an empty input stays empty.
+        if not data:
+            return b""
+        length = v * -(-len(data) // v)
+        return (data * -(-length // len(data)))[:length]
+
+    diversifier = bytes([id_byte]) * v
+    i_block = bytearray(stretch(salt) + stretch(password_bmp))
+    out = bytearray()
+    while True:
+        a = ctor(diversifier + i_block).digest()
+        for _ in range(iterations - 1):
+            a = ctor(a).digest()
+        out += a
+        if len(out) >= n_bytes:
+            return bytes(out[:n_bytes])
+        # Next block: every v-byte chunk I_j of I becomes (I_j + B + 1) mod 2^(8v), B = A stretched.
+        b = int.from_bytes(stretch(a), "big") + 1
+        modulus = 1 << (8 * v)
+        for j in range(0, len(i_block), v):
+            chunk = (int.from_bytes(i_block[j : j + v], "big") + b) % modulus
+            i_block[j : j + v] = chunk.to_bytes(v, "big")
+
+
+def _bmp(password: str) -> bytes:
+    """BMPString form used by the PKCS#12 KDF: UTF-16-BE plus a two-byte terminator, as OpenSSL."""
+    return password.encode("utf-16-be") + b"\x00\x00"
+
+
+# --- RC2 (RFC 2268), decryption only --------------------------------------------------------------
+# cryptography's RC2 takes only 128-bit keys; legacy files encrypt certificates with 40-bit RC2.
+
+_PITABLE = bytes.fromhex(
+    "d978f9c419ddb5ed28e9fd794aa0d89dc67e37832b76538e624c6488448bfba2"
+    "179a59f587b34f1361456d8d09817d32bd8f40eb86b77b0bf09521225c6b4e82"
+    "54d66593ce60b21c7356c014a78cf1dc1275ca1f3bbee4d1423dd430a33cb626"
+    "6fbf0eda4669075727f21d9bbc944303f811c7f690ef3ee706c3d52fc8661ed7"
+    "08e8eade8052eef784aa72ac354d6a2a961ad2715a1549744b9fd05e0418a4ec"
+    "c2e0416e0f51cbcc2491af50a1f47039997c3a8523b8b47afc02365b25559731"
+    "2d5dfa98e38a92ae05df2910676cbac9d300e6cfe19ea82c6316013f58e289a9"
+    "0d38341bab33ffb0bb480c5fb9b1cd2ec5f3db47e5a59c770aa62068fe7fc1ad"
+)
+
+
+def _rc2_subkeys(key: bytes, effective_bits: int) -> list[int]:
+    """RFC 2268 section 2: 64 16-bit subkeys, weakened to ``effective_bits``."""
+    t8 = (effective_bits + 7) // 8
+    tm = 0xFF >> (8 * t8 - effective_bits)
+    ex = bytearray(key) + bytearray(128 - len(key))
+    for i in range(len(key), 128):
+        ex[i] = _PITABLE[(ex[i - 1] + ex[i - len(key)]) & 0xFF]
+    ex[128 - t8] = _PITABLE[ex[128 - t8] & tm]
+    for i in range(127 - t8, -1, -1):
+        ex[i] = _PITABLE[ex[i + 1] ^ ex[i + t8]]
+    return [ex[2 * i] | ex[2 * i + 1] << 8 for i in range(64)]
+
+
+def _rc2_cbc_decrypt(key: bytes, effective_bits: int, iv: bytes, data: bytes) -> bytes:
+    """RC2-CBC decryption without unpadding (RFC 2268 section 4)."""
+    k = _rc2_subkeys(key, effective_bits)
+    out = bytearray()
+    prev = iv
+    for off in range(0, len(data), 8):
+        block = data[off : off + 8]
+        r0, r1, r2, r3 = struct.unpack("<4H", block)
+        j = 63
+        for rounds in (5, 6, 5):
+            for _ in range(rounds):  # R-MIX inverted; rotations right by 5, 3, 2, 1
+                r3 = ((r3 << 11 | r3 >> 5) - k[j] - (r2 & r1) - (~r2 & r0)) & 0xFFFF
+                r2 = ((r2 << 13 | r2 >> 3) - k[j - 1] - (r1 & r0) - (~r1 & r3)) & 0xFFFF
+                r1 = ((r1 << 14 | r1 >> 2) - k[j - 2] - (r0 & r3) - (~r0 & r2)) & 0xFFFF
+                r0 = ((r0 << 15 | r0 >> 1) - k[j - 3] - (r3 & r2) - (~r3 & r1)) & 0xFFFF
+                j -= 4
+            if j > 0:  # R-MASH inverted, between the three mixing passes
+                r3 = (r3 - k[r2 & 63]) & 0xFFFF
+                r2 = (r2 - k[r1 & 63]) & 0xFFFF
+                r1 = (r1 - k[r0 & 63]) & 0xFFFF
+                r0 = (r0 - k[r3 & 63]) & 0xFFFF
+        plain = struct.pack("<4H", r0, r1, r2, r3)
+        out += bytes(p ^ c for p, c in zip(plain, prev, strict=True))
+        prev = block
+    return bytes(out)
+
+
+# --- parsed structures ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Pbe:
+    """A password-based encryption scheme, parsed but not yet run."""
+
+    pkcs12: bool  # PKCS#12 PBE (BMPString password, RFC 7292 KDF); else PBES2/PBKDF2 (UTF-8)
+    hash_name: str
+    salt: bytes
+    iterations: int
+    cipher: str  # "aes", "3des", "rc2"
+    key_size: int
+    rc2_bits: int = 0
+    iv: bytes = b""  # PBES2 only; PKCS#12 PBE derives it
+
+
+@dataclass(frozen=True)
+class _Mac:
+    pbmac1: bool
+    hmac_hash: str
+    kdf_hash: str
+    salt: bytes
+    iterations: int
+    key_size: int
+    expected: bytes
+
+
+@dataclass(frozen=True)
+class _Bag:
+    is_key: bool
+    der: bytes  # PKCS#8 PrivateKeyInfo, encrypted PKCS#8 ciphertext, or certificate
+    pbe: _Pbe | None
+    friendly_name: str | None
+    local_key_id: bytes | None
+
+
+@dataclass(frozen=True)
+class _Encrypted:
+    pbe: _Pbe
+    ciphertext: bytes
+
+
+@dataclass(frozen=True)
+class _Password:
+    bmp: bytes  # for the PKCS#12 KDF
+    utf8: bytes  # for PBKDF2
+
+
+class _Budget:
+    """Counts declared KDF iterations and bags; refuses work before it is done."""
+
+    def __init__(self, limits: P12Limits) -> None:
+        self.limits = limits
+        self.iterations = 0
+        self.bags = 0
+
+    def admit(self, iterations: int) -> None:
+        if iterations > self.limits.max_iterations:
+            raise P12TooExpensive("The file asks for more key-derivation rounds than allowed.")
+        if self.iterations + iterations > self.limits.max_total_iterations:
+            raise P12TooExpensive("The file asks for more key-derivation work than allowed.")
+        self.iterations += iterations
+
+    def count_bag(self) -> None:
+        self.bags += 1
+        if self.bags > self.limits.max_bags:
+            raise P12TooExpensive("The file holds more items than allowed.")
+
+
+def _malformed(what: str) -> P12Malformed:
+    return P12Malformed(f"The file is not a readable PKCS#12 file ({what}).")
+
+
+def _count(value: Any, what: str) -> int:
+    n = value.native
+    if not isinstance(n, int) or n < 1:
+        raise _malformed(what)
+    return n
+
+
+def _hash_of(name: Any) -> str:
+    if name not in _HASHES:
+        raise _malformed("unsupported hash")
+    return str(name)
+
+
+_PBES2_CIPHERS = {
+    "aes128_cbc": ("aes", 16, 16),
+    "aes192_cbc": ("aes", 24, 16),
+    "aes256_cbc": ("aes", 32, 16),
+    "tripledes_3key": ("3des", 24, 8),
+}
+_PKCS12_PBES = {  # cipher, key bytes, RC2 effective bits
+    "pkcs12_sha1_tripledes_3key": ("3des", 24, 0),
+    "pkcs12_sha1_tripledes_2key": ("3des", 16, 0),
+    "pkcs12_sha1_rc2_128": ("rc2", 16, 128),
+    "pkcs12_sha1_rc2_40": ("rc2", 5, 40),
+}
+
+
+def _parse_pbkdf2(kdf: Any) -> tuple[bytes, int, int | None, str]:
+    """Salt, iterations, optional key length and PRF hash of a PBKDF2 AlgorithmIdentifier."""
+    if kdf["algorithm"].native != "pbkdf2":
+        raise _malformed("unsupported key derivation")
+    params = kdf["parameters"]
+    if params["salt"].name != "specified":
+        raise _malformed("unsupported PBKDF2 salt")
+    key_length = params["key_length"].native
+    if key_length is not None and not isinstance(key_length, int):
+        raise _malformed("bad PBKDF2 key length")
+    return (
+        bytes(params["salt"].chosen),
+        _count(params["iteration_count"], "bad iteration count"),
+        key_length,
+        _hash_of(params["prf"]["algorithm"].native),
+    )
+
+
+def _parse_pbe(alg: Any) -> _Pbe:
+    name = alg["algorithm"].native
+    if name == "pbes2":
+        params = alg["parameters"]
+        salt, iterations, key_length, prf = _parse_pbkdf2(params["key_derivation_func"])
+        scheme = params["encryption_scheme"]
+        if scheme["algorithm"].native not in _PBES2_CIPHERS:
+            raise _malformed("unsupported cipher")
+        cipher, key_size, iv_size = _PBES2_CIPHERS[scheme["algorithm"].native]
+        iv = bytes(scheme["parameters"])
+        if len(iv) != iv_size or key_length not in (None, key_size):
+            raise _malformed("bad cipher parameters")
+        return _Pbe(False, prf, salt, iterations, cipher, key_size, iv=iv)
+    if name in _PKCS12_PBES:
+        cipher, key_size, rc2_bits = _PKCS12_PBES[name]
+        params = alg["parameters"]
+        iterations = _count(params["iterations"], "bad iteration count")
+        return _Pbe(True, "sha1", bytes(params["salt"]), iterations, cipher, key_size, rc2_bits)
+    raise _malformed("unsupported encryption")
+
+
+def _parse_mac(mac_data: Any) -> _Mac:
+    alg = mac_data["mac"]["digest_algorithm"]
+    expected = bytes(mac_data["mac"]["digest"])
+    if alg["algorithm"].dotted == _PBMAC1_OID:
+        # RFC 9579: PBKDF2 keys an HMAC; macSalt and iterations of MacData are not used.
+        params = algos.Pbmac1Params.load(alg["parameters"].dump(), strict=True)
+        salt, iterations, key_length, prf = _parse_pbkdf2(params["key_derivation_func"])
+        # An unbounded key length would multiply the PBKDF2 work behind the iteration ceiling.
+        if key_length is None or not 1 <= key_length <= 64:
+            raise _malformed("bad PBMAC1 key length")
+        mac_hash = _hash_of(params["message_auth_scheme"]["algorithm"].native)
+        return _Mac(True, mac_hash, prf, salt, iterations, key_length, expected)
+    mac_hash = _hash_of(alg["algorithm"].native)
+    iterations = _count(mac_data["iterations"], "bad MAC iteration count")
+    size = hashlib.new(mac_hash).digest_size
+    return _Mac(False, mac_hash, mac_hash, bytes(mac_data["mac_salt"]), iterations, size, expected)
+
+
+def _attributes(bag: Any) -> tuple[str | None, bytes | None]:
+    name: str | None = None
+    local_key_id: bytes | None = None
+    if bag["bag_attributes"].native is None:
+        return None, None
+    for attribute in bag["bag_attributes"]:
+        kind, values = attribute["type"].native, attribute["values"]
+        if kind == "friendly_name" and len(values) and name is None:
+            name = values[0].native
+        elif kind == "local_key_id" and len(values) and local_key_id is None:
+            local_key_id = bytes(values[0])
+    return name, local_key_id
+
+
+def _collect_bags(contents: Any, budget: _Budget, out: list[_Bag], depth: int = 0) -> None:
+    """Append the key and certificate bags of a SafeContents to ``out``; skip others."""
+    for bag in contents:
+        budget.count_bag()
+        kind = bag["bag_id"].native
+        value = bag["bag_value"]
+        if kind == "safe_contents":
+            if depth >= _MAX_NESTING:
+                raise _malformed("nested too deeply")
+            _collect_bags(value, budget, out, depth + 1)
+        elif kind == "key_bag":
+            out.append(_Bag(True, value.untag().dump(), None, *_attributes(bag)))
+        elif kind == "pkcs8_shrouded_key_bag":
+            pbe = _parse_pbe(value["encryption_algorithm"])
+            out.append(_Bag(True, bytes(value["encrypted_data"]), pbe, *_attributes(bag)))
+        elif kind == "cert_bag" and value["cert_id"].native == "x509":
+            out.append(_Bag(False, bytes(value["cert_value"]), None, *_attributes(bag)))
+        # CRL, secret and SDSI-certificate bags carry nothing certvault keeps.
+
+
+def _parse_safe_contents(der: bytes, budget: _Budget) -> list[_Bag]:
+    bags: list[_Bag] = []
+    try:
+        _collect_bags(asn1_pkcs12.SafeContents.load(der, strict=True), budget, bags)
+    except _ASN1_ERRORS as exc:
+        raise _malformed("bad SafeContents") from exc
+    return bags
+
+
+def _parse_pfx(
+    data: bytes, budget: _Budget
+) -> tuple[bytes, _Mac | None, list[list[_Bag] | _Encrypted]]:
+    """The authenticated octets, the MAC, and the sections in file order (plain ones parsed)."""
+    try:
+        pfx = asn1_pkcs12.Pfx.load(data, strict=True)
+        if pfx["version"].native != "v3":
+            raise _malformed("unsupported version")
+        auth_safe = pfx["auth_safe"]
+        if auth_safe["content_type"].native != "data":
+            raise _malformed("public-key integrity mode not supported")
+        auth_octets = bytes(auth_safe["content"])
+        mac = None if pfx["mac_data"].native is None else _parse_mac(pfx["mac_data"])
+        sections: list[list[_Bag] | _Encrypted] = []
+        for info in asn1_pkcs12.AuthenticatedSafe.load(auth_octets, strict=True):
+            kind = info["content_type"].native
+            if kind == "data":
+                sections.append(_parse_safe_contents(bytes(info["content"]), budget))
+            elif kind == "encrypted_data":
+                budget.count_bag()
+                enc = info["content"]["encrypted_content_info"]
+                if enc["encrypted_content"].native is None:
+                    raise _malformed("empty EncryptedData")
+                pbe = _parse_pbe(enc["content_encryption_algorithm"])
+                sections.append(_Encrypted(pbe, bytes(enc["encrypted_content"])))
+            elif kind == "enveloped_data":
+                raise _malformed("public-key privacy mode not supported")
+            else:
+                raise _malformed("unsupported content type")
+    except _ASN1_ERRORS as exc:
+        raise _malformed("bad ASN.1") from exc
+    return auth_octets, mac, sections
+
+
+# --- running the KDFs and ciphers ---------------------------------------------------------------
+
+
+def _password_forms(password: str) -> list[_Password]:
+    try:
+        forms = [_Password(_bmp(password), password.encode("utf-8"))]
+    except UnicodeEncodeError as exc:  # lone surrogates: no file can have been made with these
+        raise P12WrongPassword() from exc
+    if not password:
+        # OpenSSL tries an empty password both as an empty BMPString and as no password at all.
+        forms.append(_Password(b"", b""))
+    return forms
+
+
+def _distinct(forms: Iterable[_Password], key: Callable[[_Password], bytes]) -> list[_Password]:
+    seen: dict[bytes, _Password] = {}
+    for form in forms:
+        seen.setdefault(key(form), form)
+    return list(seen.values())
+
+
+def _verify_mac(
+    mac: _Mac, auth_octets: bytes, forms: list[_Password], budget: _Budget
+) -> _Password:
+    """Return the password form the MAC accepts; the first attempt was admitted up front."""
+    candidates = _distinct(forms, (lambda f: f.utf8) if mac.pbmac1 else (lambda f: f.bmp))
+    for attempt, form in enumerate(candidates):
+        if attempt:
+            budget.admit(mac.iterations)
+        if mac.pbmac1:
+            key = hashlib.pbkdf2_hmac(
+                mac.kdf_hash, form.utf8, mac.salt, mac.iterations, mac.key_size
+            )
+        else:
+            key = pkcs12_kdf(
+                mac.hmac_hash, form.bmp, mac.salt, _ID_MAC, mac.iterations, mac.key_size
+            )
+        if hmac.compare_digest(hmac.new(key, auth_octets, mac.hmac_hash).digest(), mac.expected):
+            return form
+    raise P12WrongPassword()
+
+
+def _decrypt(pbe: _Pbe, form: _Password, data: bytes) -> bytes | None:
+    """Decrypt and unpad; None when the padding is wrong (almost always a wrong password)."""
+    if pbe.pkcs12:
+        key = pkcs12_kdf(pbe.hash_name, form.bmp, pbe.salt, _ID_KEY, pbe.iterations, pbe.key_size)
+        iv = pkcs12_kdf(pbe.hash_name, form.bmp, pbe.salt, _ID_IV, pbe.iterations, 8)
+    else:
+        key = hashlib.pbkdf2_hmac(pbe.hash_name, form.utf8, pbe.salt, pbe.iterations, pbe.key_size)
+        iv = pbe.iv
+    block = len(iv)
+    if not data or len(data) % block:
+        raise _malformed("bad ciphertext length")
+    if pbe.cipher == "rc2":
+        plain = _rc2_cbc_decrypt(key, pbe.rc2_bits, iv, data)
+    else:
+        if pbe.cipher == "aes":
+            algorithm: algorithms.AES | TripleDES = algorithms.AES(key)
+        else:
+            # Two-key 3DES is K1 K2 K1; expanding it here avoids cryptography's deprecation path.
+            algorithm = TripleDES(key if len(key) == 24 else key + key[:8])
+        decryptor = Cipher(algorithm, modes.CBC(iv)).decryptor()
+        plain = decryptor.update(data) + decryptor.finalize()
+    pad = plain[-1]
+    if not 1 <= pad <= block or plain[-pad:] != bytes([pad]) * pad:
+        return None
+    return plain[:-pad]
+
+
+def _open(
+    pbe: _Pbe,
+    data: bytes,
+    forms: list[_Password],
+    budget: _Budget,
+    parse: Callable[[bytes], T],
+    authenticated: bool,
+) -> T:
+    """Decrypt and parse with the first password form that works; the first try is prepaid.
+
+    Without a MAC, garbage that happens to unpad cleanly is still a wrong password; with a
+    verified MAC the content is authentic, so content that does not parse is a malformed file.
+    """
+    candidates = _distinct(forms, (lambda f: f.bmp) if pbe.pkcs12 else (lambda f: f.utf8))
+    for attempt, form in enumerate(candidates):
+        if attempt:
+            budget.admit(pbe.iterations)
+        plain = _decrypt(pbe, form, data)
+        if plain is None:
+            continue
+        try:
+            return parse(plain)
+        except P12Malformed:
+            if authenticated:
+                raise
+    raise P12WrongPassword()
+
+
+def _load_key(der: bytes) -> PrivateKey:
+    try:
+        return keys.load_pkcs8_der(der, validate=True)
+    except UnsupportedKey:
+        raise
+    except CryptoError as exc:
+        raise _malformed("damaged private key") from exc
+
+
+def _load_certificate(der: bytes) -> x509.Certificate:
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        raise _malformed("damaged certificate") from exc
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def read_pkcs12(data: bytes, password: str, limits: P12Limits = _DEFAULT_LIMITS) -> P12Contents:
+    """Every key of a PKCS#12 file with its certificate, and the remaining certificates.
+
+    Raises a :class:`P12Error` subclass for anything wrong with the file or password, and
+    :class:`UnsupportedKey` for a key type certvault does not hold.
+    """
+    if len(data) > limits.max_bytes:
+        raise P12TooLarge()
+    budget = _Budget(limits)
+    auth_octets, mac, sections = _parse_pfx(data, budget)
+
+    # Price everything visible before any KDF runs: the MAC, each EncryptedData, and the
+    # shrouded keys outside encryption.
+    if mac is not None:
+        budget.admit(mac.iterations)
+    for section in sections:
+        if isinstance(section, _Encrypted):
+            budget.admit(section.pbe.iterations)
+        else:
+            for bag in section:
+                if bag.pbe is not None:
+                    budget.admit(bag.pbe.iterations)
+
+    forms = _password_forms(password)
+    if mac is not None:
+        forms = [_verify_mac(mac, auth_octets, forms, budget)]
+    authenticated = mac is not None
+
+    bags: list[_Bag] = []
+    for section in sections:
+        if isinstance(section, _Encrypted):
+            found = _open(
+                section.pbe,
+                section.ciphertext,
+                forms,
+                budget,
+                lambda plain: _parse_safe_contents(plain, budget),
+                authenticated,
+            )
+            # Keys found inside are priced as soon as they are seen, before any of them runs.
+            for bag in found:
+                if bag.pbe is not None:
+                    budget.admit(bag.pbe.iterations)
+            bags.extend(found)
+        else:
+            bags.extend(section)
+
+    found_keys: list[tuple[PrivateKey, _Bag]] = []
+    found_certs: list[tuple[x509.Certificate, _Bag]] = []
+    for bag in bags:
+        if not bag.is_key:
+            found_certs.append((_load_certificate(bag.der), bag))
+        elif bag.pbe is None:
+            found_keys.append((_load_key(bag.der), bag))
+        else:
+            key = _open(bag.pbe, bag.der, forms, budget, _load_key, authenticated)
+            found_keys.append((key, bag))
+    return _pair(found_keys, found_certs)
+
+
+def _pair(
+    found_keys: list[tuple[PrivateKey, _Bag]], found_certs: list[tuple[x509.Certificate, _Bag]]
+) -> P12Contents:
+    """Give each key the certificate of its public key, preferring a matching localKeyId."""
+    if not found_keys:
+        raise P12NoKey()
+    spkis = [keys.certificate_spki_der(cert) for cert, _ in found_certs]
+    used: set[int] = set()
+    entries: list[P12Entry] = []
+    for key, key_bag in found_keys:
+        spki = keys.spki_der(key.public_key())
+        matches = [i for i, cert_spki in enumerate(spkis) if cert_spki == spki]
+        if not matches:
+            raise P12NoCertificate()
+        pick = next(
+            (
+                i
+                for i in matches
+                if key_bag.local_key_id is not None
+                and found_certs[i][1].local_key_id == key_bag.local_key_id
+            ),
+            matches[0],
+        )
+        cert, cert_bag = found_certs[pick]
+        used.add(pick)
+        entries.append(P12Entry(key, cert, key_bag.friendly_name or cert_bag.friendly_name))
+    seen = {entry.certificate.public_bytes(serialization.Encoding.DER) for entry in entries}
+    extra: list[x509.Certificate] = []
+    for i, (cert, _) in enumerate(found_certs):
+        der = cert.public_bytes(serialization.Encoding.DER)
+        if i not in used and der not in seen:
+            seen.add(der)
+            extra.append(cert)
+    return P12Contents(entries, extra)
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def write_pkcs12(
+    key: PrivateKey,
+    certificate: x509.Certificate,
+    chain: Sequence[x509.Certificate],
+    passphrase: str,
+    encryption: EncryptionType,
+    iterations: int,
+    friendly_name: str | None,
+) -> bytes:
+    """A PKCS#12 file whose MAC costs as many KDF rounds as its encryption."""
+    if not passphrase:
+        raise InvalidInput("The passphrase must not be empty.")
+    try:
+        password_utf8 = passphrase.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput("The passphrase is not valid text.") from exc
+    if not 1 <= iterations <= _MAX_WRITE_ITERATIONS:
+        raise InvalidInput(f"Iterations must be between 1 and {_MAX_WRITE_ITERATIONS}.")
+    if not keys.key_matches_certificate(key, certificate):
+        raise KeyMismatch()
+    mac_hash: hashes.HashAlgorithm
+    if encryption is EncryptionType.AES256_SHA256:
+        pbes, mac_hash = crypto_pkcs12.PBES.PBESv2SHA256AndAES256CBC, hashes.SHA256()
+    else:
+        # SHA-1 and 3DES are what the old devices this option exists for understand.
+        pbes, mac_hash = crypto_pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC, hashes.SHA1()  # noqa: S303
+    protection = (
+        serialization.PrivateFormat.PKCS12.encryption_builder()
+        .kdf_rounds(iterations)
+        .key_cert_algorithm(pbes)
+        .hmac_hash(mac_hash)
+        .build(password_utf8)
+    )
+    p12 = crypto_pkcs12.serialize_key_and_certificates(
+        friendly_name.encode("utf-8") if friendly_name else None,
+        key,
+        certificate,
+        list(chain) or None,
+        protection,
+    )
+    return _rewrite_mac(p12, passphrase, mac_hash.name, iterations)
+
+
+def _rewrite_mac(p12: bytes, passphrase: str, hash_name: str, iterations: int) -> bytes:
+    """Replace cryptography's MAC, always made with 2,048 rounds, by one with ``iterations``.
+
+    The MAC is the cheapest check an attacker can test guessed passwords against, so a MAC
+    weaker than the bag encryption would make every extra encryption round worthless
+    (DESIGN §10). OpenSSL verifies it the same way: PKCS#12 KDF, id 3, BMPString password.
+    """
+    pfx = asn1_pkcs12.Pfx.load(p12)
+    auth_safe = pfx["auth_safe"]
+    salt = os.urandom(16)
+    size = hashlib.new(hash_name).digest_size
+    mac_key = pkcs12_kdf(hash_name, _bmp(passphrase), salt, _ID_MAC, iterations, size)
+    digest = hmac.new(mac_key, bytes(auth_safe["content"]), hash_name).digest()
+    mac_data = asn1_pkcs12.MacData(
+        {
+            "mac": {"digest_algorithm": {"algorithm": hash_name}, "digest": digest},
+            "mac_salt": salt,
+            "iterations": iterations,
+        }
+    )
+    result: bytes = asn1_pkcs12.Pfx(
+        {"version": "v3", "auth_safe": auth_safe, "mac_data": mac_data}
+    ).dump()
+    return result

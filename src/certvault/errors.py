@@ -1,0 +1,141 @@
+"""One exception root for certvault.
+
+Every error carries a stable ``code`` (for scripts and the API) and a message that is safe to show:
+messages never contain passwords, passphrases, tokens, key bytes or submitted file contents.
+"""
+
+from __future__ import annotations
+
+
+class CertvaultError(Exception):
+    """Base of every error certvault raises on purpose."""
+
+    code = "error"
+    status = 400
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.__doc__ or self.code)
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class NotFound(CertvaultError):
+    """The object does not exist or is not visible to you."""
+
+    code = "not_found"
+    status = 404
+
+
+class Forbidden(CertvaultError):
+    """You may see this object but not do this with it."""
+
+    code = "forbidden"
+    status = 403
+
+
+class Conflict(CertvaultError):
+    """The request conflicts with what is already stored."""
+
+    code = "conflict"
+    status = 409
+
+
+class InvalidInput(CertvaultError):
+    """The input is not acceptable."""
+
+    code = "invalid_input"
+    status = 422
+
+
+class TooLarge(CertvaultError):
+    """The input is larger than allowed."""
+
+    code = "too_large"
+    status = 413
+
+
+class ConfigurationError(CertvaultError):
+    """certvault is not set up correctly."""
+
+    code = "configuration"
+    status = 500
+
+
+# --- crypto -------------------------------------------------------------------------------------
+
+
+class CryptoError(CertvaultError):
+    """A cryptographic operation failed."""
+
+    code = "crypto_error"
+    status = 422
+
+
+class P12Error(CryptoError):
+    """The PKCS#12 file could not be read."""
+
+    code = "p12_invalid"
+
+
+class P12Malformed(P12Error):
+    """The file is not a readable PKCS#12 file."""
+
+    code = "p12_malformed"
+
+
+class P12WrongPassword(P12Error):
+    """The password does not open this PKCS#12 file."""
+
+    code = "p12_wrong_password"
+
+
+class P12TooExpensive(P12Error):
+    """The PKCS#12 file asks for more key-derivation work than allowed."""
+
+    code = "p12_kdf_too_expensive"
+
+
+class P12TooLarge(P12Error, TooLarge):
+    """The PKCS#12 file is larger than allowed."""
+
+    code = "p12_too_large"
+    status = 413
+
+
+class P12NoKey(P12Error):
+    """The PKCS#12 file holds no private key."""
+
+    code = "p12_no_key"
+
+
+class P12NoCertificate(P12Error):
+    """The PKCS#12 file holds a private key without its certificate."""
+
+    code = "p12_no_certificate"
+
+
+class KeyMismatch(CryptoError):
+    """The private key does not belong to the certificate."""
+
+    code = "key_mismatch"
+
+
+class UnsupportedKey(CryptoError):
+    """This kind of key is not supported."""
+
+    code = "unsupported_key"
+
+
+class UnsupportedEncryption(CryptoError):
+    """This encryption type is not supported."""
+
+    code = "unsupported_encryption"
+
+
+class SealBroken(CryptoError):
+    """A sealed blob failed authentication: it was altered or belongs elsewhere."""
+
+    code = "seal_broken"
+    status = 500

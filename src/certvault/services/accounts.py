@@ -1,0 +1,201 @@
+"""Installation set-up, accounts (tenants) and their Key Vault switch."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from certvault.db import migrate
+from certvault.db.models import Account, Installation, Organization, TrustedIssuer
+from certvault.errors import Conflict, InvalidInput, NotFound
+from certvault.masterkey.file import FileMasterKeyProvider, MasterKeyMissing
+from certvault.services import audit, keyring
+from certvault.services.actors import Actor
+from certvault.services.ports import Ports
+
+SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class InitResult:
+    created_database: bool
+    created_master_key: bool
+    shares_exported: bool
+
+
+def initialize(ports: Ports, actor: Actor) -> InitResult:
+    """Create the home, the database schema and the master key. Safe to run again."""
+    home = ports.settings.home_dir
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ports.audit_heads.ensure_directory()
+    created_db = not migrate.is_initialized(ports.db)
+    migrate.upgrade(ports.db)
+    with ports.db.read() as session:
+        installation = session.scalars(select(Installation)).first()
+    created_key = False
+    if not ports.master_key.is_available():
+        if installation is not None:
+            # Data exists that only the lost key opens: a new key would hide the loss, not fix it.
+            raise MasterKeyMissing(
+                "The database belongs to an installation whose master key is missing. "
+                "Rebuild it with `certvault kek restore-shares`; certvault will not make a new one."
+            )
+        if not isinstance(ports.master_key, FileMasterKeyProvider):
+            raise MasterKeyMissing()
+        FileMasterKeyProvider.create(ports.master_key.directory)
+        created_key = True
+
+    def work(session: Session) -> bool:
+        row = session.scalars(select(Installation)).first()
+        if row is None:
+            row = Installation()
+            session.add(row)
+            audit.create_audit_key(session, ports)
+            audit.ensure_chain(session, audit.INSTALLATION_CHAIN)
+            audit.record(session, ports, account=None, actor=actor, action="installation.init")
+        return row.shares_exported_at is not None
+
+    shares = ports.db.run(work)
+    return InitResult(created_db, created_key, shares)
+
+
+def get_account(session: Session, slug: str) -> Account:
+    account = session.scalars(select(Account).where(Account.slug == slug)).first()
+    if account is None:
+        raise NotFound("Account not found.")
+    return account
+
+
+def default_organization(session: Session, account: Account) -> Organization:
+    return session.scalars(
+        select(Organization).where(
+            Organization.account_id == account.id, Organization.is_default.is_(True)
+        )
+    ).one()
+
+
+def find_organization(session: Session, account: Account, name_or_id: str) -> Organization:
+    query = select(Organization).where(Organization.account_id == account.id)
+    if name_or_id.isdigit():
+        query = query.where(Organization.id == int(name_or_id))
+    else:
+        query = query.where(func.lower(Organization.name) == name_or_id.lower())
+    org = session.scalars(query).first()
+    if org is None:
+        raise NotFound("Organization not found.")
+    return org
+
+
+def create_account(
+    ports: Ports, actor: Actor, name: str, slug: str, *, key_vault_enabled: bool = False
+) -> Account:
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise InvalidInput("An account name must have 1 to 200 characters.")
+    if not SLUG.match(slug):
+        raise InvalidInput("A slug uses a-z, 0-9 and inner hyphens, at most 63 characters.")
+
+    def work(session: Session) -> Account:
+        if session.scalars(select(Account.id).where(Account.slug == slug)).first() is not None:
+            raise Conflict("An account with this slug exists.")
+        account = Account(name=name, slug=slug, key_vault_enabled=key_vault_enabled)
+        session.add(account)
+        session.flush()
+        session.add(Organization(account_id=account.id, name=name, is_default=True))
+        keyring.create_account_key(session, ports, account)
+        audit.ensure_chain(session, account.uuid)
+        audit.record(
+            session,
+            ports,
+            account=account,
+            actor=actor,
+            action="account.create",
+            target_type="account",
+            target_id=account.uuid,
+            details={"slug": slug, "key_vault_enabled": key_vault_enabled},
+        )
+        return account
+
+    return ports.db.run(work)
+
+
+def set_key_vault(ports: Ports, actor: Actor, slug: str, enabled: bool) -> Account:
+    """Turn Key Vault on or off. Keys stay; while off, archive and release are refused."""
+
+    def work(session: Session) -> Account:
+        account = get_account(session, slug)
+        old = account.key_vault_enabled
+        account.key_vault_enabled = enabled
+        audit.record(
+            session,
+            ports,
+            account=account,
+            actor=actor,
+            action="account.key_vault." + ("enable" if enabled else "disable"),
+            target_type="account",
+            target_id=account.uuid,
+            details={"old": old, "new": enabled},
+        )
+        return account
+
+    return ports.db.run(work)
+
+
+def add_trusted_issuer(ports: Ports, actor: Actor, slug: str, issuer: x509.Certificate) -> None:
+    der = issuer.public_bytes(Encoding.DER)
+    digest = issuer.fingerprint(hashes.SHA256())
+
+    def work(session: Session) -> None:
+        account = get_account(session, slug)
+        exists = session.scalars(
+            select(TrustedIssuer.id).where(
+                TrustedIssuer.account_id == account.id, TrustedIssuer.sha256 == digest
+            )
+        ).first()
+        if exists is not None:
+            return
+        session.add(
+            TrustedIssuer(
+                account_id=account.id,
+                der=der,
+                sha256=digest,
+                subject=issuer.subject.rfc4514_string(),
+            )
+        )
+        audit.record(
+            session,
+            ports,
+            account=account,
+            actor=actor,
+            action="account.trusted_issuer.add",
+            target_type="certificate",
+            target_id=digest.hex(),
+            details={"subject": issuer.subject.rfc4514_string()[:300]},
+        )
+
+    ports.db.run(work)
+
+
+def set_require_trusted_issuer(ports: Ports, actor: Actor, slug: str, required: bool) -> None:
+    def work(session: Session) -> None:
+        account = get_account(session, slug)
+        old = account.require_trusted_issuer
+        account.require_trusted_issuer = required
+        audit.record(
+            session,
+            ports,
+            account=account,
+            actor=actor,
+            action="account.require_trusted_issuer",
+            target_type="account",
+            target_id=account.uuid,
+            details={"old": old, "new": required},
+        )
+
+    ports.db.run(work)

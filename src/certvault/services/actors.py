@@ -1,0 +1,64 @@
+"""Who is acting, and what they may see and do (authorization lives here, not in routes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from certvault.errors import Forbidden, NotFound
+
+
+class Privilege(StrEnum):
+    KEY_VAULT_DOWNLOAD = "key_vault_download"  # "Allow download keys from Key Vault"
+    CERTIFICATES_MANAGE = "certificates_manage"
+    PERSONS_MANAGE = "persons_manage"
+    SETTINGS_MANAGE = "settings_manage"
+    RECOVERY_APPROVE = "recovery_approve"
+
+
+class Role(StrEnum):
+    ACCOUNT = "account"
+    ORGANIZATION = "organization"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """An operator (CLI), an administrator, or certvault itself."""
+
+    name: str
+    kind: str  # "operator" | "admin" | "system"
+    account_id: int | None = None
+    admin_id: int | None = None
+    role: Role | None = None
+    privileges: frozenset[Privilege] = field(default_factory=frozenset)
+    organization_ids: frozenset[int] = field(default_factory=frozenset)
+    ip: str = ""
+
+    @classmethod
+    def operator(cls, name: str) -> Actor:
+        return cls(name=name, kind="operator")
+
+    @property
+    def is_operator(self) -> bool:
+        return self.kind == "operator"
+
+    def can_see(self, account_id: int, organization_id: int | None = None) -> bool:
+        if self.is_operator:
+            return True
+        if self.account_id != account_id:
+            return False
+        if self.role == Role.ACCOUNT or organization_id is None:
+            return True
+        return organization_id in self.organization_ids
+
+    def require_visible(self, account_id: int, organization_id: int | None, what: str) -> None:
+        # A foreign or out-of-scope object answers exactly like a missing one.
+        if not self.can_see(account_id, organization_id):
+            raise NotFound(f"{what} not found.")
+
+    def require(self, privilege: Privilege, account_id: int, organization_id: int | None) -> None:
+        self.require_visible(account_id, organization_id, "Object")
+        if self.is_operator:
+            return
+        if privilege not in self.privileges:
+            raise Forbidden(f"This needs the privilege {privilege.value}.")

@@ -1,0 +1,310 @@
+"""The audit log: one MAC chain per account and one for the installation (DESIGN.md §5.3).
+
+Each event's MAC is keyed by the audit service key, which only the master-key provider can open,
+so whoever can write the table cannot forge or recompute events. The newest head of each chain is
+also written outside the database after commit, so cutting off the newest events shows too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session
+
+from certvault.db.models import Account, AuditEvent, AuditHead, ServiceKey
+from certvault.errors import CertvaultError, ConfigurationError
+from certvault.services import keyring
+from certvault.services.actors import Actor
+from certvault.services.audit_heads import ChainHead
+from certvault.services.ports import Ports
+
+INSTALLATION_CHAIN = "installation"
+GENESIS = "0" * 64
+AUDIT_KEY_PURPOSE = "audit-mac"
+_PENDING = "certvault_audit_heads"
+
+
+def canonical_time(ports: Ports) -> str:
+    return ports.clock().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical_json(value: Mapping[str, Any]) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def _event_bytes(e: AuditEvent) -> bytes:
+    # Every stored field except the row id (ids change on restore; chain and seq do not).
+    return canonical_json(
+        {
+            "v": 1,
+            "chain": e.chain,
+            "seq": e.seq,
+            "at": e.occurred_at,
+            "actor": e.actor,
+            "action": e.action,
+            "outcome": e.outcome,
+            "target_type": e.target_type,
+            "target_id": e.target_id,
+            "ip": e.ip,
+            "details": e.details,
+            "prev": e.prev_mac,
+        }
+    ).encode()
+
+
+def create_audit_key(session: Session, ports: Ports) -> None:
+    if session.scalar(select(ServiceKey.id).where(ServiceKey.purpose == AUDIT_KEY_PURPOSE)) is None:
+        keyring.create_service_key(
+            session, ports, purpose=AUDIT_KEY_PURPOSE, material=os.urandom(32)
+        )
+
+
+def _audit_key(session: Session, ports: Ports) -> bytes:
+    key = ports.cache.get(AUDIT_KEY_PURPOSE)
+    if key is None:
+        row = session.scalars(
+            select(ServiceKey).where(ServiceKey.purpose == AUDIT_KEY_PURPOSE)
+        ).first()
+        if row is None:
+            raise ConfigurationError("The audit key is missing; run `certvault init`.")
+        key = keyring.open_service_key(ports, row)
+        ports.cache[AUDIT_KEY_PURPOSE] = key
+    return key
+
+
+def _mac(key: bytes, e: AuditEvent) -> str:
+    return hmac.new(key, _event_bytes(e), hashlib.sha256).hexdigest()
+
+
+def chain_of(account: Account | None) -> str:
+    return account.uuid if account is not None else INSTALLATION_CHAIN
+
+
+def ensure_chain(session: Session, chain: str) -> None:
+    if session.get(AuditHead, chain) is None:
+        session.add(AuditHead(chain=chain, seq=0, mac=GENESIS))
+        session.flush()
+
+
+def record(
+    session: Session,
+    ports: Ports,
+    *,
+    account: Account | None,
+    actor: Actor,
+    action: str,
+    outcome: str = "success",
+    target_type: str = "",
+    target_id: str | int = "",
+    details: Mapping[str, Any] | None = None,
+) -> AuditEvent:
+    """Append an event to the account's chain, inside the caller's transaction.
+
+    ``details`` must never hold secrets: callers pass ids, fingerprints, reasons and counts.
+    """
+    key = _audit_key(session, ports)
+    chain = chain_of(account)
+    # The head row's lock serializes writers of one chain (SQLite: the transaction's write lock).
+    head = session.scalars(
+        select(AuditHead).where(AuditHead.chain == chain).with_for_update()
+    ).first()
+    if head is None:
+        ensure_chain(session, chain)
+        head = session.scalars(
+            select(AuditHead).where(AuditHead.chain == chain).with_for_update()
+        ).one()
+    ev = AuditEvent(
+        chain=chain,
+        seq=head.seq + 1,
+        account_id=account.id if account else None,
+        occurred_at=canonical_time(ports),
+        actor=actor.name[:320],
+        action=action,
+        outcome=outcome,
+        target_type=target_type,
+        target_id=str(target_id),
+        ip=actor.ip[:64],
+        details=canonical_json(dict(details or {})),
+        prev_mac=head.mac or GENESIS,
+        mac="",
+    )
+    ev.mac = _mac(key, ev)
+    head.seq, head.mac = ev.seq, ev.mac
+    session.add(ev)
+    session.flush()
+    _remember_head(session, ports, ChainHead(chain, ev.seq, ev.mac))
+    return ev
+
+
+def _remember_head(session: Session, ports: Ports, head: ChainHead) -> None:
+    pending: list[ChainHead] | None = session.info.get(_PENDING)
+    if pending is None:
+        pending = session.info[_PENDING] = []
+
+        def _after_commit(s: Session) -> None:
+            ports.audit_heads.advance(s.info.pop(_PENDING, []))
+
+        def _after_rollback(s: Session) -> None:
+            s.info.pop(_PENDING, None)
+
+        event.listen(session, "after_commit", _after_commit, once=True)
+        event.listen(session, "after_soft_rollback", _after_rollback, once=True)
+    pending.append(head)
+
+
+def record_refusal(
+    ports: Ports,
+    *,
+    account_id: int | None,
+    actor: Actor,
+    action: str,
+    reason_code: str,
+    target_type: str = "",
+    target_id: str | int = "",
+    details: Mapping[str, Any] | None = None,
+) -> None:
+    """Audit a refused attempt in its own transaction, after the refused work was rolled back."""
+
+    def work(session: Session) -> None:
+        account = session.get(Account, account_id) if account_id is not None else None
+        record(
+            session,
+            ports,
+            account=account,
+            actor=actor,
+            action=action,
+            outcome="refused",
+            target_type=target_type,
+            target_id=target_id,
+            details={**(details or {}), "reason": reason_code},
+        )
+
+    ports.db.run(work)
+
+
+@contextmanager
+def refusals_audited(
+    ports: Ports,
+    *,
+    account_id: int | None,
+    actor: Actor,
+    action: str,
+    target_type: str = "",
+    target_id: str | int = "",
+) -> Iterator[None]:
+    """Audit any certvault error raised in the block as a refusal, then re-raise it."""
+    try:
+        yield
+    except CertvaultError as exc:
+        record_refusal(
+            ports,
+            account_id=account_id,
+            actor=actor,
+            action=action,
+            reason_code=exc.code,
+            target_type=target_type,
+            target_id=target_id,
+        )
+        raise
+
+
+# --- verification -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditProblem:
+    chain: str
+    seq: int
+    event_id: int | None
+    reason: str
+
+
+@dataclass
+class AuditReport:
+    chains: int = 0
+    events: int = 0
+    problems: list[AuditProblem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_chains(ports: Ports) -> AuditReport:
+    """Check every chain; report the first broken event of each."""
+    report = AuditReport()
+    with ports.db.read() as session:
+        key = _audit_key(session, ports)
+        chains = set(session.scalars(select(AuditEvent.chain).distinct()))
+        heads = {h.chain: h for h in ports.audit_heads.all()}
+        for chain in sorted(chains | set(heads)):
+            report.chains += 1
+            problem, count = _verify_chain(session, key, chain, heads.get(chain))
+            report.events += count
+            if problem:
+                report.problems.append(problem)
+    return report
+
+
+def _verify_chain(
+    session: Session, key: bytes, chain: str, head: ChainHead | None
+) -> tuple[AuditProblem | None, int]:
+    expected_seq, prev_mac, count = 1, GENESIS, 0
+    rows = session.execute(
+        select(AuditEvent)
+        .where(AuditEvent.chain == chain)
+        .order_by(AuditEvent.seq, AuditEvent.id)
+        .execution_options(yield_per=1000)
+    ).scalars()
+    last: AuditEvent | None = None
+    for ev in rows:
+        count += 1
+        if ev.seq > expected_seq:
+            return AuditProblem(chain, ev.seq, ev.id, f"event {expected_seq} is missing"), count
+        if ev.seq < expected_seq:
+            return AuditProblem(chain, ev.seq, ev.id, "event appears twice or out of order"), count
+        if not hmac.compare_digest(ev.mac, _mac(key, ev)):
+            return AuditProblem(
+                chain, ev.seq, ev.id, "MAC does not match: the event was altered"
+            ), count
+        if not hmac.compare_digest(ev.prev_mac, prev_mac):
+            return AuditProblem(
+                chain, ev.seq, ev.id, "chain broken: previous MAC does not match"
+            ), count
+        expected_seq, prev_mac, last = ev.seq + 1, ev.mac, ev
+    if head is None:
+        if last is not None:
+            return AuditProblem(
+                chain,
+                last.seq,
+                last.id,
+                "no chain head is kept outside the database for this chain",
+            ), count
+    else:
+        last_seq = last.seq if last else 0
+        if head.seq > last_seq:
+            return AuditProblem(
+                chain,
+                last_seq + 1,
+                None,
+                f"events {last_seq + 1}..{head.seq} are missing (cut off)",
+            ), count
+        at_head = session.scalars(
+            select(AuditEvent).where(AuditEvent.chain == chain, AuditEvent.seq == head.seq)
+        ).first()
+        if at_head is None or not hmac.compare_digest(at_head.mac, head.mac):
+            return AuditProblem(
+                chain,
+                head.seq,
+                at_head.id if at_head else None,
+                "event differs from the head kept outside the database",
+            ), count
+    return None, count

@@ -1,0 +1,75 @@
+"""The newest audit-chain head per chain, kept outside the database.
+
+Someone who can write the database can delete the newest events and the chain still verifies; the
+head written here, after each commit, is what shows that events were cut off.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_CHAIN = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    chain: str
+    seq: int
+    mac: str
+
+
+class AuditHeadStore:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _path(self, chain: str) -> Path:
+        if not _CHAIN.match(chain):
+            raise ValueError("bad chain name")
+        return self.directory / f"{chain}.head"
+
+    def ensure_directory(self) -> None:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def advance(self, heads: list[ChainHead]) -> None:
+        """Record heads; a head only ever moves forward (writers may finish out of order)."""
+        if not heads:
+            return
+        self.ensure_directory()
+        lock_fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            for head in heads:
+                current = self.read(head.chain)
+                if current is not None and current.seq >= head.seq:
+                    continue
+                path = self._path(head.chain)
+                tmp = path.with_suffix(".tmp")
+                data = json.dumps({"chain": head.chain, "seq": head.seq, "mac": head.mac})
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    os.write(fd, data.encode())
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, path)
+        finally:
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+            os.close(lock_fd)
+
+    def read(self, chain: str) -> ChainHead | None:
+        try:
+            raw = json.loads(self._path(chain).read_text())
+        except FileNotFoundError:
+            return None
+        return ChainHead(str(raw["chain"]), int(raw["seq"]), str(raw["mac"]))
+
+    def all(self) -> list[ChainHead]:
+        if not self.directory.is_dir():
+            return []
+        heads = (self.read(p.stem) for p in sorted(self.directory.glob("*.head")))
+        return [h for h in heads if h is not None]

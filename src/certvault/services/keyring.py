@@ -1,0 +1,150 @@
+"""The key hierarchy (DESIGN.md §4): master key → account keys → data keys → private keys.
+
+Only this module touches wrapped keys. Service keys are kept in their own table and opened by
+their own function, which the release path never calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from certvault.crypto import envelope
+from certvault.db.models import Account, AccountKey, EscrowedKey, ServiceKey, new_uuid
+from certvault.errors import CertvaultError
+from certvault.services.ports import Ports
+
+
+class AccountKeyDestroyed(CertvaultError):
+    """This account's key was destroyed; its escrowed keys cannot be recovered."""
+
+    code = "account_key_destroyed"
+    status = 410
+
+
+def create_account_key(session: Session, ports: Ports, account: Account) -> AccountKey:
+    latest = session.scalar(
+        select(AccountKey.version)
+        .where(AccountKey.account_id == account.id)
+        .order_by(AccountKey.version.desc())
+        .limit(1)
+    )
+    version = (latest or 0) + 1
+    wrapped = ports.master_key.wrap(
+        envelope.new_key(), envelope.account_key_aad(account.uuid, version)
+    )
+    row = AccountKey(account_id=account.id, version=version, wrapped_key=wrapped)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def _account_key(
+    session: Session, ports: Ports, account: Account, version: int | None
+) -> tuple[int, bytes]:
+    query = select(AccountKey).where(AccountKey.account_id == account.id)
+    if version is None:
+        query = query.where(AccountKey.destroyed_at.is_(None)).order_by(AccountKey.version.desc())
+    else:
+        query = query.where(AccountKey.version == version)
+    row = session.scalars(query.limit(1)).first()
+    if row is None:
+        if version is None:
+            row = create_account_key(session, ports, account)
+        else:
+            raise AccountKeyDestroyed()
+    if row.destroyed_at is not None:
+        raise AccountKeyDestroyed()
+    key = ports.master_key.unwrap(
+        row.wrapped_key, envelope.account_key_aad(account.uuid, row.version)
+    )
+    return row.version, key
+
+
+@dataclass(frozen=True)
+class SealedPrivateKey:
+    nonce: bytes
+    ciphertext: bytes
+    data_key_nonce: bytes
+    wrapped_data_key: bytes
+    account_key_version: int
+
+
+def seal_private_key(
+    session: Session,
+    ports: Ports,
+    account: Account,
+    key_uuid: str,
+    spki_sha256: bytes,
+    pkcs8_der: bytes,
+) -> SealedPrivateKey:
+    version, account_key = _account_key(session, ports, account, None)
+    data_key = envelope.new_key()
+    sealed = envelope.seal(
+        data_key, pkcs8_der, envelope.private_key_aad(account.uuid, key_uuid, spki_sha256)
+    )
+    wrapped = envelope.seal(
+        account_key, data_key, envelope.data_key_aad(account.uuid, key_uuid, version)
+    )
+    return SealedPrivateKey(
+        sealed.nonce, sealed.ciphertext, wrapped.nonce, wrapped.ciphertext, version
+    )
+
+
+def open_private_key(session: Session, ports: Ports, account: Account, row: EscrowedKey) -> bytes:
+    """The PKCS#8 DER of an escrowed key. Callers: release and the drill, nothing else."""
+    if row.destroyed_at is not None:
+        raise AccountKeyDestroyed("This escrowed key was destroyed.")
+    _, account_key = _account_key(session, ports, account, row.account_key_version)
+    data_key = envelope.open_sealed(
+        account_key,
+        envelope.Sealed(row.data_key_nonce, row.wrapped_data_key),
+        envelope.data_key_aad(account.uuid, row.uuid, row.account_key_version),
+    )
+    return envelope.open_sealed(
+        data_key,
+        envelope.Sealed(row.nonce, row.ciphertext),
+        envelope.private_key_aad(account.uuid, row.uuid, row.spki_sha256),
+    )
+
+
+def create_service_key(
+    session: Session,
+    ports: Ports,
+    *,
+    purpose: str,
+    material: bytes,
+    account: Account | None = None,
+    spki_sha256: bytes | None = None,
+    certificate_der: bytes | None = None,
+) -> ServiceKey:
+    row = ServiceKey(
+        uuid=new_uuid(),
+        purpose=purpose,
+        account_id=account.id if account else None,
+        spki_sha256=spki_sha256,
+        certificate_der=certificate_der,
+    )
+    data_key = envelope.new_key()
+    aad = envelope.service_key_aad(row.uuid, purpose)
+    sealed = envelope.seal(data_key, material, aad)
+    row.nonce, row.ciphertext = sealed.nonce, sealed.ciphertext
+    row.wrapped_data_key = ports.master_key.wrap(data_key, aad)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def open_service_key(ports: Ports, row: ServiceKey) -> bytes:
+    aad = envelope.service_key_aad(row.uuid, row.purpose)
+    data_key = ports.master_key.unwrap(row.wrapped_data_key, aad)
+    return envelope.open_sealed(data_key, envelope.Sealed(row.nonce, row.ciphertext), aad)
+
+
+def is_service_public_key(session: Session, spki_sha256: bytes) -> bool:
+    return (
+        session.scalar(select(ServiceKey.id).where(ServiceKey.spki_sha256 == spki_sha256).limit(1))
+        is not None
+    )

@@ -1,0 +1,259 @@
+"""The one way out: every decrypted escrowed key leaves certvault through :func:`release_keys`.
+
+In order, as every release path must: authorization per certificate, policy (Key Vault enabled,
+reason, passphrase), then the audit event and the owner's notification in one transaction. The
+PKCS#12 is built before that transaction (the KDF is slow and must not hold the write lock) and
+handed out only once the transaction has committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from certvault.crypto import keys as keylib
+from certvault.crypto.passphrase import check_passphrase, generate_passphrase
+from certvault.crypto.pkcs12 import EncryptionType, write_pkcs12
+from certvault.db.models import Account, Certificate, EscrowedKey, Person
+from certvault.errors import CertvaultError, InvalidInput, NotFound
+from certvault.services import audit, keyring, notify
+from certvault.services.accounts import get_account
+from certvault.services.actors import Actor, Privilege
+from certvault.services.ports import Ports
+from certvault.services.vault import KeyVaultDisabled
+
+RELEASE = "key.release"
+MAX_REASON = 500
+
+
+class NoEscrowedKey(NotFound):
+    """This certificate has no key in the vault."""
+
+    code = "no_escrowed_key"
+
+
+class ReasonRequired(InvalidInput):
+    """A reason is required for this release."""
+
+    code = "reason_required"
+
+
+@dataclass(frozen=True)
+class Release:
+    certificate_id: int
+    data: bytes
+    encryption: EncryptionType
+    filename: str
+
+
+@dataclass(frozen=True)
+class ReleaseBatch:
+    releases: list[Release]
+    # Shown once to the caller when certvault chose the passphrase; never stored or logged.
+    generated_passphrase: str | None
+
+
+def release_key(
+    ports: Ports,
+    actor: Actor,
+    account_slug: str,
+    certificate_id: int,
+    *,
+    passphrase: str | None,
+    encryption: str | EncryptionType | None = None,
+    reason: str | None = None,
+    channel: str = "cli",
+) -> ReleaseBatch:
+    return release_keys(
+        ports,
+        actor,
+        account_slug,
+        [certificate_id],
+        passphrase=passphrase,
+        encryption=encryption,
+        reason=reason,
+        channel=channel,
+    )
+
+
+def release_keys(
+    ports: Ports,
+    actor: Actor,
+    account_slug: str,
+    certificate_ids: Sequence[int],
+    *,
+    passphrase: str | None,
+    encryption: str | EncryptionType | None = None,
+    reason: str | None = None,
+    channel: str = "cli",
+) -> ReleaseBatch:
+    """Release the keys of ``certificate_ids`` as PKCS#12 files under one passphrase."""
+    account_id: int | None = None
+    target = ",".join(str(i) for i in certificate_ids)[:64]
+    try:
+        with ports.db.read() as session:
+            account = get_account(session, account_slug)
+            account_id = account.id
+            actor.require_visible(account.id, None, "Account")
+            plan = _plan(
+                session, ports, actor, account, certificate_ids, passphrase, encryption, reason
+            )
+            rounds = ports.settings.p12_kdf_rounds
+            releases = []
+            for cert, key_row, chain in plan.items:
+                # Validated on the way in and authenticated by AES-GCM: no re-validation here.
+                key = keylib.load_pkcs8_der(
+                    keyring.open_private_key(session, ports, account, key_row), validate=False
+                )
+                certificate = x509.load_der_x509_certificate(cert.der)
+                data = write_pkcs12(
+                    key,
+                    certificate,
+                    chain,
+                    plan.passphrase,
+                    plan.encryption,
+                    rounds,
+                    cert.friendly_name or next(iter(cert.emails.split()), None),
+                )
+                releases.append(Release(cert.id, data, plan.encryption, f"{cert.id}.p12"))
+        ports.db.run(lambda s: _commit(s, ports, actor, account_id, plan, channel))
+    except CertvaultError as exc:
+        audit.record_refusal(
+            ports,
+            account_id=account_id,
+            actor=actor,
+            action=RELEASE,
+            reason_code=exc.code,
+            target_type="certificate",
+            target_id=target,
+            details={"channel": channel},
+        )
+        raise
+    return ReleaseBatch(releases, plan.generated)
+
+
+@dataclass
+class _Plan:
+    items: list[tuple[Certificate, EscrowedKey, list[x509.Certificate]]]
+    passphrase: str
+    generated: str | None
+    encryption: EncryptionType
+    reason: str
+
+
+def _plan(
+    session: Session,
+    ports: Ports,
+    actor: Actor,
+    account: Account,
+    certificate_ids: Sequence[int],
+    passphrase: str | None,
+    encryption: str | EncryptionType | None,
+    reason: str | None,
+) -> _Plan:
+    if not certificate_ids:
+        raise InvalidInput("No certificate was named.")
+    items = []
+    for certificate_id in certificate_ids:
+        cert = session.get(Certificate, certificate_id)
+        if cert is None or cert.account_id != account.id:
+            raise NotFound("Certificate not found.")
+        actor.require(Privilege.KEY_VAULT_DOWNLOAD, account.id, cert.organization_id)
+        key_row = session.get(EscrowedKey, cert.escrowed_key_id) if cert.escrowed_key_id else None
+        if key_row is None or key_row.destroyed_at is not None:
+            raise NoEscrowedKey()
+        chain = x509.load_pem_x509_certificates(cert.chain_pem.encode()) if cert.chain_pem else []
+        items.append((cert, key_row, chain))
+    if not account.key_vault_enabled:
+        raise KeyVaultDisabled()
+    reason = (reason or "").strip()
+    if not reason and (account.reason_required or actor.is_operator):
+        raise ReasonRequired()
+    if len(reason) > MAX_REASON:
+        raise InvalidInput(f"A reason may have at most {MAX_REASON} characters.")
+    kind = (
+        EncryptionType.parse(encryption)
+        if not isinstance(encryption, EncryptionType)
+        else encryption
+    )
+    generated = None
+    if passphrase is None:
+        generated = passphrase = generate_passphrase()
+    else:
+        passphrase = check_passphrase(passphrase, account.min_passphrase_length)
+    return _Plan(items, passphrase, generated, kind, reason)
+
+
+def _commit(
+    session: Session, ports: Ports, actor: Actor, account_id: int | None, plan: _Plan, channel: str
+) -> None:
+    account = session.get_one(Account, account_id)
+    for cert, key_row, _ in plan.items:
+        # Re-read: the key might have been destroyed while the file was being built.
+        current = session.get(EscrowedKey, key_row.id)
+        if current is None or current.destroyed_at is not None:
+            raise NoEscrowedKey()
+        owner = session.get(Person, cert.person_id) if cert.person_id else None
+        recipients = cert.emails.split() or ([owner.email] if owner else [])
+        for address in recipients:
+            notify.queue_mail(
+                session,
+                account,
+                address,
+                "Your private key was recovered",
+                _release_notice(account, cert, actor, plan.reason),
+            )
+        if actor.is_operator:
+            notify.queue_for_admins(
+                session,
+                account,
+                "An operator released a private key",
+                _release_notice(account, cert, actor, plan.reason),
+            )
+        audit.record(
+            session,
+            ports,
+            account=account,
+            actor=actor,
+            action=RELEASE,
+            target_type="certificate",
+            target_id=cert.id,
+            details={
+                "certificate_sha256": cert.sha256.hex(),
+                "spki_sha256": key_row.spki_sha256.hex(),
+                "encryption": plan.encryption.value,
+                "reason": plan.reason,
+                "generated_passphrase": plan.generated is not None,
+                "channel": channel,
+            },
+        )
+
+
+def _release_notice(account: Account, cert: Certificate, actor: Actor, reason: str) -> str:
+    return (
+        f"The private key of your certificate was taken out of the key vault of {account.name}.\n\n"
+        f"Certificate subject: {cert.subject}\n"
+        f"Serial number: {cert.serial}\n"
+        f"Released by: {actor.name}\n"
+        f"Reason: {reason or '(none given)'}\n\n"
+        "If you did not expect this, tell your administrator.\n"
+    )
+
+
+def certificates_of_person(session: Session, account: Account, person_id: int) -> list[int]:
+    """Every certificate of a person with a key in the vault, current and old."""
+    return list(
+        session.scalars(
+            select(Certificate.id)
+            .where(
+                Certificate.account_id == account.id,
+                Certificate.person_id == person_id,
+                Certificate.escrowed_key_id.is_not(None),
+            )
+            .order_by(Certificate.not_before)
+        )
+    )

@@ -1,0 +1,524 @@
+"""The one way in: every private key enters the vault through :func:`archive_entry`.
+
+Callers: PKCS#12 import (here), and later web-form enrollment and agent archival. The key must
+match its certificate; it is escrowed once per account and public key; the audit event and the
+subscriber's notification are written in the same transaction as the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from certvault.crypto import keys as keylib
+from certvault.crypto.pkcs12 import P12Contents, P12Limits, read_pkcs12
+from certvault.db.models import (
+    Account,
+    Certificate,
+    EscrowedKey,
+    Organization,
+    Person,
+    TrustedIssuer,
+    new_uuid,
+)
+from certvault.errors import (
+    CertvaultError,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    KeyMismatch,
+    NotFound,
+)
+from certvault.services import audit, keyring, notify, persons
+from certvault.services.accounts import default_organization, find_organization, get_account
+from certvault.services.actors import Actor, Privilege
+from certvault.services.ports import Ports
+
+ARCHIVE = "key.archive"
+IMPORTED = "Imported successfully"
+ALREADY_EXISTS = "Already exists"
+MAX_CHAIN_DEPTH = 8
+
+
+class KeyVaultDisabled(Forbidden):
+    """Key Vault is not enabled for this account."""
+
+    code = "key_vault_disabled"
+
+
+class CertificateConflict(Conflict):
+    """Another certificate with the same issuer and serial number is already stored."""
+
+    code = "certificate_conflict"
+
+
+class UntrustedIssuer(InvalidInput):
+    """The certificate does not chain to one of the account's trusted issuers."""
+
+    code = "untrusted_issuer"
+
+
+class ServiceKeyRefused(Forbidden):
+    """This key is one certvault uses itself; it is never escrowed or released."""
+
+    code = "service_key"
+
+
+class NoOwner(InvalidInput):
+    """The certificate carries no email address; name the person it belongs to."""
+
+    code = "no_owner"
+
+
+class UnreadableFile(InvalidInput):
+    """The file could not be read."""
+
+    code = "unreadable"
+
+
+class PersonMismatch(InvalidInput):
+    """The certificate's email address does not belong to this person."""
+
+    code = "person_mismatch"
+
+
+@dataclass(frozen=True)
+class EscrowRequest:
+    key: keylib.PrivateKey
+    certificate: x509.Certificate
+    chain: Sequence[x509.Certificate] = ()
+    friendly_name: str | None = None
+    source: str = "import"
+    person_id: int | None = None  # upload for a given person: the certificate must be theirs
+    person_email: str | None = None  # owner named by an import manifest
+    organization: str | None = None  # name or id, for a person certvault creates
+
+
+@dataclass(frozen=True)
+class EntryResult:
+    """One entry of an import, in the shape of the SCM import-key response."""
+
+    alias: str
+    client_cert_id: int | None
+    md5: str
+    sha1: str
+    message: str
+    code: str | None = None  # None when imported or already there
+
+    @property
+    def ok(self) -> bool:
+        return self.code is None
+
+    def scm(self) -> dict[str, Any]:
+        return {
+            "alias": self.alias,
+            "clientCertId": self.client_cert_id,
+            "md5": self.md5,
+            "sha1": self.sha1,
+            "message": self.message,
+        }
+
+
+def _alias(req: EscrowRequest, emails: list[str]) -> str:
+    if req.friendly_name:
+        return req.friendly_name[:200]
+    if emails:
+        return emails[0]
+    return req.certificate.subject.rfc4514_string()[:200]
+
+
+def _failed(req: EscrowRequest, exc: CertvaultError) -> EntryResult:
+    cert = req.certificate
+    return EntryResult(
+        alias=_alias(req, keylib.certificate_emails(cert)),
+        client_cert_id=None,
+        md5=cert.fingerprint(hashes.MD5()).hex(),  # noqa: S303
+        sha1=cert.fingerprint(hashes.SHA1()).hex(),  # noqa: S303
+        message=exc.message,
+        code=exc.code,
+    )
+
+
+def _chains_to_trusted(
+    session: Session, account: Account, cert: x509.Certificate, chain: Sequence[x509.Certificate]
+) -> bool:
+    trusted = [
+        x509.load_der_x509_certificate(t.der)
+        for t in session.scalars(
+            select(TrustedIssuer).where(TrustedIssuer.account_id == account.id)
+        )
+    ]
+    if not trusted:
+        return False
+    current = cert
+    for _ in range(MAX_CHAIN_DEPTH):
+        for anchor in trusted:
+            if _issued_by(current, anchor):
+                return True
+        parent = next(
+            (c for c in chain if c.subject == current.issuer and _issued_by(current, c)), None
+        )
+        if parent is None or parent == current:
+            return False
+        current = parent
+    return False
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _owner(
+    session: Session, account: Account, actor: Actor, req: EscrowRequest, emails: list[str]
+) -> tuple[Person, Organization]:
+    if req.person_id is not None:
+        person = session.get(Person, req.person_id)
+        if person is None or person.account_id != account.id:
+            raise NotFound("Person not found.")
+        actor.require_visible(account.id, person.organization_id, "Person")
+        if person.email not in emails:
+            raise PersonMismatch()
+        return person, session.get_one(Organization, person.organization_id)
+    org = (
+        find_organization(session, account, req.organization)
+        if req.organization
+        else default_organization(session, account)
+    )
+    email = req.person_email or (emails[0] if emails else None)
+    if email is None:
+        raise NoOwner()
+    person, _ = persons.find_or_create(session, account, email, org)
+    return person, session.get_one(Organization, person.organization_id)
+
+
+def archive_entry(
+    session: Session, ports: Ports, account: Account, actor: Actor, req: EscrowRequest
+) -> EntryResult:
+    """Escrow one key with its certificate, inside the caller's transaction.
+
+    Raises a :class:`CertvaultError` for a refusal; the caller rolls back and audits it.
+    """
+    if not account.key_vault_enabled:
+        raise KeyVaultDisabled()
+    key = keylib.supported_key(req.key)
+    cert = req.certificate
+    if not keylib.key_matches_certificate(key, cert):
+        raise KeyMismatch()
+    spki = keylib.spki_sha256(key.public_key())
+    if keyring.is_service_public_key(session, spki):
+        raise ServiceKeyRefused()
+    der = cert.public_bytes(Encoding.DER)
+    sha256 = hashlib.sha256(der).digest()
+    sha1 = hashlib.sha1(der).hexdigest()  # noqa: S324 - an identifier for the SCM API, not security
+    md5 = hashlib.md5(der).hexdigest()  # noqa: S324
+    issuer_sha256 = hashlib.sha256(cert.issuer.public_bytes()).digest()
+    serial = format(cert.serial_number, "x")
+    emails = keylib.certificate_emails(cert)
+    alias = _alias(req, emails)
+
+    clash = session.scalars(
+        select(Certificate.id).where(
+            Certificate.account_id == account.id,
+            Certificate.issuer_sha256 == issuer_sha256,
+            Certificate.serial == serial,
+            Certificate.sha256 != sha256,
+        )
+    ).first()
+    if clash is not None:
+        raise CertificateConflict()
+    trusted = _chains_to_trusted(session, account, cert, req.chain)
+    if account.require_trusted_issuer and not trusted:
+        raise UntrustedIssuer()
+
+    existing = session.scalars(
+        select(Certificate).where(
+            Certificate.account_id == account.id, Certificate.sha256 == sha256
+        )
+    ).first()
+    escrowed = session.scalars(
+        select(EscrowedKey).where(
+            EscrowedKey.account_id == account.id, EscrowedKey.spki_sha256 == spki
+        )
+    ).first()
+    if existing is not None:
+        actor.require_visible(account.id, existing.organization_id, "Certificate")
+        if escrowed is not None and existing.escrowed_key_id == escrowed.id:
+            return EntryResult(alias, existing.id, md5, sha1, ALREADY_EXISTS)
+        owner = existing.person
+        organization_id = existing.organization_id
+    else:
+        owner, org = _owner(session, account, actor, req, emails)
+        organization_id = org.id
+    actor.require(Privilege.CERTIFICATES_MANAGE, account.id, organization_id)
+
+    new_key = escrowed is None
+    if escrowed is None:
+        key_uuid = new_uuid()
+        sealed = keyring.seal_private_key(
+            session, ports, account, key_uuid, spki, keylib.to_pkcs8_der(key)
+        )
+        algorithm, size = keylib.describe_key(key)
+        escrowed = EscrowedKey(
+            uuid=key_uuid,
+            account_id=account.id,
+            spki_sha256=spki,
+            algorithm=algorithm,
+            key_size=str(size),
+            nonce=sealed.nonce,
+            ciphertext=sealed.ciphertext,
+            data_key_nonce=sealed.data_key_nonce,
+            wrapped_data_key=sealed.wrapped_data_key,
+            account_key_version=sealed.account_key_version,
+            source=req.source,
+            created_by=actor.name[:320],
+        )
+        session.add(escrowed)
+        session.flush()
+
+    if existing is not None:
+        existing.escrowed_key_id = escrowed.id
+        row = existing
+    else:
+        row = Certificate(
+            account_id=account.id,
+            organization_id=organization_id,
+            person_id=owner.id if owner else None,
+            escrowed_key_id=escrowed.id,
+            der=der,
+            chain_pem="".join(c.public_bytes(Encoding.PEM).decode() for c in req.chain),
+            sha256=sha256,
+            sha1_hex=sha1,
+            md5_hex=md5,
+            serial=serial,
+            issuer=cert.issuer.rfc4514_string(),
+            issuer_sha256=issuer_sha256,
+            subject=cert.subject.rfc4514_string(),
+            emails=" ".join(emails),
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            spki_sha256=spki,
+            source=req.source,
+            trusted_issuer=trusted,
+            friendly_name=req.friendly_name[:200] if req.friendly_name else None,
+        )
+        session.add(row)
+        session.flush()
+
+    recipients = emails or ([owner.email] if owner else [])
+    for address in recipients:
+        notify.queue_mail(
+            session,
+            account,
+            address,
+            "Your private key has been escrowed",
+            _escrow_notice(account, row),
+        )
+    # Last, so that nothing after it can fail and leave a head for an event never committed.
+    audit.record(
+        session,
+        ports,
+        account=account,
+        actor=actor,
+        action=ARCHIVE,
+        target_type="certificate",
+        target_id=row.id,
+        details={
+            "certificate_sha256": sha256.hex(),
+            "spki_sha256": spki.hex(),
+            "source": req.source,
+            "new_key": new_key,
+            "trusted_issuer": trusted,
+        },
+    )
+    return EntryResult(alias, row.id, md5, sha1, IMPORTED)
+
+
+def _escrow_notice(account: Account, cert: Certificate) -> str:
+    return (
+        f"A copy of the private key of your certificate has been stored, encrypted, in the key "
+        f"vault of {account.name}, so that it can be recovered if you lose it.\n\n"
+        f"Certificate subject: {cert.subject}\n"
+        f"Issuer: {cert.issuer}\n"
+        f"Serial number: {cert.serial}\n"
+        f"Valid until: {cert.not_after:%Y-%m-%d}\n\n"
+        "Every recovery of this key is recorded, and you will be told of it by mail.\n"
+    )
+
+
+# --- PKCS#12 import -------------------------------------------------------------------------------
+
+
+@dataclass
+class ImportItem:
+    name: str
+    load: Callable[[], bytes]
+    password: str
+    person_email: str | None = None
+    organization: str | None = None
+    person_id: int | None = None
+
+
+@dataclass
+class FileResult:
+    name: str
+    entries: list[EntryResult] = field(default_factory=list)
+    error: CertvaultError | None = None  # the file could not be read at all
+
+    @property
+    def error_code(self) -> str | None:
+        return self.error.code if self.error else None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(e.ok for e in self.entries)
+
+
+def _limits(ports: Ports) -> P12Limits:
+    return P12Limits(
+        max_bytes=ports.settings.p12_max_bytes, max_iterations=ports.settings.p12_max_iterations
+    )
+
+
+def _parse(ports: Ports, item: ImportItem) -> tuple[FileResult, P12Contents | None]:
+    result = FileResult(item.name)
+    try:
+        data = item.load()
+        contents = read_pkcs12(data, item.password, _limits(ports))
+    except CertvaultError as exc:
+        result.error = exc
+        return result, None
+    except OSError as exc:
+        result.error = UnreadableFile(f"Cannot read the file: {exc.strerror}.")
+        return result, None
+    return result, contents
+
+
+def import_files(
+    ports: Ports,
+    actor: Actor,
+    account_slug: str,
+    items: Iterable[ImportItem],
+    *,
+    on_file: Callable[[FileResult], None] | None = None,
+) -> list[FileResult]:
+    """Import many PKCS#12 files, committing in batches (DESIGN.md §10).
+
+    Parsing (the KDF and key validation) runs outside any transaction; each entry is archived in
+    a savepoint, so one bad entry or file never stops the others.
+    """
+    with ports.db.read() as session:
+        account = get_account(session, account_slug)
+        account_id, enabled = account.id, account.key_vault_enabled
+    if not enabled:
+        audit.record_refusal(ports, account_id=account_id, actor=actor, action=ARCHIVE,
+                             reason_code=KeyVaultDisabled.code)
+        raise KeyVaultDisabled()
+    results: list[FileResult] = []
+    batch: list[tuple[ImportItem, FileResult, P12Contents | None]] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal size
+        if batch:
+            ports.db.run(lambda s: _archive_batch(s, ports, account_id, actor, batch))
+            for _, result, _ in batch:
+                results.append(result)
+                if on_file:
+                    on_file(result)
+        batch.clear()
+        size = 0
+
+    for item in items:
+        result, contents = _parse(ports, item)
+        batch.append((item, result, contents))
+        size += len(contents.entries) if contents else 1
+        if size >= ports.settings.import_batch_size:
+            flush()
+    flush()
+    return results
+
+
+def _archive_batch(
+    session: Session,
+    ports: Ports,
+    account_id: int,
+    actor: Actor,
+    batch: list[tuple[ImportItem, FileResult, P12Contents | None]],
+) -> None:
+    account = session.get_one(Account, account_id)
+    for item, result, contents in batch:
+        result.entries = []  # the whole batch runs again after a retryable conflict
+        if contents is None:
+            audit.record(
+                session,
+                ports,
+                account=account,
+                actor=actor,
+                action=ARCHIVE,
+                outcome="refused",
+                details={"reason": result.error_code, "file": item.name[-200:]},
+            )
+            continue
+        for entry in contents.entries:
+            req = EscrowRequest(
+                key=entry.key,
+                certificate=entry.certificate,
+                chain=contents.extra_certificates,
+                friendly_name=entry.friendly_name,
+                person_email=item.person_email,
+                organization=item.organization,
+                person_id=item.person_id,
+            )
+            try:
+                with session.begin_nested():
+                    result.entries.append(archive_entry(session, ports, account, actor, req))
+            except CertvaultError as exc:
+                # The savepoint undid the entry's work; the refusal is recorded in the batch.
+                result.entries.append(_failed(req, exc))
+                audit.record(
+                    session,
+                    ports,
+                    account=account,
+                    actor=actor,
+                    action=ARCHIVE,
+                    outcome="refused",
+                    target_type="certificate",
+                    details={
+                        "reason": exc.code,
+                        "certificate_sha256": entry.certificate.fingerprint(hashes.SHA256()).hex(),
+                    },
+                )
+
+
+def import_p12(
+    ports: Ports,
+    actor: Actor,
+    account_slug: str,
+    data: bytes,
+    password: str,
+    *,
+    person_id: int | None = None,
+    name: str = "upload.p12",
+) -> list[EntryResult]:
+    """Import one PKCS#12 file (the REST upload). A file that cannot be read raises."""
+    item = ImportItem(name=name, load=lambda: data, password=password, person_id=person_id)
+    with ports.db.read() as session:
+        account = get_account(session, account_slug)
+        actor.require_visible(account.id, None, "Account")
+    [result] = import_files(ports, actor, account_slug, [item])
+    if result.error is not None:
+        raise result.error
+    return result.entries
