@@ -139,3 +139,9 @@ class SealBroken(CryptoError):
 
     code = "seal_broken"
     status = 500
+
+
+class P12UnsupportedKey(P12Error, UnsupportedKey):
+    """The PKCS#12 file holds a kind of private key certvault does not support."""
+
+    code = "p12_unsupported_key"

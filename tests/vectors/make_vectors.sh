@@ -35,9 +35,9 @@ PW="vector-pass-1234"
 PW_NONASCII="pässwörd-Ω-12345"
 TYPES=(rsa2048 rsa4096 p256 p384 p521 ed25519)
 
-rm -rf "$out"
 mkdir -p "$out"
 cd "$out"
+rm -f ./*.p12 ./*.pem  # README.md stays
 
 # Without a config of our own, `req -x509` would add the system config's v3_ca extensions
 # (CA:TRUE) to every leaf.

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NoReturn, TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 
 from certvault.config import Settings
 from certvault.errors import CertvaultError
@@ -24,7 +25,8 @@ out = Console(highlight=False)
 
 
 def fail(message: str, code: str = "error", exit_code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error[/] [{code}]: {message}", markup=True, highlight=False)
+    # Escaped: "[code]" and any brackets in the message are text, not rich markup.
+    err.print(f"[bold red]error[/] {escape(f'[{code}]: {message}')}", markup=True, highlight=False)
     raise SystemExit(exit_code)
 
 

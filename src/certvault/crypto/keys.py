@@ -20,14 +20,17 @@ from certvault.errors import CryptoError, InvalidInput, UnsupportedKey
 PrivateKey: TypeAlias = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 MIN_RSA_BITS = 2048
+# Fully validating an RSA key costs about (bits/2048)^3 x 75 ms: 4 s at 8192 bits, half a minute
+# at 16384. Larger keys are refused before that work is done (DESIGN §5.5).
+MAX_RSA_BITS = 8192
 SUPPORTED_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
 
 
 def supported_key(key: PrivateKeyTypes) -> PrivateKey:
     """Return ``key`` as a :data:`PrivateKey`, or raise :class:`UnsupportedKey`."""
     if isinstance(key, rsa.RSAPrivateKey):
-        if key.key_size < MIN_RSA_BITS:
-            raise UnsupportedKey(f"RSA keys need at least {MIN_RSA_BITS} bits.")
+        if not MIN_RSA_BITS <= key.key_size <= MAX_RSA_BITS:
+            raise UnsupportedKey(f"RSA keys need {MIN_RSA_BITS} to {MAX_RSA_BITS} bits.")
         return key
     if isinstance(key, ec.EllipticCurvePrivateKey):
         if key.curve.name not in SUPPORTED_CURVES:
@@ -67,6 +70,7 @@ def key_matches_certificate(key: PrivateKey, cert: x509.Certificate) -> bool:
 
 def describe_key(key: PrivateKey) -> tuple[str, int | str]:
     """Algorithm and size or curve, e.g. ``("rsa", 2048)`` or ``("ec", "secp256r1")``."""
+    key = supported_key(key)
     if isinstance(key, rsa.RSAPrivateKey):
         return ("rsa", key.key_size)
     if isinstance(key, ec.EllipticCurvePrivateKey):
@@ -110,12 +114,20 @@ def load_pkcs8_der(der: bytes, *, validate: bool) -> PrivateKey:
     re-checking the RSA primes on every release would cost up to half a second for nothing
     (DESIGN §10).
     """
+    # The cheap load comes first so that an unsupported (say, 16384-bit) key is refused before
+    # the expensive RSA checks run.
+    key = supported_key(_load_der(der, validate=False))
+    if validate and isinstance(key, rsa.RSAPrivateKey):
+        key = supported_key(_load_der(der, validate=True))
+    return key
+
+
+def _load_der(der: bytes, *, validate: bool) -> PrivateKeyTypes:
     try:
-        key = serialization.load_der_private_key(
+        return serialization.load_der_private_key(
             der, password=None, unsafe_skip_rsa_key_validation=not validate
         )
     except UnsupportedAlgorithm as exc:
         raise UnsupportedKey() from exc
     except (ValueError, TypeError) as exc:
         raise CryptoError("The private key is not a valid unencrypted PKCS#8 key.") from exc
-    return supported_key(key)

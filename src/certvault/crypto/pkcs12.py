@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from asn1crypto import algos
 from asn1crypto import pkcs12 as asn1_pkcs12
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import hashes, serialization
@@ -36,6 +37,7 @@ from certvault.errors import (
     P12NoKey,
     P12TooExpensive,
     P12TooLarge,
+    P12UnsupportedKey,
     P12WrongPassword,
     UnsupportedEncryption,
     UnsupportedKey,
@@ -63,6 +65,7 @@ class P12Limits:
     max_iterations: int = 2_000_000  # per KDF invocation (MAC, each encrypted bag / EncryptedData)
     max_total_iterations: int = 6_000_000  # sum over the whole file
     max_bags: int = 64  # SafeBags, nested ones and encrypted sections included
+    max_rc2_bytes: int = 64 * 1024  # RC2 runs in Python here, about 1.4 s per MB
 
 
 _DEFAULT_LIMITS = P12Limits()
@@ -108,6 +111,8 @@ def pkcs12_kdf(
     hash_name: str, password_bmp: bytes, salt: bytes, id_byte: int, iterations: int, n_bytes: int
 ) -> bytes:
     """RFC 7292 appendix B.2. ``password_bmp`` is already BMPString-encoded (see ``_bmp``)."""
+    if hash_name not in _HASHES or iterations < 1 or not 0 <= id_byte <= 255:
+        raise ValueError("unsupported PKCS#12 KDF parameters")
     ctor = getattr(hashlib, hash_name)
     v = ctor().block_size  # 64 bytes for SHA-1/SHA-256, 128 for SHA-384/SHA-512
 
@@ -252,6 +257,7 @@ class _Budget:
         self.limits = limits
         self.iterations = 0
         self.bags = 0
+        self.rc2_bytes = 0
 
     def admit(self, iterations: int) -> None:
         if iterations > self.limits.max_iterations:
@@ -259,6 +265,14 @@ class _Budget:
         if self.iterations + iterations > self.limits.max_total_iterations:
             raise P12TooExpensive("The file asks for more key-derivation work than allowed.")
         self.iterations += iterations
+
+    def admit_pbe(self, pbe: _Pbe, size: int) -> None:
+        """Admit one decryption of ``size`` bytes with ``pbe``."""
+        self.admit(pbe.iterations)
+        if pbe.cipher == "rc2":
+            self.rc2_bytes += size
+            if self.rc2_bytes > self.limits.max_rc2_bytes:
+                raise P12TooExpensive("The file holds more RC2-encrypted data than allowed.")
 
     def count_bag(self) -> None:
         self.bags += 1
@@ -516,7 +530,7 @@ def _open(
     candidates = _distinct(forms, (lambda f: f.bmp) if pbe.pkcs12 else (lambda f: f.utf8))
     for attempt, form in enumerate(candidates):
         if attempt:
-            budget.admit(pbe.iterations)
+            budget.admit_pbe(pbe, len(data))
         plain = _decrypt(pbe, form, data)
         if plain is None:
             continue
@@ -531,16 +545,22 @@ def _open(
 def _load_key(der: bytes) -> PrivateKey:
     try:
         return keys.load_pkcs8_der(der, validate=True)
-    except UnsupportedKey:
-        raise
+    except UnsupportedKey as exc:
+        raise P12UnsupportedKey(exc.message) from exc
     except CryptoError as exc:
         raise _malformed("damaged private key") from exc
 
 
 def _load_certificate(der: bytes) -> x509.Certificate:
     try:
+        # cryptography only warns about a serial number below 1 today and will refuse it in a
+        # later release; refusing now keeps the vault from holding certificates an upgrade
+        # could no longer load.
+        serial = asn1_x509.Certificate.load(der)["tbs_certificate"]["serial_number"].native
+        if not isinstance(serial, int) or serial < 1:
+            raise _malformed("certificate serial number not positive")
         return x509.load_der_x509_certificate(der)
-    except ValueError as exc:
+    except (*_ASN1_ERRORS, x509.InvalidVersion) as exc:
         raise _malformed("damaged certificate") from exc
 
 
@@ -550,8 +570,9 @@ def _load_certificate(der: bytes) -> x509.Certificate:
 def read_pkcs12(data: bytes, password: str, limits: P12Limits = _DEFAULT_LIMITS) -> P12Contents:
     """Every key of a PKCS#12 file with its certificate, and the remaining certificates.
 
-    Raises a :class:`P12Error` subclass for anything wrong with the file or password, and
-    :class:`UnsupportedKey` for a key type certvault does not hold.
+    Raises a :class:`P12Error` subclass for anything wrong with the file or the password;
+    :class:`P12UnsupportedKey` (also an :class:`UnsupportedKey`) for a key type certvault does
+    not hold.
     """
     if len(data) > limits.max_bytes:
         raise P12TooLarge()
@@ -564,11 +585,11 @@ def read_pkcs12(data: bytes, password: str, limits: P12Limits = _DEFAULT_LIMITS)
         budget.admit(mac.iterations)
     for section in sections:
         if isinstance(section, _Encrypted):
-            budget.admit(section.pbe.iterations)
+            budget.admit_pbe(section.pbe, len(section.ciphertext))
         else:
             for bag in section:
                 if bag.pbe is not None:
-                    budget.admit(bag.pbe.iterations)
+                    budget.admit_pbe(bag.pbe, len(bag.der))
 
     forms = _password_forms(password)
     if mac is not None:
@@ -589,7 +610,7 @@ def read_pkcs12(data: bytes, password: str, limits: P12Limits = _DEFAULT_LIMITS)
             # Keys found inside are priced as soon as they are seen, before any of them runs.
             for bag in found:
                 if bag.pbe is not None:
-                    budget.admit(bag.pbe.iterations)
+                    budget.admit_pbe(bag.pbe, len(bag.der))
             bags.extend(found)
         else:
             bags.extend(section)

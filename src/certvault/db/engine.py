@@ -24,7 +24,7 @@ def _is_retryable(exc: DBAPIError) -> bool:
     if isinstance(exc, IntegrityError):
         return True
     code = getattr(exc.orig, "sqlstate", None)
-    if code in _RETRYABLE_PG:
+    if code in _RETRYABLE_PG or exc.connection_invalidated:
         return True
     return isinstance(exc, OperationalError) and "database is locked" in str(exc.orig)
 
@@ -45,9 +45,9 @@ class Database:
             )
             _configure_sqlite(self.engine)
         else:
-            self.engine = create_engine(
-                self.url, echo=echo, pool_pre_ping=True, hide_parameters=True
-            )
+            # No pre-ping (a round trip per checkout): a connection found dead is invalidated by
+            # SQLAlchemy and `run` starts the unit of work again on a fresh one.
+            self.engine = create_engine(self.url, echo=echo, hide_parameters=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(
             self.engine.execution_options(certvault_read_only=True), expire_on_commit=False

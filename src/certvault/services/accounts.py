@@ -39,7 +39,7 @@ def initialize(ports: Ports, actor: Actor) -> InitResult:
     with ports.db.read() as session:
         installation = session.scalars(select(Installation)).first()
     created_key = False
-    if not ports.master_key.is_available():
+    if not _master_key_present(ports):
         if installation is not None:
             # Data exists that only the lost key opens: a new key would hide the loss, not fix it.
             raise MasterKeyMissing(
@@ -63,6 +63,16 @@ def initialize(ports: Ports, actor: Actor) -> InitResult:
 
     shares = ports.db.run(work)
     return InitResult(created_db, created_key, shares)
+
+
+def _master_key_present(ports: Ports) -> bool:
+    """Whether a master key is there; a key that is exposed or damaged raises its own error
+    instead of passing for a missing one (which would send the operator the wrong way)."""
+    try:
+        ports.master_key.version  # noqa: B018 - loading the key runs its checks
+    except MasterKeyMissing:
+        return False
+    return True
 
 
 def get_account(session: Session, slug: str) -> Account:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import event, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from certvault.db.models import Account, AuditEvent, AuditHead, ServiceKey
 from certvault.errors import CertvaultError, ConfigurationError
@@ -30,6 +30,8 @@ INSTALLATION_CHAIN = "installation"
 GENESIS = "0" * 64
 AUDIT_KEY_PURPOSE = "audit-mac"
 _PENDING = "certvault_audit_heads"
+_LOCKED = "certvault_locked_heads"
+_HOOKED = "certvault_audit_hooked"
 
 
 def canonical_time(ports: Ports) -> str:
@@ -94,6 +96,24 @@ def ensure_chain(session: Session, chain: str) -> None:
         session.flush()
 
 
+def _locked_head(session: Session, chain: str) -> AuditHead:
+    """The chain's head row, locked for the rest of the transaction.
+
+    The row lock serializes writers of one chain (on SQLite the transaction's write lock does).
+    It is taken once per transaction: a bulk import appends many events under the same lock.
+    """
+    locked: dict[str, AuditHead] = session.info.setdefault(_LOCKED, {})
+    head = locked.get(chain)
+    if head is None:
+        query = select(AuditHead).where(AuditHead.chain == chain).with_for_update()
+        head = session.scalars(query).first()
+        if head is None:
+            ensure_chain(session, chain)
+            head = session.scalars(query).one()
+        locked[chain] = head
+    return head
+
+
 def record(
     session: Session,
     ports: Ports,
@@ -112,15 +132,7 @@ def record(
     """
     key = _audit_key(session, ports)
     chain = chain_of(account)
-    # The head row's lock serializes writers of one chain (SQLite: the transaction's write lock).
-    head = session.scalars(
-        select(AuditHead).where(AuditHead.chain == chain).with_for_update()
-    ).first()
-    if head is None:
-        ensure_chain(session, chain)
-        head = session.scalars(
-            select(AuditHead).where(AuditHead.chain == chain).with_for_update()
-        ).one()
+    head = _locked_head(session, chain)
     ev = AuditEvent(
         chain=chain,
         seq=head.seq + 1,
@@ -145,18 +157,25 @@ def record(
 
 
 def _remember_head(session: Session, ports: Ports, head: ChainHead) -> None:
+    """Write the head outside the database once the outermost transaction has committed."""
     pending: list[ChainHead] | None = session.info.get(_PENDING)
     if pending is None:
         pending = session.info[_PENDING] = []
+        if not session.info.get(_HOOKED):
+            session.info[_HOOKED] = True
 
-        def _after_commit(s: Session) -> None:
-            ports.audit_heads.advance(s.info.pop(_PENDING, []))
+            def _after_commit(s: Session) -> None:
+                if s.in_nested_transaction():  # a savepoint was released; the transaction goes on
+                    return
+                ports.audit_heads.advance(s.info.pop(_PENDING, []))
 
-        def _after_rollback(s: Session) -> None:
-            s.info.pop(_PENDING, None)
+            def _after_end(s: Session, transaction: SessionTransaction) -> None:
+                if transaction.parent is None:  # not a savepoint: forget this transaction's state
+                    s.info.pop(_PENDING, None)
+                    s.info.pop(_LOCKED, None)
 
-        event.listen(session, "after_commit", _after_commit, once=True)
-        event.listen(session, "after_soft_rollback", _after_rollback, once=True)
+            event.listen(session, "after_commit", _after_commit)
+            event.listen(session, "after_transaction_end", _after_end)
     pending.append(head)
 
 

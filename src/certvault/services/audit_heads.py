@@ -37,13 +37,17 @@ class AuditHeadStore:
 
     def advance(self, heads: list[ChainHead]) -> None:
         """Record heads; a head only ever moves forward (writers may finish out of order)."""
-        if not heads:
+        newest: dict[str, ChainHead] = {}
+        for head in heads:  # a bulk import commits many events of one chain at once
+            if head.chain not in newest or head.seq > newest[head.chain].seq:
+                newest[head.chain] = head
+        if not newest:
             return
         self.ensure_directory()
         lock_fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            for head in heads:
+            for head in newest.values():
                 current = self.read(head.chain)
                 if current is not None and current.seq >= head.seq:
                     continue

@@ -44,6 +44,20 @@ def create_account_key(session: Session, ports: Ports, account: Account) -> Acco
 def _account_key(
     session: Session, ports: Ports, account: Account, version: int | None
 ) -> tuple[int, bytes]:
+    # Unwrapped once per transaction and account (a bulk import seals hundreds of keys);
+    # the cache lives in the session and goes with it.
+    cache: dict[tuple[int, int | None], tuple[int, bytes]] = session.info.setdefault(
+        "certvault_account_keys", {}
+    )
+    found = cache.get((account.id, version))
+    if found is None:
+        found = cache[(account.id, version)] = _unwrap_account_key(session, ports, account, version)
+    return found
+
+
+def _unwrap_account_key(
+    session: Session, ports: Ports, account: Account, version: int | None
+) -> tuple[int, bytes]:
     query = select(AccountKey).where(AccountKey.account_id == account.id)
     if version is None:
         query = query.where(AccountKey.destroyed_at.is_(None)).order_by(AccountKey.version.desc())
@@ -143,8 +157,7 @@ def open_service_key(ports: Ports, row: ServiceKey) -> bytes:
     return envelope.open_sealed(data_key, envelope.Sealed(row.nonce, row.ciphertext), aad)
 
 
-def is_service_public_key(session: Session, spki_sha256: bytes) -> bool:
-    return (
-        session.scalar(select(ServiceKey.id).where(ServiceKey.spki_sha256 == spki_sha256).limit(1))
-        is not None
-    )
+def service_public_keys(session: Session) -> set[bytes]:
+    """Public-key fingerprints of every service key: such keys are never escrowed."""
+    query = select(ServiceKey.spki_sha256).where(ServiceKey.spki_sha256.is_not(None))
+    return {spki for spki in session.scalars(query) if spki is not None}

@@ -109,6 +109,8 @@ def send_pending(ports: Ports, *, limit: int = 100) -> SendResult:
     ids = ports.db.run(claim)
     result = SendResult()
     if not ids:
+        # Nothing is due, but messages waiting for their next attempt are still pending.
+        result.pending = _count_pending(ports)
         return result
     smtp: smtplib.SMTP | None = None
     try:
@@ -137,11 +139,15 @@ def send_pending(ports: Ports, *, limit: int = 100) -> SendResult:
                 smtp.quit()
             except (OSError, smtplib.SMTPException):
                 pass
+    result.pending = _count_pending(ports)
+    return result
+
+
+def _count_pending(ports: Ports) -> int:
     with ports.db.read() as session:
-        result.pending = len(
+        return len(
             session.scalars(select(MailMessage.id).where(MailMessage.sent_at.is_(None))).all()
         )
-    return result
 
 
 def _finish(ports: Ports, message_id: int, error: str | None) -> None:

@@ -104,23 +104,24 @@ def release_keys(
             )
             rounds = ports.settings.p12_kdf_rounds
             releases = []
-            for cert, key_row, chain in plan.items:
+            for item in plan.items:
+                cert = item.certificate
                 # Validated on the way in and authenticated by AES-GCM: no re-validation here.
                 key = keylib.load_pkcs8_der(
-                    keyring.open_private_key(session, ports, account, key_row), validate=False
+                    keyring.open_private_key(session, ports, account, item.key), validate=False
                 )
                 certificate = x509.load_der_x509_certificate(cert.der)
                 data = write_pkcs12(
                     key,
                     certificate,
-                    chain,
+                    item.chain,
                     plan.passphrase,
                     plan.encryption,
                     rounds,
                     cert.friendly_name or next(iter(cert.emails.split()), None),
                 )
                 releases.append(Release(cert.id, data, plan.encryption, f"{cert.id}.p12"))
-        ports.db.run(lambda s: _commit(s, ports, actor, account_id, plan, channel))
+        ports.db.run(lambda s: _commit(s, ports, actor, account, plan, channel))
     except CertvaultError as exc:
         audit.record_refusal(
             ports,
@@ -136,9 +137,17 @@ def release_keys(
     return ReleaseBatch(releases, plan.generated)
 
 
+@dataclass(frozen=True)
+class _Item:
+    certificate: Certificate
+    key: EscrowedKey
+    chain: list[x509.Certificate]
+    recipients: list[str]
+
+
 @dataclass
 class _Plan:
-    items: list[tuple[Certificate, EscrowedKey, list[x509.Certificate]]]
+    items: list[_Item]
     passphrase: str
     generated: str | None
     encryption: EncryptionType
@@ -159,15 +168,21 @@ def _plan(
         raise InvalidInput("No certificate was named.")
     items = []
     for certificate_id in certificate_ids:
-        cert = session.get(Certificate, certificate_id)
-        if cert is None or cert.account_id != account.id:
+        row = session.execute(
+            select(Certificate, EscrowedKey, Person.email)
+            .outerjoin(EscrowedKey, EscrowedKey.id == Certificate.escrowed_key_id)
+            .outerjoin(Person, Person.id == Certificate.person_id)
+            .where(Certificate.id == certificate_id, Certificate.account_id == account.id)
+        ).first()
+        if row is None:
             raise NotFound("Certificate not found.")
+        cert, key_row, owner_email = row
         actor.require(Privilege.KEY_VAULT_DOWNLOAD, account.id, cert.organization_id)
-        key_row = session.get(EscrowedKey, cert.escrowed_key_id) if cert.escrowed_key_id else None
         if key_row is None or key_row.destroyed_at is not None:
             raise NoEscrowedKey()
         chain = x509.load_pem_x509_certificates(cert.chain_pem.encode()) if cert.chain_pem else []
-        items.append((cert, key_row, chain))
+        recipients = cert.emails.split() or ([owner_email] if owner_email else [])
+        items.append(_Item(cert, key_row, chain, recipients))
     if not account.key_vault_enabled:
         raise KeyVaultDisabled()
     reason = (reason or "").strip()
@@ -189,31 +204,22 @@ def _plan(
 
 
 def _commit(
-    session: Session, ports: Ports, actor: Actor, account_id: int | None, plan: _Plan, channel: str
+    session: Session, ports: Ports, actor: Actor, account: Account, plan: _Plan, channel: str
 ) -> None:
-    account = session.get_one(Account, account_id)
-    for cert, key_row, _ in plan.items:
-        # Re-read: the key might have been destroyed while the file was being built.
-        current = session.get(EscrowedKey, key_row.id)
-        if current is None or current.destroyed_at is not None:
-            raise NoEscrowedKey()
-        owner = session.get(Person, cert.person_id) if cert.person_id else None
-        recipients = cert.emails.split() or ([owner.email] if owner else [])
-        for address in recipients:
-            notify.queue_mail(
-                session,
-                account,
-                address,
-                "Your private key was recovered",
-                _release_notice(account, cert, actor, plan.reason),
-            )
+    # ``account`` and the plan's rows were loaded by the reading transaction; only what may have
+    # changed since is read again: whether the keys still exist.
+    key_ids = {item.key.id for item in plan.items}
+    live = set(session.scalars(select(EscrowedKey.id).where(
+        EscrowedKey.id.in_(key_ids), EscrowedKey.destroyed_at.is_(None))))
+    if live != key_ids:
+        raise NoEscrowedKey()
+    for item in plan.items:
+        cert = item.certificate
+        notice = _release_notice(account, cert, actor, plan.reason)
+        for address in item.recipients:
+            notify.queue_mail(session, account, address, "Your private key was recovered", notice)
         if actor.is_operator:
-            notify.queue_for_admins(
-                session,
-                account,
-                "An operator released a private key",
-                _release_notice(account, cert, actor, plan.reason),
-            )
+            notify.queue_for_admins(session, account, "An operator released a private key", notice)
         audit.record(
             session,
             ports,
@@ -224,7 +230,7 @@ def _commit(
             target_id=cert.id,
             details={
                 "certificate_sha256": cert.sha256.hex(),
-                "spki_sha256": key_row.spki_sha256.hex(),
+                "spki_sha256": item.key.spki_sha256.hex(),
                 "encryption": plan.encryption.value,
                 "reason": plan.reason,
                 "generated_passphrase": plan.generated is not None,

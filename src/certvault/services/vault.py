@@ -148,15 +148,35 @@ def _failed(req: EscrowRequest, exc: CertvaultError) -> EntryResult:
     )
 
 
+@dataclass
+class _ArchiveCache:
+    """What every archive of one transaction reads alike, read once (a bulk import archives
+    hundreds of keys in one transaction). Forgotten when the session ends."""
+
+    account_id: int
+    trusted_issuers: list[x509.Certificate]
+    default_organization: Organization
+    service_spkis: set[bytes]
+
+    @classmethod
+    def of(cls, session: Session, account: Account) -> _ArchiveCache:
+        cache: _ArchiveCache | None = session.info.get("certvault_archive_cache")
+        if cache is None or cache.account_id != account.id:
+            cache = cls(
+                account.id,
+                [x509.load_der_x509_certificate(der) for der in session.scalars(
+                    select(TrustedIssuer.der).where(TrustedIssuer.account_id == account.id))],
+                default_organization(session, account),
+                keyring.service_public_keys(session),
+            )
+            session.info["certvault_archive_cache"] = cache
+        return cache
+
+
 def _chains_to_trusted(
     session: Session, account: Account, cert: x509.Certificate, chain: Sequence[x509.Certificate]
 ) -> bool:
-    trusted = [
-        x509.load_der_x509_certificate(t.der)
-        for t in session.scalars(
-            select(TrustedIssuer).where(TrustedIssuer.account_id == account.id)
-        )
-    ]
+    trusted = _ArchiveCache.of(session, account).trusted_issuers
     if not trusted:
         return False
     current = cert
@@ -195,7 +215,7 @@ def _owner(
     org = (
         find_organization(session, account, req.organization)
         if req.organization
-        else default_organization(session, account)
+        else _ArchiveCache.of(session, account).default_organization
     )
     email = req.person_email or (emails[0] if emails else None)
     if email is None:
@@ -218,7 +238,7 @@ def archive_entry(
     if not keylib.key_matches_certificate(key, cert):
         raise KeyMismatch()
     spki = keylib.spki_sha256(key.public_key())
-    if keyring.is_service_public_key(session, spki):
+    if spki in _ArchiveCache.of(session, account).service_spkis:
         raise ServiceKeyRefused()
     der = cert.public_bytes(Encoding.DER)
     sha256 = hashlib.sha256(der).digest()

@@ -1,0 +1,725 @@
+"""PKCS#12 reading (vectors made by openssl) and writing (checked by openssl)."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import random
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from asn1crypto import algos
+from asn1crypto import core as asn1_core
+from asn1crypto import pkcs12 as asn1_pkcs12
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.hazmat.decrepit.ciphers.algorithms import RC2
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
+from cryptography.hazmat.primitives.serialization import pkcs12 as crypto_pkcs12
+from cryptography.x509.oid import NameOID
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from certvault.crypto import pkcs12 as p12mod
+from certvault.crypto.pkcs12 import (
+    EncryptionType,
+    P12Limits,
+    pkcs12_kdf,
+    read_pkcs12,
+    write_pkcs12,
+)
+from certvault.errors import (
+    InvalidInput,
+    KeyMismatch,
+    P12Error,
+    P12Malformed,
+    P12NoCertificate,
+    P12NoKey,
+    P12TooExpensive,
+    P12TooLarge,
+    P12UnsupportedKey,
+    P12WrongPassword,
+    UnsupportedEncryption,
+    UnsupportedKey,
+)
+
+VECTOR_DIR = Path(__file__).resolve().parents[2] / "vectors" / "p12"
+PW = "vector-pass-1234"
+KEY_TYPES = ["rsa2048", "rsa4096", "p256", "p384", "p521", "ed25519"]
+
+# file, password label (README), key/cert name, friendly name, extra certificate names
+SINGLE_KEY_VECTORS = (
+    [(f"{t}.p12", "P", t, f"alice {t}", []) for t in KEY_TYPES]
+    + [(f"{t}-legacy.p12", "P", t, f"alice {t}", []) for t in KEY_TYPES]
+    + [
+        ("rsa2048-chain.p12", "P", "rsa2048", "alice rsa2048", ["ca"]),
+        ("p256-chain-legacy.p12", "P", "p256", None, ["ca"]),
+        ("p256-nonascii.p12", "N", "p256", None, []),
+        ("rsa2048-nonascii-legacy.p12", "N", "rsa2048", None, []),
+        ("p256-emptypass.p12", "E", "p256", None, []),
+        ("p256-emptypass-legacy.p12", "E", "p256", None, []),
+        ("p256-iter1.p12", "P", "p256", None, []),
+        ("p256-noiter.p12", "P", "p256", None, []),
+        ("p256-nomac.p12", "P", "p256", None, []),
+        ("p256-nomac-legacy.p12", "P", "p256", None, []),
+        ("p384-aes128-aes192-sha512.p12", "P", "p384", None, []),
+        ("rsa2048-pbes2-3des-sha384.p12", "P", "rsa2048", None, []),
+        ("p256-rc2-128.p12", "P", "p256", None, []),
+        ("p256-rc2-40-2des.p12", "P", "p256", None, []),
+        ("ed25519-noenc.p12", "P", "ed25519", None, []),
+        ("pbmac1.p12", "P", "p256", "alice p256", []),
+    ]
+)
+HOSTILE_VECTORS = [
+    "iter-mac-100m.p12",
+    "iter-certs-100m.p12",
+    "iter-key-100m.p12",
+    "iter-legacy-key-100m.p12",
+    "iter-nested-100m.p12",
+]
+
+
+def der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def with_mac(p12: bytes, mac_data: asn1_pkcs12.MacData | None) -> bytes:
+    pfx = asn1_pkcs12.Pfx.load(p12)
+    value = {"version": "v3", "auth_safe": pfx["auth_safe"]}
+    if mac_data is not None:
+        value["mac_data"] = mac_data
+    return asn1_pkcs12.Pfx(value).dump()
+
+
+# --- reading the vectors ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "pw", "key_name", "friendly", "extra"), SINGLE_KEY_VECTORS)
+def test_vector_loads_with_its_key_and_certificate(vectors, name, pw, key_name, friendly, extra):
+    contents = read_pkcs12(vectors.data(name), vectors.passwords[pw])
+
+    assert len(contents.entries) == 1
+    entry = contents.entries[0]
+    assert vectors.pkcs8(entry.key) == vectors.pkcs8(vectors.key(key_name))
+    assert der(entry.certificate) == der(vectors.cert(key_name))
+    assert entry.friendly_name == friendly
+    assert [der(c) for c in contents.extra_certificates] == [der(vectors.cert(n)) for n in extra]
+
+
+def test_two_pairs_give_two_entries_in_file_order(vectors):
+    contents = read_pkcs12(vectors.data("two-pairs.p12"), PW)
+
+    assert [vectors.pkcs8(e.key) for e in contents.entries] == [
+        vectors.pkcs8(vectors.key("rsa2048")),
+        vectors.pkcs8(vectors.key("p384")),
+    ]
+    assert [der(e.certificate) for e in contents.entries] == [
+        der(vectors.cert("rsa2048")),
+        der(vectors.cert("p384")),
+    ]
+    assert [e.friendly_name for e in contents.entries] == ["alice rsa2048", "alice p384"]
+    assert contents.extra_certificates == []
+
+
+def test_pbkdf2_prf_variants_all_decrypt_the_same_key(vectors):
+    contents = read_pkcs12(vectors.data("p256-pbes2-prfs.p12"), PW)
+
+    assert len(contents.entries) == 3
+    expected = vectors.pkcs8(vectors.key("p256"))
+    assert all(vectors.pkcs8(e.key) == expected for e in contents.entries)
+    assert all(der(e.certificate) == der(vectors.cert("p256")) for e in contents.entries)
+
+
+@pytest.mark.parametrize(
+    ("name", "wrong"),
+    [
+        ("p256.p12", "vector-pass-1235"),
+        ("p256.p12", ""),
+        ("p256-legacy.p12", "Vector-pass-1234"),
+        ("p256-nonascii.p12", "passwort"),
+        ("rsa2048-nonascii-legacy.p12", "pässwörd-Ω-1234"),
+        ("p256-emptypass.p12", " "),
+        ("p256-nomac.p12", "wrong"),  # no MAC: the key's padding gives it away
+        ("p256-nomac-legacy.p12", "wrong"),
+        ("two-pairs.p12", "wrong"),
+        ("iter-nested-100m.p12", "wrong"),  # the outer EncryptedData fails first
+        ("pbmac1.p12", "wrong"),
+        ("p256.p12", "\ud800"),  # a lone surrogate cannot be any file's password
+    ],
+)
+def test_wrong_password(vectors, name, wrong):
+    with pytest.raises(P12WrongPassword):
+        read_pkcs12(vectors.data(name), wrong)
+
+
+def test_certificates_only_is_no_key(vectors):
+    with pytest.raises(P12NoKey):
+        read_pkcs12(vectors.data("certs-only.p12"), PW)
+
+
+def test_key_only_is_no_certificate(vectors):
+    with pytest.raises(P12NoCertificate):
+        read_pkcs12(vectors.data("key-only.p12"), PW)
+
+
+def test_key_with_another_keys_certificate_is_refused(vectors):
+    with pytest.raises(P12NoCertificate):
+        read_pkcs12(vectors.data("mismatch.p12"), PW)
+
+
+# --- hostile and broken input -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", HOSTILE_VECTORS)
+def test_100_million_iterations_refused_before_running(vectors, name, monkeypatch):
+    runs: list[int] = []
+    real_pkcs12_kdf, real_pbkdf2 = p12mod.pkcs12_kdf, hashlib.pbkdf2_hmac
+
+    def spy_pkcs12_kdf(*args):
+        runs.append(args[4])
+        return real_pkcs12_kdf(*args)
+
+    def spy_pbkdf2(*args):
+        runs.append(args[3])
+        return real_pbkdf2(*args)
+
+    monkeypatch.setattr(p12mod, "pkcs12_kdf", spy_pkcs12_kdf)
+    monkeypatch.setattr(p12mod.hashlib, "pbkdf2_hmac", spy_pbkdf2)
+
+    with pytest.raises(P12TooExpensive):
+        read_pkcs12(vectors.data(name), PW)
+
+    if name == "iter-nested-100m.p12":
+        # The hostile count is only visible after decrypting the section that hides it; only
+        # the two EncryptedData sections (2048 rounds each) ran, never the key bag.
+        assert runs == [2048, 2048]
+    else:
+        assert runs == []
+
+
+def test_total_iterations_are_capped(vectors):
+    data = vectors.data("p256.p12")  # MAC, certificates and key: 2048 rounds each
+    assert read_pkcs12(data, PW, P12Limits(max_total_iterations=3 * 2048)).entries
+    with pytest.raises(P12TooExpensive):
+        read_pkcs12(data, PW, P12Limits(max_total_iterations=3 * 2048 - 1))
+
+
+def test_iterations_per_kdf_are_capped(vectors):
+    with pytest.raises(P12TooExpensive):
+        read_pkcs12(vectors.data("p256.p12"), PW, P12Limits(max_iterations=2047))
+
+
+def test_bag_count_is_capped(vectors):
+    data = vectors.data("rsa2048-chain.p12")  # EncryptedData with two certificates, one key bag
+    assert read_pkcs12(data, PW, P12Limits(max_bags=4)).entries
+    with pytest.raises(P12TooExpensive):
+        read_pkcs12(data, PW, P12Limits(max_bags=3))
+
+
+def test_rc2_volume_is_capped(vectors):
+    # RC2 runs in pure Python: a megabyte of it would hold a worker for over a second.
+    data = vectors.data("p256-legacy.p12")  # certificates under RC2-40
+    assert read_pkcs12(data, PW).entries
+    with pytest.raises(P12TooExpensive):
+        read_pkcs12(data, PW, P12Limits(max_rc2_bytes=100))
+
+
+def test_oversize_is_refused():
+    with pytest.raises(P12TooLarge):
+        read_pkcs12(b"\x30" * (1024 * 1024 + 1), PW)
+
+
+def test_size_limit_is_configurable(vectors):
+    with pytest.raises(P12TooLarge):
+        read_pkcs12(vectors.data("p256.p12"), PW, P12Limits(max_bytes=100))
+
+
+@pytest.mark.parametrize("cut", [0, 1, 2, 10, 100, 500, -40, -1])
+def test_truncated_file_is_malformed(vectors, cut):
+    with pytest.raises(P12Malformed):
+        read_pkcs12(vectors.data("p256.p12")[:cut], PW)
+
+
+def test_trailing_bytes_are_malformed(vectors):
+    with pytest.raises(P12Malformed):
+        read_pkcs12(vectors.data("p256.p12") + b"\x00", PW)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_bytes_are_malformed(seed):
+    blob = random.Random(seed).randbytes(2000)
+    with pytest.raises(P12Malformed):
+        read_pkcs12(blob, PW)
+
+
+def test_public_key_privacy_mode_is_malformed():
+    # An AuthenticatedSafe holding one EnvelopedData ContentInfo; its content is never read.
+    oid = asn1_core.ObjectIdentifier("1.2.840.113549.1.7.3").dump()
+    info = b"\x30" + bytes([len(oid) + 4]) + oid + b"\xa0\x02\x30\x00"
+    auth_safe = b"\x30" + bytes([len(info)]) + info
+    pfx = asn1_pkcs12.Pfx(
+        {"version": "v3", "auth_safe": {"content_type": "data", "content": auth_safe}}
+    )
+    with pytest.raises(P12Malformed, match="public-key privacy"):
+        read_pkcs12(pfx.dump(), PW)
+
+
+def test_pbmac1_key_length_is_bounded(vectors):
+    # An unbounded PBKDF2 output length would multiply the work behind the iteration ceiling.
+    pfx = asn1_pkcs12.Pfx.load(vectors.data("pbmac1.p12"))
+    alg = pfx["mac_data"]["mac"]["digest_algorithm"]
+    params = algos.Pbmac1Params.load(alg["parameters"].dump())
+    params["key_derivation_func"]["parameters"]["key_length"] = 1_000_000
+    mac = asn1_pkcs12.MacData(
+        {
+            "mac": {
+                "digest_algorithm": {
+                    "algorithm": "1.2.840.113549.1.5.14",
+                    "parameters": algos.Pbmac1Params.load(params.dump(force=True)),
+                },
+                "digest": pfx["mac_data"]["mac"]["digest"].native,
+            },
+            "mac_salt": b"NOT USED",
+            "iterations": 1,
+        }
+    )
+    with pytest.raises(P12Malformed):
+        read_pkcs12(with_mac(vectors.data("pbmac1.p12"), mac), PW)
+
+
+def test_empty_password_also_tried_as_absent(vectors):
+    # Some tools MAC an empty password as no bytes at all instead of an empty BMPString.
+    data = vectors.data("ed25519-noenc.p12")  # unencrypted bags: only the MAC needs the password
+    auth = bytes(asn1_pkcs12.Pfx.load(data)["auth_safe"]["content"])
+    salt = bytes(range(8))
+    mac_key = pkcs12_kdf("sha256", b"", salt, 3, 2048, 32)
+    mac = asn1_pkcs12.MacData(
+        {
+            "mac": {
+                "digest_algorithm": {"algorithm": "sha256"},
+                "digest": hmac.new(mac_key, auth, "sha256").digest(),
+            },
+            "mac_salt": salt,
+            "iterations": 2048,
+        }
+    )
+    blob = with_mac(data, mac)
+
+    assert len(read_pkcs12(blob, "").entries) == 1
+    with pytest.raises(P12WrongPassword):
+        read_pkcs12(blob, PW)
+
+
+def _self_signed_p12(key) -> bytes:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "odd key")])
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    enc = (
+        serialization.PrivateFormat.PKCS12.encryption_builder()
+        .kdf_rounds(2048)
+        .key_cert_algorithm(crypto_pkcs12.PBES.PBESv2SHA256AndAES256CBC)
+        .hmac_hash(hashes.SHA256())
+        .build(PW.encode())
+    )
+    return crypto_pkcs12.serialize_key_and_certificates(None, key, cert, None, enc)
+
+
+@pytest.mark.parametrize(
+    "make_key",
+    [
+        lambda: ec.generate_private_key(ec.SECP256K1()),
+        lambda: rsa.generate_private_key(public_exponent=65537, key_size=1024),
+    ],
+    ids=["secp256k1", "rsa1024"],
+)
+def test_unsupported_key_type(make_key):
+    with pytest.raises(P12UnsupportedKey) as info:
+        read_pkcs12(_self_signed_p12(make_key()), PW)
+    assert isinstance(info.value, UnsupportedKey)
+
+
+def test_certificate_with_non_positive_serial_is_refused(vectors):
+    # cryptography only warns about these today and will refuse them in a later release.
+    pfx = asn1_pkcs12.Pfx.load(vectors.data("p256-nomac.p12"))  # certificates unencrypted
+    infos = []
+    for info in pfx.authenticated_safe:
+        bags = asn1_pkcs12.SafeContents.load(bytes(info["content"]))
+        for i, bag in enumerate(bags):
+            if bag["bag_id"].native == "cert_bag":
+                cert = asn1_x509.Certificate.load(bytes(bag["bag_value"]["cert_value"]))
+                cert["tbs_certificate"]["serial_number"] = 0
+                bags[i] = asn1_pkcs12.SafeBag(
+                    {
+                        "bag_id": "cert_bag",
+                        "bag_value": asn1_pkcs12.CertBag({"cert_id": "x509", "cert_value": cert}),
+                    }
+                )
+        infos.append({"content_type": "data", "content": bags.dump(force=True)})
+    auth_safe = asn1_pkcs12.AuthenticatedSafe(infos).dump()
+    blob = asn1_pkcs12.Pfx(
+        {"version": "v3", "auth_safe": {"content_type": "data", "content": auth_safe}}
+    ).dump()
+
+    with pytest.raises(P12Malformed, match="serial"):
+        read_pkcs12(blob, PW)
+
+
+def _without_mac(name: str) -> bytes:
+    return with_mac((VECTOR_DIR / name).read_bytes(), None)
+
+
+def _mutations(seed_names):
+    # Seeds without a MAC let mutations reach the bag, key and certificate parsers.
+    seeds = [(VECTOR_DIR / n).read_bytes() for n in seed_names]
+    seeds += [_without_mac(n) for n in ("ed25519-noenc.p12", "p256.p12", "p256-legacy.p12")]
+
+    @st.composite
+    def mutate(draw):
+        data = bytearray(draw(st.sampled_from(seeds)))
+        for _ in range(draw(st.integers(1, 6))):
+            pos = draw(st.integers(0, len(data) - 1)) if data else 0
+            op = draw(st.sampled_from(["set", "xor", "cut", "insert", "delete"]))
+            if op == "set" and data:
+                data[pos] = draw(st.integers(0, 255))
+            elif op == "xor" and data:
+                data[pos] ^= 1 << draw(st.integers(0, 7))
+            elif op == "cut":
+                del data[pos:]
+            elif op == "insert":
+                data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
+            elif data:
+                del data[pos : pos + draw(st.integers(1, 8))]
+        return bytes(data)
+
+    return mutate()
+
+
+@settings(
+    derandomize=True,
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    st.one_of(
+        st.binary(max_size=2048),
+        _mutations(
+            [
+                "p256.p12",
+                "p256-legacy.p12",
+                "p256-nomac.p12",
+                "p256-nomac-legacy.p12",
+                "ed25519-noenc.p12",
+                "pbmac1.p12",
+                "iter-nested-100m.p12",
+            ]
+        ),
+    )
+)
+def test_garbage_only_ever_raises_p12_errors(blob):
+    try:
+        read_pkcs12(blob, PW)
+    except P12Error:
+        pass
+
+
+# --- primitives ---------------------------------------------------------------------------------
+
+
+def _bmp(s: str) -> bytes:
+    return s.encode("utf-16-be") + b"\x00\x00"
+
+
+@pytest.mark.parametrize(
+    ("hash_name", "password", "salt", "iterations", "id_byte", "n", "expected"),
+    [
+        # Known answers from `openssl kdf -kdfopt digest:... -kdfopt hexpass:<BMPString> PKCS12KDF`.
+        (
+            "sha1",
+            _bmp("sesame"),
+            "ffffffffffffffff",
+            2048,
+            1,
+            24,
+            "7cd9fd3e2b3be7691a44e3bef0f9ea0fb9b897d4e325d9d1",
+        ),
+        (
+            "sha256",
+            _bmp("pässwörd-Ω-12345"),
+            "000102030405060708090a0b0c0d0e0f",
+            1000,
+            3,
+            32,
+            "acfbb9270178282d12a64430a1013bcebd5d84341e330f73500fa1f548c9ab4c",
+        ),
+        (
+            "sha512",
+            b"\x00\x00",
+            "0102030405060708",
+            3,
+            2,
+            200,
+            "ba9d5caea584523419843707b5faa7bfecf87767bde44dd8f6aec47be3e1cdb5"
+            "6518becd3e8b48262e3519e34b4b200b3eb01524b27d82f943bf9a51ae928ee1"
+            "eeac7352cf9776d84fa39ea8b4bec72745029eeb21407f1ad6628ee25410da2b"
+            "7195bf663bee4e3abb38afe1e2bf21a4020891e45f2df9bb437a7e821cc5ae2c"
+            "4c3c0a024cb8e07a502734fc255ac543048584cc6bd945cff150eaaae700cb7d"
+            "9da907c584d72b0d0d9a674c71e52bcc4094abee34a7b320fd64737b93534a55"
+            "74cb78b49020131c",
+        ),
+        (
+            "sha1",
+            _bmp("x" * 70),
+            bytes(range(100)).hex(),
+            5,
+            1,
+            50,
+            "3b96dda44485f45eb161a6c2fc07a469a071a936a6c644a171edac092e7cfe75"
+            "4cdba622714441fd6c9f196d941442137e32",
+        ),
+        (
+            "sha384",
+            _bmp("🔑 emoji"),
+            "a1a2a3a4a5a6a7a8",
+            7,
+            3,
+            48,
+            "db23a6a739f81800692ff647d6ec629e2161a9cc65a61f1256af44004eb75381"
+            "086e35e832c1085d2b070e86671baf14",
+        ),
+    ],
+)
+def test_pkcs12_kdf_known_answers(hash_name, password, salt, iterations, id_byte, n, expected):
+    got = pkcs12_kdf(hash_name, password, bytes.fromhex(salt), id_byte, iterations, n)
+    assert got.hex() == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "bits", "plain", "cipher"),
+    [  # RFC 2268 section 5
+        ("0000000000000000", 63, "0000000000000000", "ebb773f993278eff"),
+        ("ffffffffffffffff", 64, "ffffffffffffffff", "278b27e42e2f0d49"),
+        ("3000000000000000", 64, "1000000000000001", "30649edf9be7d2c2"),
+        ("88", 64, "0000000000000000", "61a8a244adacccf0"),
+        ("88bca90e90875a", 64, "0000000000000000", "6ccf4308974c267f"),
+        ("88bca90e90875a7f0f79c384627bafb2", 64, "0000000000000000", "1a807d272bbe5db1"),
+        ("88bca90e90875a7f0f79c384627bafb2", 128, "0000000000000000", "2269552ab0f85ca6"),
+        (
+            "88bca90e90875a7f0f79c384627bafb216f80a6f85920584c42fceb0be255daf1e",
+            129,
+            "0000000000000000",
+            "5b78d3a43dfff1f1",
+        ),
+    ],
+)
+def test_rc2_known_answers(key, bits, plain, cipher):
+    # One CBC block with a zero IV is a plain block decryption.
+    got = p12mod._rc2_cbc_decrypt(bytes.fromhex(key), bits, bytes(8), bytes.fromhex(cipher))
+    assert got.hex() == plain
+
+
+def test_rc2_cbc_agrees_with_cryptography_for_128_bit_keys():
+    rng = random.Random(7)
+    key, iv, plain = rng.randbytes(16), rng.randbytes(8), rng.randbytes(8 * 40)
+    encryptor = Cipher(RC2(key), modes.CBC(iv)).encryptor()
+    ciphertext = encryptor.update(plain) + encryptor.finalize()
+    assert p12mod._rc2_cbc_decrypt(key, 128, iv, ciphertext) == plain
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encryption", list(EncryptionType))
+@pytest.mark.parametrize("key_name", KEY_TYPES)
+def test_round_trip(vectors, key_name, encryption):
+    key, cert, ca = vectors.key(key_name), vectors.cert(key_name), vectors.cert("ca")
+
+    blob = write_pkcs12(key, cert, [ca], "round-trip-ü", encryption, 2048, f"name {key_name}")
+    contents = read_pkcs12(blob, "round-trip-ü")
+
+    (entry,) = contents.entries
+    assert vectors.pkcs8(entry.key) == vectors.pkcs8(key)
+    assert der(entry.certificate) == der(cert)
+    assert entry.friendly_name == f"name {key_name}"
+    assert [der(c) for c in contents.extra_certificates] == [der(ca)]
+
+
+def test_round_trip_without_chain_or_name(vectors):
+    key, cert = vectors.key("p256"), vectors.cert("p256")
+    blob = write_pkcs12(key, cert, [], "pw-1234", EncryptionType.AES256_SHA256, 2048, None)
+    contents = read_pkcs12(blob, "pw-1234")
+    assert contents.entries[0].friendly_name is None
+    assert contents.extra_certificates == []
+
+
+def _openssl(tmp_path: Path, blob: bytes, passphrase: str, *args: str) -> str:
+    p12 = tmp_path / "out.p12"
+    p12.write_bytes(blob)
+    pass_file = tmp_path / "pass.txt"
+    pass_file.write_text(passphrase + "\n", encoding="utf-8")
+    result = subprocess.run(
+        ["openssl", "pkcs12", "-in", str(p12), "-passin", f"file:{pass_file}", *args],
+        capture_output=True,
+        check=False,
+    )
+    output = (result.stdout + result.stderr).decode("utf-8", "replace")
+    assert result.returncode == 0, output
+    return output
+
+
+@pytest.mark.parametrize(
+    ("encryption", "mac_line", "bag_pattern"),
+    [
+        (
+            EncryptionType.AES256_SHA256,
+            "MAC: sha256, Iteration 3000",
+            r"PBES2, PBKDF2, AES-256-CBC, Iteration (\d+), PRF hmacWithSHA256",
+        ),
+        (
+            EncryptionType.TRIPLEDES_SHA1,
+            "MAC: sha1, Iteration 3000",
+            r"pbeWithSHA1And3-KeyTripleDES-CBC, Iteration (\d+)",
+        ),
+    ],
+)
+@pytest.mark.parametrize("passphrase", ["plain-ascii-1234", "pässwörd-Ω-12345"])
+def test_openssl_sees_mac_as_strong_as_bags(
+    vectors, tmp_path, encryption, mac_line, bag_pattern, passphrase
+):
+    key, cert = vectors.key("p256"), vectors.cert("p256")
+    blob = write_pkcs12(key, cert, [vectors.cert("ca")], passphrase, encryption, 3000, "alice")
+
+    info = _openssl(tmp_path, blob, passphrase, "-info", "-nokeys")
+
+    assert mac_line in info
+    bag_counts = re.findall(bag_pattern, info)
+    assert len(bag_counts) == 2  # the certificates' EncryptedData and the key bag
+    assert set(bag_counts) == {"3000"}
+
+
+@pytest.mark.parametrize("encryption", list(EncryptionType))
+@pytest.mark.parametrize("key_name", ["rsa2048", "p256", "ed25519"])
+def test_openssl_extracts_the_same_key(vectors, tmp_path, key_name, encryption):
+    key, cert = vectors.key(key_name), vectors.cert(key_name)
+    passphrase = "pässwörd-Ω-12345"
+    blob = write_pkcs12(key, cert, [], passphrase, encryption, 2048, None)
+
+    pem = _openssl(tmp_path, blob, passphrase, "-nocerts", "-nodes")
+
+    block = pem[pem.index("-----BEGIN PRIVATE KEY-----") :]
+    extracted = serialization.load_pem_private_key(block.encode(), None)
+    assert vectors.pkcs8(extracted) == vectors.pkcs8(key)
+
+
+def test_openssl_refuses_a_wrong_passphrase_for_our_mac(vectors, tmp_path):
+    blob = write_pkcs12(
+        vectors.key("p256"),
+        vectors.cert("p256"),
+        [],
+        "right-passphrase",
+        EncryptionType.AES256_SHA256,
+        2048,
+        None,
+    )
+    (tmp_path / "out.p12").write_bytes(blob)
+    result = subprocess.run(
+        ["openssl", "pkcs12", "-in", str(tmp_path / "out.p12"), "-passin", "pass:wrong"],
+        capture_output=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert b"mac verify" in result.stderr.lower()
+
+
+def test_written_mac_uses_the_requested_iterations(vectors):
+    blob = write_pkcs12(
+        vectors.key("p384"),
+        vectors.cert("p384"),
+        [],
+        "pw",
+        EncryptionType.AES256_SHA256,
+        4321,
+        None,
+    )
+    mac = asn1_pkcs12.Pfx.load(blob)["mac_data"]
+    assert mac["iterations"].native == 4321
+    assert len(mac["mac_salt"].native) == 16
+
+
+def test_empty_passphrase_refused(vectors):
+    with pytest.raises(InvalidInput):
+        write_pkcs12(
+            vectors.key("p256"),
+            vectors.cert("p256"),
+            [],
+            "",
+            EncryptionType.AES256_SHA256,
+            2048,
+            None,
+        )
+
+
+@pytest.mark.parametrize("iterations", [0, -1, 10_000_001])
+def test_iterations_out_of_range_refused(vectors, iterations):
+    with pytest.raises(InvalidInput):
+        write_pkcs12(
+            vectors.key("p256"),
+            vectors.cert("p256"),
+            [],
+            "pw",
+            EncryptionType.AES256_SHA256,
+            iterations,
+            None,
+        )
+
+
+def test_key_not_matching_certificate_refused(vectors):
+    with pytest.raises(KeyMismatch):
+        write_pkcs12(
+            vectors.key("p256"),
+            vectors.cert("p384"),
+            [],
+            "pw",
+            EncryptionType.AES256_SHA256,
+            2048,
+            None,
+        )
+
+
+# --- EncryptionType -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, EncryptionType.AES256_SHA256),
+        ("AES256-SHA256", EncryptionType.AES256_SHA256),
+        ("aes256-sha256", EncryptionType.AES256_SHA256),
+        (" TripleDES-SHA1 ", EncryptionType.TRIPLEDES_SHA1),
+    ],
+)
+def test_encryption_type_parse(value, expected):
+    assert EncryptionType.parse(value) is expected
+
+
+@pytest.mark.parametrize("value", ["", "AES128", "x" * 10_000])
+def test_encryption_type_unknown_is_not_echoed(value):
+    with pytest.raises(UnsupportedEncryption) as info:
+        EncryptionType.parse(value)
+    assert len(info.value.message) < 200
+    if value:
+        assert value not in info.value.message
