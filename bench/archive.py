@@ -28,12 +28,19 @@ PASSWORD = "bench-password-1"
 def make_files(count: int, kind: str) -> list[bytes]:
     ca = make_ca()
     files = []
-    enc = (serialization.PrivateFormat.PKCS12.encryption_builder().kdf_rounds(2048)
-           .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC).hmac_hash(hashes.SHA256())
-           .build(PASSWORD.encode()))
+    enc = (
+        serialization.PrivateFormat.PKCS12.encryption_builder()
+        .kdf_rounds(2048)
+        .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
+        .hmac_hash(hashes.SHA256())
+        .build(PASSWORD.encode())
+    )
     for i in range(count):
-        key = (rsa.generate_private_key(65537, 2048) if kind == "rsa2048"
-               else ec.generate_private_key(ec.SECP256R1()))
+        key = (
+            rsa.generate_private_key(65537, 2048)
+            if kind == "rsa2048"
+            else ec.generate_private_key(ec.SECP256R1())
+        )
         cert = make_cert(key, f"user{i}@bench.example", issuer=ca)
         files.append(pkcs12.serialize_key_and_certificates(b"k", key, cert, [ca[1]], enc))
     return files
@@ -54,8 +61,10 @@ def raw_rate(files: list[bytes]) -> float:
 
 def service_rate(files: list[bytes], backend: str) -> float:
     with installation(backend) as ports:
-        items = [ImportItem(name=f"f{i}.p12", load=lambda d=d: d, password=PASSWORD)
-                 for i, d in enumerate(files)]
+        items = [
+            ImportItem(name=f"f{i}.p12", load=lambda d=d: d, password=PASSWORD)
+            for i, d in enumerate(files)
+        ]
         start = time.perf_counter()
         results = import_files(ports, OPERATOR, "bench", items)
         elapsed = time.perf_counter() - start

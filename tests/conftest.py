@@ -85,7 +85,9 @@ def make_settings(home: Path, database_url: str | None, **overrides: object) -> 
 
 
 @pytest.fixture
-def database_url(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> Iterator[str | None]:
+def database_url(
+    request: pytest.FixtureRequest, backend: str, tmp_path: Path
+) -> Iterator[str | None]:
     """A fresh, migrated database; ``None`` means the embedded SQLite default under the home."""
     if backend == "sqlite":
         target = tmp_path / "home" / "db" / "certvault.sqlite3"

@@ -45,9 +45,13 @@ def make_ca(name: str = "Test CA", key=None):  # type: ignore[no-untyped-def]
     key = key or new_key("ec256")
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=3650))
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(days=1))
+        .not_valid_after(NOW + dt.timedelta(days=3650))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, _sign_hash(key))
     )
@@ -55,29 +59,46 @@ def make_ca(name: str = "Test CA", key=None):  # type: ignore[no-untyped-def]
 
 
 def make_cert(
-    key, email: str = "alice@example.org", *, issuer=None, serial: int | None = None,  # type: ignore[no-untyped-def]
-    days: int = 365, not_before: dt.datetime | None = None, cn: str | None = None,
+    key,
+    email: str = "alice@example.org",
+    *,
+    issuer=None,
+    serial: int | None = None,  # type: ignore[no-untyped-def]
+    days: int = 365,
+    not_before: dt.datetime | None = None,
+    cn: str | None = None,
 ) -> x509.Certificate:
     issuer_key, issuer_cert = issuer if issuer else make_ca()
     start = not_before or NOW - dt.timedelta(days=1)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn or email)])
     return (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_cert.subject)
-        .public_key(key.public_key()).serial_number(serial or x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(start + dt.timedelta(days=days))
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(serial or x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False
+        )
         .sign(issuer_key, _sign_hash(issuer_key))
     )
 
 
 def make_p12(
-    key, cert: x509.Certificate, password: str, chain: Sequence[x509.Certificate] = (),  # type: ignore[no-untyped-def]
+    key,
+    cert: x509.Certificate,
+    password: str,
+    chain: Sequence[x509.Certificate] = (),  # type: ignore[no-untyped-def]
     name: bytes | None = b"alias",
 ) -> bytes:
     enc = (
-        serialization.PrivateFormat.PKCS12.encryption_builder().kdf_rounds(2048)
-        .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC).hmac_hash(hashes.SHA256())
+        serialization.PrivateFormat.PKCS12.encryption_builder()
+        .kdf_rounds(2048)
+        .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
+        .hmac_hash(hashes.SHA256())
         .build(password.encode())
     )
     return pkcs12.serialize_key_and_certificates(name, key, cert, list(chain), enc)

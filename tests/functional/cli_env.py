@@ -89,8 +89,9 @@ class Cli:
         ports = self.ports()
         try:
             accounts.initialize(ports, TEST_OPERATOR)
-            accounts.create_account(ports, TEST_OPERATOR, "Acme Corp", "acme",
-                                    key_vault_enabled=key_vault)
+            accounts.create_account(
+                ports, TEST_OPERATOR, "Acme Corp", "acme", key_vault_enabled=key_vault
+            )
         finally:
             ports.close()
 
@@ -137,7 +138,9 @@ def write_secret(path: Path, value: str) -> Path:
     return path
 
 
-def write_key_and_cert(directory: Path, stem: str, key, cert: x509.Certificate) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
+def write_key_and_cert(  # type: ignore[no-untyped-def]
+    directory: Path, stem: str, key, cert: x509.Certificate
+) -> tuple[Path, Path]:
     key_path, cert_path = directory / f"{stem}.key.pem", directory / f"{stem}.cert.pem"
     key_path.write_bytes(
         key.private_bytes(
@@ -163,8 +166,16 @@ def openssl_p12(
 ) -> Path:
     """A .p12 made by ``openssl pkcs12 -export`` (the password is read from a file)."""
     args: list[str | Path] = [
-        "pkcs12", "-export", "-inkey", key_path, "-in", cert_path, "-out", out,
-        "-passout", f"file:{password_file}",
+        "pkcs12",
+        "-export",
+        "-inkey",
+        key_path,
+        "-in",
+        cert_path,
+        "-out",
+        out,
+        "-passout",
+        f"file:{password_file}",
     ]
     if name:
         args += ["-name", name]

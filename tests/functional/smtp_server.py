@@ -61,9 +61,7 @@ class _Collector:
         hold, self.hold = self.hold, None
         if hold is not None:
             hold.arrived.set()
-            await asyncio.get_running_loop().run_in_executor(
-                None, hold.released.wait, HOLD_TIMEOUT
-            )
+            await asyncio.get_running_loop().run_in_executor(None, hold.released.wait, HOLD_TIMEOUT)
         raw = bytes(envelope.original_content or envelope.content)
         message = email.message_from_bytes(raw, policy=email.policy.default)
         assert isinstance(message, EmailMessage)

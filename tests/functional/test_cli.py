@@ -50,8 +50,9 @@ def _import_one(cli, key, email: str, password: str = "setup-password-1") -> int
     """Put one key into the vault in-process (the CLI import has its own test)."""
     ports = cli.ports()
     try:
-        [entry] = import_p12(ports, TEST_OPERATOR, "acme",
-                             make_p12(key, make_cert(key, email), password), password)
+        [entry] = import_p12(
+            ports, TEST_OPERATOR, "acme", make_p12(key, make_cert(key, email), password), password
+        )
     finally:
         ports.close()
     assert entry.message == IMPORTED
@@ -110,11 +111,15 @@ def test_accounts_and_administrators(cli, tmp_path):
     on = cli.run("account", "enable-key-vault", "beta")
     assert on.returncode == 0 and "Key Vault enabled for beta" in on.stdout
     assert cli.sql("SELECT key_vault_enabled FROM accounts WHERE slug = ?", ["beta"]) in (
-        [(1,)], [(True,)])
+        [(1,)],
+        [(True,)],
+    )
     off = cli.run("account", "disable-key-vault", "beta")
     assert off.returncode == 0 and "Key Vault disabled for beta" in off.stdout
     assert cli.sql("SELECT key_vault_enabled FROM accounts WHERE slug = ?", ["beta"]) in (
-        [(0,)], [(False,)])
+        [(0,)],
+        [(False,)],
+    )
 
     missing = cli.run("account", "enable-key-vault", "nope")
     assert missing.returncode == 1
@@ -201,7 +206,8 @@ def test_import_folder_reports_every_file_and_manifest_takes_a_password_per_file
     rerun = {row["file"]: row for row in json.loads(again.stdout)}
     assert {r["message"] for r in rerun.values()} == {"Already exists"}
     assert {n: r["clientCertId"] for n, r in rerun.items()} == {
-        n: rows[n]["clientCertId"] for n in good}
+        n: rows[n]["clientCertId"] for n in good
+    }
     assert "files: 3, imported: 0, already there: 3, failed: 0" in text(again)
     assert cli.sql("SELECT count(*) FROM escrowed_keys") == [(3,)]
 
@@ -215,8 +221,9 @@ def test_import_folder_reports_every_file_and_manifest_takes_a_password_per_file
         openssl_p12(k, c, batch / f"m{n}.p12", secret)
         lines.append(f"m{n}.p12,pw{n}.txt,{owner},{org}")
     (batch / "manifest.csv").write_text("\n".join(lines) + "\n")
-    manifest = cli.run("import", "--account", "acme", "--manifest", batch / "manifest.csv",
-                       "--json")
+    manifest = cli.run(
+        "import", "--account", "acme", "--manifest", batch / "manifest.csv", "--json"
+    )
     assert manifest.returncode == 0, manifest.stderr
     assert [r["message"] for r in json.loads(manifest.stdout)] == [IMPORTED, IMPORTED]
     persons = {e for (e,) in cli.sql("SELECT email FROM persons")}
@@ -228,8 +235,10 @@ def test_import_folder_reports_every_file_and_manifest_takes_a_password_per_file
 
 
 def _public_and_private(pem_file: Path) -> tuple[str, str]:
-    return (openssl("pkey", "-in", pem_file, "-pubout").stdout,
-            openssl("pkey", "-in", pem_file).stdout)
+    return (
+        openssl("pkey", "-in", pem_file, "-pubout").stdout,
+        openssl("pkey", "-in", pem_file).stdout,
+    )
 
 
 def test_export_writes_a_p12_openssl_opens_with_an_honest_mac(cli, tmp_path):
@@ -245,11 +254,22 @@ def test_export_writes_a_p12_openssl_opens_with_an_honest_mac(cli, tmp_path):
     def check_file(p12: Path, passphrase_file: Path, legacy: bool) -> str:
         extra = ["-legacy"] if legacy else []
         pem = tmp_path / f"{p12.stem}.key.pem"
-        openssl("pkcs12", "-in", p12, "-nodes", "-nocerts", "-passin",
-                f"file:{passphrase_file}", "-out", pem, *extra)
+        openssl(
+            "pkcs12",
+            "-in",
+            p12,
+            "-nodes",
+            "-nocerts",
+            "-passin",
+            f"file:{passphrase_file}",
+            "-out",
+            pem,
+            *extra,
+        )
         assert _public_and_private(pem) == _public_and_private(original)
-        info = openssl("pkcs12", "-info", "-noout", "-in", p12, "-passin",
-                       f"file:{passphrase_file}", *extra)
+        info = openssl(
+            "pkcs12", "-info", "-noout", "-in", p12, "-passin", f"file:{passphrase_file}", *extra
+        )
         said = info.stdout + info.stderr
         assert {int(n) for n in re.findall(r"Iteration (\d+)", said)} == {3000}
         assert len(re.findall(r"Iteration", said)) >= 2  # the MAC and at least one bag
@@ -272,8 +292,16 @@ def test_export_writes_a_p12_openssl_opens_with_an_honest_mac(cli, tmp_path):
 
     own = write_secret(tmp_path / "own-phrase", "correct horse battery staple")
     out2 = tmp_path / "out2.p12"
-    legacy = export("--out", out2, "--reason", "old phone", "--passphrase-file", own,
-                    "--encryption", "TripleDES-SHA1")
+    legacy = export(
+        "--out",
+        out2,
+        "--reason",
+        "old phone",
+        "--passphrase-file",
+        own,
+        "--encryption",
+        "TripleDES-SHA1",
+    )
     assert legacy.returncode == 0, legacy.stderr
     assert "(TripleDES-SHA1)" in legacy.stdout and not GENERATED.search(legacy.stderr)
     assert "correct horse" not in text(legacy)
@@ -288,8 +316,9 @@ def test_export_writes_a_p12_openssl_opens_with_an_honest_mac(cli, tmp_path):
     assert empty.returncode == 1 and "[reason_required]" in text(empty)
     assert not out3.exists()
 
-    releases = cli.sql("SELECT outcome, details FROM audit_events WHERE action = ? ORDER BY id",
-                       ["key.release"])
+    releases = cli.sql(
+        "SELECT outcome, details FROM audit_events WHERE action = ? ORDER BY id", ["key.release"]
+    )
     assert [o for o, _ in releases] == ["success", "success", "refused"]
     assert json.loads(releases[0][1])["reason"] == "ticket 42"
     assert json.loads(releases[2][1])["reason"] == "reason_required"
@@ -312,7 +341,8 @@ def test_verify_and_audit_verify_find_an_edited_event(cli):
     assert f"OK: 2 chains, {total} events verified" in ok.stdout
 
     [(row_id, chain, seq)] = cli.sql(
-        "SELECT id, chain, seq FROM audit_events WHERE action = ?", ["key.archive"])
+        "SELECT id, chain, seq FROM audit_events WHERE action = ?", ["key.archive"]
+    )
     cli.sql("UPDATE audit_events SET target_id = ? WHERE id = ?", ["999999", row_id])
     broken = cli.run("audit", "verify")
     assert broken.returncode == 1
@@ -331,8 +361,9 @@ def test_kek_shares_rebuild_a_lost_master_key(cli, tmp_path):
     original = key_file.read_bytes()
 
     shares_dir = tmp_path / "shares"
-    exported = cli.run("kek", "export-shares", "--threshold", "2", "--shares", "3",
-                       "--out-dir", shares_dir)
+    exported = cli.run(
+        "kek", "export-shares", "--threshold", "2", "--shares", "3", "--out-dir", shares_dir
+    )
     assert exported.returncode == 0, exported.stderr
     files = sorted(shares_dir.iterdir())
     assert [f.name for f in files] == ["share-1.txt", "share-2.txt", "share-3.txt"]
@@ -352,16 +383,18 @@ def test_kek_shares_rebuild_a_lost_master_key(cli, tmp_path):
 
     foreign_dir = tmp_path / "foreign"
     foreign_dir.mkdir()
-    foreign = [write_secret(foreign_dir / f"f{n}", s)
-               for n, s in enumerate(split_secret(os.urandom(32), 2, 3))]
-    strange = cli.run("kek", "restore-shares", "--share-file", foreign[0],
-                      "--share-file", foreign[2])
+    foreign = [
+        write_secret(foreign_dir / f"f{n}", s)
+        for n, s in enumerate(split_secret(os.urandom(32), 2, 3))
+    ]
+    strange = cli.run(
+        "kek", "restore-shares", "--share-file", foreign[0], "--share-file", foreign[2]
+    )
     assert strange.returncode == 1
     assert "not the one that protects this installation's data" in text(strange)
     assert not key_file.exists()
 
-    restored = cli.run("kek", "restore-shares", "--share-file", files[0],
-                       "--share-file", files[2])
+    restored = cli.run("kek", "restore-shares", "--share-file", files[0], "--share-file", files[2])
     assert restored.returncode == 0, restored.stderr
     assert "master key restored" in restored.stdout
     assert key_file.read_bytes() == original and _mode(key_file) == 0o600
@@ -381,8 +414,12 @@ def test_serve_answers_health_and_readiness(cli, tmp_path):
     cli.bootstrap()
     port = free_port()
     log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen([str(CERTVAULT), "serve", "--port", str(port)], env=cli.env,
-                              stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [str(CERTVAULT), "serve", "--port", str(port)],
+        env=cli.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20

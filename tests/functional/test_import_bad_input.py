@@ -37,8 +37,9 @@ BAD = [
 
 
 @pytest.mark.parametrize(("label", "data", "password", "code"), BAD, ids=[b[0] for b in BAD])
-def test_bad_p12_is_refused_and_changes_nothing(ports, operator, account, label, data, password,
-                                                code):
+def test_bad_p12_is_refused_and_changes_nothing(
+    ports, operator, account, label, data, password, code
+):
     before = counts(ports)
     with pytest.raises(CertvaultError) as exc:
         import_p12(ports, operator, "acme", data, password)
@@ -55,8 +56,9 @@ def test_two_key_pairs_give_two_entries(ports, operator, account):
     assert counts(ports)["keys"] == 2
 
 
-@pytest.mark.parametrize("name", ["p256-legacy.p12", "rsa2048-legacy.p12", "p384.p12",
-                                  "ed25519.p12", "p521.p12"])
+@pytest.mark.parametrize(
+    "name", ["p256-legacy.p12", "rsa2048-legacy.p12", "p384.p12", "ed25519.p12", "p521.p12"]
+)
 def test_openssl_made_files_import(ports, operator, account, name):
     [entry] = import_p12(ports, operator, "acme", _data(name), P)
     assert entry.message == IMPORTED and len(entry.sha1) == 40 and len(entry.md5) == 32
@@ -72,9 +74,11 @@ def test_chain_is_kept_for_release(ports, operator, account):
     from certvault.services.release import release_key
 
     [entry] = import_p12(ports, operator, "acme", _data("rsa2048-chain.p12"), P)
-    batch = release_key(ports, operator, "acme", entry.client_cert_id, passphrase=None,
-                        reason="chain check")
+    batch = release_key(
+        ports, operator, "acme", entry.client_cert_id, passphrase=None, reason="chain check"
+    )
     back = read_pkcs12(batch.releases[0].data, batch.generated_passphrase)
     ca = (VECTORS / "ca.cert.pem").read_bytes()
     from cryptography import x509
+
     assert back.extra_certificates == [x509.load_pem_x509_certificate(ca)]

@@ -117,8 +117,12 @@ def test_refused_archive_queues_no_mail(mail_ports, operator):
     _import(mail_ports, operator, key, cert=make_cert(key, issuer=ca, serial=4242))
     assert counts(mail_ports)["mail"] == 1
     other = new_key()
-    _, entry = _import(mail_ports, operator, other,
-                       cert=make_cert(other, "bob@example.org", issuer=ca, serial=4242))
+    _, entry = _import(
+        mail_ports,
+        operator,
+        other,
+        cert=make_cert(other, "bob@example.org", issuer=ca, serial=4242),
+    )
     assert entry.code == CertificateConflict.code
     assert counts(mail_ports)["mail"] == 1
     accounts.set_key_vault(mail_ports, operator, "acme", False)
@@ -133,8 +137,15 @@ def test_operator_release_mails_owner_and_each_account_admin_with_an_address(mai
     admins.create_admin(mail_ports, operator, "acme", "boss", email="boss@example.org")
     admins.create_admin(mail_ports, operator, "acme", "deputy", email="deputy@example.org")
     admins.create_admin(mail_ports, operator, "acme", "quiet")  # no address: nothing to send
-    admins.create_admin(mail_ports, operator, "acme", "unit", role="organization",
-                        organizations=[default_org], email="unit@example.org")
+    admins.create_admin(
+        mail_ports,
+        operator,
+        "acme",
+        "unit",
+        role="organization",
+        organizations=[default_org],
+        email="unit@example.org",
+    )
     accounts.create_account(mail_ports, operator, "Other", "other", key_vault_enabled=True)
     admins.create_admin(mail_ports, operator, "other", "foreign", email="foreign@example.org")
     _, entry = _import(mail_ports, operator, pool_key("ec256"), "dave@example.org")
@@ -144,8 +155,9 @@ def test_operator_release_mails_owner_and_each_account_admin_with_an_address(mai
         release_key(mail_ports, operator, "acme", entry.client_cert_id, passphrase=None)
     assert len(mails(mail_ports)) == before
 
-    release_key(mail_ports, operator, "acme", entry.client_cert_id, passphrase=None,
-                reason="ticket 42")
+    release_key(
+        mail_ports, operator, "acme", entry.client_cert_id, passphrase=None, reason="ticket 42"
+    )
     assert _new_rows(mail_ports, before) == [
         ("boss@example.org", OPERATOR_RELEASE),
         ("dave@example.org", RECOVERED),
@@ -161,8 +173,9 @@ def test_send_pending_delivers_each_message_once(mail_ports, operator, smtp_serv
     key = pool_key("ec384")
     cert = make_cert(key, "alice@example.org", serial=SERIAL, cn=SUBJECT_CN)
     _, entry = _import(mail_ports, operator, key, cert=cert)
-    release_key(mail_ports, operator, "acme", entry.client_cert_id, passphrase=None,
-                reason="lost laptop")
+    release_key(
+        mail_ports, operator, "acme", entry.client_cert_id, passphrase=None, reason="lost laptop"
+    )
     assert smtp_server.messages == []
 
     assert send_pending(mail_ports) == SendResult(sent=3, failed=0, pending=0)
@@ -290,23 +303,32 @@ def test_mail_never_carries_a_passphrase_or_key_material(mail_ports, operator, s
     key = pool_key("rsa2048-1")
     _, entry = _import(mail_ports, operator, key)
     canary = "Canary-Passphrase-Zebra-7731"
-    mine = release_key(mail_ports, operator, "acme", entry.client_cert_id, passphrase=canary,
-                       reason="ticket 7")
-    generated = release_key(mail_ports, operator, "acme", entry.client_cert_id, passphrase=None,
-                            reason="ticket 8")
+    mine = release_key(
+        mail_ports, operator, "acme", entry.client_cert_id, passphrase=canary, reason="ticket 7"
+    )
+    generated = release_key(
+        mail_ports, operator, "acme", entry.client_cert_id, passphrase=None, reason="ticket 8"
+    )
     assert generated.generated_passphrase
     assert send_pending(mail_ports) == SendResult(sent=5, failed=0, pending=0)
 
     der = keylib.to_pkcs8_der(key)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
     d = key.private_numbers().d
     forbidden = [
-        canary, generated.generated_passphrase, PW,
-        base64.b64encode(der).decode(), der.hex()[200:264], format(d, "x")[:64], str(d)[:64],
+        canary,
+        generated.generated_passphrase,
+        PW,
+        base64.b64encode(der).decode(),
+        der.hex()[200:264],
+        format(d, "x")[:64],
+        str(d)[:64],
         *[line for line in pem.splitlines() if "-----" not in line],
         *_pem_lines(der),
-        *_pem_lines(mine.releases[0].data), *_pem_lines(generated.releases[0].data),
+        *_pem_lines(mine.releases[0].data),
+        *_pem_lines(generated.releases[0].data),
     ]
     texts = [f"{row.subject}\n{row.body}" for row in mails(mail_ports)]
     texts += [f"{m.subject}\n{m.body}\n{m.raw.decode('latin-1')}" for m in smtp_server.messages]
@@ -332,8 +354,9 @@ def test_cli_mail_send(mail_ports, operator, smtp_server, tmp_path):  # noqa: F8
     command = [str(Path(sys.executable).parent / "certvault"), "mail", "send"]
 
     def run() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60,
-                              check=False)
+        return subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=60, check=False
+        )
 
     smtp_server.stop()
     down = run()

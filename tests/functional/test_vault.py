@@ -6,7 +6,6 @@ import datetime as dt
 import json
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from certvault.crypto import keys as keylib
 from certvault.crypto.pkcs12 import EncryptionType, read_pkcs12
@@ -47,8 +46,9 @@ def test_round_trip_every_key_type(ports, operator, account, kind):
     cert, [entry] = _import(ports, operator, key)
     assert entry.message == IMPORTED and entry.client_cert_id is not None
     assert entry.alias == "alias"
-    batch = release_key(ports, operator, "acme", entry.client_cert_id, passphrase=None,
-                        reason="test")
+    batch = release_key(
+        ports, operator, "acme", entry.client_cert_id, passphrase=None, reason="test"
+    )
     back = read_pkcs12(batch.releases[0].data, batch.generated_passphrase)
     assert _der(back.entries[0].key) == _der(key)
     assert back.entries[0].certificate == cert
@@ -128,8 +128,9 @@ def test_service_keys_are_never_escrowed(ports, operator, account):
     key = pool_key("ec521")
     spki = keylib.spki_sha256(key.public_key())
     with ports.db.transaction() as s:
-        keyring.create_service_key(s, ports, purpose="ca-signing", material=_der(key),
-                                   spki_sha256=spki)
+        keyring.create_service_key(
+            s, ports, purpose="ca-signing", material=_der(key), spki_sha256=spki
+        )
     _, [entry] = _import(ports, operator, key)
     assert entry.code == ServiceKeyRefused.code
     assert counts(ports)["keys"] == 0
@@ -143,6 +144,7 @@ def test_trusted_issuer_is_recorded_and_can_be_required(ports, operator, account
     from sqlalchemy import select
 
     from certvault.db.models import Certificate
+
     with ports.db.read() as s:
         assert s.scalars(select(Certificate.trusted_issuer)).one() is True
     accounts.set_require_trusted_issuer(ports, operator, "acme", True)
@@ -193,8 +195,15 @@ def test_non_ascii_passphrase_and_legacy_encryption(ports, operator, account):
     key = pool_key("rsa2048-2")
     _, [entry] = _import(ports, operator, key)
     phrase = "Grüße-aus-Köln-Ω-2026"
-    batch = release_key(ports, operator, "acme", entry.client_cert_id, passphrase=phrase,
-                        reason="r", encryption="TripleDES-SHA1")
+    batch = release_key(
+        ports,
+        operator,
+        "acme",
+        entry.client_cert_id,
+        passphrase=phrase,
+        reason="r",
+        encryption="TripleDES-SHA1",
+    )
     assert batch.generated_passphrase is None
     assert batch.releases[0].encryption is EncryptionType.TRIPLEDES_SHA1
     back = read_pkcs12(batch.releases[0].data, phrase)
@@ -202,8 +211,9 @@ def test_non_ascii_passphrase_and_legacy_encryption(ports, operator, account):
 
 
 def test_release_audited_and_notifies_owner_and_admins(ports, operator, account):
-    admins.create_admin(ports, operator, "acme", "boss", email="boss@example.org",
-                        privileges=["key_vault_download"])
+    admins.create_admin(
+        ports, operator, "acme", "boss", email="boss@example.org", privileges=["key_vault_download"]
+    )
     _, [entry] = _import(ports, operator, pool_key("ec256"), email="dave@example.org")
     release_key(ports, operator, "acme", entry.client_cert_id, passphrase=None, reason="ticket 1")
     [ev] = [e for e in events(ports, "key.release") if e.outcome == "success"]
@@ -218,6 +228,7 @@ def _admin_actor(ports, login):  # type: ignore[no-untyped-def]
     from sqlalchemy import select
 
     from certvault.db.models import Admin
+
     with ports.db.read() as s:
         admin = s.scalars(select(Admin).where(Admin.login == login)).one()
         return admins.actor_for(admin)
@@ -232,8 +243,15 @@ def test_release_authorization_per_certificate(ports, operator, account):
         acct = accounts.get_account(s, "acme")
         s.add(Organization(account_id=acct.id, name="Sales"))
     admins.create_admin(ports, operator, "acme", "noprivs")
-    admins.create_admin(ports, operator, "acme", "sales", role="organization",
-                        organizations=["Sales"], privileges=["key_vault_download"])
+    admins.create_admin(
+        ports,
+        operator,
+        "acme",
+        "sales",
+        role="organization",
+        organizations=["Sales"],
+        privileges=["key_vault_download"],
+    )
     admins.create_admin(ports, operator, "acme", "keys", privileges=["key_vault_download"])
     accounts.create_account(ports, operator, "Other", "other", key_vault_enabled=True)
     admins.create_admin(ports, operator, "other", "foreign", privileges=["key_vault_download"])
@@ -247,8 +265,12 @@ def test_release_authorization_per_certificate(ports, operator, account):
     batch = release_key(ports, _admin_actor(ports, "keys"), "acme", cid, passphrase=None)
     assert batch.releases
     outcomes = [(e.actor, e.outcome) for e in events(ports, "key.release")]
-    assert outcomes == [("admin:noprivs", "refused"), ("admin:sales", "refused"),
-                        ("admin:foreign", "refused"), ("admin:keys", "success")]
+    assert outcomes == [
+        ("admin:noprivs", "refused"),
+        ("admin:sales", "refused"),
+        ("admin:foreign", "refused"),
+        ("admin:keys", "success"),
+    ]
 
 
 def test_certificate_without_key_cannot_be_released(ports, operator, account):

@@ -4,7 +4,7 @@
 # Re-running replaces every file with new random keys, so only re-run when adding vectors, and
 # commit the whole folder together.
 #
-# Tools: OpenSSL 3.0 (`openssl`, with the legacy provider for the -legacy exports) and a Python
+# Tools: OpenSSL 3.0 (`openssl`; its legacy provider for -legacy, RC2 and 2DES) and a Python
 # with cryptography + asn1crypto (PYTHON, default: the project's .venv) for the few files openssl
 # cannot make. Those are labelled "Python-made" in the README. Python only assembles or patches
 # openssl-made pieces, except the PBES2 wrapper of iter-nested-100m.p12 and the PBMAC1 MAC of

@@ -75,9 +75,7 @@ def describe_key(key: PrivateKey) -> tuple[str, int | str]:
         return ("rsa", key.key_size)
     if isinstance(key, ec.EllipticCurvePrivateKey):
         return ("ec", key.curve.name)
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return ("ed25519", 255)
-    raise UnsupportedKey()
+    return ("ed25519", 255)
 
 
 def certificate_emails(cert: x509.Certificate) -> list[str]:
@@ -88,7 +86,7 @@ def certificate_emails(cert: x509.Certificate) -> list[str]:
         found.extend(san.get_values_for_type(x509.RFC822Name))
     except x509.ExtensionNotFound:
         pass
-    except ValueError as exc:
+    except (ValueError, x509.DuplicateExtension) as exc:
         # Duplicate or undecodable extensions: guessing would risk sending a recovery code to the
         # wrong address (DESIGN §5.8), so refuse instead.
         raise InvalidInput("The certificate's extensions cannot be read.") from exc

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -23,11 +22,13 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.serialization import pkcs12 as crypto_pkcs12
 
 from certvault.crypto import keys
 from certvault.crypto.keys import PrivateKey
+from certvault.crypto.pbe import bmp_password, pbkdf2, pkcs12_kdf, rc2_cbc_decrypt
 from certvault.errors import (
     CryptoError,
     InvalidInput,
@@ -65,7 +66,8 @@ class P12Limits:
     max_iterations: int = 2_000_000  # per KDF invocation (MAC, each encrypted bag / EncryptedData)
     max_total_iterations: int = 6_000_000  # sum over the whole file
     max_bags: int = 64  # SafeBags, nested ones and encrypted sections included
-    max_rc2_bytes: int = 64 * 1024  # RC2 runs in Python here, about 1.4 s per MB
+    # Full RSA validation, in RSA-2048 units of about 75 ms: 3072 bits = 4, 4096 = 8, 8192 = 64.
+    max_rsa_validation: int = 64
 
 
 _DEFAULT_LIMITS = P12Limits()
@@ -102,103 +104,6 @@ class EncryptionType(StrEnum):
         raise UnsupportedEncryption(
             "Unknown encryption type; use one of: " + ", ".join(m.value for m in cls) + "."
         )
-
-
-# --- the PKCS#12 key derivation function ---------------------------------------------------------
-
-
-def pkcs12_kdf(
-    hash_name: str, password_bmp: bytes, salt: bytes, id_byte: int, iterations: int, n_bytes: int
-) -> bytes:
-    """RFC 7292 appendix B.2. ``password_bmp`` is already BMPString-encoded (see ``_bmp``)."""
-    if hash_name not in _HASHES or iterations < 1 or not 0 <= id_byte <= 255:
-        raise ValueError("unsupported PKCS#12 KDF parameters")
-    ctor = getattr(hashlib, hash_name)
-    v = ctor().block_size  # 64 bytes for SHA-1/SHA-256, 128 for SHA-384/SHA-512
-
-    def stretch(data: bytes) -> bytes:
-        # Repeat to fill a whole number of v-byte blocks; an empty input stays empty.
-        if not data:
-            return b""
-        length = v * -(-len(data) // v)
-        return (data * -(-length // len(data)))[:length]
-
-    diversifier = bytes([id_byte]) * v
-    i_block = bytearray(stretch(salt) + stretch(password_bmp))
-    out = bytearray()
-    while True:
-        a = ctor(diversifier + i_block).digest()
-        for _ in range(iterations - 1):
-            a = ctor(a).digest()
-        out += a
-        if len(out) >= n_bytes:
-            return bytes(out[:n_bytes])
-        # Next block: every v-byte chunk I_j of I becomes (I_j + B + 1) mod 2^(8v), B = A stretched.
-        b = int.from_bytes(stretch(a), "big") + 1
-        modulus = 1 << (8 * v)
-        for j in range(0, len(i_block), v):
-            chunk = (int.from_bytes(i_block[j : j + v], "big") + b) % modulus
-            i_block[j : j + v] = chunk.to_bytes(v, "big")
-
-
-def _bmp(password: str) -> bytes:
-    """BMPString form used by the PKCS#12 KDF: UTF-16-BE plus a two-byte terminator, as OpenSSL."""
-    return password.encode("utf-16-be") + b"\x00\x00"
-
-
-# --- RC2 (RFC 2268), decryption only --------------------------------------------------------------
-# cryptography's RC2 takes only 128-bit keys; legacy files encrypt certificates with 40-bit RC2.
-
-_PITABLE = bytes.fromhex(
-    "d978f9c419ddb5ed28e9fd794aa0d89dc67e37832b76538e624c6488448bfba2"
-    "179a59f587b34f1361456d8d09817d32bd8f40eb86b77b0bf09521225c6b4e82"
-    "54d66593ce60b21c7356c014a78cf1dc1275ca1f3bbee4d1423dd430a33cb626"
-    "6fbf0eda4669075727f21d9bbc944303f811c7f690ef3ee706c3d52fc8661ed7"
-    "08e8eade8052eef784aa72ac354d6a2a961ad2715a1549744b9fd05e0418a4ec"
-    "c2e0416e0f51cbcc2491af50a1f47039997c3a8523b8b47afc02365b25559731"
-    "2d5dfa98e38a92ae05df2910676cbac9d300e6cfe19ea82c6316013f58e289a9"
-    "0d38341bab33ffb0bb480c5fb9b1cd2ec5f3db47e5a59c770aa62068fe7fc1ad"
-)
-
-
-def _rc2_subkeys(key: bytes, effective_bits: int) -> list[int]:
-    """RFC 2268 section 2: 64 16-bit subkeys, weakened to ``effective_bits``."""
-    t8 = (effective_bits + 7) // 8
-    tm = 0xFF >> (8 * t8 - effective_bits)
-    ex = bytearray(key) + bytearray(128 - len(key))
-    for i in range(len(key), 128):
-        ex[i] = _PITABLE[(ex[i - 1] + ex[i - len(key)]) & 0xFF]
-    ex[128 - t8] = _PITABLE[ex[128 - t8] & tm]
-    for i in range(127 - t8, -1, -1):
-        ex[i] = _PITABLE[ex[i + 1] ^ ex[i + t8]]
-    return [ex[2 * i] | ex[2 * i + 1] << 8 for i in range(64)]
-
-
-def _rc2_cbc_decrypt(key: bytes, effective_bits: int, iv: bytes, data: bytes) -> bytes:
-    """RC2-CBC decryption without unpadding (RFC 2268 section 4)."""
-    k = _rc2_subkeys(key, effective_bits)
-    out = bytearray()
-    prev = iv
-    for off in range(0, len(data), 8):
-        block = data[off : off + 8]
-        r0, r1, r2, r3 = struct.unpack("<4H", block)
-        j = 63
-        for rounds in (5, 6, 5):
-            for _ in range(rounds):  # R-MIX inverted; rotations right by 5, 3, 2, 1
-                r3 = ((r3 << 11 | r3 >> 5) - k[j] - (r2 & r1) - (~r2 & r0)) & 0xFFFF
-                r2 = ((r2 << 13 | r2 >> 3) - k[j - 1] - (r1 & r0) - (~r1 & r3)) & 0xFFFF
-                r1 = ((r1 << 14 | r1 >> 2) - k[j - 2] - (r0 & r3) - (~r0 & r2)) & 0xFFFF
-                r0 = ((r0 << 15 | r0 >> 1) - k[j - 3] - (r3 & r2) - (~r3 & r1)) & 0xFFFF
-                j -= 4
-            if j > 0:  # R-MASH inverted, between the three mixing passes
-                r3 = (r3 - k[r2 & 63]) & 0xFFFF
-                r2 = (r2 - k[r1 & 63]) & 0xFFFF
-                r1 = (r1 - k[r0 & 63]) & 0xFFFF
-                r0 = (r0 - k[r3 & 63]) & 0xFFFF
-        plain = struct.pack("<4H", r0, r1, r2, r3)
-        out += bytes(p ^ c for p, c in zip(plain, prev, strict=True))
-        prev = block
-    return bytes(out)
 
 
 # --- parsed structures ----------------------------------------------------------------------------
@@ -257,7 +162,7 @@ class _Budget:
         self.limits = limits
         self.iterations = 0
         self.bags = 0
-        self.rc2_bytes = 0
+        self.rsa_validation = 0
 
     def admit(self, iterations: int) -> None:
         if iterations > self.limits.max_iterations:
@@ -266,13 +171,12 @@ class _Budget:
             raise P12TooExpensive("The file asks for more key-derivation work than allowed.")
         self.iterations += iterations
 
-    def admit_pbe(self, pbe: _Pbe, size: int) -> None:
-        """Admit one decryption of ``size`` bytes with ``pbe``."""
-        self.admit(pbe.iterations)
-        if pbe.cipher == "rc2":
-            self.rc2_bytes += size
-            if self.rc2_bytes > self.limits.max_rc2_bytes:
-                raise P12TooExpensive("The file holds more RC2-encrypted data than allowed.")
+    def admit_validation(self, key: PrivateKey) -> None:
+        if isinstance(key, rsa.RSAPrivateKey):
+            # The prime checks grow with the cube of the modulus size.
+            self.rsa_validation += -(-(key.key_size**3) // 2048**3)
+            if self.rsa_validation > self.limits.max_rsa_validation:
+                raise P12TooExpensive("The file holds more RSA key material than allowed.")
 
     def count_bag(self) -> None:
         self.bags += 1
@@ -450,7 +354,7 @@ def _parse_pfx(
 
 def _password_forms(password: str) -> list[_Password]:
     try:
-        forms = [_Password(_bmp(password), password.encode("utf-8"))]
+        forms = [_Password(bmp_password(password), password.encode("utf-8"))]
     except UnicodeEncodeError as exc:  # lone surrogates: no file can have been made with these
         raise P12WrongPassword() from exc
     if not password:
@@ -475,9 +379,7 @@ def _verify_mac(
         if attempt:
             budget.admit(mac.iterations)
         if mac.pbmac1:
-            key = hashlib.pbkdf2_hmac(
-                mac.kdf_hash, form.utf8, mac.salt, mac.iterations, mac.key_size
-            )
+            key = pbkdf2(mac.kdf_hash, form.utf8, mac.salt, mac.iterations, mac.key_size)
         else:
             key = pkcs12_kdf(
                 mac.hmac_hash, form.bmp, mac.salt, _ID_MAC, mac.iterations, mac.key_size
@@ -493,13 +395,13 @@ def _decrypt(pbe: _Pbe, form: _Password, data: bytes) -> bytes | None:
         key = pkcs12_kdf(pbe.hash_name, form.bmp, pbe.salt, _ID_KEY, pbe.iterations, pbe.key_size)
         iv = pkcs12_kdf(pbe.hash_name, form.bmp, pbe.salt, _ID_IV, pbe.iterations, 8)
     else:
-        key = hashlib.pbkdf2_hmac(pbe.hash_name, form.utf8, pbe.salt, pbe.iterations, pbe.key_size)
+        key = pbkdf2(pbe.hash_name, form.utf8, pbe.salt, pbe.iterations, pbe.key_size)
         iv = pbe.iv
     block = len(iv)
     if not data or len(data) % block:
         raise _malformed("bad ciphertext length")
     if pbe.cipher == "rc2":
-        plain = _rc2_cbc_decrypt(key, pbe.rc2_bits, iv, data)
+        plain = rc2_cbc_decrypt(key, pbe.rc2_bits, iv, data)
     else:
         if pbe.cipher == "aes":
             algorithm: algorithms.AES | TripleDES = algorithms.AES(key)
@@ -530,7 +432,7 @@ def _open(
     candidates = _distinct(forms, (lambda f: f.bmp) if pbe.pkcs12 else (lambda f: f.utf8))
     for attempt, form in enumerate(candidates):
         if attempt:
-            budget.admit_pbe(pbe, len(data))
+            budget.admit(pbe.iterations)
         plain = _decrypt(pbe, form, data)
         if plain is None:
             continue
@@ -542,9 +444,9 @@ def _open(
     raise P12WrongPassword()
 
 
-def _load_key(der: bytes) -> PrivateKey:
+def _load_key(der: bytes, *, validate: bool) -> PrivateKey:
     try:
-        return keys.load_pkcs8_der(der, validate=True)
+        return keys.load_pkcs8_der(der, validate=validate)
     except UnsupportedKey as exc:
         raise P12UnsupportedKey(exc.message) from exc
     except CryptoError as exc:
@@ -585,11 +487,11 @@ def read_pkcs12(data: bytes, password: str, limits: P12Limits = _DEFAULT_LIMITS)
         budget.admit(mac.iterations)
     for section in sections:
         if isinstance(section, _Encrypted):
-            budget.admit_pbe(section.pbe, len(section.ciphertext))
+            budget.admit(section.pbe.iterations)
         else:
             for bag in section:
                 if bag.pbe is not None:
-                    budget.admit_pbe(bag.pbe, len(bag.der))
+                    budget.admit(bag.pbe.iterations)
 
     forms = _password_forms(password)
     if mac is not None:
@@ -610,22 +512,32 @@ def read_pkcs12(data: bytes, password: str, limits: P12Limits = _DEFAULT_LIMITS)
             # Keys found inside are priced as soon as they are seen, before any of them runs.
             for bag in found:
                 if bag.pbe is not None:
-                    budget.admit_pbe(bag.pbe, len(bag.der))
+                    budget.admit(bag.pbe.iterations)
             bags.extend(found)
         else:
             bags.extend(section)
 
-    found_keys: list[tuple[PrivateKey, _Bag]] = []
+    # Keys are first loaded without the RSA checks, so that their total cost is known and
+    # admitted before any of it is spent; the checks then run on every key that is returned.
+    unchecked: list[tuple[bytes, _Bag]] = []
     found_certs: list[tuple[x509.Certificate, _Bag]] = []
     for bag in bags:
         if not bag.is_key:
             found_certs.append((_load_certificate(bag.der), bag))
-        elif bag.pbe is None:
-            found_keys.append((_load_key(bag.der), bag))
         else:
-            key = _open(bag.pbe, bag.der, forms, budget, _load_key, authenticated)
-            found_keys.append((key, bag))
+            if bag.pbe is None:
+                key, der = _unchecked_key(bag.der)
+            else:
+                key, der = _open(bag.pbe, bag.der, forms, budget, _unchecked_key, authenticated)
+            budget.admit_validation(key)
+            unchecked.append((der, bag))
+    found_keys = [(_load_key(der, validate=True), bag) for der, bag in unchecked]
     return _pair(found_keys, found_certs)
+
+
+def _unchecked_key(der: bytes) -> tuple[PrivateKey, bytes]:
+    """The key (RSA primes not yet checked) and its PKCS#8 DER."""
+    return _load_key(der, validate=False), der
 
 
 def _pair(
@@ -635,7 +547,6 @@ def _pair(
     if not found_keys:
         raise P12NoKey()
     spkis = [keys.certificate_spki_der(cert) for cert, _ in found_certs]
-    used: set[int] = set()
     entries: list[P12Entry] = []
     for key, key_bag in found_keys:
         spki = keys.spki_der(key.public_key())
@@ -652,13 +563,12 @@ def _pair(
             matches[0],
         )
         cert, cert_bag = found_certs[pick]
-        used.add(pick)
         entries.append(P12Entry(key, cert, key_bag.friendly_name or cert_bag.friendly_name))
     seen = {entry.certificate.public_bytes(serialization.Encoding.DER) for entry in entries}
     extra: list[x509.Certificate] = []
-    for i, (cert, _) in enumerate(found_certs):
+    for cert, _ in found_certs:
         der = cert.public_bytes(serialization.Encoding.DER)
-        if i not in used and der not in seen:
+        if der not in seen:
             seen.add(der)
             extra.append(cert)
     return P12Contents(entries, extra)
@@ -681,8 +591,9 @@ def write_pkcs12(
         raise InvalidInput("The passphrase must not be empty.")
     try:
         password_utf8 = passphrase.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidInput("The passphrase is not valid text.") from exc
+        name = friendly_name.encode("utf-8") if friendly_name else None
+    except UnicodeEncodeError as exc:  # lone surrogates, e.g. from JSON "\ud800"
+        raise InvalidInput("The passphrase or friendly name is not valid text.") from exc
     if not 1 <= iterations <= _MAX_WRITE_ITERATIONS:
         raise InvalidInput(f"Iterations must be between 1 and {_MAX_WRITE_ITERATIONS}.")
     if not keys.key_matches_certificate(key, certificate):
@@ -701,11 +612,7 @@ def write_pkcs12(
         .build(password_utf8)
     )
     p12 = crypto_pkcs12.serialize_key_and_certificates(
-        friendly_name.encode("utf-8") if friendly_name else None,
-        key,
-        certificate,
-        list(chain) or None,
-        protection,
+        name, key, certificate, list(chain) or None, protection
     )
     return _rewrite_mac(p12, passphrase, mac_hash.name, iterations)
 
@@ -721,7 +628,7 @@ def _rewrite_mac(p12: bytes, passphrase: str, hash_name: str, iterations: int) -
     auth_safe = pfx["auth_safe"]
     salt = os.urandom(16)
     size = hashlib.new(hash_name).digest_size
-    mac_key = pkcs12_kdf(hash_name, _bmp(passphrase), salt, _ID_MAC, iterations, size)
+    mac_key = pkcs12_kdf(hash_name, bmp_password(passphrase), salt, _ID_MAC, iterations, size)
     digest = hmac.new(mac_key, bytes(auth_safe["content"]), hash_name).digest()
     mac_data = asn1_pkcs12.MacData(
         {

@@ -7,15 +7,20 @@ import hashlib
 
 import pytest
 from asn1crypto import keys as asn1_keys
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, rsa, x25519
 from cryptography.x509.oid import NameOID
 
 from certvault.crypto import keys
-from certvault.errors import CryptoError, UnsupportedKey
+from certvault.errors import CryptoError, InvalidInput, UnsupportedKey
 
 KEY_TYPES = ["rsa2048", "rsa4096", "p256", "p384", "p521", "ed25519"]
+
+
+def der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
 
 
 @pytest.mark.parametrize(
@@ -106,6 +111,19 @@ def test_certificate_emails_ignore_other_san_types():
     assert keys.certificate_emails(cert) == ["carol@example.org"]
 
 
+def test_certificate_emails_refuses_a_duplicated_san(vectors):
+    # Two SAN extensions: which one names the owner is anyone's guess, so none is used.
+    cert = asn1_x509.Certificate.load(der(vectors.cert("p256")))
+    extensions = cert["tbs_certificate"]["extensions"]
+    san = next(e for e in extensions if e["extn_id"].native == "subject_alt_name")
+    extensions.append(asn1_x509.Extension.load(san.dump()))
+    cert["tbs_certificate"]["extensions"] = extensions
+    doubled = x509.load_der_x509_certificate(cert.dump(force=True))
+
+    with pytest.raises(InvalidInput):
+        keys.certificate_emails(doubled)
+
+
 @pytest.mark.parametrize("name", KEY_TYPES)
 @pytest.mark.parametrize("validate", [True, False])
 def test_pkcs8_round_trip(vectors, name, validate):
@@ -159,6 +177,34 @@ def test_unsupported_keys(make_key):
         keys.supported_key(key)
     with pytest.raises(UnsupportedKey):
         keys.describe_key(key)
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_oversized_rsa_is_unsupported_without_checking_it(validate):
+    # Numbers that only pretend to be a 16384-bit key: a check would refuse them as broken, so
+    # UnsupportedKey shows that the size was refused first (a real check takes half a minute).
+    numbers = asn1_keys.RSAPrivateKey(
+        {
+            "version": 0,
+            "modulus": (1 << 16383) | 1,
+            "public_exponent": 65537,
+            "private_exponent": 3,
+            "prime1": 3,
+            "prime2": 5,
+            "exponent1": 1,
+            "exponent2": 1,
+            "coefficient": 1,
+        }
+    )
+    der = asn1_keys.PrivateKeyInfo(
+        {
+            "version": 0,
+            "private_key_algorithm": {"algorithm": "rsa", "parameters": None},
+            "private_key": numbers,
+        }
+    ).dump()
+    with pytest.raises(UnsupportedKey):
+        keys.load_pkcs8_der(der, validate=validate)
 
 
 @pytest.mark.parametrize("blob", [b"", b"\x30\x03\x02\x01\x00", b"not a key at all"])
