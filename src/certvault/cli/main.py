@@ -97,7 +97,7 @@ def account_show(slug: str) -> None:
                     f"\tuuid={a.uuid}"
                 )
 
-        out.print(guarded(work))
+        typer.echo(guarded(work))  # plain tabs for scripts
 
 
 def _set_key_vault(slug: str, enabled: bool) -> None:

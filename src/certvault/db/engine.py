@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,7 +37,10 @@ class Database:
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         if self.is_sqlite:
             if self.url.database and self.url.database != ":memory:":
-                Path(self.url.database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                path = Path(self.url.database)
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                # Created private before SQLite opens it; its WAL and SHM files copy the mode.
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
             self.engine = create_engine(
                 self.url,
                 echo=echo,

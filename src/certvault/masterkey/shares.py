@@ -40,12 +40,12 @@ def combine_shares(mnemonics: Sequence[str]) -> bytes:
         raise SharesInvalid("No shares were given.")
     parsed = []
     for position, mnemonic in enumerate(cleaned, start=1):
-        try:
-            parsed.append(Share.from_mnemonic(mnemonic))
-        except (MnemonicError, ValueError, KeyError, IndexError):
+        share = _parse(mnemonic)
+        if share is None:
             raise SharesInvalid(
                 f"Share {position} is not a valid share (a word is wrong or missing)."
-            ) from None
+            )
+        parsed.append(share)
     first = parsed[0]
     for position, share in enumerate(parsed[1:], start=2):
         if share.common_parameters() != first.common_parameters():
@@ -55,7 +55,25 @@ def combine_shares(mnemonics: Sequence[str]) -> bytes:
         raise SharesInvalid(
             f"{first.member_threshold} different shares are needed; {len(indexes)} were given."
         )
+    secret = _combine(cleaned)
+    if secret is None:
+        raise SharesInvalid("The shares do not rebuild a master key (a share is wrong).")
+    return secret
+
+
+# The library's exceptions quote share words. They are dropped here, and our own errors are
+# raised outside the `except` blocks so that not even an exception's hidden context keeps them.
+
+
+def _parse(mnemonic: str) -> Share | None:
     try:
-        return bytes(shamir_mnemonic.combine_mnemonics(cleaned, passphrase=b""))
+        return Share.from_mnemonic(mnemonic)
     except (MnemonicError, ValueError, KeyError, IndexError):
-        raise SharesInvalid("The shares do not rebuild a master key (a share is wrong).") from None
+        return None
+
+
+def _combine(mnemonics: list[str]) -> bytes | None:
+    try:
+        return bytes(shamir_mnemonic.combine_mnemonics(mnemonics, passphrase=b""))
+    except (MnemonicError, ValueError, KeyError, IndexError):
+        return None

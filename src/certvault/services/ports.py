@@ -40,10 +40,20 @@ def master_key_provider(settings: Settings) -> MasterKeyProvider:
             f"Unknown master-key provider {settings.master_key_provider[:40]!r}; "
             "this version supports 'file'."
         )
-    return FileMasterKeyProvider(settings.effective_master_key_dir)
+    key_dir = settings.effective_master_key_dir
+    db_dir = settings.database_dir if settings.database_url is None else None
+    if db_dir is not None and (key_dir == db_dir or db_dir in key_dir.parents):
+        # A copy of the database directory would then carry the key that opens it.
+        raise ConfigurationError(
+            "The master-key directory must not be inside the database directory "
+            f"({db_dir}); set CERTVAULT_MASTER_KEY_DIR elsewhere."
+        )
+    return FileMasterKeyProvider(key_dir)
 
 
 def open_ports(settings: Settings) -> Ports:
+    # The home holds the database, the master key and the audit heads: private before anything.
+    settings.home_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     return Ports(
         settings=settings,
         db=Database(settings.effective_database_url),

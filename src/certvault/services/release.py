@@ -209,8 +209,13 @@ def _commit(
     # ``account`` and the plan's rows were loaded by the reading transaction; only what may have
     # changed since is read again: whether the keys still exist.
     key_ids = {item.key.id for item in plan.items}
-    live = set(session.scalars(select(EscrowedKey.id).where(
-        EscrowedKey.id.in_(key_ids), EscrowedKey.destroyed_at.is_(None))))
+    live = set(
+        session.scalars(
+            select(EscrowedKey.id).where(
+                EscrowedKey.id.in_(key_ids), EscrowedKey.destroyed_at.is_(None)
+            )
+        )
+    )
     if live != key_ids:
         raise NoEscrowedKey()
     for item in plan.items:

@@ -164,8 +164,12 @@ class _ArchiveCache:
         if cache is None or cache.account_id != account.id:
             cache = cls(
                 account.id,
-                [x509.load_der_x509_certificate(der) for der in session.scalars(
-                    select(TrustedIssuer.der).where(TrustedIssuer.account_id == account.id))],
+                [
+                    x509.load_der_x509_certificate(der)
+                    for der in session.scalars(
+                        select(TrustedIssuer.der).where(TrustedIssuer.account_id == account.id)
+                    )
+                ],
                 default_organization(session, account),
                 keyring.service_public_keys(session),
             )
@@ -439,12 +443,19 @@ def import_files(
     Parsing (the KDF and key validation) runs outside any transaction; each entry is archived in
     a savepoint, so one bad entry or file never stops the others.
     """
-    with ports.db.read() as session:
-        account = get_account(session, account_slug)
-        account_id, enabled = account.id, account.key_vault_enabled
+    with audit.refusals_audited(ports, account_id=None, actor=actor, action=ARCHIVE):
+        with ports.db.read() as session:  # an unknown account is refused on the installation chain
+            account = get_account(session, account_slug)
+            actor.require_visible(account.id, None, "Account")
+            account_id, enabled = account.id, account.key_vault_enabled
     if not enabled:
-        audit.record_refusal(ports, account_id=account_id, actor=actor, action=ARCHIVE,
-                             reason_code=KeyVaultDisabled.code)
+        audit.record_refusal(
+            ports,
+            account_id=account_id,
+            actor=actor,
+            action=ARCHIVE,
+            reason_code=KeyVaultDisabled.code,
+        )
         raise KeyVaultDisabled()
     results: list[FileResult] = []
     batch: list[tuple[ImportItem, FileResult, P12Contents | None]] = []
@@ -535,9 +546,6 @@ def import_p12(
 ) -> list[EntryResult]:
     """Import one PKCS#12 file (the REST upload). A file that cannot be read raises."""
     item = ImportItem(name=name, load=lambda: data, password=password, person_id=person_id)
-    with ports.db.read() as session:
-        account = get_account(session, account_slug)
-        actor.require_visible(account.id, None, "Account")
     [result] = import_files(ports, actor, account_slug, [item])
     if result.error is not None:
         raise result.error

@@ -126,3 +126,14 @@ def test_bad_thresholds():
     for m, n in ((0, 3), (4, 3), (1, 3), (2, 17)):
         with pytest.raises(InvalidInput):
             split_secret(os.urandom(32), m, n)
+
+
+def test_master_key_may_not_live_inside_the_database_directory(tmp_path):
+    from certvault.config import Settings
+    from certvault.errors import ConfigurationError
+    from certvault.services.ports import master_key_provider
+
+    home = tmp_path / "home"
+    with pytest.raises(ConfigurationError, match="must not be inside the database directory"):
+        master_key_provider(Settings(home=home, master_key_dir=home / "db" / "keys"))
+    assert master_key_provider(Settings(home=home)).name == "file"
