@@ -35,6 +35,19 @@ class Settings(BaseSettings):
     smtp_security: str = Field(default="none", pattern="^(none|starttls|tls)$")
     smtp_timeout: float = 10.0
 
+    # Rate limits that hold across all workers: Redis when configured, else database counters.
+    redis_url: str | None = None
+    downloads_per_hour_admin: int = Field(default=60, ge=1)
+    downloads_per_hour_token: int = Field(default=60, ge=1)
+    downloads_per_hour_ip: int = Field(default=120, ge=1)
+    logins_per_minute_ip: int = Field(default=30, ge=1)
+    logins_per_minute_login: int = Field(default=10, ge=1)
+    credential_cache_seconds: int = Field(default=60, ge=0, le=600)
+
+    trusted_proxies: str = ""  # comma-separated addresses whose X-Forwarded-For is believed
+    metrics_token: SecretStr | None = None
+    mail_send_interval: float = Field(default=10.0, gt=0)
+
     # argon2 parameters for administrator passwords (RFC 9106 low-memory profile by default).
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536

@@ -11,7 +11,7 @@ import typer
 from certvault import __version__
 from certvault.cli import keys as keys_commands
 from certvault.cli.common import err, guarded, operator, out, ports_for_command, read_secret_file
-from certvault.services import accounts, admins, audit, notify
+from certvault.services import accounts, admins, audit, notify, tokens
 from certvault.services.verification import verify_escrow
 
 app = typer.Typer(
@@ -28,10 +28,12 @@ account_app = typer.Typer(
 admin_app = typer.Typer(help="Administrators of an account.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit log.", no_args_is_help=True)
 mail_app = typer.Typer(help="The mail outbox.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 app.add_typer(account_app, name="account")
 app.add_typer(admin_app, name="admin")
 app.add_typer(audit_app, name="audit")
 app.add_typer(mail_app, name="mail")
+app.add_typer(token_app, name="token")
 app.add_typer(keys_commands.kek_app, name="kek")
 app.command("import")(keys_commands.import_command)
 app.command("export")(keys_commands.export_command)
@@ -189,6 +191,52 @@ def admin_create(
         out.print(f"administrator {created.login} created in {account}")
         if created.generated_password:
             out.print(f"password (shown once): {created.generated_password}")
+
+
+@token_app.command("create")
+def token_create(
+    login: str,
+    account: Annotated[str, typer.Option(help="Account slug.")],
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(help="read, keys:upload, keys:download, manage (default: all allowed)."),
+    ] = None,
+    expires: Annotated[int, typer.Option(help="Days until it expires.")] = 90,
+) -> None:
+    """Create an API token for an administrator; it is printed once and stored only hashed."""
+    with ports_for_command() as ports:
+        created = guarded(
+            lambda: tokens.create_token(
+                ports, operator(), account, login, scopes=scope or [], expires_days=expires
+            )
+        )
+        err.print(
+            f"token {created.token_id} for {login} ({' '.join(created.scopes)}), "
+            f"expires in {expires} days; shown once:",
+            markup=False,
+        )
+        typer.echo(created.token)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: int, account: Annotated[str, typer.Option(help="Account slug.")]
+) -> None:
+    """Revoke an API token."""
+    with ports_for_command() as ports:
+        guarded(lambda: tokens.revoke_token(ports, operator(), account, token_id))
+        out.print(f"token {token_id} revoked")
+
+
+@token_app.command("list")
+def token_list(account: Annotated[str, typer.Option(help="Account slug.")]) -> None:
+    """List API tokens (never their values)."""
+    with ports_for_command() as ports:
+        rows = guarded(lambda: tokens.list_tokens(ports, operator(), account))
+        for t, login in rows:
+            state = "revoked" if t.revoked_at else "active"
+            expires = t.expires_at.date().isoformat() if t.expires_at else "never"
+            typer.echo(f"{t.id}\t{login}\t{t.prefix}...\t{t.scopes}\t{state}\texpires {expires}")
 
 
 @audit_app.command("verify")

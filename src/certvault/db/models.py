@@ -112,7 +112,14 @@ class Person(Base):
     # Stored lower-cased: emails are compared case-insensitively within an account.
     email: Mapped[str] = mapped_column(String(320))
     first_name: Mapped[str] = mapped_column(String(200), default="")
+    middle_name: Mapped[str] = mapped_column(String(200), default="")
     last_name: Mapped[str] = mapped_column(String(200), default="")
+    common_name: Mapped[str] = mapped_column(String(200), default="")
+    phone: Mapped[str] = mapped_column(String(64), default="")
+    secondary_emails: Mapped[str] = mapped_column(Text, default="")  # space-separated
+    validation_type: Mapped[str] = mapped_column(String(16), default="STANDARD")
+    eppn: Mapped[str] = mapped_column(String(320), default="")
+    upn: Mapped[str] = mapped_column(String(320), default="")
     secret_id_hash: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -167,6 +174,8 @@ class Certificate(Base):
     not_before: Mapped[datetime] = mapped_column(UTCDateTime)
     not_after: Mapped[datetime] = mapped_column(UTCDateTime)
     status: Mapped[str] = mapped_column(String(16), default="issued")
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revocation_reason: Mapped[str | None] = mapped_column(String(64))
     spki_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
     source: Mapped[str] = mapped_column(String(32))
     trusted_issuer: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -232,6 +241,8 @@ class Admin(Base):
     role: Mapped[str] = mapped_column(String(16))  # "account" | "organization"
     privileges: Mapped[str] = mapped_column(Text, default="")  # space-separated, sorted
     api_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Space-separated addresses or networks allowed to use header authentication; empty: any.
+    allowed_ips: Mapped[str] = mapped_column(Text, default="")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     totp_secret: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -297,3 +308,30 @@ class MailMessage(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(String(500))
+
+
+class ApiToken(Base):
+    """A bearer token: stored as a SHA-256 of a 256-bit random value, scoped and expiring."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    admin_id: Mapped[int] = mapped_column(ForeignKey("admins.id"), index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    scopes: Mapped[str] = mapped_column(Text)  # space-separated
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RateLimitCounter(Base):
+    """Fixed-window counters shared by every worker when no Redis is configured."""
+
+    __tablename__ = "rate_limit_counters"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    window_start: Mapped[int] = mapped_column(Integer, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)

@@ -16,7 +16,7 @@ from certvault.db.models import Account, Installation, Organization, TrustedIssu
 from certvault.errors import Conflict, InvalidInput, NotFound
 from certvault.masterkey.file import FileMasterKeyProvider, MasterKeyMissing
 from certvault.services import audit, keyring
-from certvault.services.actors import Actor
+from certvault.services.actors import Actor, Scope
 from certvault.services.ports import Ports
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -209,3 +209,23 @@ def set_require_trusted_issuer(ports: Ports, actor: Actor, slug: str, required: 
         )
 
     ports.db.run(work)
+
+
+def list_organizations(ports: Ports, actor: Actor, slug: str) -> list[Organization]:
+    actor.require_scope(Scope.READ)
+    with ports.db.read() as session:
+        account = get_account(session, slug)
+        actor.require_visible(account.id, None, "Account")
+        query = select(Organization).where(Organization.account_id == account.id)
+        orgs = actor.visible_organizations()
+        if orgs is not None:
+            query = query.where(Organization.id.in_(orgs))
+        return list(session.scalars(query.order_by(Organization.id)))
+
+
+def account_status(ports: Ports, actor: Actor, slug: str) -> Account:
+    actor.require_scope(Scope.READ)
+    with ports.db.read() as session:
+        account = get_account(session, slug)
+        actor.require_visible(account.id, None, "Account")
+        return account

@@ -16,6 +16,21 @@ class Privilege(StrEnum):
     RECOVERY_APPROVE = "recovery_approve"
 
 
+class Scope(StrEnum):
+    """What an API token may be used for, on top of its administrator's privileges."""
+
+    READ = "read"
+    KEYS_UPLOAD = "keys:upload"
+    KEYS_DOWNLOAD = "keys:download"
+    MANAGE = "manage"
+
+
+class InsufficientScope(Forbidden):
+    """The token was not issued for this kind of request."""
+
+    code = "insufficient_scope"
+
+
 class Role(StrEnum):
     ACCOUNT = "account"
     ORGANIZATION = "organization"
@@ -33,6 +48,7 @@ class Actor:
     privileges: frozenset[Privilege] = field(default_factory=frozenset)
     organization_ids: frozenset[int] = field(default_factory=frozenset)
     ip: str = ""
+    scopes: frozenset[Scope] | None = None  # None: not limited (console sessions, operators)
 
     @classmethod
     def operator(cls, name: str) -> Actor:
@@ -62,3 +78,24 @@ class Actor:
             return
         if privilege not in self.privileges:
             raise Forbidden(f"This needs the privilege {privilege.value}.")
+
+    def require_scope(self, scope: Scope) -> None:
+        if self.scopes is not None and scope not in self.scopes:
+            raise InsufficientScope(f"This token lacks the scope {scope.value}.")
+
+    def visible_organizations(self) -> frozenset[int] | None:
+        """Organizations an organization administrator sees; None when not limited."""
+        if self.is_operator or self.role == Role.ACCOUNT:
+            return None
+        return self.organization_ids
+
+    def allowed_scopes(self) -> frozenset[Scope]:
+        """Every scope this actor's privileges can back."""
+        scopes = {Scope.READ}
+        if self.is_operator or Privilege.CERTIFICATES_MANAGE in self.privileges:
+            scopes |= {Scope.KEYS_UPLOAD, Scope.MANAGE}
+        if self.is_operator or Privilege.PERSONS_MANAGE in self.privileges:
+            scopes.add(Scope.MANAGE)
+        if self.is_operator or Privilege.KEY_VAULT_DOWNLOAD in self.privileges:
+            scopes.add(Scope.KEYS_DOWNLOAD)
+        return frozenset(scopes)

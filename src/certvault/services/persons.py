@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, fields
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
-from certvault.db.models import Account, Organization, Person
-from certvault.errors import InvalidInput
+from certvault.db.models import Account, Certificate, Organization, Person
+from certvault.errors import Conflict, InvalidInput, NotFound
+from certvault.services import audit, notify
+from certvault.services.accounts import default_organization, get_account
+from certvault.services.actors import Actor, Privilege, Scope
+from certvault.services.paging import Page, check_limit, decode_cursor, page_of
+from certvault.services.ports import Ports
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
+VALIDATION_TYPES = ("STANDARD", "HIGH")
 
 
 def normalize_email(email: str) -> str:
@@ -40,3 +48,247 @@ def find_or_create(
     session.add(person)
     session.flush()
     return person, True
+
+
+# --- the API's use cases ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PersonFields:
+    """Fields a caller may set; ``None`` leaves a field as it is."""
+
+    email: str | None = None
+    first_name: str | None = None
+    middle_name: str | None = None
+    last_name: str | None = None
+    common_name: str | None = None
+    phone: str | None = None
+    secondary_emails: list[str] | None = None
+    validation_type: str | None = None
+    eppn: str | None = None
+    upn: str | None = None
+    organization_id: int | None = None
+
+    def changes(self) -> dict[str, Any]:
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
+
+
+_TEXT_LIMITS = {
+    "first_name": 200,
+    "middle_name": 200,
+    "last_name": 200,
+    "common_name": 200,
+    "phone": 64,
+    "eppn": 320,
+    "upn": 320,
+}
+
+
+def _visible_query(actor: Actor, account: Account) -> Select[Person]:
+    query = select(Person).where(Person.account_id == account.id)
+    orgs = actor.visible_organizations()
+    if orgs is not None:
+        query = query.where(Person.organization_id.in_(orgs))
+    return query
+
+
+def _load(session: Session, actor: Actor, account: Account, person_id: int) -> Person:
+    person = session.get(Person, person_id)
+    if person is None or person.account_id != account.id:
+        raise NotFound("Person not found.")
+    actor.require_visible(account.id, person.organization_id, "Person")
+    return person
+
+
+def _organization(session: Session, account: Account, organization_id: int) -> Organization:
+    org = session.get(Organization, organization_id)
+    if org is None or org.account_id != account.id:
+        raise NotFound("Organization not found.")
+    return org
+
+
+def _apply(
+    session: Session, account: Account, person: Person, data: PersonFields
+) -> dict[str, Any]:
+    """Validate and apply ``data``; return {field: (old, new)} of what changed."""
+    changed: dict[str, Any] = {}
+    for name, value in data.changes().items():
+        if name == "email":
+            value = normalize_email(value)
+        elif name == "secondary_emails":
+            value = " ".join(normalize_email(v) for v in value)
+        elif name == "validation_type":
+            value = str(value).upper()
+            if value not in VALIDATION_TYPES:
+                raise InvalidInput("validationType must be STANDARD or HIGH.")
+        elif name == "organization_id":
+            _organization(session, account, int(value))
+        else:
+            value = str(value).strip()
+            if len(value) > _TEXT_LIMITS[name]:
+                raise InvalidInput(f"{name} may have at most {_TEXT_LIMITS[name]} characters.")
+        old = getattr(person, name)
+        if old != value:
+            changed[name] = (old, value)
+            setattr(person, name, value)
+    return changed
+
+
+def list_persons(
+    ports: Ports,
+    actor: Actor,
+    account_slug: str,
+    *,
+    email: str | None = None,
+    name: str | None = None,
+    organization_id: int | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+    offset: int | None = None,
+) -> Page[Person]:
+    actor.require_scope(Scope.READ)
+    limit = check_limit(limit)
+    with ports.db.read() as session:
+        account = get_account(session, account_slug)
+        actor.require_visible(account.id, None, "Account")
+        query = _visible_query(actor, account)
+        if email:
+            query = query.where(Person.email == email.strip().lower())
+        if name:
+            like = f"%{name.strip().lower()}%"
+            query = query.where(
+                or_(
+                    func.lower(Person.first_name).like(like),
+                    func.lower(Person.last_name).like(like),
+                    func.lower(Person.common_name).like(like),
+                )
+            )
+        if organization_id is not None:
+            query = query.where(Person.organization_id == organization_id)
+        if offset is not None:  # the SCM API pages by position
+            query = query.order_by(Person.id).offset(max(offset, 0))
+        else:
+            query = query.where(Person.id > decode_cursor(cursor)).order_by(Person.id)
+        return page_of(list(session.scalars(query.limit(limit + 1))), limit)
+
+
+def get_person(ports: Ports, actor: Actor, account_slug: str, person_id: int) -> Person:
+    actor.require_scope(Scope.READ)
+    with ports.db.read() as session:
+        account = get_account(session, account_slug)
+        return _load(session, actor, account, person_id)
+
+
+def create_person(ports: Ports, actor: Actor, account_slug: str, data: PersonFields) -> Person:
+    if data.email is None:
+        raise InvalidInput("email is required.")
+
+    def work(session: Session) -> Person:
+        account = get_account(session, account_slug)
+        org_id = data.organization_id or default_organization(session, account).id
+        actor.require(Privilege.PERSONS_MANAGE, account.id, org_id)
+        actor.require_scope(Scope.MANAGE)
+        if find_by_email(session, account, data.email or "") is not None:
+            raise Conflict("A person with this email exists in this account.")
+        person = Person(account_id=account.id, organization_id=org_id, email="")
+        _apply(session, account, person, data)
+        person.organization_id = org_id
+        session.add(person)
+        session.flush()
+        audit.record(
+            session,
+            ports,
+            account=account,
+            actor=actor,
+            action="person.create",
+            target_type="person",
+            target_id=person.id,
+            details={"email": person.email, "organization_id": org_id},
+        )
+        return person
+
+    return ports.db.run(work)
+
+
+def update_person(
+    ports: Ports, actor: Actor, account_slug: str, person_id: int, data: PersonFields
+) -> Person:
+    def work(session: Session) -> Person:
+        account = get_account(session, account_slug)
+        person = _load(session, actor, account, person_id)
+        actor.require(Privilege.PERSONS_MANAGE, account.id, person.organization_id)
+        actor.require_scope(Scope.MANAGE)
+        if data.organization_id is not None:
+            actor.require(Privilege.PERSONS_MANAGE, account.id, data.organization_id)
+        old_email = person.email
+        if data.email is not None and normalize_email(data.email) != old_email:
+            other = find_by_email(session, account, data.email)
+            if other is not None:
+                raise Conflict("A person with this email exists in this account.")
+            if _has_escrowed_keys(session, person):
+                # Whoever controls the address may later recover the keys: the same power as
+                # downloading them, and the old address is told.
+                actor.require(Privilege.KEY_VAULT_DOWNLOAD, account.id, person.organization_id)
+        changed = _apply(session, account, person, data)
+        if "email" in changed and _has_escrowed_keys(session, person):
+            notify.queue_mail(
+                session,
+                account,
+                old_email,
+                "Your email address was changed",
+                f"The email address of your entry in {account.name} was changed "
+                "by an administrator. Keys escrowed for you stay in the vault.\n",
+            )
+        if changed:
+            audit.record(
+                session,
+                ports,
+                account=account,
+                actor=actor,
+                action="person.update",
+                target_type="person",
+                target_id=person.id,
+                details={k: {"old": v[0], "new": v[1]} for k, v in changed.items()},
+            )
+        return person
+
+    return ports.db.run(work)
+
+
+def delete_person(ports: Ports, actor: Actor, account_slug: str, person_id: int) -> None:
+    def work(session: Session) -> None:
+        account = get_account(session, account_slug)
+        person = _load(session, actor, account, person_id)
+        actor.require(Privilege.PERSONS_MANAGE, account.id, person.organization_id)
+        actor.require_scope(Scope.MANAGE)
+        has_certs = session.scalar(
+            select(func.count()).select_from(Certificate).where(Certificate.person_id == person.id)
+        )
+        if has_certs:
+            raise Conflict("This person has certificates; their keys would lose their owner.")
+        audit.record(
+            session,
+            ports,
+            account=account,
+            actor=actor,
+            action="person.delete",
+            target_type="person",
+            target_id=person.id,
+            details={"email": person.email},
+        )
+        session.delete(person)
+
+    ports.db.run(work)
+
+
+def _has_escrowed_keys(session: Session, person: Person) -> bool:
+    return (
+        session.scalars(
+            select(Certificate.id)
+            .where(Certificate.person_id == person.id, Certificate.escrowed_key_id.is_not(None))
+            .limit(1)
+        ).first()
+        is not None
+    )

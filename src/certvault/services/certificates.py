@@ -1,0 +1,155 @@
+"""Client certificates: listing with the Key Vault filter, details, counting, revocation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from certvault.db.models import Account, Certificate, Person
+from certvault.errors import Conflict, InvalidInput, NotFound
+from certvault.services import audit
+from certvault.services.accounts import get_account
+from certvault.services.actors import Actor, Privilege, Scope
+from certvault.services.paging import Page, check_limit, decode_cursor, page_of
+from certvault.services.ports import Ports
+
+STATUSES = ("issued", "expired", "revoked")
+# RFC 5280 CRLReason names that make sense for a client certificate.
+REVOCATION_REASONS = (
+    "unspecified",
+    "keyCompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    "certificateHold",
+    "privilegeWithdrawn",
+)
+
+
+def status_of(cert: Certificate, now: datetime) -> str:
+    if cert.status == "revoked":
+        return "revoked"
+    return "expired" if cert.not_after < now else "issued"
+
+
+@dataclass(frozen=True)
+class CertificateFilter:
+    key_vault: bool | None = None
+    person_id: int | None = None
+    email: str | None = None
+    status: str | None = None
+    organization_id: int | None = None
+
+
+def _query(
+    actor: Actor, account: Account, f: CertificateFilter, now: datetime
+) -> Select[Certificate]:
+    query = select(Certificate).where(Certificate.account_id == account.id)
+    orgs = actor.visible_organizations()
+    if orgs is not None:
+        query = query.where(Certificate.organization_id.in_(orgs))
+    if f.key_vault is True:
+        query = query.where(Certificate.escrowed_key_id.is_not(None))
+    elif f.key_vault is False:
+        query = query.where(Certificate.escrowed_key_id.is_(None))
+    if f.person_id is not None:
+        query = query.where(Certificate.person_id == f.person_id)
+    if f.email:
+        owner = select(Person.id).where(
+            Person.account_id == account.id, Person.email == f.email.strip().lower()
+        )
+        query = query.where(Certificate.person_id.in_(owner.scalar_subquery()))
+    if f.organization_id is not None:
+        query = query.where(Certificate.organization_id == f.organization_id)
+    if f.status is not None:
+        if f.status not in STATUSES:
+            raise InvalidInput("status must be one of: " + ", ".join(STATUSES) + ".")
+        if f.status == "revoked":
+            query = query.where(Certificate.status == "revoked")
+        elif f.status == "expired":
+            query = query.where(Certificate.status != "revoked", Certificate.not_after < now)
+        else:
+            query = query.where(Certificate.status != "revoked", Certificate.not_after >= now)
+    return query
+
+
+def list_certificates(
+    ports: Ports,
+    actor: Actor,
+    account_slug: str,
+    f: CertificateFilter,
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+    offset: int | None = None,
+) -> Page[Certificate]:
+    actor.require_scope(Scope.READ)
+    limit = check_limit(limit)
+    with ports.db.read() as session:
+        account = get_account(session, account_slug)
+        actor.require_visible(account.id, None, "Account")
+        query = _query(actor, account, f, ports.clock())
+        if offset is not None:  # the SCM API pages by position
+            query = query.order_by(Certificate.id).offset(max(offset, 0))
+        else:
+            query = query.where(Certificate.id > decode_cursor(cursor)).order_by(Certificate.id)
+        return page_of(list(session.scalars(query.limit(limit + 1))), limit)
+
+
+def count_certificates(ports: Ports, actor: Actor, account_slug: str, f: CertificateFilter) -> int:
+    actor.require_scope(Scope.READ)
+    with ports.db.read() as session:
+        account = get_account(session, account_slug)
+        actor.require_visible(account.id, None, "Account")
+        inner = _query(actor, account, f, ports.clock()).with_only_columns(Certificate.id)
+        return int(session.scalar(select(func.count()).select_from(inner.subquery())) or 0)
+
+
+def _load(session: Session, actor: Actor, account: Account, certificate_id: int) -> Certificate:
+    cert = session.get(Certificate, certificate_id)
+    if cert is None or cert.account_id != account.id:
+        raise NotFound("Certificate not found.")
+    actor.require_visible(account.id, cert.organization_id, "Certificate")
+    return cert
+
+
+def get_certificate(
+    ports: Ports, actor: Actor, account_slug: str, certificate_id: int
+) -> Certificate:
+    actor.require_scope(Scope.READ)
+    with ports.db.read() as session:
+        account = get_account(session, account_slug)
+        return _load(session, actor, account, certificate_id)
+
+
+def revoke_certificate(
+    ports: Ports, actor: Actor, account_slug: str, certificate_id: int, reason: str = "unspecified"
+) -> Certificate:
+    """Mark a certificate revoked. Its escrowed key stays: old mail still needs it."""
+    if reason not in REVOCATION_REASONS:
+        raise InvalidInput("reason must be one of: " + ", ".join(REVOCATION_REASONS) + ".")
+
+    def work(session: Session) -> Certificate:
+        account = get_account(session, account_slug)
+        cert = _load(session, actor, account, certificate_id)
+        actor.require(Privilege.CERTIFICATES_MANAGE, account.id, cert.organization_id)
+        actor.require_scope(Scope.MANAGE)
+        if cert.status == "revoked":
+            raise Conflict("The certificate is already revoked.")
+        cert.status, cert.revoked_at, cert.revocation_reason = "revoked", ports.clock(), reason
+        audit.record(
+            session,
+            ports,
+            account=account,
+            actor=actor,
+            action="certificate.revoke",
+            target_type="certificate",
+            target_id=cert.id,
+            details={"reason": reason, "serial": cert.serial},
+        )
+        return cert
+
+    return ports.db.run(work)

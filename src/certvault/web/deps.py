@@ -1,0 +1,85 @@
+"""FastAPI dependencies: the ports, the client address, and who is calling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from certvault.services import credentials, tokens
+from certvault.services.actors import Actor
+from certvault.services.ports import Ports
+from certvault.services.ratelimit import RateLimiter
+
+bearer = HTTPBearer(auto_error=False, description="An API token: `certvault token create`.")
+
+
+@dataclass(frozen=True)
+class Caller:
+    actor: Actor
+    account_slug: str
+
+
+def get_ports(request: Request) -> Ports:
+    ports: Ports = request.app.state.ports
+    return ports
+
+
+def get_limiter(request: Request) -> RateLimiter:
+    limiter: RateLimiter = request.app.state.limiter
+    return limiter
+
+
+def client_ip(request: Request) -> str:
+    # uvicorn rewrites the client from X-Forwarded-For only for CERTVAULT_TRUSTED_PROXIES.
+    return request.client.host if request.client else ""
+
+
+def _remember(request: Request, caller: Caller) -> Caller:
+    request.state.actor_name = caller.actor.name
+    return caller
+
+
+def token_caller(
+    request: Request,
+    credentials_: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Caller:
+    """The own API: bearer tokens only."""
+    if credentials_ is None or credentials_.scheme.lower() != "bearer":
+        raise tokens.Unauthenticated()
+    actor, slug = tokens.authenticate(
+        get_ports(request), credentials_.credentials, client_ip(request)
+    )
+    return _remember(request, Caller(actor, slug))
+
+
+def scm_caller(
+    request: Request,
+    credentials_: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Caller:
+    """The SCM-compatible API: a bearer token, or its `login`/`password`/`customerUri` headers."""
+    if credentials_ is not None:
+        return token_caller(request, credentials_)
+    login = request.headers.get("login")
+    password = request.headers.get("password")
+    customer = request.headers.get("customerUri")
+    if not (login and password and customer):
+        raise tokens.Unauthenticated()
+    actor = credentials.authenticate_password(
+        get_ports(request),
+        get_limiter(request),
+        request.app.state.credential_cache,
+        account_slug=customer,
+        login=login,
+        password=password,
+        ip=client_ip(request),
+    )
+    return _remember(request, Caller(actor, customer))
+
+
+TokenCaller = Annotated[Caller, Depends(token_caller)]
+ScmCaller = Annotated[Caller, Depends(scm_caller)]
+PortsDep = Annotated[Ports, Depends(get_ports)]
+LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]

@@ -1,0 +1,93 @@
+"""One place maps certvault errors to HTTP: the own API's string codes, the SCM API's numbers.
+
+Validation errors name the field and the rule, never the submitted value (FastAPI's default 422
+body echoes the input, which may be a password or a p12). Unexpected errors answer 500 with no
+detail at all; their type goes to the log, their message does not.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from certvault.errors import CertvaultError
+from certvault.services.ratelimit import RateLimited
+
+log = logging.getLogger("certvault.web")
+
+COMPAT_PREFIXES = ("/api/person/", "/api/smime/", "/api/organization/")
+
+
+def is_compat(path: str) -> bool:
+    return path.startswith(COMPAT_PREFIXES) or path in {p.rstrip("/") for p in COMPAT_PREFIXES}
+
+
+def compat_code(status: int) -> int:
+    """The SCM API answers errors with a negative integer code; ours is minus the HTTP status."""
+    return -status
+
+
+def error_response(
+    request: Request,
+    status: int,
+    code: str,
+    description: str,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any]
+    if is_compat(request.url.path):
+        body = {"code": compat_code(status), "description": description}
+    else:
+        body = {"code": code, "description": description}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "request"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(CertvaultError)
+    async def certvault_error(request: Request, exc: CertvaultError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+        if exc.status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        return error_response(request, exc.status, exc.code, exc.message, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors()[:10]:
+            kind = err.get("type", "invalid")
+            if kind == "json_invalid":
+                problems.append("the body is not valid JSON")
+            else:
+                # pydantic's messages state the rule ("Input should be a valid integer"), not
+                # the input; the input itself (err["input"]) is never used.
+                problems.append(f"{_field(err.get('loc', ()))}: {err.get('msg', kind)}")
+        return error_response(request, 422, "validation_error", "; ".join(problems))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+        description = {404: "Not found.", 405: "Method not allowed."}.get(
+            exc.status_code, str(exc.detail) if isinstance(exc.detail, str) else "Error."
+        )
+        return error_response(
+            request,
+            exc.status_code,
+            codes.get(exc.status_code, "http_error"),
+            description,
+            getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
+        return error_response(request, 500, "internal", "Internal error.")

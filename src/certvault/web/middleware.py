@@ -1,0 +1,170 @@
+"""ASGI middleware: request size caps, a last line of defence for errors, access logs, metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from certvault.web import metrics
+from certvault.web.errors import compat_code, is_compat
+
+access_log = logging.getLogger("certvault.access")
+log = logging.getLogger("certvault.web")
+
+
+async def _send_json(send: Send, path: str, status: int, code: str, description: str) -> None:
+    body: dict[str, Any] = {
+        "code": compat_code(status) if is_compat(path) else code,
+        "description": description,
+    }
+    raw = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(raw)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": raw})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuse bodies over a per-path cap with 413, before the application reads them."""
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"])
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > limit
+                except ValueError:
+                    too_big = True
+                if too_big:
+                    await _send_json(
+                        send,
+                        scope["path"],
+                        413,
+                        "too_large",
+                        f"The request body is larger than {limit} bytes.",
+                    )
+                    return
+        seen = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _TooLarge()
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await _send_json(
+                    send,
+                    scope["path"],
+                    413,
+                    "too_large",
+                    f"The request body is larger than {limit} bytes.",
+                )
+
+
+class Shield:
+    """Outermost: an exception that escaped every handler becomes a bare 500. Only its type is
+    logged; its message and traceback locals may carry submitted data."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:  # noqa: BLE001 - nothing may escape with its message
+            log.error(
+                "unhandled %s on %s %s", type(exc).__name__, scope.get("method"), scope.get("path")
+            )
+            if not started:
+                await _send_json(send, scope["path"], 500, "internal", "Internal error.")
+
+
+class AccessLog:
+    """One JSON line per request: method, route, status, time, client, actor. Never headers,
+    bodies or query strings (they may carry credentials or addresses)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            state = scope.get("state") or {}
+            client = scope.get("client") or ("", 0)
+            metrics.observe_request(scope.get("method", ""), template, status, elapsed)
+            access_log.info(
+                json.dumps(
+                    {
+                        "method": scope.get("method"),
+                        "route": template,
+                        "status": status,
+                        "ms": round(elapsed * 1000, 1),
+                        "ip": client[0],
+                        "actor": state.get("actor_name", ""),
+                    }
+                )
+            )
