@@ -49,6 +49,7 @@ class Actor:
     organization_ids: frozenset[int] = field(default_factory=frozenset)
     ip: str = ""
     scopes: frozenset[Scope] | None = None  # None: not limited (console sessions, operators)
+    token_id: int | None = None  # the API token the request came with, if any
 
     @classmethod
     def operator(cls, name: str) -> Actor:

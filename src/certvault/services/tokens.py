@@ -141,7 +141,7 @@ def authenticate(ports: Ports, token: str, ip: str = "") -> tuple[Actor, str]:
 
 
 def _with_scopes(actor: Actor, scopes: frozenset[Scope], token_id: int) -> Actor:
-    return replace(actor, scopes=scopes, name=f"{actor.name} (token {token_id})")
+    return replace(actor, scopes=scopes, token_id=token_id, name=f"{actor.name} (token {token_id})")
 
 
 def revoke_token(ports: Ports, actor: Actor, account_slug: str, token_id: int) -> None:

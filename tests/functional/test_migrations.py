@@ -1,0 +1,51 @@
+"""Migrations run over a database that already holds data (not only over an empty one)."""
+
+from __future__ import annotations
+
+import uuid
+
+from alembic import command
+from sqlalchemy import text
+
+from certvault.db.engine import Database
+from certvault.db.migrate import alembic_config
+from tests.conftest import _pg_exec, _sqla_url
+
+
+def _upgrade_with_data(db: Database) -> None:
+    cfg = alembic_config(db)
+    command.upgrade(cfg, "0001")
+    with db.engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO accounts (id, uuid, slug, name, key_vault_enabled, require_trusted_issuer,"
+            " min_passphrase_length, reason_required, created_at) VALUES (1, :u, 'a', 'A', true,"
+            " false, 12, false, CURRENT_TIMESTAMP)"), {"u": str(uuid.uuid4())})
+        conn.execute(text(
+            "INSERT INTO organizations (id, account_id, name, is_default, created_at)"
+            " VALUES (1, 1, 'A', true, CURRENT_TIMESTAMP)"))
+        conn.execute(text(
+            "INSERT INTO persons (id, account_id, organization_id, email, first_name, last_name,"
+            " created_at) VALUES (1, 1, 1, 'p@example.org', 'P', 'Q', CURRENT_TIMESTAMP)"))
+    command.upgrade(cfg, "head")
+    with db.engine.connect() as conn:
+        row = conn.execute(text("SELECT email, validation_type, middle_name FROM persons")).one()
+    assert tuple(row) == ("p@example.org", "STANDARD", "")
+
+
+def test_upgrade_keeps_rows_sqlite(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'm.sqlite3'}")
+    try:
+        _upgrade_with_data(db)
+    finally:
+        db.dispose()
+
+
+def test_upgrade_keeps_rows_postgresql(pg_template):
+    name = f"cvm_{uuid.uuid4().hex[:12]}"
+    _pg_exec(f'CREATE DATABASE "{name}"')
+    db = Database(_sqla_url(name))
+    try:
+        _upgrade_with_data(db)
+    finally:
+        db.dispose()
+        _pg_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
