@@ -374,3 +374,14 @@ def test_cli_mail_send(mail_ports, operator, smtp_server, tmp_path):  # noqa: F8
     [got] = smtp_server.messages
     assert got.rcpt_tos == ("alice@example.org",) and got.subject == ESCROWED
     assert mails(mail_ports)[0].sent_at is not None
+
+
+def test_without_smtp_configuration_nothing_is_claimed(ports, operator, account):
+    from certvault.errors import ConfigurationError
+
+    key = pool_key("ec256")
+    import_p12(ports, operator, "acme", make_p12(key, make_cert(key), PW), PW)
+    with pytest.raises(ConfigurationError, match="CERTVAULT_SMTP_HOST"):
+        send_pending(ports)
+    [row] = mails(ports)
+    assert row.attempts == 0 and row.claimed_until is None and row.sent_at is None

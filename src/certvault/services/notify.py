@@ -88,6 +88,9 @@ def _message(settings: Settings, row: MailMessage) -> EmailMessage:
 
 def send_pending(ports: Ports, *, limit: int = 100) -> SendResult:
     """Deliver due messages; claim them first so that several senders never send one twice."""
+    if not ports.settings.smtp_host:
+        # Refused before anything is claimed: the messages wait, untouched, for a configuration.
+        raise ConfigurationError("No SMTP server is configured (CERTVAULT_SMTP_HOST).")
     now = ports.clock()
 
     def claim(session: Session) -> list[int]:
