@@ -3,7 +3,8 @@
     python bench/archive.py [--count N] [--kind rsa2048|ec256]
 
 Raw rate: cryptography's load_pkcs12 (with key validation) + sealing the key (data key + wrap).
-Service rate: `import_files` (our reader, checks, persons, certificates, audit, outbox, batch commits).
+Service rate: `import_files` (our reader, checks, persons, certificates, audit, outbox,
+batch commits).
 Target (issue): service >= 70% of raw, on SQLite and on PostgreSQL.
 """
 

@@ -145,3 +145,27 @@ class P12UnsupportedKey(P12Error, UnsupportedKey):
     """The PKCS#12 file holds a kind of private key certvault does not support."""
 
     code = "p12_unsupported_key"
+
+
+class CsrInvalid(InvalidInput):
+    """The certificate signing request is not acceptable."""
+
+    code = "csr_invalid"
+
+
+class CsrUnsupportedKey(CsrInvalid, UnsupportedKey):
+    """The certificate signing request carries a kind of key certvault does not certify."""
+
+    code = "csr_unsupported_key"
+
+
+class KeyTypeNotAllowed(UnsupportedKey):
+    """The certificate profile does not allow this kind of key."""
+
+    code = "key_type_not_allowed"
+
+
+class CaInvalid(InvalidInput):
+    """The certificate authority cannot be used: not a CA, expired, or its key does not match."""
+
+    code = "ca_invalid"

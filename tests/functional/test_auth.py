@@ -14,6 +14,7 @@ from certvault.services.actors import Scope
 from certvault.services.credentials import CredentialCache, authenticate_password
 from certvault.services.ratelimit import (
     DatabaseRateLimiter,
+    Limit,
     RateLimited,
     RedisRateLimiter,
     enforce,
@@ -25,10 +26,18 @@ PASSWORD = "api-password-0123456789"
 
 @pytest.fixture
 def api_admin(ports, operator, account):
-    admins.create_admin(ports, operator, "acme", "robot", api_only=True, password=PASSWORD,
-                        privileges=["key_vault_download"])
-    admins.create_admin(ports, operator, "acme", "human", password=PASSWORD,
-                        privileges=["key_vault_download"])
+    admins.create_admin(
+        ports,
+        operator,
+        "acme",
+        "robot",
+        api_only=True,
+        password=PASSWORD,
+        privileges=["key_vault_download"],
+    )
+    admins.create_admin(
+        ports, operator, "acme", "human", password=PASSWORD, privileges=["key_vault_download"]
+    )
     return "robot"
 
 
@@ -71,12 +80,16 @@ def test_header_credentials_only_for_api_only_admins(ports, operator, api_admin)
     limiter, cache = DatabaseRateLimiter(ports.db), CredentialCache()
 
     def login(user: str, password: str = PASSWORD, ip: str = "10.0.0.1"):  # type: ignore[no-untyped-def]
-        return authenticate_password(ports, limiter, cache, account_slug="acme", login=user,
-                                     password=password, ip=ip)
+        return authenticate_password(
+            ports, limiter, cache, account_slug="acme", login=user, password=password, ip=ip
+        )
 
     assert login("robot").name == "admin:robot"
-    for user, password in (("human", PASSWORD), ("robot", "wrong-password-xx"),
-                           ("ghost", PASSWORD)):
+    for user, password in (
+        ("human", PASSWORD),
+        ("robot", "wrong-password-xx"),
+        ("ghost", PASSWORD),
+    ):
         with pytest.raises(Unauthenticated):
             login(user, password)
     with ports.db.transaction() as s:
@@ -91,23 +104,35 @@ def test_header_credentials_only_for_api_only_admins(ports, operator, api_admin)
     assert all(PASSWORD not in e.details and "wrong-password" not in e.details for e in refusals)
 
 
-def test_header_login_attempts_are_limited_before_argon2(ports, operator, api_admin,
-                                                         monkeypatch):
+def test_header_login_attempts_are_limited_before_argon2(ports, operator, api_admin, monkeypatch):
     from certvault.services import credentials
 
     ports.settings.logins_per_minute_login = 3
     limiter, cache = DatabaseRateLimiter(ports.db), CredentialCache()
     checks: list[int] = []
     real = credentials._verify
-    monkeypatch.setattr(credentials, "_verify",
-                        lambda *a: checks.append(1) or real(*a))  # type: ignore[func-returns-value]
+    monkeypatch.setattr(credentials, "_verify", lambda *a: checks.append(1) or real(*a))  # type: ignore[func-returns-value]
     for _ in range(3):
         with pytest.raises(Unauthenticated):
-            authenticate_password(ports, limiter, cache, account_slug="acme", login="robot",
-                                  password="wrong-password-xx", ip="10.0.0.9")
+            authenticate_password(
+                ports,
+                limiter,
+                cache,
+                account_slug="acme",
+                login="robot",
+                password="wrong-password-xx",
+                ip="10.0.0.9",
+            )
     with pytest.raises(RateLimited) as limited:
-        authenticate_password(ports, limiter, cache, account_slug="acme", login="robot",
-                              password=PASSWORD, ip="10.0.0.9")
+        authenticate_password(
+            ports,
+            limiter,
+            cache,
+            account_slug="acme",
+            login="robot",
+            password=PASSWORD,
+            ip="10.0.0.9",
+        )
     assert limited.value.retry_after >= 1
     assert len(checks) == 3  # the fourth attempt never reached argon2
 
@@ -120,16 +145,19 @@ def test_database_limiter_is_shared_between_processes(ports, settings):
         now = [1_000_000.0]
         a = DatabaseRateLimiter(ports.db, clock=lambda: now[0])
         b = DatabaseRateLimiter(other.db, clock=lambda: now[0])
-        assert [a.hit("k", 3, 60).allowed, b.hit("k", 3, 60).allowed,
-                a.hit("k", 3, 60).allowed] == [True, True, True]
-        denied = b.hit("k", 3, 60)
+        assert [
+            a.hit(Limit("k", 3, 60)).allowed,
+            b.hit(Limit("k", 3, 60)).allowed,
+            a.hit(Limit("k", 3, 60)).allowed,
+        ] == [True, True, True]
+        denied = b.hit(Limit("k", 3, 60))
         assert not denied.allowed and 1 <= denied.retry_after <= 60
-        assert a.hit("other-key", 3, 60).allowed
+        assert a.hit(Limit("other-key", 3, 60)).allowed
         now[0] += 60
-        assert a.hit("k", 3, 60).allowed
+        assert a.hit(Limit("k", 3, 60)).allowed
         with pytest.raises(RateLimited):
             for _ in range(3):
-                enforce(b, "k", 3, 60)
+                enforce(b, Limit("k", 3, 60))
     finally:
         other.close()
 
@@ -139,6 +167,6 @@ def test_redis_limiter():
 
     limiter = RedisRateLimiter("redis://127.0.0.1:6379/0")
     key = f"test-{uuid.uuid4()}"
-    assert all(limiter.hit(key, 2, 60).allowed for _ in range(2))
-    denied = limiter.hit(key, 2, 60)
+    assert all(limiter.hit(Limit(key, 2, 60)).allowed for _ in range(2))
+    denied = limiter.hit(Limit(key, 2, 60))
     assert not denied.allowed and 1 <= denied.retry_after <= 60

@@ -16,16 +16,27 @@ def _upgrade_with_data(db: Database) -> None:
     cfg = alembic_config(db)
     command.upgrade(cfg, "0001")
     with db.engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO accounts (id, uuid, slug, name, key_vault_enabled, require_trusted_issuer,"
-            " min_passphrase_length, reason_required, created_at) VALUES (1, :u, 'a', 'A', true,"
-            " false, 12, false, CURRENT_TIMESTAMP)"), {"u": str(uuid.uuid4())})
-        conn.execute(text(
-            "INSERT INTO organizations (id, account_id, name, is_default, created_at)"
-            " VALUES (1, 1, 'A', true, CURRENT_TIMESTAMP)"))
-        conn.execute(text(
-            "INSERT INTO persons (id, account_id, organization_id, email, first_name, last_name,"
-            " created_at) VALUES (1, 1, 1, 'p@example.org', 'P', 'Q', CURRENT_TIMESTAMP)"))
+        conn.execute(
+            text(
+                "INSERT INTO accounts (id, uuid, slug, name, key_vault_enabled,"
+                " require_trusted_issuer, min_passphrase_length, reason_required, created_at)"
+                " VALUES (1, :u, 'a', 'A', true, false, 12, false, CURRENT_TIMESTAMP)"
+            ),
+            {"u": str(uuid.uuid4())},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO organizations (id, account_id, name, is_default, created_at)"
+                " VALUES (1, 1, 'A', true, CURRENT_TIMESTAMP)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO persons (id, account_id, organization_id, email, first_name,"
+                " last_name, created_at)"
+                " VALUES (1, 1, 1, 'p@example.org', 'P', 'Q', CURRENT_TIMESTAMP)"
+            )
+        )
     command.upgrade(cfg, "head")
     with db.engine.connect() as conn:
         row = conn.execute(text("SELECT email, validation_type, middle_name FROM persons")).one()

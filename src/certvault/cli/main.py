@@ -11,6 +11,7 @@ import typer
 from certvault import __version__
 from certvault.cli import keys as keys_commands
 from certvault.cli.common import err, guarded, operator, out, ports_for_command, read_secret_file
+from certvault.cli.serve import serve
 from certvault.services import accounts, admins, audit, notify, tokens
 from certvault.services.verification import verify_escrow
 
@@ -37,6 +38,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(keys_commands.kek_app, name="kek")
 app.command("import")(keys_commands.import_command)
 app.command("export")(keys_commands.export_command)
+app.command("serve")(serve)
 
 
 @app.command()
@@ -275,27 +277,6 @@ def verify(account: Annotated[str | None, typer.Option(help="Only this account."
         )
         if not report.ok:
             raise SystemExit(1)
-
-
-@app.command()
-def serve(
-    host: Annotated[str, typer.Option()] = "127.0.0.1",
-    port: Annotated[int | None, typer.Option(help="Default: CERTVAULT_PORT or 8080.")] = None,
-) -> None:
-    """Run the HTTP server (health and readiness checks in this version)."""
-    import uvicorn
-
-    from certvault.config import Settings
-
-    settings = Settings()
-    uvicorn.run(
-        "certvault.web.app:create_app",
-        factory=True,
-        host=host,
-        port=port or settings.port,
-        log_level="info",
-        access_log=False,
-    )
 
 
 def main() -> None:

@@ -14,16 +14,18 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session, SessionTransaction
 
 from certvault.db.models import Account, AuditEvent, AuditHead, ServiceKey
-from certvault.errors import CertvaultError, ConfigurationError
+from certvault.errors import CertvaultError, ConfigurationError, Forbidden
 from certvault.services import keyring
-from certvault.services.actors import Actor
+from certvault.services.actors import Actor, Role, Scope
 from certvault.services.audit_heads import ChainHead
+from certvault.services.paging import Page, check_limit, decode_cursor, page_of
 from certvault.services.ports import Ports
 
 INSTALLATION_CHAIN = "installation"
@@ -327,3 +329,64 @@ def _verify_chain(
                 "event differs from the head kept outside the database",
             ), count
     return None, count
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    action: str | None = None
+    target_type: str | None = None
+    target_id: str | None = None
+    outcome: str | None = None
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+
+
+def _canonical(moment: datetime) -> str:
+    # Naive times are taken as UTC; stored times are canonical text, which sorts like time.
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        return aware.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    except OverflowError:  # within hours of year 1 or 9999: before or after every event
+        return "0" if moment.year == 1 else "~"  # "~" sorts after every digit
+
+
+def list_events(
+    ports: Ports,
+    actor: Actor,
+    account_slug: str,
+    f: EventFilter,
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page[AuditEvent]:
+    """The account's own events, oldest first. Only account administrators (and operators) read
+    the log: it names every organization's persons and certificates."""
+    from certvault.services.accounts import get_account  # accounts imports this module
+
+    actor.require_scope(Scope.READ)
+    limit = check_limit(limit)
+    with ports.db.read() as session:
+        account = get_account(session, account_slug)
+        actor.require_visible(account.id, None, "Account")
+        if not actor.is_operator and actor.role != Role.ACCOUNT:
+            raise Forbidden("Only account administrators may read the audit log.")
+        query = select(AuditEvent).where(
+            AuditEvent.account_id == account.id, AuditEvent.id > decode_cursor(cursor)
+        )
+        for column, value in (
+            (AuditEvent.action, f.action),
+            (AuditEvent.target_type, f.target_type),
+            (AuditEvent.target_id, f.target_id),
+            (AuditEvent.outcome, f.outcome),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        if f.since is not None:
+            query = query.where(AuditEvent.occurred_at >= _canonical(f.since))
+        if f.until is not None:
+            query = query.where(AuditEvent.occurred_at < _canonical(f.until))
+        rows = list(session.scalars(query.order_by(AuditEvent.id).limit(limit + 1)))
+        return page_of(rows, limit)

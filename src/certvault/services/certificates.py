@@ -17,6 +17,7 @@ from certvault.services.paging import Page, check_limit, decode_cursor, page_of
 from certvault.services.ports import Ports
 
 STATUSES = ("issued", "expired", "revoked")
+MAX_REVOCATION_COMMENT = 512
 # RFC 5280 CRLReason names that make sense for a client certificate.
 REVOCATION_REASONS = (
     "unspecified",
@@ -126,11 +127,23 @@ def get_certificate(
 
 
 def revoke_certificate(
-    ports: Ports, actor: Actor, account_slug: str, certificate_id: int, reason: str = "unspecified"
+    ports: Ports,
+    actor: Actor,
+    account_slug: str,
+    certificate_id: int,
+    reason: str = "unspecified",
+    *,
+    comment: str | None = None,
 ) -> Certificate:
-    """Mark a certificate revoked. Its escrowed key stays: old mail still needs it."""
+    """Mark a certificate revoked. Its escrowed key stays: old mail still needs it.
+
+    ``comment`` is free text kept in the audit event (the SCM API's revocation reason)."""
     if reason not in REVOCATION_REASONS:
         raise InvalidInput("reason must be one of: " + ", ".join(REVOCATION_REASONS) + ".")
+    if comment is not None and len(comment) > MAX_REVOCATION_COMMENT:
+        raise InvalidInput(
+            f"A revocation comment may have at most {MAX_REVOCATION_COMMENT} characters."
+        )
 
     def work(session: Session) -> Certificate:
         account = get_account(session, account_slug)
@@ -148,7 +161,8 @@ def revoke_certificate(
             action="certificate.revoke",
             target_type="certificate",
             target_id=cert.id,
-            details={"reason": reason, "serial": cert.serial},
+            details={"reason": reason, "serial": cert.serial}
+            | ({"comment": comment} if comment else {}),
         )
         return cert
 

@@ -20,7 +20,7 @@ from certvault.services import audit
 from certvault.services.actors import Actor
 from certvault.services.admins import actor_for, password_hasher
 from certvault.services.ports import Ports
-from certvault.services.ratelimit import RateLimiter, enforce
+from certvault.services.ratelimit import Limit, RateLimiter, enforce
 from certvault.services.tokens import Unauthenticated
 
 # A real argon2 hash verified when the login is unknown, so that both paths cost the same.
@@ -73,10 +73,16 @@ def authenticate_password(
     s = ports.settings
     if not account_slug or not login or not password or len(password) > 1024 or len(login) > 200:
         raise Unauthenticated()
-    enforce(limiter, f"login-ip:{ip}", s.logins_per_minute_ip, 60)
-    enforce(limiter, f"login:{account_slug}:{login}", s.logins_per_minute_login, 60)
     key = hashlib.sha256("\0".join((account_slug, login, password)).encode()).digest()
     cached = cache.get(key)
+    if cached is None:
+        # Only guesses are limited: a credential verified moments ago costs no argon2 check, and
+        # scripts send it with every request (a paged listing would otherwise hit the limit).
+        enforce(
+            limiter,
+            Limit(f"login-ip:{ip}", s.logins_per_minute_ip, 60),
+            Limit(f"login:{account_slug}:{login}", s.logins_per_minute_login, 60),
+        )
     with ports.db.read() as session:
         account = session.scalars(select(Account).where(Account.slug == account_slug)).first()
         admin = None

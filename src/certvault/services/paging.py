@@ -10,6 +10,7 @@ from certvault.errors import InvalidInput
 
 T = TypeVar("T")
 MAX_LIMIT = 500
+MAX_ID = 2**31 - 1  # ids are 32-bit integers on PostgreSQL; a larger one must not reach SQL
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ def decode_cursor(cursor: str | None) -> int:
         last_id = int(value)
     except (ValueError, UnicodeDecodeError):
         raise InvalidInput("The cursor is not valid.") from None
-    if version != "v1" or last_id < 0:
+    if version != "v1" or not 0 <= last_id <= MAX_ID:
         raise InvalidInput("The cursor is not valid.")
     return last_id
 

@@ -37,41 +37,65 @@ class Decision:
     retry_after: int  # seconds until the window admits again (0 when allowed)
 
 
+@dataclass(frozen=True)
+class Limit:
+    key: str
+    limit: int
+    window_seconds: int
+
+
 class RateLimiter(Protocol):
-    def hit(self, key: str, limit: int, window_seconds: int) -> Decision:
-        """Count one event for ``key``; say whether it stays within ``limit`` per window."""
+    def hit(self, *limits: Limit) -> Decision:
+        """Count one event against every limit; allowed only if it stays within all of them."""
         ...
 
 
+def _worst(decisions: list[Decision]) -> Decision:
+    denied = [d for d in decisions if not d.allowed]
+    return max(denied, key=lambda d: d.retry_after) if denied else Decision(True, 0)
+
+
 class DatabaseRateLimiter:
+    # Old windows are swept on a small share of hits, not on every one: a request pays for one
+    # upsert per limit, all in one transaction.
+    SWEEP_EVERY = 64
+
     def __init__(self, db: Database, clock: object = time.time) -> None:
         self._db = db
         self._clock = clock
+        self._hits = 0
 
-    def hit(self, key: str, limit: int, window_seconds: int) -> Decision:
+    def hit(self, *limits: Limit) -> Decision:
         now = int(self._clock())  # type: ignore[operator]
-        window = now - now % window_seconds
-        key = key[:200]
+        self._hits += 1
+        sweep = self._hits % self.SWEEP_EVERY == 0
 
-        def work(session: Session) -> int:
+        def work(session: Session) -> list[Decision]:
             dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-            stmt = dialect.insert(RateLimitCounter).values(key=key, window_start=window, count=1)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["key", "window_start"],
-                set_={"count": RateLimitCounter.count + 1},
-            ).returning(RateLimitCounter.count)
-            count = int(session.execute(stmt).scalar_one())
-            session.execute(
-                delete(RateLimitCounter).where(
-                    RateLimitCounter.key == key, RateLimitCounter.window_start < window
+            decisions = []
+            for lim in limits:
+                window = now - now % lim.window_seconds
+                key = lim.key[:200]
+                stmt = dialect.insert(RateLimitCounter).values(
+                    key=key, window_start=window, count=1
                 )
-            )
-            return count
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["key", "window_start"],
+                    set_={"count": RateLimitCounter.count + 1},
+                ).returning(RateLimitCounter.count)
+                count = int(session.execute(stmt).scalar_one())
+                if count > lim.limit:
+                    decisions.append(Decision(False, window + lim.window_seconds - now))
+                else:
+                    decisions.append(Decision(True, 0))
+            if sweep:
+                oldest = now - max(lim.window_seconds for lim in limits)
+                session.execute(
+                    delete(RateLimitCounter).where(RateLimitCounter.window_start < oldest - 1)
+                )
+            return decisions
 
-        count = self._db.run(work)
-        if count > limit:
-            return Decision(False, window + window_seconds - now)
-        return Decision(True, 0)
+        return _worst(self._db.run(work))
 
 
 class RedisRateLimiter:
@@ -82,14 +106,18 @@ class RedisRateLimiter:
         self._storage = storage_from_string(url)
         self._limiter = MovingWindowRateLimiter(self._storage)
 
-    def hit(self, key: str, limit: int, window_seconds: int) -> Decision:
+    def hit(self, *limits: Limit) -> Decision:
         from limits import RateLimitItemPerSecond
 
-        item = RateLimitItemPerSecond(limit, window_seconds)
-        if self._limiter.hit(item, "certvault", key):
-            return Decision(True, 0)
-        stats = self._limiter.get_window_stats(item, "certvault", key)
-        return Decision(False, max(int(stats.reset_time - time.time()), 1))
+        decisions = []
+        for lim in limits:
+            item = RateLimitItemPerSecond(lim.limit, lim.window_seconds)
+            if self._limiter.hit(item, "certvault", lim.key):
+                decisions.append(Decision(True, 0))
+                continue
+            stats = self._limiter.get_window_stats(item, "certvault", lim.key)
+            decisions.append(Decision(False, max(int(stats.reset_time - time.time()), 1)))
+        return _worst(decisions)
 
 
 def rate_limiter(settings: Settings, db: Database) -> RateLimiter:
@@ -98,7 +126,7 @@ def rate_limiter(settings: Settings, db: Database) -> RateLimiter:
     return DatabaseRateLimiter(db)
 
 
-def enforce(limiter: RateLimiter, key: str, limit: int, window_seconds: int) -> None:
-    decision = limiter.hit(key, limit, window_seconds)
+def enforce(limiter: RateLimiter, *limits: Limit) -> None:
+    decision = limiter.hit(*limits)
     if not decision.allowed:
         raise RateLimited(decision.retry_after)

@@ -9,12 +9,13 @@ handed out only once the transaction has committed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cryptography import x509
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from certvault import timing
 from certvault.crypto import keys as keylib
 from certvault.crypto.passphrase import check_passphrase, generate_passphrase
 from certvault.crypto.pkcs12 import EncryptionType, write_pkcs12
@@ -22,7 +23,7 @@ from certvault.db.models import Account, Certificate, EscrowedKey, Person
 from certvault.errors import CertvaultError, InvalidInput, NotFound
 from certvault.services import audit, keyring, notify
 from certvault.services.accounts import get_account
-from certvault.services.actors import Actor, Privilege
+from certvault.services.actors import Actor, Privilege, Scope
 from certvault.services.ports import Ports
 from certvault.services.vault import KeyVaultDisabled
 
@@ -111,15 +112,16 @@ def release_keys(
                     keyring.open_private_key(session, ports, account, item.key), validate=False
                 )
                 certificate = x509.load_der_x509_certificate(cert.der)
-                data = write_pkcs12(
-                    key,
-                    certificate,
-                    item.chain,
-                    plan.passphrase,
-                    plan.encryption,
-                    rounds,
-                    cert.friendly_name or next(iter(cert.emails.split()), None),
-                )
+                with timing.measure("kdf"):  # Server-Timing, when switched on
+                    data = write_pkcs12(
+                        key,
+                        certificate,
+                        item.chain,
+                        plan.passphrase,
+                        plan.encryption,
+                        rounds,
+                        cert.friendly_name or next(iter(cert.emails.split()), None),
+                    )
                 releases.append(Release(cert.id, data, plan.encryption, f"{cert.id}.p12"))
         ports.db.run(lambda s: _commit(s, ports, actor, account, plan, channel))
     except CertvaultError as exc:
@@ -164,6 +166,7 @@ def _plan(
     encryption: str | EncryptionType | None,
     reason: str | None,
 ) -> _Plan:
+    actor.require_scope(Scope.KEYS_DOWNLOAD)
     if not certificate_ids:
         raise InvalidInput("No certificate was named.")
     items = []
@@ -177,6 +180,8 @@ def _plan(
         if row is None:
             raise NotFound("Certificate not found.")
         cert, key_row, owner_email = row
+        # Out of the actor's organizations answers exactly like a missing certificate.
+        actor.require_visible(account.id, cert.organization_id, "Certificate")
         actor.require(Privilege.KEY_VAULT_DOWNLOAD, account.id, cert.organization_id)
         if key_row is None or key_row.destroyed_at is not None:
             raise NoEscrowedKey()
@@ -255,11 +260,11 @@ def _release_notice(account: Account, cert: Certificate, actor: Actor, reason: s
     )
 
 
-def certificates_of_person(session: Session, account: Account, person_id: int) -> list[int]:
+def certificates_of_person(session: Session, account: Account, person_id: int) -> list[Certificate]:
     """Every certificate of a person with a key in the vault, current and old."""
     return list(
         session.scalars(
-            select(Certificate.id)
+            select(Certificate)
             .where(
                 Certificate.account_id == account.id,
                 Certificate.person_id == person_id,
@@ -267,4 +272,58 @@ def certificates_of_person(session: Session, account: Account, person_id: int) -
             )
             .order_by(Certificate.not_before)
         )
+    )
+
+
+def release_person_keys(
+    ports: Ports,
+    actor: Actor,
+    account_slug: str,
+    person_id: int,
+    *,
+    passphrase: str | None,
+    encryption: str | EncryptionType | None = None,
+    reason: str | None = None,
+    channel: str = "api",
+) -> ReleaseBatch:
+    """Release every key of a person, current and old (old mail needs old keys), under one
+    passphrase, as files named ``<certificate id>-<serial>.p12``: one release event per key.
+
+    An organization administrator gets the certificates of their own organizations only.
+    """
+    with audit.refusals_audited(
+        ports,
+        account_id=actor.account_id,
+        actor=actor,
+        action=RELEASE,
+        target_type="person",
+        target_id=person_id,
+    ):
+        actor.require_scope(Scope.KEYS_DOWNLOAD)
+        with ports.db.read() as session:
+            account = get_account(session, account_slug)
+            person = session.get(Person, person_id)
+            if person is None or person.account_id != account.id:
+                raise NotFound("Person not found.")
+            actor.require_visible(account.id, person.organization_id, "Person")
+            names = {
+                c.id: f"{c.id}-{c.serial}.p12"
+                for c in certificates_of_person(session, account, person_id)
+                if actor.can_see(account.id, c.organization_id)
+            }
+        if not names:
+            raise NoEscrowedKey("This person has no keys in the vault.")
+    batch = release_keys(
+        ports,
+        actor,
+        account_slug,
+        list(names),
+        passphrase=passphrase,
+        encryption=encryption,
+        reason=reason,
+        channel=channel,
+    )
+    return ReleaseBatch(
+        [replace(r, filename=names[r.certificate_id]) for r in batch.releases],
+        batch.generated_passphrase,
     )

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from certvault.db.models import Account, Admin, ApiToken
 from certvault.errors import CertvaultError, InvalidInput, NotFound
@@ -113,11 +113,19 @@ def authenticate(ports: Ports, token: str, ip: str = "") -> tuple[Actor, str]:
     digest = _digest(token)
     now = ports.clock()
     with ports.db.read() as session:
-        row = session.scalars(select(ApiToken).where(ApiToken.token_sha256 == digest)).first()
+        # One round trip for token, administrator, account and the administrator's organizations:
+        # this runs before every API request.
+        found = session.execute(
+            select(ApiToken, Admin, Account.slug)
+            .join(Admin, Admin.id == ApiToken.admin_id)
+            .join(Account, Account.id == Admin.account_id)
+            .options(selectinload(Admin.organizations))
+            .where(ApiToken.token_sha256 == digest)
+        ).first()
         # compare_digest keeps the final check constant-time even though the lookup is indexed.
-        if row is None or not hmac.compare_digest(row.token_sha256, digest):
+        if found is None or not hmac.compare_digest(found[0].token_sha256, digest):
             raise Unauthenticated()
-        admin = session.get(Admin, row.admin_id)
+        row, admin, account = found
         if (
             row.revoked_at is not None
             or (row.expires_at is not None and row.expires_at <= now)
@@ -125,7 +133,6 @@ def authenticate(ports: Ports, token: str, ip: str = "") -> tuple[Actor, str]:
             or not admin.active
         ):
             raise Unauthenticated()
-        account = session.get_one(Account, admin.account_id).slug
         actor = actor_for(admin, ip=ip)
         scopes = frozenset(Scope(s) for s in row.scopes.split()) & actor.allowed_scopes()
         needs_touch = row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION

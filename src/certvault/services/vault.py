@@ -40,7 +40,7 @@ from certvault.errors import (
 )
 from certvault.services import audit, keyring, notify, persons
 from certvault.services.accounts import default_organization, find_organization, get_account
-from certvault.services.actors import Actor, Privilege
+from certvault.services.actors import Actor, Privilege, Scope
 from certvault.services.ports import Ports
 
 ARCHIVE = "key.archive"
@@ -113,6 +113,7 @@ class EntryResult:
     sha1: str
     message: str
     code: str | None = None  # None when imported or already there
+    status: int | None = None  # the HTTP status of a failed entry's error
 
     @property
     def ok(self) -> bool:
@@ -145,6 +146,7 @@ def _failed(req: EscrowRequest, exc: CertvaultError) -> EntryResult:
         sha1=cert.fingerprint(hashes.SHA1()).hex(),  # noqa: S303
         message=exc.message,
         code=exc.code,
+        status=exc.status,
     )
 
 
@@ -279,6 +281,10 @@ def archive_entry(
     ).first()
     if existing is not None:
         actor.require_visible(account.id, existing.organization_id, "Certificate")
+        if req.person_id is not None:  # an upload for a person: the known certificate is theirs
+            named, _ = _owner(session, account, actor, req, emails)
+            if existing.person_id != named.id:
+                raise PersonMismatch()
         if escrowed is not None and existing.escrowed_key_id == escrowed.id:
             return EntryResult(alias, existing.id, md5, sha1, ALREADY_EXISTS)
         owner = existing.person
@@ -444,6 +450,7 @@ def import_files(
     a savepoint, so one bad entry or file never stops the others.
     """
     with audit.refusals_audited(ports, account_id=None, actor=actor, action=ARCHIVE):
+        actor.require_scope(Scope.KEYS_UPLOAD)
         with ports.db.read() as session:  # an unknown account is refused on the installation chain
             account = get_account(session, account_slug)
             actor.require_visible(account.id, None, "Account")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import os
 import re
 import threading
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from certvault.services import notify
 from certvault.services.credentials import CredentialCache
 from certvault.services.ports import Ports, open_ports
 from certvault.services.ratelimit import RateLimiter, rate_limiter
-from certvault.web import errors, metrics
+from certvault.web import errors, metrics, timing
 from certvault.web.deps import client_ip
 from certvault.web.middleware import AccessLog, BodyLimit, Shield
 
@@ -115,6 +116,15 @@ def create_app(
     app.add_middleware(BodyLimit, limit_for=body_limit)
     app.add_middleware(AccessLog)
     app.add_middleware(Shield)
+    return app
+
+
+def create_served_app() -> FastAPI:
+    """What `certvault serve` runs in each worker: with the mail sender, and with Server-Timing
+    headers when CERTVAULT_SERVER_TIMING=1 (benchmarks)."""
+    app = create_app(send_mail=True)
+    if os.environ.get(timing.ENV) == "1":
+        app.add_middleware(timing.ServerTiming)
     return app
 
 

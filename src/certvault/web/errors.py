@@ -14,6 +14,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import Scope
 
 from certvault.errors import CertvaultError
 from certvault.services.ratelimit import RateLimited
@@ -75,19 +77,28 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
         description = {404: "Not found.", 405: "Method not allowed."}.get(
             exc.status_code, str(exc.detail) if isinstance(exc.detail, str) else "Error."
         )
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            # One route per method: Starlette's Allow names only the first route's methods.
+            headers = {"Allow": ", ".join(_allowed_methods(app, request.scope))}
         return error_response(
-            request,
-            exc.status_code,
-            codes.get(exc.status_code, "http_error"),
-            description,
-            getattr(exc, "headers", None),
+            request, exc.status_code, codes.get(exc.status_code, "http_error"), description, headers
         )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
         return error_response(request, 500, "internal", "Internal error.")
+
+
+def _allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    allowed = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        probe = {**scope, "method": method}
+        if any(route.matches(probe)[0] == Match.FULL for route in app.router.routes):
+            allowed.append(method)
+    return allowed

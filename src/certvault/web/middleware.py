@@ -127,6 +127,19 @@ class Shield:
                 await _send_json(send, scope["path"], 500, "internal", "Internal error.")
 
 
+def route_template(scope: Scope) -> str:
+    """The matched route with the prefixes of the routers it was included through:
+    ``/api/smime/v2/keystore/{certId}``, never the id itself."""
+    inner = getattr(scope.get("route"), "path", None)
+    if not inner:
+        return "unmatched"
+    # FastAPI hands out the included route with its own path only; its routers' prefixes are
+    # literal, so they are the leading segments of the request path that the route leaves over.
+    segments = scope.get("path", "").split("/")
+    prefix = "/".join(segments[: max(len(segments) - inner.count("/"), 1)])
+    return prefix + inner
+
+
 class AccessLog:
     """One JSON line per request: method, route, status, time, client, actor. Never headers,
     bodies or query strings (they may carry credentials or addresses)."""
@@ -151,8 +164,7 @@ class AccessLog:
             await self.app(scope, receive, tracking_send)
         finally:
             elapsed = time.perf_counter() - start
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = route_template(scope)
             state = scope.get("state") or {}
             client = scope.get("client") or ("", 0)
             metrics.observe_request(scope.get("method", ""), template, status, elapsed)

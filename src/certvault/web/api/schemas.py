@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import Path, Query
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from certvault.services.paging import MAX_ID, MAX_LIMIT
 
 
 class Error(BaseModel):
@@ -15,6 +21,7 @@ class Strict(BaseModel):
 
 
 ERRORS = {
+    400: {"model": Error, "description": "The request body could not be read (not UTF-8)"},
     401: {"model": Error, "description": "Missing or invalid token"},
     403: {"model": Error, "description": "Visible, but not allowed"},
     404: {"model": Error, "description": "Not found (or not visible)"},
@@ -35,3 +42,203 @@ class KeyVaultStatus(BaseModel):
     reason_required: bool
     min_passphrase_length: int
     require_trusted_issuer: bool
+
+
+# --- responses that only some operations give ---------------------------------------------------
+
+Responses = dict[int | str, dict[str, Any]]
+
+CONFLICT: Responses = {409: {"model": Error, "description": "Conflicts with what is stored"}}
+TOO_LARGE: Responses = {413: {"model": Error, "description": "The request body is too large"}}
+RATE_LIMITED: Responses = {
+    429: {
+        "model": Error,
+        "description": "Too many key downloads; try again after Retry-After seconds",
+        "headers": {
+            "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}
+        },
+    }
+}
+
+
+# --- query parameters of every list: keyset paging ---------------------------------------------
+
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page")]
+# Ids are bounded so that no value can overflow the database's integer column.
+Id = Annotated[int, Path(ge=1, le=MAX_ID)]
+IdFilter = Annotated[int | None, Query(ge=1, le=MAX_ID)]
+Cursor = Annotated[
+    str | None, Query(max_length=100, description="`next_cursor` of the previous page")
+]
+
+
+# --- request bodies of the own API: unknown fields, nulls and wrong types are refused ----------
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+def optional(**constraints: Any) -> Any:
+    """A field that may be left out but not sent as null (null would be ambiguous in a PATCH)."""
+    return Field(default=None, json_schema_extra=_no_default, **constraints)
+
+
+class StrictBody(Strict):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class PersonIn(StrictBody):
+    """Fields of a person; every field may be left out of a PATCH."""
+
+    email: str = optional(max_length=320)
+    first_name: str = optional(max_length=200)
+    middle_name: str = optional(max_length=200)
+    last_name: str = optional(max_length=200)
+    common_name: str = optional(max_length=200)
+    phone: str = optional(max_length=64)
+    secondary_emails: list[str] = optional(max_length=20)
+    validation_type: Literal["STANDARD", "HIGH"] = optional()
+    eppn: str = optional(max_length=320)
+    upn: str = optional(max_length=320)
+    organization_id: int = optional(ge=1, le=MAX_ID)
+
+
+class PersonCreate(PersonIn):
+    email: str = Field(max_length=320)
+
+
+class PersonOut(BaseModel):
+    id: int
+    email: str
+    first_name: str
+    middle_name: str
+    last_name: str
+    common_name: str
+    phone: str
+    secondary_emails: list[str]
+    validation_type: str
+    eppn: str
+    upn: str
+    organization_id: int
+    created_at: datetime
+
+
+class PersonPage(BaseModel):
+    items: list[PersonOut]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end"
+    )
+
+
+class CertificateOut(BaseModel):
+    id: int
+    person_id: int | None
+    organization_id: int
+    subject: str
+    issuer: str
+    serial: str = Field(description="Hexadecimal, lower case")
+    sha256: str = Field(description="Of the certificate's DER, hexadecimal")
+    sha1: str
+    md5: str
+    emails: list[str]
+    not_before: datetime
+    not_after: datetime
+    status: Literal["issued", "expired", "revoked"]
+    key_in_vault: bool
+    source: str
+    trusted_issuer: bool
+
+
+class CertificatePage(BaseModel):
+    items: list[CertificateOut]
+    next_cursor: str | None
+
+
+class Count(BaseModel):
+    count: int
+
+
+class KeyUpload(StrictBody):
+    p12: str = Field(min_length=1, description="The PKCS#12 file, base64 (line breaks allowed)")
+    password: str = Field(description="The PKCS#12 file's password (may be empty)")
+
+
+class ImportedEntry(BaseModel):
+    alias: str
+    clientCertId: int | None  # the name in the SCM import-key response
+    md5: str
+    sha1: str
+    message: str = Field(description='"Imported successfully", "Already exists" or an error')
+    code: str | None = Field(description="The error code of a refused entry; null when stored")
+
+
+class ImportResult(BaseModel):
+    entries: list[ImportedEntry]
+
+
+class KeyDownload(StrictBody):
+    """Exactly one of `passphrase` and `generate_passphrase: true`."""
+
+    # The rule in the schema too, so that clients and schema-driven tests know it.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["passphrase"],
+                    "properties": {
+                        "passphrase": {"type": "string"},
+                        "generate_passphrase": {"const": False},
+                    },
+                },
+                {
+                    "required": ["generate_passphrase"],
+                    "properties": {
+                        "passphrase": {"type": "null"},
+                        "generate_passphrase": {"const": True},
+                    },
+                },
+            ]
+        }
+    )
+
+    passphrase: str | None = Field(
+        default=None, description="Protects the PKCS#12 file; the account's policy applies"
+    )
+    generate_passphrase: bool = Field(
+        default=False,
+        description="certvault chooses a passphrase (120 bits) and returns it once, in the "
+        "X-Certvault-Passphrase response header",
+    )
+    encryption_type: Literal["AES256-SHA256", "TripleDES-SHA1"] = Field(
+        default="AES256-SHA256", description="TripleDES-SHA1 only for old devices"
+    )
+    reason: str | None = Field(
+        default=None,
+        max_length=500,
+        description="Recorded and sent to the owner; an account can make it mandatory",
+    )
+
+    @model_validator(mode="after")
+    def _one_passphrase(self) -> KeyDownload:
+        if (self.passphrase is None) == (not self.generate_passphrase):
+            raise ValueError("give a passphrase or set generate_passphrase to true, not both")
+        return self
+
+
+class AuditEventOut(BaseModel):
+    id: int
+    seq: int = Field(description="Position in the account's audit chain")
+    occurred_at: datetime
+    actor: str
+    action: str
+    outcome: str
+    target_type: str
+    target_id: str
+    ip: str
+    details: dict[str, Any]
+
+
+class AuditEventPage(BaseModel):
+    items: list[AuditEventOut]
+    next_cursor: str | None

@@ -1,0 +1,251 @@
+"""The real server (`certvault serve`, 2 workers, PostgreSQL) under concurrent uploads and
+downloads through the SCM paths, in one run.
+
+    python bench/api.py [--count N] [--kind rsa2048|ec256] [--downloads N] [--threads N]
+                        [--rounds N]
+
+The load generator shares the machine's cores with the server, so server-side time is measured
+inside the server: with CERTVAULT_SERVER_TIMING=1 every response carries
+`Server-Timing: kdf;dur=…, total;dur=…` (kdf = writing the released PKCS#12).
+
+Targets (issue 3): uploads/s >= 50% of the in-process rate (`vault.import_files` on the same
+files); download time outside the KDF <= 5 ms at the median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from _common import OPERATOR, installation
+from archive import PASSWORD, make_files
+
+from certvault.services import admins, persons, tokens
+from certvault.services.persons import PersonFields
+from certvault.services.ports import Ports
+from certvault.services.vault import ImportItem, import_files
+
+CERTVAULT = Path(sys.executable).parent / "certvault"
+PASSPHRASE = "bench-download-passphrase-1"
+UNLIMITED = "1000000"
+NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+_TIMING = re.compile(r"(\w+);dur=([0-9.]+)")
+Job = Callable[[httpx.Client], httpx.Response]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def emails(count: int) -> list[str]:
+    return [f"user{i}@bench.example" for i in range(count)]  # as archive.make_files names them
+
+
+def create_persons(ports: Ports, count: int) -> list[int]:
+    return [
+        persons.create_person(ports, OPERATOR, "bench", PersonFields(email=e)).id
+        for e in emails(count)
+    ]
+
+
+def in_process_rate(files: list[bytes]) -> float:
+    with installation("postgresql") as ports:
+        ids = create_persons(ports, len(files))
+        items = [
+            ImportItem(name=f"f{i}.p12", load=lambda d=d: d, password=PASSWORD, person_id=pid)
+            for i, (d, pid) in enumerate(zip(files, ids, strict=True))
+        ]
+        start = time.perf_counter()
+        results = import_files(ports, OPERATOR, "bench", items)
+        elapsed = time.perf_counter() - start
+    assert all(r.ok for r in results), "in-process import failed"
+    return len(files) / elapsed
+
+
+@contextmanager
+def server(ports: Ports, log: Path) -> Iterator[str]:
+    s = ports.settings
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CERTVAULT_")},
+        "CERTVAULT_HOME": str(s.home_dir),
+        "CERTVAULT_DATABASE_URL": s.effective_database_url,
+        "CERTVAULT_P12_KDF_ROUNDS": str(s.p12_kdf_rounds),
+        "CERTVAULT_DOWNLOADS_PER_HOUR_ADMIN": UNLIMITED,
+        "CERTVAULT_DOWNLOADS_PER_HOUR_TOKEN": UNLIMITED,
+        "CERTVAULT_DOWNLOADS_PER_HOUR_IP": UNLIMITED,
+        "CERTVAULT_SERVER_TIMING": "1",
+    }
+    argv = [str(CERTVAULT), "serve", "--port", str(port), "--workers", "2"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=out)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def phases(response: httpx.Response) -> dict[str, float]:
+    """Milliseconds per phase from the Server-Timing header."""
+    return {k: float(v) for k, v in _TIMING.findall(response.headers.get("server-timing", ""))}
+
+
+def hammer(
+    base: str, token: str, threads: int, jobs: list[Job]
+) -> tuple[float, list[httpx.Response]]:
+    """Run the jobs on a pool of threads, each with its own keep-alive client."""
+    local = threading.local()
+    clients: list[httpx.Client] = []
+
+    def run(job: Job) -> httpx.Response:
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = httpx.Client(
+                base_url=base,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=120,
+                # Headers and body go out in two writes: without NODELAY, Nagle's algorithm and
+                # the server's delayed ACK add ~40 ms to every POST on the client's side.
+                transport=httpx.HTTPTransport(socket_options=[NODELAY]),
+            )
+            clients.append(client)
+        return job(client)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        responses = list(pool.map(run, jobs))
+    elapsed = time.perf_counter() - start
+    for c in clients:
+        c.close()
+    return elapsed, responses
+
+
+def upload_jobs(files: list[bytes], person_ids: list[int]) -> list[Job]:
+    def upload(c: httpx.Client, data: bytes, person_id: int) -> httpx.Response:
+        return c.post(
+            f"/api/person/v2/{person_id}/import-key",
+            json={"p12": base64.b64encode(data).decode(), "password": PASSWORD},
+        )
+
+    return [
+        lambda c, d=d, pid=pid: upload(c, d, pid) for d, pid in zip(files, person_ids, strict=True)
+    ]
+
+
+def download_jobs(cert_ids: list[int], count: int) -> list[Job]:
+    def download(c: httpx.Client, cert_id: int) -> httpx.Response:
+        return c.post(
+            f"/api/smime/v2/keystore/{cert_id}",
+            json={"passphrase": PASSPHRASE, "encryptionType": "AES256-SHA256"},
+        )
+
+    return [lambda c, cid=cid: download(c, cid) for cid in (cert_ids * count)[:count]]
+
+
+def quantile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1]
+
+
+def summary(name: str, values: list[float]) -> str:
+    return f"{name} p50 {statistics.median(values):7.2f} ms, p95 {quantile(values, 0.95):7.2f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--count", type=int, default=150, help="files to upload")
+    parser.add_argument("--kind", choices=["rsa2048", "ec256"], default="rsa2048")
+    parser.add_argument("--downloads", type=int, default=60)
+    parser.add_argument("--threads", type=int, default=4, help="concurrent clients")
+    parser.add_argument("--serial", type=int, default=30, help="downloads one at a time")
+    parser.add_argument(
+        "--rounds", type=int, default=600_000, help="PBKDF2 rounds of a released p12"
+    )
+    args = parser.parse_args()
+
+    print(f"making {args.count} {args.kind} p12 files ...", flush=True)
+    files = make_files(args.count, args.kind)
+    in_process = in_process_rate(files)
+    print(f"in-process import_files (PostgreSQL, batched): {in_process:,.1f} keys/s")
+
+    with (
+        installation("postgresql", p12_kdf_rounds=args.rounds) as ports,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        admins.create_admin(
+            ports,
+            OPERATOR,
+            "bench",
+            "bench",
+            privileges=["key_vault_download", "certificates_manage", "persons_manage"],
+            api_only=True,
+        )
+        token = tokens.create_token(ports, OPERATOR, "bench", "bench").token
+        ids = create_persons(ports, args.count)
+        with server(ports, Path(tmp) / "serve.log") as base:
+            elapsed, done = hammer(base, token, args.threads, upload_jobs(files, ids))
+            assert all(r.status_code == 200 for r in done), {r.status_code for r in done}
+            cert_ids = [r.json()["entries"][0]["clientCertId"] for r in done]
+            rate = len(done) / elapsed
+            up_total = [phases(r)["total"] for r in done]
+            print(
+                f"server uploads ({args.threads} clients, 2 workers): {rate:,.1f} uploads/s = "
+                f"{rate / in_process:.0%} of in-process (target >= 50%)"
+            )
+            print("  server-side, under load: " + summary("time per upload", up_total))
+
+            elapsed, done = hammer(
+                base, token, args.threads, download_jobs(cert_ids, args.downloads)
+            )
+            assert all(r.status_code == 200 for r in done), {r.status_code for r in done}
+            print(
+                f"server downloads ({args.threads} clients, {args.rounds:,} rounds): "
+                f"{len(done) / elapsed:,.1f} downloads/s"
+            )
+            split("under load", [phases(r) for r in done])
+            # One request at a time: nothing waits for another request's KDF to let go of the
+            # GIL, so the time outside the KDF is what a download itself costs.
+            _, done = hammer(base, token, 1, download_jobs(cert_ids, args.serial))
+            split("one at a time", [phases(r) for r in done], target=True)
+
+
+def split(label: str, timed: list[dict[str, float]], *, target: bool = False) -> None:
+    kdf = [t.get("kdf", 0.0) for t in timed]
+    other = [t["total"] - t.get("kdf", 0.0) for t in timed]
+    verdict = ""
+    if target:
+        met = statistics.median(other) <= 5
+        verdict = f" (target p50 <= 5 ms: {'met' if met else 'MISSED'})"
+    print(f"  {label}, server-side: " + summary("KDF (p12 export)", kdf))
+    print(f"  {label}, server-side: " + summary("outside the KDF", other) + verdict)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""`certvault serve`: the application under uvicorn, with several worker processes (PKCS#12 work
+holds the GIL), TLS or loopback-only plain HTTP, JSON logs and multiprocess metrics."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from certvault.cli.common import fail, ports_for_command
+
+APP = "certvault.web.app:create_served_app"
+USAGE = 2  # exit status for a refused command line, as click uses for usage errors
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name that may resolve anywhere
+
+
+def trusted_proxies(value: str) -> list[str]:
+    return [p.strip() for p in value.split(",") if p.strip()]
+
+
+def prepare_metrics_dir(home: Path) -> Path:
+    """A fresh, private PROMETHEUS_MULTIPROC_DIR for this server; stale ones of servers that are
+    gone are removed (their numbers would be added to ours)."""
+    parent = home / "run" / "prometheus"
+    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for old in parent.iterdir():
+        pid = old.name.removeprefix("serve-")
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    mine = parent / f"serve-{os.getpid()}"
+    shutil.rmtree(mine, ignore_errors=True)
+    mine.mkdir(mode=0o700)
+    return mine
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="Default: CERTVAULT_PORT or 8080.")] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 2,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="Certificate chain (PEM) to serve HTTPS with.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Its private key (PEM).")] = None,
+    insecure_http: Annotated[
+        bool,
+        typer.Option("--insecure-http", help="Allow plain HTTP on a non-loopback address."),
+    ] = False,
+) -> None:
+    """Run the HTTP(S) server: the REST API, the SCM-compatible API, health checks and metrics.
+
+    Behind a proxy, list its addresses in CERTVAULT_TRUSTED_PROXIES: only then are forwarded
+    client addresses believed.
+    """
+    if (tls_cert is None) != (tls_key is None):
+        fail("--tls-cert and --tls-key go together: give both, or neither.", "usage", USAGE)
+    for path in (tls_cert, tls_key):
+        if path is not None and not path.is_file():
+            fail(f"Cannot read {path}.", "usage", USAGE)
+    if tls_cert is None and not is_loopback(host) and not insecure_http:
+        fail(
+            f"Refusing plain HTTP on {host}, which is not a loopback address: serve TLS with "
+            "--tls-cert and --tls-key, or put a TLS proxy in front and pass --insecure-http.",
+            "insecure_http",
+            USAGE,
+        )
+
+    import uvicorn
+
+    from certvault.web.logging import log_config
+
+    # Fail here with one clear line rather than in every worker; nothing is kept open.
+    with ports_for_command() as ports:
+        settings = ports.settings
+    proxies = trusted_proxies(settings.trusted_proxies)
+    metrics_dir = prepare_metrics_dir(settings.home_dir)
+    # Read by prometheus_client when it is first imported: in each spawned worker.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    try:
+        uvicorn.run(
+            APP,
+            factory=True,
+            host=host,
+            port=port or settings.port,
+            workers=workers,
+            log_config=log_config(),
+            access_log=False,
+            proxy_headers=bool(proxies),
+            forwarded_allow_ips=proxies or None,
+            server_header=False,
+            ssl_certfile=str(tls_cert) if tls_cert else None,
+            ssl_keyfile=str(tls_key) if tls_key else None,
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -1,0 +1,218 @@
+"""Keys in and out of the vault: upload a PKCS#12 for a person, download one certificate's key,
+download every key of a person as a zip."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import zipfile
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from certvault.errors import CertvaultError, InvalidInput
+from certvault.services import release, vault
+from certvault.services.vault import EntryResult
+from certvault.web.api.schemas import (
+    ERRORS,
+    RATE_LIMITED,
+    TOO_LARGE,
+    Id,
+    ImportedEntry,
+    ImportResult,
+    KeyDownload,
+    KeyUpload,
+)
+from certvault.web.deps import PortsDep, TokenCaller
+from certvault.web.limits import enforce_download_limits
+
+router = APIRouter(tags=["keys"], responses=ERRORS)  # type: ignore[arg-type]
+
+PASSPHRASE_HEADER = "X-Certvault-Passphrase"  # noqa: S105 - a header name
+_WHITESPACE = re.compile(rb"\s+")
+
+
+class InvalidBase64(InvalidInput):
+    """The p12 field is not valid base64."""
+
+    code = "invalid_base64"
+
+
+class EntryRefused(CertvaultError):
+    """Every entry of an upload was refused: the first refusal answers for the request."""
+
+    def __init__(self, entry: EntryResult) -> None:
+        super().__init__(entry.message)
+        self.code = entry.code or "refused"
+        self.status = entry.status or 422
+
+
+def _decode_p12(value: str) -> bytes:
+    try:
+        return base64.b64decode(_WHITESPACE.sub(b"", value.encode("ascii")), validate=True)
+    except (UnicodeEncodeError, binascii.Error):
+        raise InvalidBase64("p12 is not valid base64.") from None
+
+
+UPLOAD_DESCRIPTION = """Import the key(s) of a PKCS#12 file into the vault for this person.
+
+Each certificate's email address must belong to the person. An unknown certificate is added; a
+known one gets its key. The answer lists one entry per key, as the SCM `import-key` call does:
+`message` is "Imported successfully", "Already exists" or the reason of a refusal, and `code` is
+null for a stored entry or the refusal's error code.
+
+**When every entry is refused** (the usual case: a file with one key that does not match, or a
+certificate of another person), the request answers with the first refusal's status and error
+body instead of 200, so that a script checking the status alone cannot mistake it for success.
+When at least one entry was stored, the answer is 200 and the refused entries carry their codes.
+A file that cannot be read at all (wrong password, not a PKCS#12, too costly to open) answers
+422 (413 when too large); `p12` that is not base64 answers 422 `invalid_base64`. Bodies up to
+1 MiB."""
+
+_P12_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The PKCS#12 file, encrypted with the passphrase",
+        "content": {"application/x-pkcs12": {"schema": {"type": "string", "format": "binary"}}},
+        "headers": {
+            PASSPHRASE_HEADER: {
+                "description": "The generated passphrase, only with generate_passphrase=true; "
+                "shown once, never stored",
+                "schema": {"type": "string"},
+            },
+            "Content-Disposition": {"schema": {"type": "string"}},
+        },
+    },
+    **RATE_LIMITED,
+}
+_ZIP_RESPONSE: dict[int | str, dict[str, Any]] = {
+    **_P12_RESPONSE,
+    200: {
+        **_P12_RESPONSE[200],
+        "description": "A zip of PKCS#12 files `<certificate id>-<serial>.p12`, one per "
+        "certificate with a key in the vault, all under the one passphrase",
+        "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+    },
+}
+_RELEASE_NOTES = """
+
+Exactly one of `passphrase` and `generate_passphrase: true`; a generated passphrase comes back once
+in the `X-Certvault-Passphrase` header. The release is audited and the owner is told by mail. It
+needs the privilege key_vault_download and the token scope `keys:download`.
+
+Rate limits per administrator, per token and per client address (`CERTVAULT_DOWNLOADS_PER_HOUR_*`)
+are checked before anything is released: **a request counts as one download**, also a zip of
+several keys. Over a limit: 429 with `Retry-After`."""
+
+
+@router.post(
+    "/persons/{person_id}/keys",
+    response_model=ImportResult,
+    description=UPLOAD_DESCRIPTION,
+    responses=TOO_LARGE,
+)
+def upload_keys(
+    person_id: Id, body: KeyUpload, caller: TokenCaller, ports: PortsDep
+) -> ImportResult:
+    data = _decode_p12(body.p12)
+    entries = vault.import_p12(
+        ports, caller.actor, caller.account_slug, data, body.password, person_id=person_id
+    )
+    if entries and not any(e.ok for e in entries):
+        raise EntryRefused(next(e for e in entries if not e.ok))
+    return ImportResult(
+        entries=[
+            ImportedEntry(
+                alias=e.alias,
+                clientCertId=e.client_cert_id,
+                md5=e.md5,
+                sha1=e.sha1,
+                message=e.message,
+                code=e.code,
+            )
+            for e in entries
+        ]
+    )
+
+
+def _attachment(data: bytes, media_type: str, filename: str, passphrase: str | None) -> Response:
+    headers = {
+        "Content-Disposition": f'attachment; filename="{filename}"',
+        "Cache-Control": "no-store",
+        "Pragma": "no-cache",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if passphrase is not None:
+        headers[PASSPHRASE_HEADER] = passphrase
+    return Response(data, media_type=media_type, headers=headers)
+
+
+@router.post(
+    "/certificates/{certificate_id}/key",
+    response_class=Response,
+    summary="Download a certificate's key as PKCS#12",
+    description="The key of one certificate as a PKCS#12 attachment `<id>.p12`." + _RELEASE_NOTES,
+    responses=_P12_RESPONSE,
+)
+def download_key(
+    certificate_id: Id,
+    body: KeyDownload,
+    request: Request,
+    caller: TokenCaller,
+    ports: PortsDep,
+) -> Response:
+    enforce_download_limits(request, caller, target_type="certificate", target_id=certificate_id)
+    batch = release.release_keys(
+        ports,
+        caller.actor,
+        caller.account_slug,
+        [certificate_id],
+        passphrase=body.passphrase,
+        encryption=body.encryption_type,
+        reason=body.reason,
+        channel="api",
+    )
+    [item] = batch.releases
+    return _attachment(item.data, "application/x-pkcs12", item.filename, batch.generated_passphrase)
+
+
+@router.post(
+    "/persons/{person_id}/keys/download",
+    response_class=Response,
+    summary="Download every key of a person as a zip",
+    description="Every key of the person in the vault, current and old (old mail needs old "
+    "keys), as a zip of PKCS#12 files under one passphrase; one release event per key. An "
+    "organization administrator gets the certificates of their organizations. A person without "
+    "keys in the vault answers 404 `no_escrowed_key`." + _RELEASE_NOTES,
+    responses=_ZIP_RESPONSE,
+)
+def download_person_keys(
+    person_id: Id,
+    body: KeyDownload,
+    request: Request,
+    caller: TokenCaller,
+    ports: PortsDep,
+) -> Response:
+    enforce_download_limits(request, caller, target_type="person", target_id=person_id)
+    batch = release.release_person_keys(
+        ports,
+        caller.actor,
+        caller.account_slug,
+        person_id,
+        passphrase=body.passphrase,
+        encryption=body.encryption_type,
+        reason=body.reason,
+        channel="api",
+    )
+    buffer = io.BytesIO()
+    # Stored, not deflated: PKCS#12 files are encrypted and would not shrink.
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for item in batch.releases:
+            archive.writestr(item.filename, item.data)
+    return _attachment(
+        buffer.getvalue(),
+        "application/zip",
+        f"person-{person_id}-keys.zip",
+        batch.generated_passphrase,
+    )
