@@ -312,3 +312,25 @@ def test_stored_key_is_not_plaintext(ports, operator, account):
         files = ports.settings.database_dir.glob("certvault.sqlite3*")  # the database and its WAL
         raw = b"".join(f.read_bytes() for f in files)
         assert der[-100:-60] not in raw
+
+
+def test_profile_without_escrow_is_refused_by_the_way_in(ports, operator, account):
+    from certvault.crypto.profiles import get_profile
+    from certvault.services.vault import EscrowNotAllowed
+
+    key = new_key()
+    for name, allowed in (("smime-signing", False), ("smime-encryption", True)):
+        req = EscrowRequest(
+            key=key,
+            certificate=make_cert(key, f"{name}@example.org"),
+            profile=get_profile(name),
+            source="enroll",
+        )
+        with ports.db.transaction() as s:
+            acct = accounts.get_account(s, "acme")
+            if allowed:
+                assert archive_entry(s, ports, acct, operator, req).message == IMPORTED
+            else:
+                with pytest.raises(EscrowNotAllowed):
+                    archive_entry(s, ports, acct, operator, req)
+    assert counts(ports)["keys"] == 1

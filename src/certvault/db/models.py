@@ -178,6 +178,8 @@ class Certificate(Base):
     revocation_reason: Mapped[str | None] = mapped_column(String(64))
     spki_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
     source: Mapped[str] = mapped_column(String(32))
+    profile: Mapped[str | None] = mapped_column(String(32))  # set when certvault issued it
+    ca_id: Mapped[int | None] = mapped_column(ForeignKey("certificate_authorities.id"))
     trusted_issuer: Mapped[bool] = mapped_column(Boolean, default=False)
     friendly_name: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -335,3 +337,63 @@ class RateLimitCounter(Base):
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     window_start: Mapped[int] = mapped_column(Integer, primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class CertificateAuthority(Base):
+    """A CA of the built-in issuer. Its key is a service key (used to sign, never released);
+    an offline root has none here at all."""
+
+    __tablename__ = "certificate_authorities"
+    __table_args__ = (UniqueConstraint("account_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), default=new_uuid, unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(63))  # in the CRL URL: /crl/<account>/<name>.crl
+    role: Mapped[str] = mapped_column(String(16))  # "root" | "issuing"
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("certificate_authorities.id"))
+    certificate_der: Mapped[bytes] = mapped_column(LargeBinary)
+    service_key_id: Mapped[int | None] = mapped_column(ForeignKey("service_keys.id"))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    crl_number: Mapped[int] = mapped_column(Integer, default=0)
+    crl_der: Mapped[bytes | None] = mapped_column(LargeBinary)
+    crl_next_update: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class EnrollmentForm(Base):
+    """A client-certificate web form with server-side key generation."""
+
+    __tablename__ = "enrollment_forms"
+    __table_args__ = (UniqueConstraint("account_id", "slug"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    slug: Mapped[str] = mapped_column(String(63))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    profile: Mapped[str] = mapped_column(String(32))
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"))
+    access_code_hash: Mapped[str | None] = mapped_column(String(255))  # None: mailed code only
+    domains: Mapped[str] = mapped_column(Text, default="")  # space-separated; empty: any
+    key_types: Mapped[str] = mapped_column(Text, default="")  # space-separated; empty: profile's
+    dual_key: Mapped[bool] = mapped_column(Boolean, default=False)
+    allow_own_passphrase: Mapped[bool] = mapped_column(Boolean, default=False)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class EnrollmentCode(Base):
+    """A one-time code mailed to an address; spent by the enrollment it authorizes."""
+
+    __tablename__ = "enrollment_codes"
+    __table_args__ = (Index("ix_enrollment_codes_form_email", "form_id", "email"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    form_id: Mapped[int] = mapped_column(ForeignKey("enrollment_forms.id"))
+    email: Mapped[str] = mapped_column(String(320))
+    code_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    certificate_id: Mapped[int | None] = mapped_column(ForeignKey("certificates.id"))

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from certvault.crypto import keys as keylib
+from certvault.crypto.profiles import Profile
 from certvault.crypto.pkcs12 import P12Contents, P12Limits, read_pkcs12
 from certvault.db.models import (
     Account,
@@ -73,6 +74,12 @@ class ServiceKeyRefused(Forbidden):
     code = "service_key"
 
 
+class EscrowNotAllowed(Forbidden):
+    """The certificate's profile forbids escrowing its key (signing keys stay with their owner)."""
+
+    code = "escrow_not_allowed"
+
+
 class NoOwner(InvalidInput):
     """The certificate carries no email address; name the person it belongs to."""
 
@@ -101,6 +108,8 @@ class EscrowRequest:
     person_id: int | None = None  # upload for a given person: the certificate must be theirs
     person_email: str | None = None  # owner named by an import manifest
     organization: str | None = None  # name or id, for a person certvault creates
+    profile: Profile | None = None  # set when certvault issued the certificate
+    ca_id: int | None = None  # the built-in CA that issued it
 
 
 @dataclass(frozen=True)
@@ -239,6 +248,8 @@ def archive_entry(
     """
     if not account.key_vault_enabled:
         raise KeyVaultDisabled()
+    if req.profile is not None and not req.profile.escrow:
+        raise EscrowNotAllowed()
     key = keylib.supported_key(req.key)
     cert = req.certificate
     if not keylib.key_matches_certificate(key, cert):
@@ -341,6 +352,8 @@ def archive_entry(
             not_after=cert.not_valid_after_utc,
             spki_sha256=spki,
             source=req.source,
+            profile=req.profile.name if req.profile else None,
+            ca_id=req.ca_id,
             trusted_issuer=trusted,
             friendly_name=req.friendly_name[:200] if req.friendly_name else None,
         )
