@@ -16,8 +16,8 @@ from pathlib import Path
 from _common import OPERATOR, installation
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from certvault.services.imports import import_p12
 from certvault.services.release import release_key
-from certvault.services.vault import import_p12
 from tests.factories import make_cert, make_p12
 
 ROUNDS = [2_048, 50_000, 100_000, 200_000]

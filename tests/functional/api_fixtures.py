@@ -39,8 +39,8 @@ from sqlalchemy import select
 from certvault.db.models import Account, ApiToken, Certificate, Organization, Person
 from certvault.services import accounts, admins, tokens
 from certvault.services.actors import Actor, Privilege
+from certvault.services.imports import import_p12
 from certvault.services.ports import Ports
-from certvault.services.vault import import_p12
 from certvault.web.app import create_app
 from tests.factories import NOW, make_ca, make_cert, make_p12, new_key
 

@@ -28,9 +28,9 @@ from sqlalchemy import select
 from certvault.db.models import Person
 from certvault.services import accounts, admins, tokens
 from certvault.services.actors import Actor
+from certvault.services.imports import import_p12
 from certvault.services.ports import Ports
 from certvault.services.ratelimit import DatabaseRateLimiter
-from certvault.services.vault import import_p12
 from certvault.web.app import create_app
 from tests.factories import make_ca, make_cert, make_p12, new_key
 

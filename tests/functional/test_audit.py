@@ -15,8 +15,8 @@ from certvault.db.models import Account, AuditEvent, AuditHead
 from certvault.errors import CertvaultError
 from certvault.services import accounts, audit
 from certvault.services.audit_heads import ChainHead
+from certvault.services.imports import import_p12
 from certvault.services.release import release_key
-from certvault.services.vault import import_p12
 from tests.factories import make_cert, make_p12, new_key
 
 PW = "import-password-1"

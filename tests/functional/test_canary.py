@@ -28,8 +28,8 @@ from certvault.errors import CertvaultError
 from certvault.masterkey.shares import combine_shares, split_secret
 from certvault.services import accounts, admins
 from certvault.services.custody import restore_master_key
+from certvault.services.imports import ImportItem, import_files, import_p12
 from certvault.services.release import release_key
-from certvault.services.vault import ImportItem, import_files, import_p12
 from tests.factories import make_cert, make_p12, new_key
 from tests.functional import cli_env
 from tests.functional.cli_env import openssl, openssl_p12, write_key_and_cert, write_secret

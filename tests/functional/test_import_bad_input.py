@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from certvault.errors import CertvaultError
-from certvault.services.vault import IMPORTED, import_p12
+from certvault.services.imports import import_p12
+from certvault.services.vault import IMPORTED
 from tests.functional.helpers import counts, events
 
 VECTORS = Path(__file__).parents[1] / "vectors" / "p12"

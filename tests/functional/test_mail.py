@@ -23,6 +23,7 @@ from sqlalchemy import func, select, update
 from certvault.crypto import keys as keylib
 from certvault.db.models import MailMessage
 from certvault.services import accounts, admins, notify
+from certvault.services.imports import import_p12
 from certvault.services.notify import SendResult, send_pending
 from certvault.services.ports import Ports, open_ports
 from certvault.services.release import ReasonRequired, release_key
@@ -31,7 +32,6 @@ from certvault.services.vault import (
     EscrowRequest,
     KeyVaultDisabled,
     archive_entry,
-    import_p12,
 )
 from tests.conftest import make_settings
 from tests.factories import make_ca, make_cert, make_p12, new_key, pool_key

@@ -11,9 +11,9 @@ from cryptography.hazmat.primitives import serialization
 
 from certvault.config import Settings
 from certvault.services import accounts
+from certvault.services.imports import import_p12
 from certvault.services.ports import open_ports
 from certvault.services.release import release_key
-from certvault.services.vault import import_p12
 from tests.conftest import make_settings
 from tests.factories import make_cert, make_p12, pool_key
 

@@ -11,6 +11,7 @@ from certvault.crypto import keys as keylib
 from certvault.crypto.pkcs12 import EncryptionType, read_pkcs12
 from certvault.errors import CertvaultError, Forbidden, KeyMismatch, NotFound
 from certvault.services import accounts, admins, keyring
+from certvault.services.imports import import_p12
 from certvault.services.release import NoEscrowedKey, ReasonRequired, release_key
 from certvault.services.vault import (
     ALREADY_EXISTS,
@@ -21,7 +22,6 @@ from certvault.services.vault import (
     ServiceKeyRefused,
     UntrustedIssuer,
     archive_entry,
-    import_p12,
 )
 from certvault.services.verification import verify_escrow
 from tests.factories import make_ca, make_cert, make_p12, new_key, pool_key

@@ -22,8 +22,8 @@ from certvault.cli.common import (
     read_secret_file,
 )
 from certvault.services.custody import record_shares_exported, restore_master_key
+from certvault.services.imports import FileResult, ImportItem, import_files
 from certvault.services.release import release_key
-from certvault.services.vault import FileResult, ImportItem, import_files
 
 kek_app = typer.Typer(help="Master-key custody: Shamir shares.", no_args_is_help=True)
 

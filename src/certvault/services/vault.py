@@ -8,8 +8,8 @@ subscriber's notification are written in the same transaction as the key.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session
 
 from certvault.crypto import keys as keylib
 from certvault.crypto.profiles import Profile
-from certvault.crypto.pkcs12 import P12Contents, P12Limits, read_pkcs12
 from certvault.db.models import (
     Account,
     Certificate,
@@ -40,8 +39,8 @@ from certvault.errors import (
     NotFound,
 )
 from certvault.services import audit, keyring, notify, persons
-from certvault.services.accounts import default_organization, find_organization, get_account
-from certvault.services.actors import Actor, Privilege, Scope
+from certvault.services.accounts import default_organization, find_organization
+from certvault.services.actors import Actor, Privilege
 from certvault.services.ports import Ports
 
 ARCHIVE = "key.archive"
@@ -84,12 +83,6 @@ class NoOwner(InvalidInput):
     """The certificate carries no email address; name the person it belongs to."""
 
     code = "no_owner"
-
-
-class UnreadableFile(InvalidInput):
-    """The file could not be read."""
-
-    code = "unreadable"
 
 
 class PersonMismatch(InvalidInput):
@@ -146,7 +139,7 @@ def _alias(req: EscrowRequest, emails: list[str]) -> str:
     return req.certificate.subject.rfc4514_string()[:200]
 
 
-def _failed(req: EscrowRequest, exc: CertvaultError) -> EntryResult:
+def failed_entry(req: EscrowRequest, exc: CertvaultError) -> EntryResult:
     cert = req.certificate
     return EntryResult(
         alias=_alias(req, keylib.certificate_emails(cert)),
@@ -399,174 +392,3 @@ def _escrow_notice(account: Account, cert: Certificate) -> str:
         f"Valid until: {cert.not_after:%Y-%m-%d}\n\n"
         "Every recovery of this key is recorded, and you will be told of it by mail.\n"
     )
-
-
-# --- PKCS#12 import -------------------------------------------------------------------------------
-
-
-@dataclass
-class ImportItem:
-    name: str
-    load: Callable[[], bytes]
-    password: str
-    person_email: str | None = None
-    organization: str | None = None
-    person_id: int | None = None
-
-
-@dataclass
-class FileResult:
-    name: str
-    entries: list[EntryResult] = field(default_factory=list)
-    error: CertvaultError | None = None  # the file could not be read at all
-
-    @property
-    def error_code(self) -> str | None:
-        return self.error.code if self.error else None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and all(e.ok for e in self.entries)
-
-
-def _limits(ports: Ports) -> P12Limits:
-    return P12Limits(
-        max_bytes=ports.settings.p12_max_bytes, max_iterations=ports.settings.p12_max_iterations
-    )
-
-
-def _parse(ports: Ports, item: ImportItem) -> tuple[FileResult, P12Contents | None]:
-    result = FileResult(item.name)
-    try:
-        data = item.load()
-        contents = read_pkcs12(data, item.password, _limits(ports))
-    except CertvaultError as exc:
-        result.error = exc
-        return result, None
-    except OSError as exc:
-        result.error = UnreadableFile(f"Cannot read the file: {exc.strerror}.")
-        return result, None
-    return result, contents
-
-
-def import_files(
-    ports: Ports,
-    actor: Actor,
-    account_slug: str,
-    items: Iterable[ImportItem],
-    *,
-    on_file: Callable[[FileResult], None] | None = None,
-) -> list[FileResult]:
-    """Import many PKCS#12 files, committing in batches (DESIGN.md §10).
-
-    Parsing (the KDF and key validation) runs outside any transaction; each entry is archived in
-    a savepoint, so one bad entry or file never stops the others.
-    """
-    with audit.refusals_audited(ports, account_id=None, actor=actor, action=ARCHIVE):
-        actor.require_scope(Scope.KEYS_UPLOAD)
-        with ports.db.read() as session:  # an unknown account is refused on the installation chain
-            account = get_account(session, account_slug)
-            actor.require_visible(account.id, None, "Account")
-            account_id, enabled = account.id, account.key_vault_enabled
-    if not enabled:
-        audit.record_refusal(
-            ports,
-            account_id=account_id,
-            actor=actor,
-            action=ARCHIVE,
-            reason_code=KeyVaultDisabled.code,
-        )
-        raise KeyVaultDisabled()
-    results: list[FileResult] = []
-    batch: list[tuple[ImportItem, FileResult, P12Contents | None]] = []
-    size = 0
-
-    def flush() -> None:
-        nonlocal size
-        if batch:
-            ports.db.run(lambda s: _archive_batch(s, ports, account_id, actor, batch))
-            for _, result, _ in batch:
-                results.append(result)
-                if on_file:
-                    on_file(result)
-        batch.clear()
-        size = 0
-
-    for item in items:
-        result, contents = _parse(ports, item)
-        batch.append((item, result, contents))
-        size += len(contents.entries) if contents else 1
-        if size >= ports.settings.import_batch_size:
-            flush()
-    flush()
-    return results
-
-
-def _archive_batch(
-    session: Session,
-    ports: Ports,
-    account_id: int,
-    actor: Actor,
-    batch: list[tuple[ImportItem, FileResult, P12Contents | None]],
-) -> None:
-    account = session.get_one(Account, account_id)
-    for item, result, contents in batch:
-        result.entries = []  # the whole batch runs again after a retryable conflict
-        if contents is None:
-            audit.record(
-                session,
-                ports,
-                account=account,
-                actor=actor,
-                action=ARCHIVE,
-                outcome="refused",
-                details={"reason": result.error_code, "file": item.name[-200:]},
-            )
-            continue
-        for entry in contents.entries:
-            req = EscrowRequest(
-                key=entry.key,
-                certificate=entry.certificate,
-                chain=contents.extra_certificates,
-                friendly_name=entry.friendly_name,
-                person_email=item.person_email,
-                organization=item.organization,
-                person_id=item.person_id,
-            )
-            try:
-                with session.begin_nested():
-                    result.entries.append(archive_entry(session, ports, account, actor, req))
-            except CertvaultError as exc:
-                # The savepoint undid the entry's work; the refusal is recorded in the batch.
-                result.entries.append(_failed(req, exc))
-                audit.record(
-                    session,
-                    ports,
-                    account=account,
-                    actor=actor,
-                    action=ARCHIVE,
-                    outcome="refused",
-                    target_type="certificate",
-                    details={
-                        "reason": exc.code,
-                        "certificate_sha256": entry.certificate.fingerprint(hashes.SHA256()).hex(),
-                    },
-                )
-
-
-def import_p12(
-    ports: Ports,
-    actor: Actor,
-    account_slug: str,
-    data: bytes,
-    password: str,
-    *,
-    person_id: int | None = None,
-    name: str = "upload.p12",
-) -> list[EntryResult]:
-    """Import one PKCS#12 file (the REST upload). A file that cannot be read raises."""
-    item = ImportItem(name=name, load=lambda: data, password=password, person_id=person_id)
-    [result] = import_files(ports, actor, account_slug, [item])
-    if result.error is not None:
-        raise result.error
-    return result.entries

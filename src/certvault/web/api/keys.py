@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from certvault.errors import CertvaultError, InvalidInput
-from certvault.services import release, vault
+from certvault.services import imports, release
 from certvault.services.vault import EntryResult
 from certvault.web.api.schemas import (
     ERRORS,
@@ -116,7 +116,7 @@ def upload_keys(
     person_id: Id, body: KeyUpload, caller: TokenCaller, ports: PortsDep
 ) -> ImportResult:
     data = _decode_p12(body.p12)
-    entries = vault.import_p12(
+    entries = imports.import_p12(
         ports, caller.actor, caller.account_slug, data, body.password, person_id=person_id
     )
     if entries and not any(e.ok for e in entries):

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from certvault.db.models import Person
 from certvault.errors import CertvaultError, NotFound
-from certvault.services import persons, vault
+from certvault.services import imports, persons, vault
 from certvault.services.persons import PersonFields
 from certvault.web.compat.schemas import (
     CONFLICT,
@@ -64,7 +64,7 @@ def import_key(
     """Every certificate in the file must carry one of the person's email addresses. A file
     whose entries were all refused answers with the first refusal's error; otherwise each entry
     says what became of it."""
-    entries = vault.import_p12(
+    entries = imports.import_p12(
         ports,
         caller.actor,
         caller.account_slug,
