@@ -4,6 +4,10 @@ set -euo pipefail
 need=()
 command -v openssl >/dev/null || need+=(openssl)
 command -v psql >/dev/null || need+=(postgresql-client)
+# The browser tests drive Debian's Chromium (never a browser Playwright downloads); the page
+# text needs a font that has every glyph.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -d /usr/share/fonts/truetype/dejavu ] || need+=(fonts-dejavu-core)
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

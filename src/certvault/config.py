@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     logins_per_minute_ip: int = Field(default=30, ge=1)
     logins_per_minute_login: int = Field(default=10, ge=1)
     credential_cache_seconds: int = Field(default=60, ge=0, le=600)
+    # Enrollment forms: one-time codes mailed, and code checks, per address and per client.
+    enrollment_codes_per_hour_email: int = Field(default=5, ge=1)
+    enrollment_codes_per_hour_ip: int = Field(default=30, ge=1)
+    enrollment_checks_per_hour_email: int = Field(default=20, ge=1)
+    enrollment_checks_per_hour_ip: int = Field(default=60, ge=1)
 
     trusted_proxies: str = ""  # comma-separated addresses whose X-Forwarded-For is believed
     metrics_token: SecretStr | None = None

@@ -10,7 +10,9 @@ import typer
 
 from certvault import __version__
 from certvault.cli import keys as keys_commands
+from certvault.cli.ca import ca_app
 from certvault.cli.common import err, guarded, operator, out, ports_for_command, read_secret_file
+from certvault.cli.form import form_app
 from certvault.cli.serve import serve
 from certvault.services import accounts, admins, audit, notify, tokens
 from certvault.services.verification import verify_escrow
@@ -36,6 +38,8 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(mail_app, name="mail")
 app.add_typer(token_app, name="token")
 app.add_typer(keys_commands.kek_app, name="kek")
+app.add_typer(ca_app, name="ca")
+app.add_typer(form_app, name="form")
 app.command("import")(keys_commands.import_command)
 app.command("export")(keys_commands.export_command)
 app.command("serve")(serve)

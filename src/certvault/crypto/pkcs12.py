@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from asn1crypto import algos
+from asn1crypto import cms as asn1_cms
 from asn1crypto import pkcs12 as asn1_pkcs12
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
@@ -577,6 +578,15 @@ def _pair(
 # --- writing ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class KeyAndCertificate:
+    """One key with its certificate, to be written into a PKCS#12 file."""
+
+    key: PrivateKey
+    certificate: x509.Certificate
+    friendly_name: str | None = None
+
+
 def write_pkcs12(
     key: PrivateKey,
     certificate: x509.Certificate,
@@ -587,16 +597,31 @@ def write_pkcs12(
     friendly_name: str | None,
 ) -> bytes:
     """A PKCS#12 file whose MAC costs as many KDF rounds as its encryption."""
+    entry = KeyAndCertificate(key, certificate, friendly_name)
+    return write_pkcs12_entries([entry], chain, passphrase, encryption, iterations)
+
+
+def write_pkcs12_entries(
+    entries: Sequence[KeyAndCertificate],
+    chain: Sequence[x509.Certificate],
+    passphrase: str,
+    encryption: EncryptionType,
+    iterations: int,
+) -> bytes:
+    """A PKCS#12 file holding several keys, each with its certificate (a dual-key enrollment's
+    encryption and signing pair), the chain once, and one MAC as strong as the encryption."""
+    if not entries:
+        raise InvalidInput("A PKCS#12 file needs at least one key.")
     if not passphrase:
         raise InvalidInput("The passphrase must not be empty.")
     try:
         password_utf8 = passphrase.encode("utf-8")
-        name = friendly_name.encode("utf-8") if friendly_name else None
+        names = [e.friendly_name.encode("utf-8") if e.friendly_name else None for e in entries]
     except UnicodeEncodeError as exc:  # lone surrogates, e.g. from JSON "\ud800"
         raise InvalidInput("The passphrase or friendly name is not valid text.") from exc
     if not 1 <= iterations <= _MAX_WRITE_ITERATIONS:
         raise InvalidInput(f"Iterations must be between 1 and {_MAX_WRITE_ITERATIONS}.")
-    if not keys.key_matches_certificate(key, certificate):
+    if not all(keys.key_matches_certificate(e.key, e.certificate) for e in entries):
         raise KeyMismatch()
     mac_hash: hashes.HashAlgorithm
     if encryption is EncryptionType.AES256_SHA256:
@@ -611,21 +636,36 @@ def write_pkcs12(
         .hmac_hash(mac_hash)
         .build(password_utf8)
     )
-    p12 = crypto_pkcs12.serialize_key_and_certificates(
-        name, key, certificate, list(chain) or None, protection
-    )
-    return _rewrite_mac(p12, passphrase, mac_hash.name, iterations)
+    # cryptography writes one key per file. Each entry is written on its own (its bags carry a
+    # localKeyId of its own certificate) and their authenticated safes are joined under one MAC;
+    # the chain goes with the first entry only.
+    contents: list[Any] = []
+    for index, (entry, name) in enumerate(zip(entries, names, strict=True)):
+        single = crypto_pkcs12.serialize_key_and_certificates(
+            name,
+            entry.key,
+            entry.certificate,
+            (list(chain) or None) if index == 0 else None,
+            protection,
+        )
+        contents.extend(asn1_pkcs12.Pfx.load(single).authenticated_safe)
+    return _with_mac(contents, passphrase, mac_hash.name, iterations)
 
 
-def _rewrite_mac(p12: bytes, passphrase: str, hash_name: str, iterations: int) -> bytes:
-    """Replace cryptography's MAC, always made with 2,048 rounds, by one with ``iterations``.
+def _with_mac(contents: Sequence[Any], passphrase: str, hash_name: str, iterations: int) -> bytes:
+    """The PFX of ``contents`` (its ContentInfos) under a MAC made with ``iterations`` rounds.
 
-    The MAC is the cheapest check an attacker can test guessed passwords against, so a MAC
-    weaker than the bag encryption would make every extra encryption round worthless
-    (DESIGN §10). OpenSSL verifies it the same way: PKCS#12 KDF, id 3, BMPString password.
+    cryptography's own MAC always uses 2,048 rounds, and the MAC is the cheapest check an attacker
+    can test guessed passwords against, so a MAC weaker than the bag encryption would make every
+    extra encryption round worthless (DESIGN §10). OpenSSL verifies it the same way: PKCS#12 KDF,
+    id 3, BMPString password.
     """
-    pfx = asn1_pkcs12.Pfx.load(p12)
-    auth_safe = pfx["auth_safe"]
+    auth_safe = asn1_cms.ContentInfo(
+        {
+            "content_type": "data",
+            "content": asn1_pkcs12.AuthenticatedSafe(list(contents)).dump(),
+        }
+    )
     salt = os.urandom(16)
     size = hashlib.new(hash_name).digest_size
     mac_key = pkcs12_kdf(hash_name, bmp_password(passphrase), salt, _ID_MAC, iterations, size)

@@ -95,7 +95,10 @@ class Actor:
         scopes = {Scope.READ}
         if self.is_operator or Privilege.CERTIFICATES_MANAGE in self.privileges:
             scopes |= {Scope.KEYS_UPLOAD, Scope.MANAGE}
-        if self.is_operator or Privilege.PERSONS_MANAGE in self.privileges:
+        if self.is_operator or self.privileges & {
+            Privilege.PERSONS_MANAGE,
+            Privilege.SETTINGS_MANAGE,
+        }:
             scopes.add(Scope.MANAGE)
         if self.is_operator or Privilege.KEY_VAULT_DOWNLOAD in self.privileges:
             scopes.add(Scope.KEYS_DOWNLOAD)

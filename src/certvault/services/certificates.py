@@ -1,16 +1,23 @@
-"""Client certificates: listing with the Key Vault filter, details, counting, revocation."""
+"""Client certificates: recording, listing with the Key Vault filter, details, counting,
+revocation."""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from certvault.crypto import ca as calib
+from certvault.crypto import keys as keylib
 from certvault.db.models import Account, Certificate, Person
 from certvault.errors import Conflict, InvalidInput, NotFound
-from certvault.services import audit
+from certvault.services import audit, ca
 from certvault.services.accounts import get_account
 from certvault.services.actors import Actor, Privilege, Scope
 from certvault.services.paging import Page, check_limit, decode_cursor, page_of
@@ -19,21 +26,63 @@ from certvault.services.ports import Ports
 STATUSES = ("issued", "expired", "revoked")
 MAX_REVOCATION_COMMENT = 512
 # RFC 5280 CRLReason names that make sense for a client certificate.
-REVOCATION_REASONS = (
-    "unspecified",
-    "keyCompromise",
-    "affiliationChanged",
-    "superseded",
-    "cessationOfOperation",
-    "certificateHold",
-    "privilegeWithdrawn",
-)
+REVOCATION_REASONS = calib.REVOCATION_REASONS
 
 
 def status_of(cert: Certificate, now: datetime) -> str:
     if cert.status == "revoked":
         return "revoked"
     return "expired" if cert.not_after < now else "issued"
+
+
+def add_certificate(
+    session: Session,
+    account: Account,
+    cert: x509.Certificate,
+    chain: Sequence[x509.Certificate],
+    *,
+    person: Person | None,
+    organization_id: int,
+    source: str,
+    profile: str | None = None,
+    ca_id: int | None = None,
+    escrowed_key_id: int | None = None,
+    trusted_issuer: bool = False,
+    friendly_name: str | None = None,
+) -> Certificate:
+    """Record a certificate certvault does not hold yet, inside the caller's transaction.
+
+    The caller has checked who may add it and that no other certificate has its issuer and
+    serial number; ``chain`` runs from the issuer up to the root.
+    """
+    der = cert.public_bytes(Encoding.DER)
+    row = Certificate(
+        account_id=account.id,
+        organization_id=organization_id,
+        person_id=person.id if person is not None else None,
+        escrowed_key_id=escrowed_key_id,
+        der=der,
+        chain_pem="".join(c.public_bytes(Encoding.PEM).decode() for c in chain),
+        sha256=hashlib.sha256(der).digest(),
+        sha1_hex=hashlib.sha1(der).hexdigest(),  # noqa: S324 - an identifier for the SCM API
+        md5_hex=hashlib.md5(der).hexdigest(),  # noqa: S324
+        serial=format(cert.serial_number, "x"),
+        issuer=cert.issuer.rfc4514_string(),
+        issuer_sha256=hashlib.sha256(cert.issuer.public_bytes()).digest(),
+        subject=cert.subject.rfc4514_string(),
+        emails=" ".join(keylib.certificate_emails(cert)),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        spki_sha256=keylib.spki_sha256(cert.public_key()),
+        source=source,
+        profile=profile,
+        ca_id=ca_id,
+        trusted_issuer=trusted_issuer,
+        friendly_name=friendly_name[:200] if friendly_name else None,
+    )
+    session.add(row)
+    session.flush()
+    return row
 
 
 @dataclass(frozen=True)
@@ -153,6 +202,8 @@ def revoke_certificate(
         if cert.status == "revoked":
             raise Conflict("The certificate is already revoked.")
         cert.status, cert.revoked_at, cert.revocation_reason = "revoked", ports.clock(), reason
+        if cert.ca_id is not None:  # issued here: its CRL lists it from this commit on
+            ca.regenerate_crl_for(session, ports, cert.ca_id)
         audit.record(
             session,
             ports,

@@ -6,13 +6,23 @@ their own function, which the release path never calls.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
+from cryptography import x509
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from certvault.crypto import envelope
-from certvault.db.models import Account, AccountKey, EscrowedKey, ServiceKey, new_uuid
+from certvault.crypto import keys as keylib
+from certvault.db.models import (
+    Account,
+    AccountKey,
+    CertificateAuthority,
+    EscrowedKey,
+    ServiceKey,
+    new_uuid,
+)
 from certvault.errors import CertvaultError
 from certvault.services.ports import Ports
 
@@ -158,6 +168,44 @@ def open_service_key(ports: Ports, row: ServiceKey) -> bytes:
 
 
 def service_public_keys(session: Session) -> set[bytes]:
-    """Public-key fingerprints of every service key: such keys are never escrowed."""
+    """Public-key fingerprints of every service key and every CA certificate certvault holds:
+    such keys are never escrowed (an offline root's key is kept nowhere here, and must not
+    come in through the vault either)."""
     query = select(ServiceKey.spki_sha256).where(ServiceKey.spki_sha256.is_not(None))
-    return {spki for spki in session.scalars(query) if spki is not None}
+    found = {spki for spki in session.scalars(query) if spki is not None}
+    for der in session.scalars(select(CertificateAuthority.certificate_der)):
+        spki = keylib.certificate_spki_der(x509.load_der_x509_certificate(der))
+        if spki is not None:
+            found.add(hashlib.sha256(spki).digest())
+    return found
+
+
+def service_secrets(ports: Ports, purpose: str) -> list[bytes]:
+    """The 256-bit secrets kept for ``purpose`` (MAC keys), oldest first; one is made if none is.
+
+    Two processes meeting no secret at once may each make one: the oldest is the one to use, and
+    checks accept any of them, so that what either made stays valid.
+    """
+    with ports.db.read() as session:
+        rows = _secret_rows(session, purpose)
+    if not rows:
+
+        def create(session: Session) -> None:
+            if not _secret_rows(session, purpose):
+                create_service_key(session, ports, purpose=purpose, material=envelope.new_key())
+
+        ports.db.run(create)
+        with ports.db.read() as session:
+            rows = _secret_rows(session, purpose)
+    secrets = []
+    for row in rows:
+        cached = ports.cache.get(f"{purpose}:{row.uuid}")
+        if cached is None:
+            cached = ports.cache[f"{purpose}:{row.uuid}"] = open_service_key(ports, row)
+        secrets.append(cached)
+    return secrets
+
+
+def _secret_rows(session: Session, purpose: str) -> list[ServiceKey]:
+    query = select(ServiceKey).where(ServiceKey.purpose == purpose).order_by(ServiceKey.id)
+    return list(session.scalars(query))

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from certvault.config import Settings
 from certvault.db.models import Account, Admin, MailMessage
-from certvault.errors import ConfigurationError
+from certvault.errors import CertvaultError, ConfigurationError
 from certvault.services.ports import Ports
 
 CLAIM_FOR = timedelta(minutes=5)
@@ -77,13 +77,42 @@ def _connect(settings: Settings) -> smtplib.SMTP:
 
 
 def _message(settings: Settings, row: MailMessage) -> EmailMessage:
+    return _build(settings, row.to_addr, row.subject, row.body)
+
+
+def _build(settings: Settings, to: str, subject: str, body: str) -> EmailMessage:
     msg = EmailMessage()
     msg["From"] = settings.smtp_from
-    msg["To"] = row.to_addr
-    msg["Subject"] = row.subject
+    msg["To"] = to
+    msg["Subject"] = subject
     msg["Message-ID"] = make_msgid(domain="certvault")
-    msg.set_content(row.body)
+    msg.set_content(body)
     return msg
+
+
+class MailUnavailable(CertvaultError):
+    """The mail server could not take the message; nothing was sent. Try again later."""
+
+    code = "mail_unavailable"
+    status = 503
+
+
+def send_now(settings: Settings, to: str, subject: str, body: str) -> None:
+    """Deliver one message at once, for a person waiting for it (a one-time code), bypassing the
+    outbox; :class:`MailUnavailable` when the server does not take it."""
+    msg = _build(settings, to, subject, body)
+    try:
+        smtp = _connect(settings)
+        try:
+            smtp.send_message(msg)
+        finally:
+            try:
+                smtp.quit()
+            except (OSError, smtplib.SMTPException):
+                pass
+    except (OSError, smtplib.SMTPException, ConfigurationError):
+        # The server's own words are not passed on: they may quote the message.
+        raise MailUnavailable() from None
 
 
 def send_pending(ports: Ports, *, limit: int = 100) -> SendResult:

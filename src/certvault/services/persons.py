@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from sqlalchemy import Select, func, or_, select
@@ -37,14 +37,21 @@ def find_by_email(session: Session, account: Account, email: str) -> Person | No
 
 
 def find_or_create(
-    session: Session, account: Account, email: str, organization: Organization
+    session: Session,
+    account: Account,
+    email: str,
+    organization: Organization,
+    details: PersonFields | None = None,
 ) -> tuple[Person, bool]:
+    """The person with ``email``, or a new one in ``organization`` with ``details`` set."""
     person = find_by_email(session, account, email)
     if person is not None:
         return person, False
     person = Person(
         account_id=account.id, organization_id=organization.id, email=normalize_email(email)
     )
+    if details is not None:
+        _apply(session, account, person, replace(details, email=None, organization_id=None))
     session.add(person)
     session.flush()
     return person, True

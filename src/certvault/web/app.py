@@ -89,9 +89,13 @@ def create_app(
 
     from certvault.web.api import router as api_router
     from certvault.web.compat import router as compat_router
+    from certvault.web.crl import router as crl_router
+    from certvault.web.enroll import router as enroll_router
 
     app.include_router(api_router)
     app.include_router(compat_router)
+    app.include_router(enroll_router)
+    app.include_router(crl_router)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:

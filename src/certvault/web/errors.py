@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import Scope
@@ -22,6 +23,7 @@ from certvault.services.ratelimit import RateLimited
 
 log = logging.getLogger("certvault.web")
 
+NOT_JSON = "the body is not valid JSON"
 COMPAT_PREFIXES = ("/api/person/", "/api/smime/", "/api/organization/")
 
 
@@ -68,7 +70,7 @@ def install(app: FastAPI) -> None:
         for err in exc.errors()[:10]:
             kind = err.get("type", "invalid")
             if kind == "json_invalid":
-                problems.append("the body is not valid JSON")
+                problems.append(NOT_JSON)
             else:
                 # pydantic's messages state the rule ("Input should be a valid integer"), not
                 # the input; the input itself (err["input"]) is never used.
@@ -77,7 +79,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI answers a body that is not UTF-8 with a bare 400; it is JSON that does not
+            # parse (RFC 8259 §8.1), so it gets the same answer as any other.
+            return error_response(request, 422, "validation_error", NOT_JSON)
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
         description = {404: "Not found.", 405: "Method not allowed."}.get(
             exc.status_code, str(exc.detail) if isinstance(exc.detail, str) else "Error."
         )
@@ -95,10 +101,21 @@ def install(app: FastAPI) -> None:
         return error_response(request, 500, "internal", "Internal error.")
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
 def _allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
-    allowed = []
-    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+    """The methods of the most specific path that matches: `/certificates/enroll` is a resource
+    of its own, not an id for `/certificates/{certificate_id}`."""
+    by_path: dict[str, set[str]] = {}
+    for method in _METHODS:
         probe = {**scope, "method": method}
-        if any(route.matches(probe)[0] == Match.FULL for route in app.router.routes):
-            allowed.append(method)
-    return allowed
+        # Included routers are flattened: each route with its full path.
+        for route in iter_route_contexts(app.router.routes):
+            if route.matches(probe)[0] == Match.FULL:
+                by_path.setdefault(route.path or "", set()).add(method)
+    if not by_path:
+        return []
+    fewest = min(path.count("{") for path in by_path)
+    allowed = set().union(*(m for path, m in by_path.items() if path.count("{") == fewest))
+    return [m for m in _METHODS if m in allowed]

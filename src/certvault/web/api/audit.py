@@ -7,12 +7,27 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
+from pydantic import BeforeValidator
 
 from certvault.services import audit
 from certvault.web.api.schemas import ERRORS, AuditEventOut, AuditEventPage, Cursor, Limit
 from certvault.web.deps import PortsDep, TokenCaller
 
 router = APIRouter(tags=["audit"], responses=ERRORS)  # type: ignore[arg-type]
+
+
+def _not_a_number(value: object) -> object:
+    # pydantic would read a bare number as seconds since 1970; the schema promises ISO 8601.
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise ValueError("expected an ISO 8601 date-time")
+    return value
+
+
+Moment = Annotated[datetime | None, BeforeValidator(_not_a_number)]
 
 
 @router.get(
@@ -29,8 +44,8 @@ def list_audit_events(
     target_type: Annotated[str | None, Query(max_length=32)] = None,
     target_id: Annotated[str | None, Query(max_length=64)] = None,
     outcome: Literal["success", "refused", "failure"] | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Moment = None,
+    until: Moment = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> AuditEventPage:

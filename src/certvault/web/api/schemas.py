@@ -21,7 +21,6 @@ class Strict(BaseModel):
 
 
 ERRORS = {
-    400: {"model": Error, "description": "The request body could not be read (not UTF-8)"},
     401: {"model": Error, "description": "Missing or invalid token"},
     403: {"model": Error, "description": "Visible, but not allowed"},
     404: {"model": Error, "description": "Not found (or not visible)"},

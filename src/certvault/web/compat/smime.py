@@ -1,27 +1,35 @@
 """SCM client certificates (`/api/smime/v1`, `/api/smime/v2`): the list with its `keyVault`
-filter, the Key Vault download `keystore`, and revocation."""
+filter, the Key Vault download `keystore`, revocation, and enrollment with a client CSR
+(`enroll`, `collect`)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import Field
 
 from certvault.db.models import Certificate
-from certvault.services import certificates, release
+from certvault.errors import InvalidInput
+from certvault.services import certificates, csr_enrollment, release
 from certvault.services.certificates import REVOCATION_REASONS, CertificateFilter
+from certvault.services.csr_enrollment import BundleEncoding, BundleFormat
+from certvault.services.persons import PersonFields
 from certvault.web.compat.schemas import (
     CONFLICT,
     MAX_ID,
     SCM_ERRORS,
+    TOO_LARGE,
     CertId,
     CertificateDetails,
+    CustomField,
     EmailPath,
     KeystoreRequest,
     Position,
     Responses,
     RevokeRequest,
     ScmCertificate,
+    ScmModel,
     Size,
     Text,
     on_versions,
@@ -220,3 +228,173 @@ def revoke_certificate(
         ports, caller.actor, caller.account_slug, cert_id, reason, comment=comment
     )
     return Response(status_code=204)
+
+
+# --- enrollment with a client CSR, and collecting the certificate ------------------------------
+
+# certType as an integer: the ids certvault gives its profiles (the commercial product numbers
+# its own certificate types per customer; scripts that send a profile name need no table).
+CERT_TYPES = {1: "smime", 2: "smime-encryption", 3: "smime-signing", 4: "client-auth"}
+
+
+class ClientEnrollRequest(ScmModel):
+    """`ClientEnrollRequest`: a CSR the client made (it keeps the key; nothing is escrowed)."""
+
+    org_id: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_ID,
+        description="Where a person certvault creates goes (null: the default organization); "
+        "for an existing person it must be theirs",
+    )
+    csr: Text = Field(
+        min_length=1, max_length=32 * 1024, description="The PKCS#10 request, PEM or base64 DER"
+    )
+    cert_type: int | Text = Field(
+        description="A profile: its name ("
+        + ", ".join(CERT_TYPES.values())
+        + ") or its id ("
+        + ", ".join(f"{i} = {name}" for i, name in CERT_TYPES.items())
+        + ")"
+    )
+    term: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_ID,
+        description="Validity in days, at most the profile's (null: the profile's)",
+    )
+    email: Text = Field(max_length=320)
+    phone: Text | None = Field(default=None, max_length=64)
+    secondary_emails: list[Annotated[Text, Field(max_length=320)]] | None = Field(
+        default=None, max_length=20, description="Also certified; they must be the person's"
+    )
+    first_name: Text | None = Field(default=None, max_length=200)
+    middle_name: Text | None = Field(default=None, max_length=200)
+    last_name: Text | None = Field(default=None, max_length=200)
+    common_name: Text | None = Field(
+        default=None, min_length=1, max_length=64, description="The subject CN"
+    )
+    eppn: Text | None = Field(default=None, max_length=320)
+    upn: Text | None = Field(default=None, max_length=320)
+    custom_fields: list[CustomField] | None = Field(
+        default=None, max_length=50, description="Accepted and ignored (certvault has none)"
+    )
+    comments: Text | None = Field(default=None, max_length=500, description="Kept in the audit log")
+
+
+class ClientEnrollResponse(ScmModel):
+    order_number: int = Field(description="The same as backendCertId (obsolete in SCM)")
+    backend_cert_id: str = Field(description="The certificate's id, for collect")
+
+
+def profile_of(cert_type: int | str) -> str:
+    """The profile a certType names: an id of CERT_TYPES or a profile name."""
+    if isinstance(cert_type, str) and cert_type.strip().isdigit():
+        cert_type = int(cert_type.strip())
+    if isinstance(cert_type, int):
+        if cert_type not in CERT_TYPES:
+            known = ", ".join(f"{i} ({name})" for i, name in CERT_TYPES.items())
+            raise InvalidInput(f"Unknown certType. Known certTypes: {known}.")
+        return CERT_TYPES[cert_type]
+    return cert_type.strip()
+
+
+@on_versions(
+    router,
+    "POST",
+    "/smime/{v}/enroll",
+    response_model=ClientEnrollResponse,
+    responses=CONFLICT | TOO_LARGE,
+    summary="Enroll a client certificate with a CSR",
+)
+def enroll(body: ClientEnrollRequest, caller: ScmCaller, ports: PortsDep) -> ClientEnrollResponse:
+    """Issued at once (collect it right away). The person with `email` is created, with the
+    name fields, when there is none. Needs the privilege certificates_manage."""
+    cert = csr_enrollment.enroll_csr(
+        ports,
+        caller.actor,
+        caller.account_slug,
+        csr_pem_or_der=csr_enrollment.csr_from_text(body.csr),
+        profile=profile_of(body.cert_type),
+        email=body.email,
+        organization_id=body.org_id,
+        common_name=body.common_name,
+        extra_emails=body.secondary_emails or (),
+        validity_days=body.term,
+        new_person=PersonFields(
+            first_name=body.first_name,
+            middle_name=body.middle_name,
+            last_name=body.last_name,
+            phone=body.phone,
+            eppn=body.eppn,
+            upn=body.upn,
+        ),
+        comment=body.comments,
+        channel="scm",
+    )
+    return ClientEnrollResponse(order_number=cert.id, backend_cert_id=str(cert.id))
+
+
+_PKCS7_PEM = BundleFormat(encoding=BundleEncoding.PKCS7_PEM)
+# The commercial product's collect formats. Its "with chain" PEM puts the root first and the
+# certificate last; "R" reverses an order.
+COLLECT_FORMATS = {
+    "x509": BundleFormat(root_first=True),  # root, intermediates, certificate
+    "pem": BundleFormat(root_first=True),
+    "x509R": BundleFormat(),  # certificate, intermediates, root
+    "x509CO": BundleFormat(intermediates=False, root=False),  # the certificate only
+    "pemco": BundleFormat(intermediates=False, root=False),
+    "pemia": BundleFormat(root=False),  # the certificate, then its issuing CA(s)
+    "x509IO": BundleFormat(certificate=False, root_first=True),  # root, intermediates
+    "x509IOR": BundleFormat(certificate=False),  # intermediates, root
+    "base64": _PKCS7_PEM,  # PKCS#7 (certificate and chain), PEM
+    "bin": BundleFormat(encoding=BundleEncoding.PKCS7_DER),  # the same, DER
+}
+CollectFormat = Literal[
+    "x509", "pem", "x509R", "x509CO", "pemco", "pemia", "x509IO", "x509IOR", "base64", "bin"
+]
+
+_COLLECTED: Responses = {
+    200: {
+        "description": "PEM formats as application/pem-certificate-chain, `base64` as "
+        "application/x-pem-file, `bin` as application/pkcs7-mime",
+        "content": {
+            media: {"schema": {"type": "string", "format": "binary"}}
+            for media in (
+                "application/pem-certificate-chain",
+                "application/x-pem-file",
+                "application/pkcs7-mime",
+            )
+        },
+    }
+}
+
+
+@on_versions(
+    router,
+    "GET",
+    "/smime/{v}/collect/{certId}",
+    response_class=Response,
+    responses=_COLLECTED,
+    summary="Collect a client certificate",
+)
+def collect(
+    cert_id: CertId,
+    caller: ScmCaller,
+    ports: PortsDep,
+    format: Annotated[
+        CollectFormat,
+        Query(
+            description="`x509`/`pem`: root, intermediates, certificate (PEM); `x509R`: the "
+            "certificate first; `x509CO`/`pemco`: the certificate only; `pemia`: the certificate "
+            "and its issuing CA(s), no root; `x509IO`: root, intermediates; `x509IOR`: "
+            "intermediates, root; `base64`: PKCS#7 PEM; `bin`: PKCS#7 DER"
+        ),
+    ] = "base64",
+) -> Response:
+    """The path's certId is the enrollment's backendCertId; any stored certificate can be
+    collected. 404 when a format without the certificate is asked for and no chain is known."""
+    found = csr_enrollment.collect_certificate(
+        ports, caller.actor, caller.account_slug, cert_id, COLLECT_FORMATS[format]
+    )
+    return Response(found.data, media_type=found.media_type)

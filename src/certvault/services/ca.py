@@ -1,0 +1,624 @@
+"""The built-in CA as a service: a root and an issuing CA per account, issuance, and CRLs.
+
+CA keys are service keys (purpose ``ca-signing``): sealed like escrowed keys, opened only here to
+sign, never released. An offline root's key is written once to a PKCS#12 file and kept nowhere
+in certvault. CRLs live on their CA row and are regenerated on revocation and whenever a fetch
+finds them near expiry.
+
+An issuing CA imported with :func:`import_issuing` brings its chain along: each parent
+certificate becomes a key-less CA row (role ``root`` or ``intermediate``), so issuance and
+``ca show`` walk one parent chain whatever made it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from certvault.crypto import ca as calib
+from certvault.crypto import keys as keylib
+from certvault.crypto.passphrase import generate_passphrase
+from certvault.crypto.pkcs12 import EncryptionType, P12Limits, read_pkcs12, write_pkcs12
+from certvault.crypto.profiles import KeyType, generate_key
+from certvault.db.models import Account, Certificate, CertificateAuthority, ServiceKey
+from certvault.errors import CaInvalid, CertvaultError, Conflict, InvalidInput, NotFound
+from certvault.services import audit, keyring
+from certvault.services.accounts import get_account
+from certvault.services.actors import Actor, Privilege
+from certvault.services.issuance import Issued, IssueRequest
+from certvault.services.ports import Ports
+
+CA_KEY_PURPOSE = "ca-signing"
+CA_KEY_TYPES = (KeyType.EC384, KeyType.EC256, KeyType.RSA3072, KeyType.RSA4096)
+CRL_VALIDITY = timedelta(days=7)
+# A fetch inside this window before nextUpdate publishes a fresh CRL.
+CRL_REFRESH_MARGIN = timedelta(hours=24)
+# Nobody can re-sign an offline root's CRL inside certvault: the one signed at init lasts the
+# 12 months the S/MIME BR (4.9.7) allow for CRLs about subordinate CAs.
+OFFLINE_ROOT_CRL_VALIDITY = timedelta(days=365)
+MAX_CHAIN_DEPTH = 8
+# Room for the "-root" / "-intermediate<n>" suffixes of imported chain rows within 63 characters.
+MAX_CA_NAME = 40
+_CA_NAME = re.compile(rf"^[a-z0-9](?:[a-z0-9-]{{0,{MAX_CA_NAME - 2}}}[a-z0-9])?$")
+INIT, IMPORT = "ca.init", "ca.import_issuing"
+
+
+class NoIssuingCa(CertvaultError):
+    """This account has no issuing CA."""
+
+    code = "no_issuing_ca"
+    status = 409
+
+
+class CaExists(Conflict):
+    """This account already has an active issuing CA."""
+
+    code = "ca_exists"
+
+
+class OfflineRootExists(Conflict):
+    """The file for the offline root already exists; certvault never overwrites it."""
+
+    code = "exists"
+
+
+class CrlNotFound(NotFound):
+    """No CRL is published at this address."""
+
+    code = "not_found"
+
+
+@dataclass(frozen=True)
+class CaInitResult:
+    root: x509.Certificate
+    issuing: x509.Certificate
+    root_id: int
+    issuing_id: int
+    crl_url: str  # the issuing CA's CRL: what every certificate it issues points to
+    offline_root: Path | None = None
+    # Shown once to the operator with the offline root file; stored nowhere.
+    root_passphrase: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class PublishedCrl:
+    der: bytes
+    next_update: datetime
+
+
+def crl_url(ports: Ports, account_slug: str, ca_name: str) -> str:
+    return f"{ports.settings.public_url.rstrip('/')}/crl/{account_slug}/{ca_name}.crl"
+
+
+def _check_name(name: str) -> str:
+    if not _CA_NAME.match(name):
+        raise InvalidInput(
+            f"A CA name is 1 to {MAX_CA_NAME} characters a-z, 0-9 and - (it is part of the "
+            "CRL URL)."
+        )
+    return name
+
+
+def _account_id(ports: Ports, actor: Actor, account_slug: str, action: str) -> int:
+    # An unknown account is refused on the installation chain; everything after on the account's.
+    with audit.refusals_audited(ports, account_id=None, actor=actor, action=action):
+        with ports.db.read() as session:
+            account = get_account(session, account_slug)
+            actor.require(Privilege.SETTINGS_MANAGE, account.id, None)
+            return account.id
+
+
+def _active_issuing(session: Session, account_id: int) -> CertificateAuthority | None:
+    return session.scalars(
+        select(CertificateAuthority).where(
+            CertificateAuthority.account_id == account_id,
+            CertificateAuthority.role == "issuing",
+            CertificateAuthority.active.is_(True),
+        )
+    ).first()
+
+
+def _name_taken(session: Session, account_id: int, name: str) -> bool:
+    return (
+        session.scalar(
+            select(CertificateAuthority.id).where(
+                CertificateAuthority.account_id == account_id, CertificateAuthority.name == name
+            )
+        )
+        is not None
+    )
+
+
+def _certificate(row: CertificateAuthority) -> x509.Certificate:
+    return x509.load_der_x509_certificate(row.certificate_der)
+
+
+def _signing_key(session: Session, ports: Ports, row: CertificateAuthority) -> keylib.PrivateKey:
+    if row.service_key_id is None:
+        raise NoIssuingCa(f"The CA {row.name} has no key in certvault (an offline CA).")
+    sealed = session.get_one(ServiceKey, row.service_key_id)
+    # Keys certvault signs with are loaded with full validation (DESIGN §10).
+    return keylib.load_pkcs8_der(keyring.open_service_key(ports, sealed), validate=True)
+
+
+def _store_key(
+    session: Session, ports: Ports, account: Account, key: keylib.PrivateKey, cert: x509.Certificate
+) -> ServiceKey:
+    return keyring.create_service_key(
+        session,
+        ports,
+        purpose=CA_KEY_PURPOSE,
+        material=keylib.to_pkcs8_der(key),
+        account=account,
+        spki_sha256=keylib.spki_sha256(key.public_key()),
+        certificate_der=cert.public_bytes(Encoding.DER),
+    )
+
+
+def _add_issuing(
+    session: Session,
+    ports: Ports,
+    account: Account,
+    name: str,
+    parent_id: int | None,
+    key: keylib.PrivateKey,
+    cert: x509.Certificate,
+) -> CertificateAuthority:
+    """A new issuing CA with its sealed key and its first CRL."""
+    row = CertificateAuthority(
+        account_id=account.id,
+        name=name,
+        role="issuing",
+        parent_id=parent_id,
+        certificate_der=cert.public_bytes(Encoding.DER),
+        service_key_id=_store_key(session, ports, account, key, cert).id,
+    )
+    session.add(row)
+    session.flush()
+    regenerate_crl(session, ports, row)
+    return row
+
+
+# --- init ----------------------------------------------------------------------------------------
+
+
+def init_ca(
+    ports: Ports,
+    actor: Actor,
+    account_slug: str,
+    *,
+    root_name: str = "root",
+    issuing_name: str = "issuing",
+    key_type: KeyType = KeyType.EC384,
+    organization: str | None = None,
+    offline_root: Path | None = None,
+) -> CaInitResult:
+    """Create the account's root and issuing CA; with ``offline_root`` the root key goes to that
+    file (0600, never overwritten) under a passphrase returned once, and nowhere else."""
+    account_id = _account_id(ports, actor, account_slug, INIT)
+    with audit.refusals_audited(ports, account_id=account_id, actor=actor, action=INIT):
+        root_name, issuing_name = _check_name(root_name), _check_name(issuing_name)
+        if root_name == issuing_name:
+            raise InvalidInput("The root and the issuing CA need different names.")
+        if key_type not in CA_KEY_TYPES:
+            raise InvalidInput("CA keys are one of: " + ", ".join(CA_KEY_TYPES) + ".")
+        with ports.db.read() as session:
+            account = session.get_one(Account, account_id)
+            _refuse_existing(session, account_id, (root_name, issuing_name))
+        # Key generation (seconds for RSA-4096) and the p12 KDF run outside any transaction.
+        now = ports.clock()
+        root_key, issuing_key = generate_key(key_type), generate_key(key_type)
+        base = account.name[:48]
+        root = calib.build_root(root_key, f"{base} Root CA", organization, now=now)
+        issuing = calib.build_issuing(
+            root_key,
+            root,
+            issuing_key,
+            f"{base} Issuing CA",
+            organization,
+            crl_url=crl_url(ports, account.slug, root_name),
+            now=now,
+        )
+        # Signed now: with an offline root this is the only moment its key is here.
+        root_crl = calib.build_crl(
+            root_key,
+            root,
+            [],
+            crl_number=1,
+            this_update=now,
+            next_update=now + (OFFLINE_ROOT_CRL_VALIDITY if offline_root else CRL_VALIDITY),
+        )
+        passphrase = None
+        if offline_root is not None:
+            passphrase = generate_passphrase()
+            data = write_pkcs12(
+                root_key,
+                root,
+                [],
+                passphrase,
+                EncryptionType.AES256_SHA256,
+                ports.settings.p12_kdf_rounds,
+                f"{account.slug} root CA",
+            )
+            _create_secret_file(offline_root, data)
+
+        def work(session: Session) -> tuple[int, int]:
+            account = session.get_one(Account, account_id)
+            _refuse_existing(session, account_id, (root_name, issuing_name))
+            root_row = CertificateAuthority(
+                account_id=account_id,
+                name=root_name,
+                role="root",
+                certificate_der=root.public_bytes(Encoding.DER),
+                service_key_id=(
+                    None if offline_root else _store_key(session, ports, account, root_key, root).id
+                ),
+                crl_number=1,
+                crl_der=root_crl.public_bytes(Encoding.DER),
+                crl_next_update=root_crl.next_update_utc,
+            )
+            session.add(root_row)
+            session.flush()
+            issuing_row = _add_issuing(
+                session, ports, account, issuing_name, root_row.id, issuing_key, issuing
+            )
+            audit.record(
+                session,
+                ports,
+                account=account,
+                actor=actor,
+                action=INIT,
+                target_type="ca",
+                target_id=issuing_row.id,
+                details={
+                    "root": root.subject.rfc4514_string(),
+                    "issuing": issuing.subject.rfc4514_string(),
+                    "key_type": key_type.value,
+                    "root_spki_sha256": keylib.spki_sha256(root_key.public_key()).hex(),
+                    "offline_root": offline_root is not None,
+                },
+            )
+            return root_row.id, issuing_row.id
+
+        try:
+            root_id, issuing_id = ports.db.run(work)
+        except BaseException:
+            if offline_root is not None and not _recorded(ports, account_id, root):
+                # A root file without its CA would only mislead.
+                offline_root.unlink(missing_ok=True)
+            raise
+    return CaInitResult(
+        root=root,
+        issuing=issuing,
+        root_id=root_id,
+        issuing_id=issuing_id,
+        crl_url=crl_url(ports, account.slug, issuing_name),
+        offline_root=offline_root,
+        root_passphrase=passphrase,
+    )
+
+
+def _refuse_existing(session: Session, account_id: int, names: tuple[str, ...]) -> None:
+    if _active_issuing(session, account_id) is not None:
+        raise CaExists()
+    for name in names:
+        if _name_taken(session, account_id, name):
+            raise Conflict(f"This account already has a CA named {name}; choose another name.")
+
+
+def _recorded(ports: Ports, account_id: int, cert: x509.Certificate) -> bool:
+    """Whether ``cert`` is one of the account's CAs; True when that cannot be told, so that a
+    commit whose answer was lost never costs the only copy of a root key."""
+    try:
+        with ports.db.read() as session:
+            found = session.scalar(
+                select(CertificateAuthority.id).where(
+                    CertificateAuthority.account_id == account_id,
+                    CertificateAuthority.certificate_der == cert.public_bytes(Encoding.DER),
+                )
+            )
+    except Exception:  # noqa: BLE001 - any doubt keeps the file
+        return True
+    return found is not None
+
+
+def _create_secret_file(path: Path, data: bytes) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise OfflineRootExists(f"{path} exists; certvault never overwrites it.") from None
+    except OSError as exc:
+        raise InvalidInput(f"Cannot create {path}: {exc.strerror}.") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise InvalidInput(f"Cannot write {path}: {exc.strerror}.") from None
+
+
+# --- an issuing CA signed elsewhere -----------------------------------------------------------
+
+
+def import_issuing(
+    ports: Ports,
+    actor: Actor,
+    account_slug: str,
+    p12: bytes,
+    password: str,
+    *,
+    name: str = "issuing",
+) -> CertificateAuthority:
+    """Install an issuing CA from a PKCS#12 file (its key, its certificate and the chain up to a
+    root); it replaces the active issuing CA, whose CRL stays published for what it issued."""
+    account_id = _account_id(ports, actor, account_slug, IMPORT)
+    with audit.refusals_audited(ports, account_id=account_id, actor=actor, action=IMPORT):
+        name = _check_name(name)
+        limits = P12Limits(
+            max_bytes=ports.settings.p12_max_bytes,
+            max_iterations=ports.settings.p12_max_iterations,
+        )
+        contents = read_pkcs12(p12, password, limits)
+        if len(contents.entries) != 1:
+            raise CaInvalid("The file must hold exactly one private key: the issuing CA's.")
+        [entry] = contents.entries
+        calib.verify_issuing_pair(entry.key, entry.certificate, now=ports.clock())
+        parents = _parent_chain(entry.certificate, contents.extra_certificates)
+        spki = keylib.spki_sha256(entry.key.public_key())
+
+        def work(session: Session) -> CertificateAuthority:
+            account = session.get_one(Account, account_id)
+            if spki in keyring.service_public_keys(session):
+                raise Conflict("This CA's key is already installed in certvault.")
+            if _name_taken(session, account_id, name):
+                raise Conflict(f"This account already has a CA named {name}; pass another name.")
+            parent_id = _store_parents(session, account_id, name, parents)
+            previous = _active_issuing(session, account_id)
+            if previous is not None:
+                previous.active = False
+            row = _add_issuing(
+                session, ports, account, name, parent_id, entry.key, entry.certificate
+            )
+            audit.record(
+                session,
+                ports,
+                account=account,
+                actor=actor,
+                action=IMPORT,
+                target_type="ca",
+                target_id=row.id,
+                details={
+                    "issuing": entry.certificate.subject.rfc4514_string(),
+                    "spki_sha256": spki.hex(),
+                    "chain": len(parents),
+                    "replaced": previous.id if previous is not None else None,
+                },
+            )
+            return row
+
+        return ports.db.run(work)
+
+
+def _parent_chain(cert: x509.Certificate, extra: list[x509.Certificate]) -> list[x509.Certificate]:
+    """The certificates above ``cert`` up to a self-signed root, nearest first."""
+    chain: list[x509.Certificate] = []
+    current = cert
+    while not _issued_by(current, current):
+        if len(chain) >= MAX_CHAIN_DEPTH:
+            raise CaInvalid("The certificate chain in the file is too long.")
+        parent = next(
+            (c for c in extra if c.subject == current.issuer and _issued_by(current, c)), None
+        )
+        if parent is None or parent in chain:
+            raise CaInvalid(
+                "The file must carry the chain up to the root (openssl pkcs12 -export "
+                "-certfile chain.pem)."
+            )
+        chain.append(parent)
+        current = parent
+    return chain
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    if cert.issuer != issuer.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _store_parents(
+    session: Session, account_id: int, name: str, parents: list[x509.Certificate]
+) -> int | None:
+    """Key-less rows for the chain above an imported CA, top down; a certificate already held
+    (say, this account's own root) is reused. The id of the nearest parent."""
+    parent_id: int | None = None
+    for depth, cert in reversed(list(enumerate(parents, start=1))):
+        der = cert.public_bytes(Encoding.DER)
+        row = session.scalars(
+            select(CertificateAuthority).where(
+                CertificateAuthority.account_id == account_id,
+                CertificateAuthority.certificate_der == der,
+            )
+        ).first()
+        if row is None:
+            root = depth == len(parents)
+            row = CertificateAuthority(
+                account_id=account_id,
+                name=f"{name}-root" if root else f"{name}-intermediate{depth}",
+                role="root" if root else "intermediate",
+                parent_id=parent_id,
+                certificate_der=der,
+            )
+            if _name_taken(session, account_id, row.name):
+                raise Conflict(f"This account already has a CA named {row.name}.")
+            session.add(row)
+            session.flush()
+        parent_id = row.id
+    return parent_id
+
+
+# --- issuing -------------------------------------------------------------------------------------
+
+
+def _chain(session: Session, row: CertificateAuthority) -> list[x509.Certificate]:
+    """The CA's certificate and those above it, nearest first."""
+    chain: list[x509.Certificate] = []
+    current: CertificateAuthority | None = row
+    while current is not None and len(chain) < MAX_CHAIN_DEPTH:
+        chain.append(_certificate(current))
+        parent = session.get(CertificateAuthority, current.parent_id) if current.parent_id else None
+        current = parent if parent is not None and parent.account_id == row.account_id else None
+    return chain
+
+
+def _no_issuing_ca(account: Account) -> NoIssuingCa:
+    return NoIssuingCa(
+        f"The account {account.slug} has no issuing CA; run `certvault ca init --account "
+        f"{account.slug}`."
+    )
+
+
+class BuiltinIssuer:
+    """The certificate issuer of services.issuance, signing with the account's issuing CA."""
+
+    def __init__(self, ports: Ports) -> None:
+        self._ports = ports
+
+    def issue(self, session: Session, account: Account, request: IssueRequest) -> Issued:
+        row = _active_issuing(session, account.id)
+        if row is None or row.service_key_id is None:
+            raise _no_issuing_ca(account)
+        chain = _chain(session, row)
+        certificate = calib.issue_certificate(
+            _signing_key(session, self._ports, row),
+            chain[0],
+            request.public_key,
+            request.profile,
+            email=request.email,
+            common_name=request.common_name,
+            extra_emails=request.extra_emails,
+            crl_url=crl_url(self._ports, account.slug, row.name),
+            now=self._ports.clock(),
+        )
+        return Issued(certificate=certificate, chain=chain, ca_id=row.id)
+
+
+def issuing_chain(ports: Ports, actor: Actor, account_slug: str) -> list[x509.Certificate]:
+    """The active issuing CA's certificate up to the root, nearest first."""
+    with ports.db.read() as session:
+        account = get_account(session, account_slug)
+        actor.require_visible(account.id, None, "Account")
+        row = _active_issuing(session, account.id)
+        if row is None:
+            raise _no_issuing_ca(account)
+        return _chain(session, row)
+
+
+# --- CRLs ----------------------------------------------------------------------------------------
+
+
+def regenerate_crl(session: Session, ports: Ports, ca: CertificateAuthority) -> bytes:
+    """Sign and store the CA's next CRL, listing its revoked certificates, in the caller's
+    transaction."""
+    revoked = session.execute(
+        select(Certificate.serial, Certificate.revoked_at, Certificate.revocation_reason)
+        .where(
+            Certificate.account_id == ca.account_id,
+            Certificate.ca_id == ca.id,
+            Certificate.status == "revoked",
+        )
+        .order_by(Certificate.id)
+    ).all()
+    now = ports.clock()
+    crl = calib.build_crl(
+        _signing_key(session, ports, ca),
+        _certificate(ca),
+        [
+            calib.RevokedEntry(int(serial, 16), revoked_at or now, reason or "unspecified")
+            for serial, revoked_at, reason in revoked
+        ],
+        crl_number=ca.crl_number + 1,
+        this_update=now,
+        next_update=now + CRL_VALIDITY,
+    )
+    ca.crl_number += 1
+    ca.crl_der = crl.public_bytes(Encoding.DER)
+    ca.crl_next_update = crl.next_update_utc
+    session.flush()
+    return ca.crl_der
+
+
+def regenerate_crl_for(session: Session, ports: Ports, ca_id: int) -> None:
+    """After a revocation: the CRL of the CA that issued the certificate, if certvault holds
+    its key."""
+    ca = session.get(CertificateAuthority, ca_id)
+    if ca is not None and ca.service_key_id is not None:
+        regenerate_crl(session, ports, ca)
+
+
+def _published(ca: CertificateAuthority, now: datetime) -> PublishedCrl | None:
+    """The stored CRL if it may be served as is."""
+    if ca.crl_der is None or ca.crl_next_update is None:
+        return None
+    fresh = now < ca.crl_next_update - CRL_REFRESH_MARGIN
+    # An offline CA's CRL cannot be re-signed here; the stored one is all there is.
+    if fresh or ca.service_key_id is None:
+        return PublishedCrl(ca.crl_der, ca.crl_next_update)
+    return None
+
+
+def _find_ca(session: Session, account_slug: str, ca_name: str) -> CertificateAuthority:
+    query = (
+        select(CertificateAuthority)
+        .join(Account, Account.id == CertificateAuthority.account_id)
+        .where(Account.slug == account_slug, CertificateAuthority.name == ca_name)
+    )
+    ca = session.scalars(query).first()
+    if ca is None:
+        raise CrlNotFound()
+    return ca
+
+
+def current_crl(ports: Ports, account_slug: str, ca_name: str) -> PublishedCrl:
+    """The CA's CRL, regenerated first when there is none or it is near expiry."""
+    with ports.db.read() as session:
+        ca = _find_ca(session, account_slug, ca_name)
+        found = _published(ca, ports.clock())
+    if found is not None:
+        return found
+    if ca.service_key_id is None:
+        raise CrlNotFound()  # an imported chain certificate: its CRL is published elsewhere
+
+    ca_id = ca.id
+
+    def work(session: Session) -> PublishedCrl:
+        ca = session.get_one(CertificateAuthority, ca_id, with_for_update=True)
+        # Another worker may have published one since the read above.
+        found = _published(ca, ports.clock())
+        if found is None:
+            regenerate_crl(session, ports, ca)
+            assert ca.crl_der is not None and ca.crl_next_update is not None
+            found = PublishedCrl(ca.crl_der, ca.crl_next_update)
+        return found
+
+    return ports.db.run(work)
+
+
+def crl_for(ports: Ports, account_slug: str, ca_name: str) -> bytes:
+    """The DER CRL published at /crl/<account_slug>/<ca_name>.crl."""
+    return current_crl(ports, account_slug, ca_name).der

@@ -1,0 +1,205 @@
+"""The enrollment pages: step 1 (address, access code) mails a one-time code; step 2 (the code, a
+key type, a Secret ID, the passphrase) enrolls and shows the result.
+
+The p12 leaves in the response that shows its passphrase, as a ``data:`` download link, and is
+kept nowhere on the server once that response is sent: a holder in one worker's memory would miss
+a download answered by another worker or node, and one on disk or in the database would store the
+key, which must exist only in the delivered file when the vault does not keep it.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.datastructures import FormData
+from starlette.responses import HTMLResponse, Response
+
+from certvault.errors import CertvaultError, InvalidInput
+from certvault.services import enrollment
+from certvault.services.ratelimit import RateLimited
+from certvault.web.deps import client_ip, get_limiter, get_ports
+from certvault.web.security import CSRF_FIELD, Csrf, apply_page_headers, check_csrf
+
+router = APIRouter(include_in_schema=False)
+templates = Environment(
+    loader=PackageLoader("certvault.web.enroll", "templates"),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+templates.globals["key_labels"] = {
+    "ec256": "EC P-256 (recommended: small and fast)",
+    "ec384": "EC P-384",
+    "rsa2048": "RSA 2048 (for older programs)",
+    "rsa3072": "RSA 3072",
+    "rsa4096": "RSA 4096 (slow to create)",
+}
+STYLESHEET = Path(__file__).parent / "static" / "enroll.css"
+# "-" is never an account slug, so this path cannot hide a form.
+STYLESHEET_PATH = "/enroll/-/enroll.css"
+MAX_FIELD = 1024
+MAX_FIELDS = 16
+
+
+def _render(
+    request: Request,
+    csrf: Csrf,
+    template: str,
+    status: int = 200,
+    headers: Mapping[str, str] | None = None,
+    **context: Any,
+) -> Response:
+    html = templates.get_template(template).render(
+        stylesheet=STYLESHEET_PATH, csrf_field=CSRF_FIELD, csrf_token=csrf.token, **context
+    )
+    response = HTMLResponse(html, status_code=status, headers=dict(headers or {}))
+    csrf.set_cookie(response)
+    return apply_page_headers(response)
+
+
+def _error_headers(exc: CertvaultError) -> dict[str, str]:
+    return {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else {}
+
+
+def _error_page(request: Request, csrf: Csrf, exc: CertvaultError) -> Response:
+    return _render(
+        request, csrf, "error.html", exc.status, _error_headers(exc), message=exc.message
+    )
+
+
+async def _read_form(request: Request) -> FormData:
+    # No file parts: nothing on these pages uploads a file.
+    return await request.form(max_files=0, max_fields=MAX_FIELDS)
+
+
+def _field(form: FormData, name: str) -> str:
+    value = form.get(name)
+    if not isinstance(value, str):
+        return ""
+    if len(value) > MAX_FIELD:
+        raise InvalidInput(f"A field may have at most {MAX_FIELD} characters.")
+    return value
+
+
+@router.get(STYLESHEET_PATH)
+def stylesheet() -> Response:
+    return Response(
+        STYLESHEET.read_bytes(),
+        media_type="text/css",
+        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+@router.get("/enroll/{account_slug}/{form_slug}")
+async def start_page(request: Request, account_slug: str, form_slug: str) -> Response:
+    ports = get_ports(request)
+    csrf = Csrf(ports, request)
+    try:
+        form = await run_in_threadpool(enrollment.get_form_public, ports, account_slug, form_slug)
+    except CertvaultError as exc:
+        return _error_page(request, csrf, exc)
+    return _render(request, csrf, "start.html", form=form, email="")
+
+
+async def _posted(
+    request: Request, account_slug: str, form_slug: str
+) -> tuple[Csrf, FormData, enrollment.PublicForm] | Response:
+    """A POST's fields and its form, the CSRF token checked first; or the page refusing it."""
+    ports = get_ports(request)
+    csrf = Csrf(ports, request)
+    try:
+        data = await _read_form(request)
+        check_csrf(ports, request, data)
+        form = await run_in_threadpool(enrollment.get_form_public, ports, account_slug, form_slug)
+    except CertvaultError as exc:
+        return _error_page(request, csrf, exc)
+    return csrf, data, form
+
+
+@router.post("/enroll/{account_slug}/{form_slug}/code")
+async def send_code(request: Request, account_slug: str, form_slug: str) -> Response:
+    posted = await _posted(request, account_slug, form_slug)
+    if isinstance(posted, Response):
+        return posted
+    csrf, data, form = posted
+    ports = get_ports(request)
+    email = ""
+    try:
+        email = _field(data, "email").strip()
+        sent = await run_in_threadpool(
+            lambda: enrollment.send_code(
+                ports,
+                account_slug,
+                form_slug,
+                email,
+                _field(data, "access_code") or None,
+                client_ip(request),
+                limiter=get_limiter(request),
+            )
+        )
+    except CertvaultError as exc:
+        return _render(
+            request,
+            csrf,
+            "start.html",
+            exc.status,
+            _error_headers(exc),
+            form=form,
+            email=email,
+            error=exc.message,
+        )
+    return _render(request, csrf, "code.html", form=form, email=sent.email)
+
+
+@router.post("/enroll/{account_slug}/{form_slug}/enroll")
+async def enroll(request: Request, account_slug: str, form_slug: str) -> Response:
+    posted = await _posted(request, account_slug, form_slug)
+    if isinstance(posted, Response):
+        return posted
+    csrf, data, form = posted
+    ports = get_ports(request)
+    email = key_type = ""
+    try:
+        email, key_type = _field(data, "email").strip(), _field(data, "key_type")
+        own = _field(data, "passphrase_choice") == "own"
+        result = await run_in_threadpool(
+            lambda: enrollment.enroll(
+                ports,
+                account_slug,
+                form_slug,
+                email=email,
+                code=_field(data, "code"),
+                key_type=key_type,
+                secret_id=_field(data, "secret_id") or None,
+                passphrase=_field(data, "passphrase") if own else None,
+                passphrase_confirm=_field(data, "passphrase_confirm") if own else None,
+                ip=client_ip(request),
+                limiter=get_limiter(request),
+            )
+        )
+    except CertvaultError as exc:
+        return _render(
+            request,
+            csrf,
+            "code.html",
+            exc.status,
+            _error_headers(exc),
+            form=form,
+            email=email,
+            key_type=key_type,
+            error=exc.message,
+        )
+    return _render(
+        request,
+        csrf,
+        "result.html",
+        form=form,
+        result=result,
+        p12_base64=base64.b64encode(result.p12).decode("ascii"),
+    )
