@@ -31,7 +31,7 @@ from _common import OPERATOR, installation
 
 from certvault.crypto import ca as calib
 from certvault.crypto.profiles import KeyType, generate_key, get_profile
-from certvault.services import enrollment
+from certvault.services import enrollment, enrollment_forms
 from certvault.services.ca import CA_KEY_TYPES, init_ca
 from certvault.services.ports import Ports
 from tests.functional.smtp_server import SmtpServer
@@ -126,7 +126,7 @@ def service_run(backend: str, kind: KeyType, count: int) -> tuple[float, list[di
             enrollment_checks_per_hour_ip=UNLIMITED,
         ) as ports:
             init_ca(ports, OPERATOR, "bench", key_type=CA_KEY_TYPE)
-            enrollment.create_form(
+            enrollment_forms.create_form(
                 ports, OPERATOR, "bench", slug="form", profile="smime", access_code=None
             )
             addresses = [f"user{i}@bench.example" for i in range(WARMUP + count)]

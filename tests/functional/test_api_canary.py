@@ -27,7 +27,7 @@ import pytest
 from sqlalchemy import func, select
 
 from certvault.db.models import AuditEvent, MailMessage
-from certvault.services import admins, enrollment, release, tokens
+from certvault.services import admins, enrollment_forms, release, tokens
 from certvault.services import credentials as credentials_service
 from certvault.services.actors import Actor
 from certvault.web.app import body_limit
@@ -104,7 +104,7 @@ def world(api: ApiWorld, operator: Actor) -> World:
         api_only=True,
         password=ROBOT_PASSWORD,
     )
-    form = enrollment.create_form(
+    form = enrollment_forms.create_form(
         ports, operator, "acme", slug="staff", profile="smime", access_code=ACCESS_CODE
     )
     w = World(

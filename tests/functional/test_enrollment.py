@@ -28,7 +28,7 @@ from certvault.db.models import (
     Person,
 )
 from certvault.errors import Forbidden, InvalidInput, KeyTypeNotAllowed
-from certvault.services import accounts, admins, ca, enrollment, tokens
+from certvault.services import accounts, admins, ca, enrollment, enrollment_forms, tokens
 from certvault.services.actors import Actor
 from certvault.services.notify import MailUnavailable
 from certvault.services.ports import Ports
@@ -64,7 +64,7 @@ def settings(tmp_path: Path, database_url: str | None, smtp_server: SmtpServer):
 def acme(ports: Ports, operator: Actor, account: str) -> str:
     """Account "acme" (Key Vault on) with its built-in CA and the form "staff"."""
     ca.init_ca(ports, operator, account)
-    enrollment.create_form(
+    enrollment_forms.create_form(
         ports,
         operator,
         account,
@@ -146,7 +146,7 @@ def test_enrollment_escrows_the_key_it_delivers(ports, acme, smtp_server):
 
 
 def test_dual_key_escrows_the_encryption_key_only(ports, operator, acme, smtp_server):
-    enrollment.create_form(
+    enrollment_forms.create_form(
         ports, operator, "acme", slug="dual", profile="smime", access_code=None, dual_key=True
     )
     send(ports, form="dual", access=None)
@@ -167,7 +167,7 @@ def test_dual_key_escrows_the_encryption_key_only(ports, operator, acme, smtp_se
 
 def test_key_vault_off_delivers_the_key_once_and_keeps_none(ports, operator, acme, smtp_server):
     accounts.set_key_vault(ports, operator, "acme", False)
-    assert not enrollment.get_form_public(ports, "acme", "staff").keeps_key
+    assert not enrollment_forms.get_form_public(ports, "acme", "staff").keeps_key
     send(ports)
     result = do_enroll(ports, last_code(smtp_server))
     assert not result.escrowed and read_pkcs12(result.p12, result.passphrase_shown).entries
@@ -206,15 +206,15 @@ def test_address_outside_the_domains_sends_nothing(ports, acme, smtp_server):
 def test_disabled_form_is_not_found(ports, operator, acme, smtp_server):
     send(ports)
     code = last_code(smtp_server)
-    enrollment.disable_form(ports, operator, "acme", "staff")
-    with pytest.raises(enrollment.FormNotFound):
-        enrollment.get_form_public(ports, "acme", "staff")
-    with pytest.raises(enrollment.FormNotFound):
+    enrollment_forms.disable_form(ports, operator, "acme", "staff")
+    with pytest.raises(enrollment_forms.FormNotFound):
+        enrollment_forms.get_form_public(ports, "acme", "staff")
+    with pytest.raises(enrollment_forms.FormNotFound):
         send(ports)
-    with pytest.raises(enrollment.FormNotFound):
+    with pytest.raises(enrollment_forms.FormNotFound):
         do_enroll(ports, code)  # a pending code dies with its form
-    with pytest.raises(enrollment.FormNotFound):
-        enrollment.get_form_public(ports, "acme", "no-such-form")
+    with pytest.raises(enrollment_forms.FormNotFound):
+        enrollment_forms.get_form_public(ports, "acme", "no-such-form")
     assert certificates(ports) == []
 
 
@@ -238,7 +238,9 @@ def test_reused_code(ports, acme, smtp_server):
 
 
 def test_foreign_code_is_wrong(ports, operator, acme, smtp_server):
-    enrollment.create_form(ports, operator, "acme", slug="other", profile="smime", access_code=None)
+    enrollment_forms.create_form(
+        ports, operator, "acme", slug="other", profile="smime", access_code=None
+    )
     send(ports, form="other", access=None)
     other_form_code = last_code(smtp_server)
     send(ports, email=BOB)
@@ -283,10 +285,10 @@ def test_bad_choices_leave_the_code_usable(ports, acme, smtp_server, kw, error):
 
 
 def test_key_type_the_form_forbids(ports, operator, acme, smtp_server):
-    enrollment.create_form(
+    enrollment_forms.create_form(
         ports, operator, "acme", slug="ec", profile="smime", access_code=None, key_types=["ec256"]
     )
-    assert enrollment.get_form_public(ports, "acme", "ec").key_types == ["ec256"]
+    assert enrollment_forms.get_form_public(ports, "acme", "ec").key_types == ["ec256"]
     send(ports, form="ec", access=None)
     with pytest.raises(KeyTypeNotAllowed):
         do_enroll(ports, last_code(smtp_server), form="ec", key_type="rsa2048")
@@ -294,7 +296,9 @@ def test_key_type_the_form_forbids(ports, operator, acme, smtp_server):
 
 
 def test_own_passphrase_refused_when_the_form_does_not_allow_it(ports, operator, acme, smtp_server):
-    enrollment.create_form(ports, operator, "acme", slug="gen", profile="smime", access_code=None)
+    enrollment_forms.create_form(
+        ports, operator, "acme", slug="gen", profile="smime", access_code=None
+    )
     send(ports, form="gen", access=None)
     with pytest.raises(enrollment.OwnPassphraseNotAllowed):
         do_enroll(ports, last_code(smtp_server), form="gen", passphrase=OWN, passphrase_confirm=OWN)
@@ -390,7 +394,7 @@ def test_rate_limits_on_sending_and_checking(ports, acme, smtp_server):
 
 def test_form_rules(ports, operator, acme):
     with pytest.raises(enrollment.Conflict):
-        enrollment.create_form(
+        enrollment_forms.create_form(
             ports, operator, "acme", slug="staff", profile="smime", access_code=None
         )
     bad: list[dict[str, Any]] = [
@@ -405,17 +409,17 @@ def test_form_rules(ports, operator, acme):
     for overrides in bad:
         kw: dict[str, Any] = {"slug": "new", "profile": "smime", "access_code": None} | overrides
         with pytest.raises(InvalidInput):
-            enrollment.create_form(ports, operator, "acme", **kw)
+            enrollment_forms.create_form(ports, operator, "acme", **kw)
     with ports.db.read() as s:
         form = s.scalars(select(EnrollmentForm).where(EnrollmentForm.slug == "staff")).one()
     assert form.access_code_hash.startswith("$argon2") and ACCESS not in form.access_code_hash
-    assert [f.slug for f in enrollment.list_forms(ports, operator, "acme")] == ["staff"]
+    assert [f.slug for f in enrollment_forms.list_forms(ports, operator, "acme")] == ["staff"]
 
 
 def test_changing_the_access_code_voids_pending_codes(ports, operator, acme, smtp_server):
     send(ports)
     code = last_code(smtp_server)
-    enrollment.update_form(ports, operator, "acme", "staff", access_code="a new access code")
+    enrollment_forms.update_form(ports, operator, "acme", "staff", access_code="a new access code")
     with pytest.raises(enrollment.CodeInvalid):
         do_enroll(ports, code)
     with pytest.raises(enrollment.AccessCodeInvalid):
@@ -431,11 +435,13 @@ def test_forms_need_settings_manage(ports, operator, acme):
 
         actor = admins.actor_for(s.scalars(select(Admin).where(Admin.login == "certs")).one())
     with pytest.raises(Forbidden):
-        enrollment.list_forms(ports, actor, "acme")
+        enrollment_forms.list_forms(ports, actor, "acme")
     with pytest.raises(Forbidden):
-        enrollment.create_form(ports, actor, "acme", slug="x", profile="smime", access_code=None)
+        enrollment_forms.create_form(
+            ports, actor, "acme", slug="x", profile="smime", access_code=None
+        )
     with pytest.raises(Forbidden):
-        enrollment.disable_form(ports, actor, "acme", "staff")
+        enrollment_forms.disable_form(ports, actor, "acme", "staff")
 
 
 # --- the pages --------------------------------------------------------------------------------
@@ -529,7 +535,7 @@ def test_csrf_missing_or_forged_is_refused_before_anything(ports, web, smtp_serv
 
 
 def test_free_text_is_escaped(ports, operator, acme, web):
-    enrollment.create_form(
+    enrollment_forms.create_form(
         ports,
         operator,
         "acme",

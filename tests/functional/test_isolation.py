@@ -32,7 +32,7 @@ import pytest
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 
-from certvault.services import admins, ca, enrollment, persons, tokens
+from certvault.services import admins, ca, enrollment_forms, persons, tokens
 from certvault.services.actors import Actor, Scope
 from certvault.services.release import RELEASE
 from tests.conftest import TEST_OPERATOR
@@ -192,7 +192,7 @@ def world(api: ApiWorld, operator: Actor) -> World:
     ca.init_ca(ports, operator, "acme", root_name="acme-root", issuing_name="acme-issuing")
     ca.init_ca(ports, operator, "other", root_name="other-root", issuing_name="other-issuing")
     forms = {
-        slug: enrollment.create_form(
+        slug: enrollment_forms.create_form(
             ports, operator, account, slug=slug, profile="smime", access_code=None
         ).id
         for account, slug in (("acme", "acme-form"), ("other", "other-form"))

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from certvault.cli.common import guarded, operator, out, ports_for_command, read_secret_file
-from certvault.services import enrollment
+from certvault.services import enrollment_forms
 
 form_app = typer.Typer(
     help="Enrollment forms: the person gets a key made by the server, certified and escrowed.",
@@ -55,7 +55,7 @@ def form_create(
     with ports_for_command() as ports:
         code = read_secret_file(access_code_file, "access code") if access_code_file else None
         form = guarded(
-            lambda: enrollment.create_form(
+            lambda: enrollment_forms.create_form(
                 ports,
                 operator(),
                 account,
@@ -71,14 +71,14 @@ def form_create(
             )
         )
         out.print(f"form {form.slug} created in {account}", markup=False)
-        typer.echo(enrollment.form_url(ports.settings, account, form.slug))
+        typer.echo(enrollment_forms.form_url(ports.settings, account, form.slug))
 
 
 @form_app.command("list")
 def form_list(account: AccountOption) -> None:
     """List the account's forms: slug, profile, state, access code, domains, URL."""
     with ports_for_command() as ports:
-        forms = guarded(lambda: enrollment.list_forms(ports, operator(), account))
+        forms = guarded(lambda: enrollment_forms.list_forms(ports, operator(), account))
         for f in forms:
             typer.echo(
                 "\t".join(
@@ -88,7 +88,7 @@ def form_list(account: AccountOption) -> None:
                         "enabled" if f.enabled else "disabled",
                         "access-code" if f.access_code_hash else "mailed-code-only",
                         f.domains.replace(" ", ",") or "any-domain",
-                        enrollment.form_url(ports.settings, account, f.slug),
+                        enrollment_forms.form_url(ports.settings, account, f.slug),
                     )
                 )
             )
@@ -100,5 +100,5 @@ def form_disable(
 ) -> None:
     """Disable a form: its page answers 404 and its pending codes stop working."""
     with ports_for_command() as ports:
-        guarded(lambda: enrollment.disable_form(ports, operator(), account, slug))
+        guarded(lambda: enrollment_forms.disable_form(ports, operator(), account, slug))
         out.print(f"form {slug} disabled in {account}", markup=False)

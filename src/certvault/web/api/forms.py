@@ -10,7 +10,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from certvault.db.models import EnrollmentForm
-from certvault.services import enrollment
+from certvault.services import enrollment, enrollment_forms
 from certvault.services.paging import MAX_ID
 from certvault.services.ports import Ports
 from certvault.web.api.schemas import CONFLICT, ERRORS, Id, StrictBody, optional
@@ -67,7 +67,7 @@ def form_out(ports: Ports, account_slug: str, form: EnrollmentForm) -> FormOut:
         id=form.id,
         slug=form.slug,
         name=form.name,
-        url=enrollment.form_url(ports.settings, account_slug, form.slug),
+        url=enrollment_forms.form_url(ports.settings, account_slug, form.slug),
         profile=form.profile,
         organization_id=form.organization_id,
         has_access_code=form.access_code_hash is not None,
@@ -82,7 +82,7 @@ def form_out(ports: Ports, account_slug: str, form: EnrollmentForm) -> FormOut:
 
 @router.get("/forms", response_model=list[FormOut])
 def list_forms(caller: TokenCaller, ports: PortsDep) -> list[FormOut]:
-    forms = enrollment.list_forms(ports, caller.actor, caller.account_slug)
+    forms = enrollment_forms.list_forms(ports, caller.actor, caller.account_slug)
     return [form_out(ports, caller.account_slug, f) for f in forms]
 
 
@@ -98,7 +98,7 @@ def list_forms(caller: TokenCaller, ports: PortsDep) -> list[FormOut]:
 def create_form(
     body: FormCreate, response: Response, caller: TokenCaller, ports: PortsDep
 ) -> FormOut:
-    form = enrollment.create_form(
+    form = enrollment_forms.create_form(
         ports,
         caller.actor,
         caller.account_slug,
@@ -113,14 +113,14 @@ def create_form(
         name=body.name or "",
     )
     if body.enabled is False:
-        form = enrollment.disable_form(ports, caller.actor, caller.account_slug, form.id)
+        form = enrollment_forms.disable_form(ports, caller.actor, caller.account_slug, form.id)
     response.headers["Location"] = f"/api/v1/forms/{form.id}"
     return form_out(ports, caller.account_slug, form)
 
 
 @router.patch("/forms/{form_id}", response_model=FormOut)
 def update_form(form_id: Id, body: FormIn, caller: TokenCaller, ports: PortsDep) -> FormOut:
-    form = enrollment.update_form(
+    form = enrollment_forms.update_form(
         ports,
         caller.actor,
         caller.account_slug,

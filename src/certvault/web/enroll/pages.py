@@ -21,7 +21,7 @@ from starlette.datastructures import FormData
 from starlette.responses import HTMLResponse, Response
 
 from certvault.errors import CertvaultError, InvalidInput
-from certvault.services import enrollment
+from certvault.services import enrollment, enrollment_forms
 from certvault.services.ratelimit import RateLimited
 from certvault.web.deps import client_ip, get_limiter, get_ports
 from certvault.web.security import CSRF_FIELD, Csrf, apply_page_headers, check_csrf
@@ -101,7 +101,9 @@ async def start_page(request: Request, account_slug: str, form_slug: str) -> Res
     ports = get_ports(request)
     csrf = Csrf(ports, request)
     try:
-        form = await run_in_threadpool(enrollment.get_form_public, ports, account_slug, form_slug)
+        form = await run_in_threadpool(
+            enrollment_forms.get_form_public, ports, account_slug, form_slug
+        )
     except CertvaultError as exc:
         return _error_page(request, csrf, exc)
     return _render(request, csrf, "start.html", form=form, email="")
@@ -109,14 +111,16 @@ async def start_page(request: Request, account_slug: str, form_slug: str) -> Res
 
 async def _posted(
     request: Request, account_slug: str, form_slug: str
-) -> tuple[Csrf, FormData, enrollment.PublicForm] | Response:
+) -> tuple[Csrf, FormData, enrollment_forms.PublicForm] | Response:
     """A POST's fields and its form, the CSRF token checked first; or the page refusing it."""
     ports = get_ports(request)
     csrf = Csrf(ports, request)
     try:
         data = await _read_form(request)
         check_csrf(ports, request, data)
-        form = await run_in_threadpool(enrollment.get_form_public, ports, account_slug, form_slug)
+        form = await run_in_threadpool(
+            enrollment_forms.get_form_public, ports, account_slug, form_slug
+        )
     except CertvaultError as exc:
         return _error_page(request, csrf, exc)
     return csrf, data, form
