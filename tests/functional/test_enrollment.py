@@ -136,7 +136,7 @@ def test_enrollment_escrows_the_key_it_delivers(ports, acme, smtp_server):
     assert person.secret_id_hash and "my secret id" not in person.secret_id_hash
     assert PasswordHasher().verify(person.secret_id_hash, "my secret id")
     # Audited, and the subscriber is told of the escrow through the outbox.
-    assert [e.target_id for e in events(ports, "enroll")] == [str(cert.id)]
+    assert [e.target_id for e in events(ports, "certificate.enroll")] == [str(cert.id)]
     assert len(events(ports, "key.deliver")) == 1 and len(events(ports, "key.archive")) == 1
     assert [m.to_addr for m in mails(ports)] == [ALICE]
     # The one-time code and the passphrase appear in no audit event.

@@ -64,7 +64,7 @@ from certvault.services.issuance import CertificateIssuer, IssueRequest
 from certvault.services.ports import Ports
 from certvault.services.ratelimit import Limit, RateLimiter, enforce, rate_limiter
 
-ENROLL = "enroll"
+ENROLL = "certificate.enroll"  # the same action as enrollment with a client CSR
 DELIVER = "key.deliver"
 SEND_CODE = "enroll.code"
 SOURCE = "enroll"

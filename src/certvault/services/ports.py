@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from certvault.config import Settings
+from certvault.crypto.keys import PrivateKey
 from certvault.db.engine import Database
 from certvault.errors import ConfigurationError
 from certvault.masterkey import MasterKeyProvider
@@ -29,6 +30,8 @@ class Ports:
     clock: Callable[[], datetime] = _utcnow
     # The audit MAC key is unwrapped once per process; it never leaves memory.
     cache: dict[str, bytes] = field(default_factory=dict, repr=False)
+    # Service keys certvault signs with, validated once (CA keys); never released.
+    signing_keys: dict[str, PrivateKey] = field(default_factory=dict, repr=False)
 
     def close(self) -> None:
         self.db.dispose()

@@ -41,6 +41,7 @@ from certvault.errors import (
 from certvault.services import audit, keyring, notify, persons
 from certvault.services.accounts import default_organization, find_organization
 from certvault.services.actors import Actor, Privilege
+from certvault.services.certificates import add_certificate
 from certvault.services.ports import Ports
 
 ARCHIVE = "key.archive"
@@ -326,32 +327,20 @@ def archive_entry(
         existing.escrowed_key_id = escrowed.id
         row = existing
     else:
-        row = Certificate(
-            account_id=account.id,
+        row = add_certificate(
+            session,
+            account,
+            cert,
+            req.chain,
+            person=owner,
             organization_id=organization_id,
-            person_id=owner.id if owner else None,
-            escrowed_key_id=escrowed.id,
-            der=der,
-            chain_pem="".join(c.public_bytes(Encoding.PEM).decode() for c in req.chain),
-            sha256=sha256,
-            sha1_hex=sha1,
-            md5_hex=md5,
-            serial=serial,
-            issuer=cert.issuer.rfc4514_string(),
-            issuer_sha256=issuer_sha256,
-            subject=cert.subject.rfc4514_string(),
-            emails=" ".join(emails),
-            not_before=cert.not_valid_before_utc,
-            not_after=cert.not_valid_after_utc,
-            spki_sha256=spki,
             source=req.source,
             profile=req.profile.name if req.profile else None,
             ca_id=req.ca_id,
+            escrowed_key_id=escrowed.id,
             trusted_issuer=trusted,
-            friendly_name=req.friendly_name[:200] if req.friendly_name else None,
+            friendly_name=req.friendly_name,
         )
-        session.add(row)
-        session.flush()
 
     recipients = emails or ([owner.email] if owner else [])
     for address in recipients:
