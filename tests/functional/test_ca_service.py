@@ -646,3 +646,21 @@ def test_cli_ca_init_show_and_refusals(cli, tmp_path):
         "CN=Elsewhere Issuing,O=Elsewhere",
         "CN=Elsewhere Root,O=Elsewhere",
     ]
+
+
+def test_cli_ca_init_can_install_an_issuing_ca_signed_elsewhere(cli, tmp_path):
+    cli.bootstrap()
+    d = _openssl_ca(tmp_path)
+    p12 = tmp_path / "iss.p12"
+    _openssl_p12(d, p12, "iss.key", "iss.pem", d["root.pem"])
+    usage = cli.run("ca", "init", "--account", "acme", "--import-issuing", p12)
+    assert usage.returncode == 2 and "--password-file" in text(usage)
+    done = cli.run(
+        "ca", "init", "--account", "acme", "--import-issuing", p12, "--password-file", d["pw"]
+    )
+    assert done.returncode == 0, text(done)
+    assert "issuing CA issuing installed" in done.stdout
+    shown = x509.load_pem_x509_certificates(
+        cli.run("ca", "show", "--account", "acme").stdout.encode()
+    )
+    assert shown[0].subject.rfc4514_string() == "CN=Elsewhere Issuing,O=Elsewhere"

@@ -34,8 +34,22 @@ def ca_init(
     ] = None,
     key_type: Annotated[str, typer.Option(help="ec384 | ec256 | rsa3072 | rsa4096")] = "ec384",
     organization: Annotated[str | None, typer.Option(help="O= in the CA names.")] = None,
+    import_issuing: Annotated[
+        Path | None,
+        typer.Option(
+            help="Instead, install this issuing CA (.p12 with its chain) signed elsewhere."
+        ),
+    ] = None,
+    password_file: Annotated[
+        Path | None, typer.Option(help="The password of the --import-issuing file.")
+    ] = None,
 ) -> None:
-    """Create a root and an issuing CA for an account."""
+    """Create a root and an issuing CA for an account (or install one signed elsewhere)."""
+    if import_issuing is not None:
+        if password_file is None or offline_root is not None:
+            fail("--import-issuing needs --password-file and excludes --offline-root.", "usage", 2)
+        ca_import_issuing(import_issuing, account, password_file)
+        return
     with ports_for_command() as ports:
         result = guarded(
             lambda: ca.init_ca(
