@@ -31,6 +31,8 @@ test: setup
 bench: setup
 	$(BIN)/python bench/archive.py
 	$(BIN)/python bench/release.py
+	$(BIN)/python bench/api.py
+	$(BIN)/python bench/enroll.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
