@@ -73,15 +73,7 @@ CODE_DIGITS = 8
 CODE_LIFETIME = timedelta(minutes=15)
 MAX_ATTEMPTS = 5  # wrong codes a live code survives
 HOUR = 3600
-MIN_ACCESS_CODE, MAX_ACCESS_CODE = 8, 200
 MIN_SECRET_ID, MAX_SECRET_ID = 4, 128
-MAX_DOMAINS = 50
-# A dual-key form issues these two instead of its profile: the encryption key is escrowed, the
-# signing key never is.
-DUAL_KEY_PROFILES = ("smime-encryption", "smime-signing")
-_DOMAIN = re.compile(
-    r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$"
-)
 
 
 class AccessCodeInvalid(Forbidden):

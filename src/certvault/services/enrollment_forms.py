@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -27,17 +26,7 @@ from certvault.services.actors import Actor, Privilege, Scope
 from certvault.services.admins import password_hasher
 from certvault.services.ports import Ports
 
-ENROLL = "enroll"
-DELIVER = "key.deliver"
-SEND_CODE = "enroll.code"
-SOURCE = "enroll"
-CODE_KEY_PURPOSE = "enrollment-code-mac"
-CODE_DIGITS = 8
-CODE_LIFETIME = timedelta(minutes=15)
-MAX_ATTEMPTS = 5  # wrong codes a live code survives
-HOUR = 3600
 MIN_ACCESS_CODE, MAX_ACCESS_CODE = 8, 200
-MIN_SECRET_ID, MAX_SECRET_ID = 4, 128
 MAX_DOMAINS = 50
 # A dual-key form issues these two instead of its profile: the encryption key is escrowed, the
 # signing key never is.

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from certvault.db.models import EnrollmentForm
-from certvault.services import enrollment, enrollment_forms
+from certvault.services import enrollment_forms
 from certvault.services.paging import MAX_ID
 from certvault.services.ports import Ports
 from certvault.web.api.schemas import CONFLICT, ERRORS, Id, StrictBody, optional
@@ -29,11 +29,12 @@ class FormIn(StrictBody):
     profile: str = optional(max_length=32)
     organization_id: int = optional(ge=1, le=MAX_ID)
     access_code: str = optional(
-        max_length=enrollment.MAX_ACCESS_CODE, description="Stored only hashed; never returned"
+        max_length=enrollment_forms.MAX_ACCESS_CODE,
+        description="Stored only hashed; never returned",
     )
     remove_access_code: bool = optional(description="Enroll with the mailed code alone")
     domains: list[Domain] = optional(
-        max_length=enrollment.MAX_DOMAINS, description="Empty: any address"
+        max_length=enrollment_forms.MAX_DOMAINS, description="Empty: any address"
     )
     key_types: list[KeyTypeName] = optional(max_length=5, description="Empty: the profile's")
     dual_key: bool = optional()
