@@ -36,6 +36,20 @@ async def _send_json(send: Send, path: str, status: int, code: str, description:
     await send({"type": "http.response.body", "body": raw})
 
 
+class ResponseWatch:
+    """Wraps ``send`` to see whether, and with which status, the response has started."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+        self.status = 500
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started, self.status = True, message["status"]
+        await self._send(message)
+
+
 class _TooLarge(Exception):
     pass
 
@@ -68,7 +82,6 @@ class BodyLimit:
                     )
                     return
         seen = 0
-        started = False
 
         async def counting_receive() -> Message:
             nonlocal seen
@@ -79,16 +92,11 @@ class BodyLimit:
                     raise _TooLarge()
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        watch = ResponseWatch(send)
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, watch)
         except _TooLarge:
-            if not started:
+            if not watch.started:
                 await _send_json(
                     send,
                     scope["path"],
@@ -109,21 +117,14 @@ class Shield:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        watch = ResponseWatch(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, watch)
         except Exception as exc:  # noqa: BLE001 - nothing may escape with its message
             log.error(
                 "unhandled %s on %s %s", type(exc).__name__, scope.get("method"), scope.get("path")
             )
-            if not started:
+            if not watch.started:
                 await _send_json(send, scope["path"], 500, "internal", "Internal error.")
 
 
@@ -152,17 +153,11 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        watch = ResponseWatch(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, watch)
         finally:
+            status = watch.status
             elapsed = time.perf_counter() - start
             template = route_template(scope)
             state = scope.get("state") or {}
