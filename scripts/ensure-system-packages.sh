@@ -4,6 +4,7 @@ set -euo pipefail
 need=()
 command -v openssl >/dev/null || need+=(openssl)
 command -v psql >/dev/null || need+=(postgresql-client)
+command -v certtool >/dev/null || need+=(gnutls-bin)
 # The browser tests drive Debian's Chromium (never a browser Playwright downloads); the page
 # text needs a font that has every glyph.
 [ -x /usr/bin/chromium ] || need+=(chromium)
