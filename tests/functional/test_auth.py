@@ -110,8 +110,8 @@ def test_header_login_attempts_are_limited_before_argon2(ports, operator, api_ad
     ports.settings.logins_per_minute_login = 3
     limiter, cache = DatabaseRateLimiter(ports.db), CredentialCache()
     checks: list[int] = []
-    real = credentials._verify
-    monkeypatch.setattr(credentials, "_verify", lambda *a: checks.append(1) or real(*a))  # type: ignore[func-returns-value]
+    real = credentials.verify_password
+    monkeypatch.setattr(credentials, "verify_password", lambda *a: checks.append(1) or real(*a))  # type: ignore[func-returns-value]
     for _ in range(3):
         with pytest.raises(Unauthenticated):
             authenticate_password(

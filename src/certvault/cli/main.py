@@ -10,6 +10,7 @@ import typer
 
 from certvault import __version__
 from certvault.cli import keys as keys_commands
+from certvault.cli.admin_totp import reset_totp
 from certvault.cli.ca import ca_app
 from certvault.cli.common import err, guarded, operator, out, ports_for_command, read_secret_file
 from certvault.cli.form import form_app
@@ -43,6 +44,7 @@ app.add_typer(form_app, name="form")
 app.command("import")(keys_commands.import_command)
 app.command("export")(keys_commands.export_command)
 app.command("serve")(serve)
+admin_app.command("reset-totp")(reset_totp)
 
 
 @app.command()

@@ -247,6 +247,8 @@ class Admin(Base):
     allowed_ips: Mapped[str] = mapped_column(Text, default="")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     totp_secret: Mapped[str | None] = mapped_column(String(64))
+    # The last TOTP time step accepted: a code is good once (replay protection).
+    totp_last_step: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     organizations: Mapped[list[Organization]] = relationship(secondary="admin_organizations")
@@ -397,3 +399,20 @@ class EnrollmentCode(Base):
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     certificate_id: Mapped[int | None] = mapped_column(ForeignKey("certificates.id"))
+
+
+class WebSession(Base):
+    """A console sign-in. The cookie holds a random token; only its SHA-256 is stored here."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    admin_id: Mapped[int] = mapped_column(ForeignKey("admins.id"), index=True)
+    stage: Mapped[str] = mapped_column(String(16))  # "totp_enroll" | "signed_in"
+    # The TOTP secret being enrolled, sealed like the stored one, until a first code confirms it.
+    pending_totp: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    reauthenticated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

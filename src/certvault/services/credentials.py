@@ -91,7 +91,7 @@ def authenticate_password(
                 select(Admin).where(Admin.account_id == account.id, Admin.login == login)
             ).first()
         if cached is None or admin is None or cached != admin.id:
-            if not _verify(ports, admin.password_hash if admin else None, password):
+            if not verify_password(ports, admin.password_hash if admin else None, password):
                 admin = None
         usable = admin is not None and admin.active and admin.api_only and _ip_allowed(admin, ip)
         if admin is None or not usable:
@@ -112,7 +112,8 @@ def authenticate_password(
     return actor
 
 
-def _verify(ports: Ports, password_hash: str | None, password: str) -> bool:
+def verify_password(ports: Ports, password_hash: str | None, password: str) -> bool:
+    """Check a password with argon2; an unknown login (no hash) costs the same check."""
     hasher = password_hasher(ports)
     if password_hash is None:
         dummy = _DUMMY.setdefault("hash", hasher.hash("certvault-dummy-password"))

@@ -87,6 +87,7 @@ def create_app(
     app.state.credential_cache = CredentialCache()
     errors.install(app)
 
+    from certvault.web.admin import router as admin_router
     from certvault.web.api import router as api_router
     from certvault.web.compat import router as compat_router
     from certvault.web.crl import router as crl_router
@@ -96,6 +97,7 @@ def create_app(
     app.include_router(compat_router)
     app.include_router(enroll_router)
     app.include_router(crl_router)
+    app.include_router(admin_router)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:

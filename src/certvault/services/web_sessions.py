@@ -1,0 +1,496 @@
+"""Console sign-in: password (argon2) and TOTP (RFC 6238), server-side sessions.
+
+The cookie holds a random token; the database keeps only its SHA-256, so a copy of the table
+cannot be replayed as cookies. Guesses are rate limited before argon2 runs, every sign-in and
+every refusal is audited (never the password or the code), and each sign-in makes a new session.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA1
+from cryptography.hazmat.primitives.twofactor.totp import TOTP
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from certvault.db.models import Account, Admin, WebSession
+from certvault.errors import CertvaultError, NotFound
+from certvault.services import audit, keyring
+from certvault.services.accounts import get_account
+from certvault.services.actors import Actor
+from certvault.services.admins import actor_for
+from certvault.services.credentials import verify_password
+from certvault.services.ports import Ports
+from certvault.services.ratelimit import Limit, RateLimiter, enforce
+from certvault.services.tokens import Unauthenticated
+
+SESSION_COOKIE = "__Host-certvault_session"
+IDLE_TIMEOUT = timedelta(minutes=30)
+ABSOLUTE_TIMEOUT = timedelta(hours=12)
+# The TOTP enrollment step between a correct password and a confirmed first code.
+ENROLL_TIMEOUT = timedelta(minutes=10)
+STAGE_ENROLL = "totp_enroll"
+STAGE_SIGNED_IN = "signed_in"
+TOTP_KEY_PURPOSE = "admin-totp"
+TOTP_DIGITS = 6
+TOTP_STEP = 30
+TOTP_ISSUER = "certvault"
+_SECRET_BYTES = 20  # 160 bits, as RFC 4226 recommends for HMAC-SHA-1
+_MAX_FIELD = 1024
+
+
+class SignInFailed(Unauthenticated):
+    """The account, login, password or code is not right."""
+
+    code = "sign_in_failed"
+
+
+class SessionInvalid(Unauthenticated):
+    """Please sign in."""
+
+    code = "session_invalid"
+
+
+class _Refused(Exception):
+    """A refusal reason to audit before answering the one generic message."""
+
+    def __init__(self, reason: str, account_id: int | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.account_id = account_id
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    token: str  # for the cookie only; never stored
+    stage: str
+
+
+@dataclass(frozen=True)
+class ConsoleSession:
+    session_id: str
+    stage: str
+    account_id: int
+    account_slug: str
+    account_name: str
+    admin_id: int
+    login: str
+    actor: Actor
+
+
+def session_id_of(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+# --- TOTP -----------------------------------------------------------------------------------
+
+
+def _totp(secret: bytes) -> TOTP:
+    # RFC 6238 with SHA-1 is what authenticator apps implement; HMAC-SHA-1 is not broken.
+    return TOTP(secret, TOTP_DIGITS, SHA1(), TOTP_STEP)  # noqa: S303
+
+
+def totp_step(moment: datetime) -> int:
+    return int(moment.timestamp()) // TOTP_STEP
+
+
+def matching_step(secret: bytes, code: str, moment: datetime) -> int | None:
+    """The time step (now, one before or one after) whose code is ``code``, if any."""
+    if len(code) != TOTP_DIGITS or not code.isascii() or not code.isdigit():
+        return None
+    totp = _totp(secret)
+    now = totp_step(moment)
+    found = None
+    for step in (now - 1, now, now + 1):
+        # Every step is compared, so the time taken does not say which one matched.
+        if hmac.compare_digest(totp.generate(step * TOTP_STEP), code.encode()):
+            found = step
+    return found
+
+
+def base32_text(secret: bytes) -> str:
+    return base64.b32encode(secret).decode().rstrip("=")
+
+
+def provisioning_uri(secret: bytes, account_slug: str, login: str) -> str:
+    return _totp(secret).get_provisioning_uri(f"{login}@{account_slug}", TOTP_ISSUER)
+
+
+def _seal_secret(ports: Ports, admin_id: int, secret: bytes) -> str:
+    # TOTP secrets are sealed under a service key: a copy of the table cannot make codes.
+    key = keyring.service_secrets(ports, TOTP_KEY_PURPOSE)[0]
+    nonce = os.urandom(12)
+    sealed = nonce + AESGCM(key).encrypt(nonce, secret, _aad(admin_id))
+    return base64.urlsafe_b64encode(sealed).decode().rstrip("=")
+
+
+def _open_secret(ports: Ports, admin_id: int, sealed_text: str) -> bytes:
+    sealed = base64.urlsafe_b64decode(sealed_text + "=" * (-len(sealed_text) % 4))
+    for key in keyring.service_secrets(ports, TOTP_KEY_PURPOSE):
+        try:
+            return AESGCM(key).decrypt(sealed[:12], sealed[12:], _aad(admin_id))
+        except InvalidTag:
+            continue
+    raise CertvaultError("A stored TOTP secret cannot be opened.")
+
+
+def _aad(admin_id: int) -> bytes:
+    return f"certvault-totp:{admin_id}".encode()
+
+
+# --- sign-in --------------------------------------------------------------------------------
+
+
+def _anonymous(login: str, ip: str) -> Actor:
+    return Actor(name=f"web-login:{login[:100]}", kind="anonymous", ip=ip)
+
+
+def _refuse(ports: Ports, login: str, ip: str, reason: str, account_id: int | None) -> None:
+    audit.record_refusal(
+        ports,
+        account_id=account_id,
+        actor=_anonymous(login, ip),
+        action="admin.sign_in",
+        reason_code=reason,
+        details={"method": "console"},
+    )
+
+
+def _new_session(
+    session: Session, ports: Ports, admin: Admin, stage: str, pending: str | None = None
+) -> str:
+    token = secrets.token_urlsafe(32)
+    now = ports.clock()
+    session.add(
+        WebSession(
+            id=session_id_of(token),
+            account_id=admin.account_id,
+            admin_id=admin.id,
+            stage=stage,
+            pending_totp=pending,
+            created_at=now,
+            last_seen_at=now,
+            reauthenticated_at=now if stage == STAGE_SIGNED_IN else None,
+        )
+    )
+    return token
+
+
+def _revoke_token(session: Session, ports: Ports, token: str | None) -> None:
+    if token and len(token) <= _MAX_FIELD:
+        row = session.get(WebSession, session_id_of(token))
+        if row is not None and row.revoked_at is None:
+            row.revoked_at = ports.clock()
+
+
+def sign_in(
+    ports: Ports,
+    limiter: RateLimiter,
+    *,
+    account_slug: str,
+    login: str,
+    password: str,
+    code: str,
+    ip: str,
+    previous_token: str | None = None,
+) -> SignedIn:
+    """Check the password, then the code; a new session on success (the previous one revoked).
+
+    An administrator without TOTP gets an enrollment session instead, good only for enrolling.
+    """
+    fields = (account_slug, login, password, code)
+    if not account_slug or not login or not password or any(len(f) > _MAX_FIELD for f in fields):
+        _refuse(ports, login, ip, "bad_request", None)
+        raise SignInFailed()
+    s = ports.settings
+    try:
+        # Before argon2: a guess over the limit costs neither a hash nor a database lookup.
+        enforce(
+            limiter,
+            Limit(f"web-login-ip:{ip}", s.logins_per_minute_ip, 60),
+            Limit(f"web-login:{account_slug}:{login}", s.logins_per_minute_login, 60),
+        )
+    except CertvaultError as exc:
+        _refuse(ports, login, ip, exc.code, None)
+        raise
+    try:
+        return _sign_in(ports, account_slug, login, password, code, ip, previous_token)
+    except _Refused as refused:
+        _refuse(ports, login, ip, refused.reason, refused.account_id)
+        raise SignInFailed() from None
+
+
+def _sign_in(
+    ports: Ports,
+    account_slug: str,
+    login: str,
+    password: str,
+    code: str,
+    ip: str,
+    previous_token: str | None,
+) -> SignedIn:
+    with ports.db.read() as session:
+        account = session.scalars(select(Account).where(Account.slug == account_slug)).first()
+        admin = None
+        if account is not None:
+            admin = session.scalars(
+                select(Admin).where(Admin.account_id == account.id, Admin.login == login)
+            ).first()
+        # Built while the session is open: the actor reads the admin's organizations.
+        actor = actor_for(admin, ip) if admin is not None else None
+    account_id = account.id if account is not None else None
+    # The dummy check runs when there is no such admin, so timing does not tell logins apart.
+    if not verify_password(ports, admin.password_hash if admin else None, password):
+        raise _Refused("bad_credentials", account_id)
+    assert admin is not None and account is not None and actor is not None
+    if not admin.active:
+        raise _Refused("inactive", account_id)
+    if admin.api_only:
+        raise _Refused("api_only", account_id)
+
+    if admin.totp_secret is None:
+        pending = _seal_secret(ports, admin.id, secrets.token_bytes(_SECRET_BYTES))
+
+        def enroll(session: Session) -> str:
+            _revoke_token(session, ports, previous_token)
+            token = _new_session(session, ports, admin, STAGE_ENROLL, pending)
+            audit.record(
+                session,
+                ports,
+                account=session.get(Account, account.id),
+                actor=actor,
+                action="admin.totp_enroll_start",
+                target_type="admin",
+                target_id=admin.id,
+            )
+            return token
+
+        return SignedIn(ports.db.run(enroll), STAGE_ENROLL)
+
+    step = matching_step(_open_secret(ports, admin.id, admin.totp_secret), code, ports.clock())
+    if step is None:
+        raise _Refused("bad_totp", account_id)
+
+    def complete(session: Session) -> str | None:
+        if not _claim_step(session, admin.id, step):
+            return None
+        _revoke_token(session, ports, previous_token)
+        token = _new_session(session, ports, admin, STAGE_SIGNED_IN)
+        audit.record(
+            session,
+            ports,
+            account=session.get(Account, account.id),
+            actor=actor,
+            action="admin.sign_in",
+            target_type="admin",
+            target_id=admin.id,
+            details={"method": "console"},
+        )
+        return token
+
+    token = ports.db.run(complete)
+    if token is None:
+        raise _Refused("totp_replayed", account_id)
+    return SignedIn(token, STAGE_SIGNED_IN)
+
+
+def _claim_step(session: Session, admin_id: int, step: int) -> bool:
+    """Mark ``step`` used; False when it (or a later one) was used already. One statement, so two
+    requests racing with the same code cannot both win."""
+    result = session.execute(
+        update(Admin)
+        .where(
+            Admin.id == admin_id,
+            or_(Admin.totp_last_step.is_(None), Admin.totp_last_step < step),
+        )
+        .values(totp_last_step=step)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+# --- sessions -------------------------------------------------------------------------------
+
+
+def current(ports: Ports, token: str | None, stage: str = STAGE_SIGNED_IN) -> ConsoleSession:
+    """The live session of ``token`` at ``stage``; an expired one is revoked on the way."""
+    if not token or len(token) > _MAX_FIELD:
+        raise SessionInvalid()
+    sid = session_id_of(token)
+    now = ports.clock()
+
+    def work(session: Session) -> ConsoleSession | None:
+        row = session.get(WebSession, sid)
+        if row is None or row.revoked_at is not None or row.stage != stage:
+            return None
+        admin = session.get(Admin, row.admin_id)
+        lifetime = ENROLL_TIMEOUT if stage == STAGE_ENROLL else ABSOLUTE_TIMEOUT
+        if (
+            now - row.last_seen_at > IDLE_TIMEOUT
+            or now - row.created_at > lifetime
+            or admin is None
+            or admin.account_id != row.account_id
+            or not admin.active
+            or admin.api_only
+        ):
+            row.revoked_at = now
+            return None
+        row.last_seen_at = now
+        account = session.get(Account, row.account_id)
+        assert account is not None
+        return ConsoleSession(
+            session_id=sid,
+            stage=row.stage,
+            account_id=account.id,
+            account_slug=account.slug,
+            account_name=account.name,
+            admin_id=admin.id,
+            login=admin.login,
+            actor=actor_for(admin),
+        )
+
+    found = ports.db.run(work)
+    if found is None:
+        raise SessionInvalid()
+    return found
+
+
+def sign_out(ports: Ports, token: str | None, ip: str) -> None:
+    """Revoke the session of ``token``, whatever its state; audited when it was live."""
+    if not token or len(token) > _MAX_FIELD:
+        return
+
+    def work(session: Session) -> None:
+        row = session.get(WebSession, session_id_of(token))
+        if row is None or row.revoked_at is not None:
+            return
+        row.revoked_at = ports.clock()
+        admin = session.get(Admin, row.admin_id)
+        if admin is not None:
+            audit.record(
+                session,
+                ports,
+                account=session.get(Account, row.account_id),
+                actor=actor_for(admin, ip),
+                action="admin.sign_out",
+                target_type="admin",
+                target_id=admin.id,
+            )
+
+    ports.db.run(work)
+
+
+# --- TOTP enrollment ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PendingTotp:
+    secret: bytes  # shown to the administrator being enrolled, never logged
+    uri: str
+    login: str
+    account_name: str
+
+
+def pending_totp(ports: Ports, token: str | None) -> PendingTotp:
+    return _pending(ports, token)[1]
+
+
+def _pending(ports: Ports, token: str | None) -> tuple[ConsoleSession, PendingTotp]:
+    console = current(ports, token, STAGE_ENROLL)
+    with ports.db.read() as session:
+        row = session.get(WebSession, console.session_id)
+        assert row is not None and row.pending_totp is not None
+        sealed = row.pending_totp
+    secret = _open_secret(ports, console.admin_id, sealed)
+    uri = provisioning_uri(secret, console.account_slug, console.login)
+    return console, PendingTotp(secret, uri, console.login, console.account_name)
+
+
+def confirm_totp(ports: Ports, token: str | None, code: str, ip: str) -> SignedIn:
+    """Store the pending secret once a first code from it checks out; then a signed-in session
+    with a new id replaces the enrollment one."""
+    console, pending = _pending(ports, token)
+    step = matching_step(pending.secret, code, ports.clock())
+    actor = actor_for_id(ports, console.admin_id, ip)
+    if step is None:
+        audit.record_refusal(
+            ports,
+            account_id=console.account_id,
+            actor=actor,
+            action="admin.totp_enroll",
+            reason_code="bad_totp",
+            target_type="admin",
+            target_id=console.admin_id,
+        )
+        raise SignInFailed("The code is not right; check the clock of your device.")
+    sealed = _seal_secret(ports, console.admin_id, pending.secret)
+
+    def work(session: Session) -> str:
+        admin = session.get(Admin, console.admin_id)
+        assert admin is not None
+        if admin.totp_secret is not None:
+            raise SessionInvalid()
+        admin.totp_secret = sealed
+        admin.totp_last_step = step
+        _revoke_token(session, ports, token)
+        new_token = _new_session(session, ports, admin, STAGE_SIGNED_IN)
+        account = session.get(Account, admin.account_id)
+        for action in ("admin.totp_enroll", "admin.sign_in"):
+            audit.record(
+                session,
+                ports,
+                account=account,
+                actor=actor,
+                action=action,
+                target_type="admin",
+                target_id=admin.id,
+                details={"method": "console"},
+            )
+        return new_token
+
+    return SignedIn(ports.db.run(work), STAGE_SIGNED_IN)
+
+
+def actor_for_id(ports: Ports, admin_id: int, ip: str) -> Actor:
+    with ports.db.read() as session:
+        admin = session.get(Admin, admin_id)
+        assert admin is not None
+        return actor_for(admin, ip)
+
+
+def reset_totp(ports: Ports, actor: Actor, account_slug: str, login: str) -> None:
+    """Forget an administrator's TOTP secret and end their sessions: the next sign-in enrolls."""
+
+    def work(session: Session) -> None:
+        account = get_account(session, account_slug)
+        admin = session.scalars(
+            select(Admin).where(Admin.account_id == account.id, Admin.login == login)
+        ).first()
+        if admin is None:
+            raise NotFound("No such administrator in this account.")
+        admin.totp_secret = None
+        admin.totp_last_step = None
+        session.execute(
+            update(WebSession)
+            .where(WebSession.admin_id == admin.id, WebSession.revoked_at.is_(None))
+            .values(revoked_at=ports.clock())
+        )
+        audit.record(
+            session,
+            ports,
+            account=account,
+            actor=actor,
+            action="admin.totp_reset",
+            target_type="admin",
+            target_id=admin.id,
+        )
+
+    ports.db.run(work)

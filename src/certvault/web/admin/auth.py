@@ -1,0 +1,232 @@
+"""Console sign-in pages: /admin/login, the TOTP enrollment step, /admin/logout, /admin/.
+
+Every POST checks its CSRF token before anything else; the session cookie is a ``__Host-``
+cookie (Secure, HttpOnly, SameSite=Strict, Path=/) holding a token the database knows only hashed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import segno
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
+from starlette.datastructures import FormData
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from certvault.errors import CertvaultError, InvalidInput
+from certvault.services import web_sessions
+from certvault.services.ratelimit import RateLimited
+from certvault.services.web_sessions import SESSION_COOKIE, ConsoleSession, SessionInvalid
+from certvault.web.deps import client_ip, get_limiter, get_ports
+from certvault.web.security import CSRF_FIELD, Csrf, apply_page_headers, check_csrf
+
+router = APIRouter(include_in_schema=False)
+templates = Environment(
+    loader=PackageLoader("certvault.web.admin", "templates"),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+STYLESHEET = Path(__file__).parent / "static" / "admin.css"
+STYLESHEET_PATH = "/admin/static/admin.css"
+MAX_FIELD = 1024
+MAX_FIELDS = 8
+
+
+def _render(
+    csrf: Csrf,
+    template: str,
+    status: int = 200,
+    headers: Mapping[str, str] | None = None,
+    **context: Any,
+) -> Response:
+    html = templates.get_template(template).render(
+        stylesheet=STYLESHEET_PATH, csrf_field=CSRF_FIELD, csrf_token=csrf.token, **context
+    )
+    response = HTMLResponse(html, status_code=status, headers=dict(headers or {}))
+    csrf.set_cookie(response)
+    return apply_page_headers(response)
+
+
+def _error_headers(exc: CertvaultError) -> dict[str, str]:
+    return {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else {}
+
+
+def _error_page(csrf: Csrf, exc: CertvaultError) -> Response:
+    return _render(csrf, "error.html", exc.status, _error_headers(exc), message=exc.message)
+
+
+def _redirect(path: str) -> Response:
+    return apply_page_headers(RedirectResponse(path, status_code=303))
+
+
+def _set_session(response: Response, token: str) -> None:
+    response.set_cookie(
+        SESSION_COOKIE, token, secure=True, httponly=True, samesite="strict", path="/"
+    )
+
+
+def _clear_session(response: Response) -> None:
+    response.delete_cookie(SESSION_COOKIE, secure=True, httponly=True, samesite="strict", path="/")
+
+
+def _field(form: FormData, name: str) -> str:
+    value = form.get(name)
+    if not isinstance(value, str):
+        return ""
+    if len(value) > MAX_FIELD:
+        raise InvalidInput(f"A field may have at most {MAX_FIELD} characters.")
+    return value
+
+
+async def _checked_form(request: Request) -> FormData:
+    """The POST's fields, its CSRF token checked first: before sessions, limits or passwords."""
+    form = await request.form(max_files=0, max_fields=MAX_FIELDS)
+    check_csrf(get_ports(request), request, form)
+    return form
+
+
+@router.get(STYLESHEET_PATH)
+def stylesheet() -> Response:
+    return Response(
+        STYLESHEET.read_bytes(),
+        media_type="text/css",
+        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+@router.get("/admin/login")
+def login_page(request: Request) -> Response:
+    csrf = Csrf(get_ports(request), request)
+    return _render(csrf, "login.html", account_slug="", login="")
+
+
+@router.post("/admin/login")
+async def login(request: Request) -> Response:
+    ports = get_ports(request)
+    csrf = Csrf(ports, request)
+    try:
+        form = await _checked_form(request)
+    except CertvaultError as exc:
+        return _error_page(csrf, exc)
+    slug = login_name = ""
+    try:
+        slug, login_name = _field(form, "account").strip(), _field(form, "login").strip()
+        password, code = _field(form, "password"), _field(form, "code").strip()
+        signed = await run_in_threadpool(
+            lambda: web_sessions.sign_in(
+                ports,
+                get_limiter(request),
+                account_slug=slug,
+                login=login_name,
+                password=password,
+                code=code,
+                ip=client_ip(request),
+                previous_token=request.cookies.get(SESSION_COOKIE),
+            )
+        )
+    except CertvaultError as exc:
+        return _render(
+            csrf,
+            "login.html",
+            exc.status,
+            _error_headers(exc),
+            account_slug=slug,
+            login=login_name,
+            error=exc.message,
+        )
+    target = "/admin/totp" if signed.stage == web_sessions.STAGE_ENROLL else "/admin/"
+    response = _redirect(target)
+    _set_session(response, signed.token)
+    return response
+
+
+@router.get("/admin/totp")
+def totp_page(request: Request) -> Response:
+    ports = get_ports(request)
+    csrf = Csrf(ports, request)
+    try:
+        pending = web_sessions.pending_totp(ports, request.cookies.get(SESSION_COOKIE))
+    except SessionInvalid:
+        return _redirect("/admin/login")
+    return _totp_page(csrf, pending)
+
+
+def _totp_page(
+    csrf: Csrf, pending: web_sessions.PendingTotp, status: int = 200, error: str = ""
+) -> Response:
+    qr = segno.make(pending.uri, error="m")
+    # segno writes the SVG itself from the URI: nothing in it comes from user input unescaped.
+    svg = Markup(qr.svg_inline(scale=4, border=2, omitsize=True))  # noqa: S704
+    return _render(
+        csrf,
+        "totp.html",
+        status,
+        pending=pending,
+        qr_svg=svg,
+        secret_text=web_sessions.base32_text(pending.secret),
+        error=error,
+    )
+
+
+@router.post("/admin/totp")
+async def confirm_totp(request: Request) -> Response:
+    ports = get_ports(request)
+    csrf = Csrf(ports, request)
+    token = request.cookies.get(SESSION_COOKIE)
+    try:
+        form = await _checked_form(request)
+        code = _field(form, "code").strip()
+        signed = await run_in_threadpool(
+            web_sessions.confirm_totp, ports, token, code, client_ip(request)
+        )
+    except SessionInvalid:
+        return _redirect("/admin/login")
+    except web_sessions.SignInFailed as exc:
+        pending = await run_in_threadpool(web_sessions.pending_totp, ports, token)
+        return _totp_page(csrf, pending, exc.status, exc.message)
+    except CertvaultError as exc:
+        return _error_page(csrf, exc)
+    response = _redirect("/admin/")
+    _set_session(response, signed.token)
+    return response
+
+
+@router.post("/admin/logout")
+async def logout(request: Request) -> Response:
+    ports = get_ports(request)
+    csrf = Csrf(ports, request)
+    try:
+        await _checked_form(request)
+    except CertvaultError as exc:
+        return _error_page(csrf, exc)
+    await run_in_threadpool(
+        web_sessions.sign_out, ports, request.cookies.get(SESSION_COOKIE), client_ip(request)
+    )
+    response = _redirect("/admin/login")
+    _clear_session(response)
+    return response
+
+
+def console_session(request: Request) -> ConsoleSession | None:
+    """The signed-in session of this request, or None (the page then sends to /admin/login)."""
+    try:
+        console = web_sessions.current(get_ports(request), request.cookies.get(SESSION_COOKIE))
+    except SessionInvalid:
+        return None
+    request.state.actor_name = console.actor.name
+    return console
+
+
+@router.get("/admin/")
+def home(request: Request) -> Response:
+    csrf = Csrf(get_ports(request), request)
+    console = console_session(request)
+    if console is None:
+        return _redirect("/admin/login")
+    return _render(csrf, "home.html", console=console)
