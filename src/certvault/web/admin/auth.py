@@ -6,59 +6,28 @@ cookie (Secure, HttpOnly, SameSite=Strict, Path=/) holding a token the database 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import segno
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 from starlette.datastructures import FormData
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 
 from certvault.errors import CertvaultError, InvalidInput
 from certvault.services import web_sessions
-from certvault.services.ratelimit import RateLimited
 from certvault.services.web_sessions import SESSION_COOKIE, ConsoleSession, SessionInvalid
 from certvault.web.deps import client_ip, get_limiter, get_ports
-from certvault.web.security import CSRF_FIELD, Csrf, apply_page_headers, check_csrf
+from certvault.web.pages import Pages, error_headers
+from certvault.web.security import Csrf, apply_page_headers, check_csrf
 
 router = APIRouter(include_in_schema=False)
-templates = Environment(
-    loader=PackageLoader("certvault.web.admin", "templates"),
-    autoescape=select_autoescape(default=True, default_for_string=True),
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
 STYLESHEET = Path(__file__).parent / "static" / "admin.css"
 STYLESHEET_PATH = "/admin/static/admin.css"
+pages = Pages("certvault.web.admin", STYLESHEET_PATH)
 MAX_FIELD = 1024
 MAX_FIELDS = 8
-
-
-def _render(
-    csrf: Csrf,
-    template: str,
-    status: int = 200,
-    headers: Mapping[str, str] | None = None,
-    **context: Any,
-) -> Response:
-    html = templates.get_template(template).render(
-        stylesheet=STYLESHEET_PATH, csrf_field=CSRF_FIELD, csrf_token=csrf.token, **context
-    )
-    response = HTMLResponse(html, status_code=status, headers=dict(headers or {}))
-    csrf.set_cookie(response)
-    return apply_page_headers(response)
-
-
-def _error_headers(exc: CertvaultError) -> dict[str, str]:
-    return {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else {}
-
-
-def _error_page(csrf: Csrf, exc: CertvaultError) -> Response:
-    return _render(csrf, "error.html", exc.status, _error_headers(exc), message=exc.message)
 
 
 def _redirect(path: str) -> Response:
@@ -103,7 +72,7 @@ def stylesheet() -> Response:
 @router.get("/admin/login")
 def login_page(request: Request) -> Response:
     csrf = Csrf(get_ports(request), request)
-    return _render(csrf, "login.html", account_slug="", login="")
+    return pages.render(csrf, "login.html", account_slug="", login="")
 
 
 @router.post("/admin/login")
@@ -113,7 +82,7 @@ async def login(request: Request) -> Response:
     try:
         form = await _checked_form(request)
     except CertvaultError as exc:
-        return _error_page(csrf, exc)
+        return pages.error(csrf, exc)
     slug = login_name = ""
     try:
         slug, login_name = _field(form, "account").strip(), _field(form, "login").strip()
@@ -131,11 +100,11 @@ async def login(request: Request) -> Response:
             )
         )
     except CertvaultError as exc:
-        return _render(
+        return pages.render(
             csrf,
             "login.html",
             exc.status,
-            _error_headers(exc),
+            error_headers(exc),
             account_slug=slug,
             login=login_name,
             error=exc.message,
@@ -163,7 +132,7 @@ def _totp_page(
     qr = segno.make(pending.uri, error="m")
     # segno writes the SVG itself from the URI: nothing in it comes from user input unescaped.
     svg = Markup(qr.svg_inline(scale=4, border=2, omitsize=True))  # noqa: S704
-    return _render(
+    return pages.render(
         csrf,
         "totp.html",
         status,
@@ -191,7 +160,7 @@ async def confirm_totp(request: Request) -> Response:
         pending = await run_in_threadpool(web_sessions.pending_totp, ports, token)
         return _totp_page(csrf, pending, exc.status, exc.message)
     except CertvaultError as exc:
-        return _error_page(csrf, exc)
+        return pages.error(csrf, exc)
     response = _redirect("/admin/")
     _set_session(response, signed.token)
     return response
@@ -204,7 +173,7 @@ async def logout(request: Request) -> Response:
     try:
         await _checked_form(request)
     except CertvaultError as exc:
-        return _error_page(csrf, exc)
+        return pages.error(csrf, exc)
     await run_in_threadpool(
         web_sessions.sign_out, ports, request.cookies.get(SESSION_COOKIE), client_ip(request)
     )
@@ -229,4 +198,4 @@ def home(request: Request) -> Response:
     console = console_session(request)
     if console is None:
         return _redirect("/admin/login")
-    return _render(csrf, "home.html", console=console)
+    return pages.render(csrf, "home.html", console=console)

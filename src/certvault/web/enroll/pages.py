@@ -10,67 +10,33 @@ key, which must exist only in the delivered file when the vault does not keep it
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.datastructures import FormData
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import Response
 
 from certvault.errors import CertvaultError, InvalidInput
 from certvault.services import enrollment, enrollment_forms
-from certvault.services.ratelimit import RateLimited
 from certvault.web.deps import client_ip, get_limiter, get_ports
-from certvault.web.security import CSRF_FIELD, Csrf, apply_page_headers, check_csrf
+from certvault.web.pages import Pages, error_headers
+from certvault.web.security import Csrf, check_csrf
 
 router = APIRouter(include_in_schema=False)
-templates = Environment(
-    loader=PackageLoader("certvault.web.enroll", "templates"),
-    autoescape=select_autoescape(default=True, default_for_string=True),
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
-templates.globals["key_labels"] = {
+STYLESHEET = Path(__file__).parent / "static" / "enroll.css"
+# "-" is never an account slug, so this path cannot hide a form.
+STYLESHEET_PATH = "/enroll/-/enroll.css"
+pages = Pages("certvault.web.enroll", STYLESHEET_PATH)
+pages.templates.globals["key_labels"] = {
     "ec256": "EC P-256 (recommended: small and fast)",
     "ec384": "EC P-384",
     "rsa2048": "RSA 2048 (for older programs)",
     "rsa3072": "RSA 3072",
     "rsa4096": "RSA 4096 (slow to create)",
 }
-STYLESHEET = Path(__file__).parent / "static" / "enroll.css"
-# "-" is never an account slug, so this path cannot hide a form.
-STYLESHEET_PATH = "/enroll/-/enroll.css"
 MAX_FIELD = 1024
 MAX_FIELDS = 16
-
-
-def _render(
-    request: Request,
-    csrf: Csrf,
-    template: str,
-    status: int = 200,
-    headers: Mapping[str, str] | None = None,
-    **context: Any,
-) -> Response:
-    html = templates.get_template(template).render(
-        stylesheet=STYLESHEET_PATH, csrf_field=CSRF_FIELD, csrf_token=csrf.token, **context
-    )
-    response = HTMLResponse(html, status_code=status, headers=dict(headers or {}))
-    csrf.set_cookie(response)
-    return apply_page_headers(response)
-
-
-def _error_headers(exc: CertvaultError) -> dict[str, str]:
-    return {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else {}
-
-
-def _error_page(request: Request, csrf: Csrf, exc: CertvaultError) -> Response:
-    return _render(
-        request, csrf, "error.html", exc.status, _error_headers(exc), message=exc.message
-    )
 
 
 async def _read_form(request: Request) -> FormData:
@@ -105,8 +71,8 @@ async def start_page(request: Request, account_slug: str, form_slug: str) -> Res
             enrollment_forms.get_form_public, ports, account_slug, form_slug
         )
     except CertvaultError as exc:
-        return _error_page(request, csrf, exc)
-    return _render(request, csrf, "start.html", form=form, email="")
+        return pages.error(csrf, exc)
+    return pages.render(csrf, "start.html", form=form, email="")
 
 
 async def _posted(
@@ -122,7 +88,7 @@ async def _posted(
             enrollment_forms.get_form_public, ports, account_slug, form_slug
         )
     except CertvaultError as exc:
-        return _error_page(request, csrf, exc)
+        return pages.error(csrf, exc)
     return csrf, data, form
 
 
@@ -148,17 +114,16 @@ async def send_code(request: Request, account_slug: str, form_slug: str) -> Resp
             )
         )
     except CertvaultError as exc:
-        return _render(
-            request,
+        return pages.render(
             csrf,
             "start.html",
             exc.status,
-            _error_headers(exc),
+            error_headers(exc),
             form=form,
             email=email,
             error=exc.message,
         )
-    return _render(request, csrf, "code.html", form=form, email=sent.email)
+    return pages.render(csrf, "code.html", form=form, email=sent.email)
 
 
 @router.post("/enroll/{account_slug}/{form_slug}/enroll")
@@ -188,19 +153,17 @@ async def enroll(request: Request, account_slug: str, form_slug: str) -> Respons
             )
         )
     except CertvaultError as exc:
-        return _render(
-            request,
+        return pages.render(
             csrf,
             "code.html",
             exc.status,
-            _error_headers(exc),
+            error_headers(exc),
             form=form,
             email=email,
             key_type=key_type,
             error=exc.message,
         )
-    return _render(
-        request,
+    return pages.render(
         csrf,
         "result.html",
         form=form,

@@ -1,0 +1,48 @@
+"""Server-rendered pages: one Jinja2 environment per area (enrollment, console), each page rendered
+with its CSRF token and the security headers every page carries (web/security.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.responses import HTMLResponse, Response
+
+from certvault.errors import CertvaultError
+from certvault.services.ratelimit import RateLimited
+from certvault.web.security import CSRF_FIELD, Csrf, apply_page_headers
+
+
+def error_headers(exc: CertvaultError) -> dict[str, str]:
+    return {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else {}
+
+
+class Pages:
+    def __init__(self, package: str, stylesheet_path: str) -> None:
+        self.templates = Environment(
+            loader=PackageLoader(package, "templates"),
+            autoescape=select_autoescape(default=True, default_for_string=True),
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.stylesheet_path = stylesheet_path
+
+    def render(
+        self,
+        csrf: Csrf,
+        template: str,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+        **context: Any,
+    ) -> Response:
+        html = self.templates.get_template(template).render(
+            stylesheet=self.stylesheet_path, csrf_field=CSRF_FIELD, csrf_token=csrf.token, **context
+        )
+        response = HTMLResponse(html, status_code=status, headers=dict(headers or {}))
+        csrf.set_cookie(response)
+        return apply_page_headers(response)
+
+    def error(self, csrf: Csrf, exc: CertvaultError) -> Response:
+        """The area's error page, with the error's status and a clear message."""
+        return self.render(csrf, "error.html", exc.status, error_headers(exc), message=exc.message)
