@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -421,11 +420,11 @@ def _parent_chain(cert: x509.Certificate, extra: list[x509.Certificate]) -> list
     """The certificates above ``cert`` up to a self-signed root, nearest first."""
     chain: list[x509.Certificate] = []
     current = cert
-    while not _issued_by(current, current):
+    while not calib.issued_by(current, current):
         if len(chain) >= MAX_CHAIN_DEPTH:
             raise CaInvalid("The certificate chain in the file is too long.")
         parent = next(
-            (c for c in extra if c.subject == current.issuer and _issued_by(current, c)), None
+            (c for c in extra if c.subject == current.issuer and calib.issued_by(current, c)), None
         )
         if parent is None or parent in chain:
             raise CaInvalid(
@@ -435,16 +434,6 @@ def _parent_chain(cert: x509.Certificate, extra: list[x509.Certificate]) -> list
         chain.append(parent)
         current = parent
     return chain
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    if cert.issuer != issuer.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
 
 
 def _store_parents(

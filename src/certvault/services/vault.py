@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from certvault.crypto import keys as keylib
+from certvault.crypto.ca import issued_by
 from certvault.crypto.profiles import Profile
 from certvault.db.models import (
     Account,
@@ -191,23 +191,15 @@ def _chains_to_trusted(
     current = cert
     for _ in range(MAX_CHAIN_DEPTH):
         for anchor in trusted:
-            if _issued_by(current, anchor):
+            if issued_by(current, anchor):
                 return True
         parent = next(
-            (c for c in chain if c.subject == current.issuer and _issued_by(current, c)), None
+            (c for c in chain if c.subject == current.issuer and issued_by(current, c)), None
         )
         if parent is None or parent == current:
             return False
         current = parent
     return False
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
 
 
 def _owner(

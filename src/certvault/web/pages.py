@@ -4,14 +4,36 @@ with its CSRF token and the security headers every page carries (web/security.py
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.datastructures import FormData
 from starlette.responses import HTMLResponse, Response
 
-from certvault.errors import CertvaultError
+from certvault.errors import CertvaultError, InvalidInput
 from certvault.services.ratelimit import RateLimited
 from certvault.web.security import CSRF_FIELD, Csrf, apply_page_headers
+
+MAX_FIELD = 1024
+
+
+def form_field(form: FormData, name: str) -> str:
+    """A text field of a posted form: "" when absent, refused when over MAX_FIELD characters."""
+    value = form.get(name)
+    if not isinstance(value, str):
+        return ""
+    if len(value) > MAX_FIELD:
+        raise InvalidInput(f"A field may have at most {MAX_FIELD} characters.")
+    return value
+
+
+def stylesheet_response(path: Path) -> Response:
+    return Response(
+        path.read_bytes(),
+        media_type="text/css",
+        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 def error_headers(exc: CertvaultError) -> dict[str, str]:

@@ -15,18 +15,17 @@ from markupsafe import Markup
 from starlette.datastructures import FormData
 from starlette.responses import RedirectResponse, Response
 
-from certvault.errors import CertvaultError, InvalidInput
+from certvault.errors import CertvaultError
 from certvault.services import web_sessions
 from certvault.services.web_sessions import SESSION_COOKIE, ConsoleSession, SessionInvalid
 from certvault.web.deps import client_ip, get_limiter, get_ports
-from certvault.web.pages import Pages, error_headers
+from certvault.web.pages import Pages, error_headers, form_field, stylesheet_response
 from certvault.web.security import Csrf, apply_page_headers, check_csrf
 
 router = APIRouter(include_in_schema=False)
 STYLESHEET = Path(__file__).parent / "static" / "admin.css"
 STYLESHEET_PATH = "/admin/static/admin.css"
 pages = Pages("certvault.web.admin", STYLESHEET_PATH)
-MAX_FIELD = 1024
 MAX_FIELDS = 8
 
 
@@ -44,15 +43,6 @@ def _clear_session(response: Response) -> None:
     response.delete_cookie(SESSION_COOKIE, secure=True, httponly=True, samesite="strict", path="/")
 
 
-def _field(form: FormData, name: str) -> str:
-    value = form.get(name)
-    if not isinstance(value, str):
-        return ""
-    if len(value) > MAX_FIELD:
-        raise InvalidInput(f"A field may have at most {MAX_FIELD} characters.")
-    return value
-
-
 async def _checked_form(request: Request) -> FormData:
     """The POST's fields, its CSRF token checked first: before sessions, limits or passwords."""
     form = await request.form(max_files=0, max_fields=MAX_FIELDS)
@@ -62,11 +52,7 @@ async def _checked_form(request: Request) -> FormData:
 
 @router.get(STYLESHEET_PATH)
 def stylesheet() -> Response:
-    return Response(
-        STYLESHEET.read_bytes(),
-        media_type="text/css",
-        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
-    )
+    return stylesheet_response(STYLESHEET)
 
 
 @router.get("/admin/login")
@@ -85,8 +71,8 @@ async def login(request: Request) -> Response:
         return pages.error(csrf, exc)
     slug = login_name = ""
     try:
-        slug, login_name = _field(form, "account").strip(), _field(form, "login").strip()
-        password, code = _field(form, "password"), _field(form, "code").strip()
+        slug, login_name = form_field(form, "account").strip(), form_field(form, "login").strip()
+        password, code = form_field(form, "password"), form_field(form, "code").strip()
         signed = await run_in_threadpool(
             lambda: web_sessions.sign_in(
                 ports,
@@ -150,7 +136,7 @@ async def confirm_totp(request: Request) -> Response:
     token = request.cookies.get(SESSION_COOKIE)
     try:
         form = await _checked_form(request)
-        code = _field(form, "code").strip()
+        code = form_field(form, "code").strip()
         signed = await run_in_threadpool(
             web_sessions.confirm_totp, ports, token, code, client_ip(request)
         )

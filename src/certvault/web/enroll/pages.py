@@ -17,10 +17,10 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.responses import Response
 
-from certvault.errors import CertvaultError, InvalidInput
+from certvault.errors import CertvaultError
 from certvault.services import enrollment, enrollment_forms
 from certvault.web.deps import client_ip, get_limiter, get_ports
-from certvault.web.pages import Pages, error_headers
+from certvault.web.pages import Pages, error_headers, form_field, stylesheet_response
 from certvault.web.security import Csrf, check_csrf
 
 router = APIRouter(include_in_schema=False)
@@ -35,7 +35,6 @@ pages.templates.globals["key_labels"] = {
     "rsa3072": "RSA 3072",
     "rsa4096": "RSA 4096 (slow to create)",
 }
-MAX_FIELD = 1024
 MAX_FIELDS = 16
 
 
@@ -44,22 +43,9 @@ async def _read_form(request: Request) -> FormData:
     return await request.form(max_files=0, max_fields=MAX_FIELDS)
 
 
-def _field(form: FormData, name: str) -> str:
-    value = form.get(name)
-    if not isinstance(value, str):
-        return ""
-    if len(value) > MAX_FIELD:
-        raise InvalidInput(f"A field may have at most {MAX_FIELD} characters.")
-    return value
-
-
 @router.get(STYLESHEET_PATH)
 def stylesheet() -> Response:
-    return Response(
-        STYLESHEET.read_bytes(),
-        media_type="text/css",
-        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
-    )
+    return stylesheet_response(STYLESHEET)
 
 
 @router.get("/enroll/{account_slug}/{form_slug}")
@@ -101,14 +87,14 @@ async def send_code(request: Request, account_slug: str, form_slug: str) -> Resp
     ports = get_ports(request)
     email = ""
     try:
-        email = _field(data, "email").strip()
+        email = form_field(data, "email").strip()
         sent = await run_in_threadpool(
             lambda: enrollment.send_code(
                 ports,
                 account_slug,
                 form_slug,
                 email,
-                _field(data, "access_code") or None,
+                form_field(data, "access_code") or None,
                 client_ip(request),
                 limiter=get_limiter(request),
             )
@@ -135,19 +121,19 @@ async def enroll(request: Request, account_slug: str, form_slug: str) -> Respons
     ports = get_ports(request)
     email = key_type = ""
     try:
-        email, key_type = _field(data, "email").strip(), _field(data, "key_type")
-        own = _field(data, "passphrase_choice") == "own"
+        email, key_type = form_field(data, "email").strip(), form_field(data, "key_type")
+        own = form_field(data, "passphrase_choice") == "own"
         result = await run_in_threadpool(
             lambda: enrollment.enroll(
                 ports,
                 account_slug,
                 form_slug,
                 email=email,
-                code=_field(data, "code"),
+                code=form_field(data, "code"),
                 key_type=key_type,
-                secret_id=_field(data, "secret_id") or None,
-                passphrase=_field(data, "passphrase") if own else None,
-                passphrase_confirm=_field(data, "passphrase_confirm") if own else None,
+                secret_id=form_field(data, "secret_id") or None,
+                passphrase=form_field(data, "passphrase") if own else None,
+                passphrase_confirm=form_field(data, "passphrase_confirm") if own else None,
                 ip=client_ip(request),
                 limiter=get_limiter(request),
             )
