@@ -3,14 +3,10 @@ lockout, CSRF, audit."""
 
 from __future__ import annotations
 
-import base64
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import argon2
 import pytest
-from cryptography.hazmat.primitives.hashes import SHA1
-from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -21,22 +17,10 @@ from certvault.services.web_sessions import SESSION_COOKIE
 from certvault.web.app import create_app
 from tests.conftest import make_settings
 from tests.functional import cli_env
+from tests.functional.console_fixtures import CSRF_RE, SECRET_RE, Clock, code_for
 
 PASSWORD = "console-password-0123"
-CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
-SECRET_RE = re.compile(r'id="totp-secret">([A-Z2-7]+)<')
 LOGIN_LIMIT = 3
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC).replace(microsecond=0)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 @pytest.fixture
@@ -74,11 +58,6 @@ def csrf(client: TestClient, path: str = "/admin/login") -> str:
     page = client.get(path)
     assert page.status_code == 200
     return CSRF_RE.search(page.text).group(1)
-
-
-def code_for(secret_text: str, moment: datetime) -> str:
-    secret = base64.b32decode(secret_text + "=" * (-len(secret_text) % 8))
-    return TOTP(secret, 6, SHA1(), 30).generate(moment.timestamp()).decode()  # noqa: S303
 
 
 def post_login(client, *, login="alice", password=PASSWORD, code="", account="acme", **kw):

@@ -84,6 +84,8 @@ class Account(Base):
     require_trusted_issuer: Mapped[bool] = mapped_column(Boolean, default=False)
     min_passphrase_length: Mapped[int] = mapped_column(Integer, default=12)
     reason_required: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Whether an administrator may choose the passphrase of a release instead of a generated one.
+    allow_own_passphrase: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     organizations: Mapped[list[Organization]] = relationship(back_populates="account")
@@ -416,3 +418,36 @@ class WebSession(Base):
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
     reauthenticated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class KeyVaultSettings(Base):
+    """The account's Key Vault recovery options (the Key Vault page). One row per account; an
+    account without a row has the defaults."""
+
+    __tablename__ = "key_vault_settings"
+
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    # "disabled" (administrators only) | "email_code" | "email_code_and_secret" | "admin_approval"
+    recovery_method: Mapped[str] = mapped_column(String(32), default="disabled")
+    sign_profiles: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The profile-signing identity: a service key (never released), with its certificate.
+    signing_key_id: Mapped[int | None] = mapped_column(ForeignKey("service_keys.id"))
+    exchange_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    exchange_host: Mapped[str] = mapped_column(String(253), default="")
+    exchange_use_ssl: Mapped[bool] = mapped_column(Boolean, default=True)
+    exchange_past_days: Mapped[int] = mapped_column(Integer, default=7)
+    exchange_prevent_move: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class FormNonce(Base):
+    """A one-use token of a console form (a key download): a second submission is refused.
+    Only the SHA-256 of the token is kept."""
+
+    __tablename__ = "form_nonces"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("web_sessions.id"), index=True)
+    purpose: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

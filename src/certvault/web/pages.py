@@ -13,7 +13,12 @@ from starlette.responses import HTMLResponse, Response
 
 from certvault.errors import CertvaultError, InvalidInput
 from certvault.services.ratelimit import RateLimited
-from certvault.web.security import CSRF_FIELD, Csrf, apply_page_headers
+from certvault.web.security import (
+    CONTENT_SECURITY_POLICY,
+    CSRF_FIELD,
+    Csrf,
+    apply_page_headers,
+)
 
 MAX_FIELD = 1024
 
@@ -41,7 +46,9 @@ def error_headers(exc: CertvaultError) -> dict[str, str]:
 
 
 class Pages:
-    def __init__(self, package: str, stylesheet_path: str) -> None:
+    def __init__(
+        self, package: str, stylesheet_path: str, csp: str = CONTENT_SECURITY_POLICY
+    ) -> None:
         self.templates = Environment(
             loader=PackageLoader(package, "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -49,6 +56,7 @@ class Pages:
             lstrip_blocks=True,
         )
         self.stylesheet_path = stylesheet_path
+        self.csp = csp
 
     def render(
         self,
@@ -63,7 +71,7 @@ class Pages:
         )
         response = HTMLResponse(html, status_code=status, headers=dict(headers or {}))
         csrf.set_cookie(response)
-        return apply_page_headers(response)
+        return apply_page_headers(response, self.csp)
 
     def error(self, csrf: Csrf, exc: CertvaultError) -> Response:
         """The area's error page, with the error's status and a clear message."""

@@ -34,6 +34,11 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; "
     "base-uri 'none'"
 )
+# The console also runs its own small script file (copy buttons, dialogs): still no inline code.
+CONSOLE_CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'self'; script-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
 PAGE_HEADERS: Mapping[str, str] = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Frame-Options": "DENY",
@@ -51,10 +56,11 @@ class CsrfFailed(Forbidden):
     code = "csrf_failed"
 
 
-def apply_page_headers(response: Response) -> Response:
+def apply_page_headers(response: Response, csp: str = CONTENT_SECURITY_POLICY) -> Response:
     """Set the headers every page and download carries."""
     for name, value in PAGE_HEADERS.items():
         response.headers[name] = value
+    response.headers["Content-Security-Policy"] = csp
     return response
 
 

@@ -1,5 +1,21 @@
-"""The admin console under /admin/."""
+"""The admin console under /admin/: one module per page, each with its own router."""
 
-from certvault.web.admin.auth import router
+from fastapi import APIRouter
+
+from certvault.web.admin import (
+    about,
+    admins,
+    audit,
+    auth,
+    certificates,
+    downloads,
+    forms,
+    key_vault,
+    persons,
+)
+
+router = APIRouter(include_in_schema=False)
+for _page in (auth, persons, certificates, downloads, key_vault, about, audit, admins, forms):
+    router.include_router(_page.router)
 
 __all__ = ["router"]

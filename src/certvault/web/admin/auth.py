@@ -6,31 +6,30 @@ cookie (Secure, HttpOnly, SameSite=Strict, Path=/) holding a token the database 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import segno
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from markupsafe import Markup
 from starlette.datastructures import FormData
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 
 from certvault.errors import CertvaultError
 from certvault.services import web_sessions
-from certvault.services.web_sessions import SESSION_COOKIE, ConsoleSession, SessionInvalid
+from certvault.services.web_sessions import SESSION_COOKIE, SessionInvalid
+from certvault.web.admin.console import (
+    SCRIPT_PATH,
+    STATIC,
+    STYLESHEET_PATH,
+    open_console,
+    pages,
+)
+from certvault.web.admin.console import redirect as _redirect
 from certvault.web.deps import client_ip, get_limiter, get_ports
-from certvault.web.pages import Pages, error_headers, form_field, stylesheet_response
-from certvault.web.security import Csrf, apply_page_headers, check_csrf
+from certvault.web.pages import error_headers, form_field, stylesheet_response
+from certvault.web.security import Csrf, check_csrf
 
 router = APIRouter(include_in_schema=False)
-STYLESHEET = Path(__file__).parent / "static" / "admin.css"
-STYLESHEET_PATH = "/admin/static/admin.css"
-pages = Pages("certvault.web.admin", STYLESHEET_PATH)
 MAX_FIELDS = 8
-
-
-def _redirect(path: str) -> Response:
-    return apply_page_headers(RedirectResponse(path, status_code=303))
 
 
 def _set_session(response: Response, token: str) -> None:
@@ -52,7 +51,16 @@ async def _checked_form(request: Request) -> FormData:
 
 @router.get(STYLESHEET_PATH)
 def stylesheet() -> Response:
-    return stylesheet_response(STYLESHEET)
+    return stylesheet_response(STATIC / "admin.css")
+
+
+@router.get(SCRIPT_PATH)
+def script() -> Response:
+    return Response(
+        (STATIC / "admin.js").read_bytes(),
+        media_type="text/javascript",
+        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 @router.get("/admin/login")
@@ -168,20 +176,9 @@ async def logout(request: Request) -> Response:
     return response
 
 
-def console_session(request: Request) -> ConsoleSession | None:
-    """The signed-in session of this request, or None (the page then sends to /admin/login)."""
-    try:
-        console = web_sessions.current(get_ports(request), request.cookies.get(SESSION_COOKIE))
-    except SessionInvalid:
-        return None
-    request.state.actor_name = console.actor.name
-    return console
-
-
 @router.get("/admin/")
 def home(request: Request) -> Response:
-    csrf = Csrf(get_ports(request), request)
-    console = console_session(request)
-    if console is None:
-        return _redirect("/admin/login")
-    return pages.render(csrf, "home.html", console=console)
+    console = open_console(request)
+    if isinstance(console, Response):
+        return console
+    return console.render("home.html")

@@ -1,0 +1,162 @@
+"""What every console page shares: the signed-in session and its actor, forms whose CSRF token is
+checked before anything else, the page renderer with the navigation, redirects with a notice.
+
+A GET handler starts with ``open_console(request)``; a POST handler with
+``await post_console(request)``. Both return a ``Response`` (the sign-in page, or the error page
+of a stale form) when the request cannot go on, and the caller returns it as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.responses import RedirectResponse, Response
+
+from certvault.errors import CertvaultError
+from certvault.services import web_sessions
+from certvault.services.actors import Actor, Privilege, Role
+from certvault.services.ports import Ports
+from certvault.services.web_sessions import SESSION_COOKIE, ConsoleSession, SessionInvalid
+from certvault.web.deps import client_ip, get_ports
+from certvault.web.pages import Pages, error_headers
+from certvault.web.security import (
+    CONSOLE_CONTENT_SECURITY_POLICY,
+    Csrf,
+    apply_page_headers,
+    check_csrf,
+)
+
+STATIC = Path(__file__).parent / "static"
+STYLESHEET_PATH = "/admin/static/admin.css"
+SCRIPT_PATH = "/admin/static/admin.js"
+pages = Pages("certvault.web.admin", STYLESHEET_PATH, CONSOLE_CONTENT_SECURITY_POLICY)
+MAX_FIELDS = 40
+
+# (section, label, path, account administrators only)
+NAVIGATION: tuple[tuple[str, str, str, bool], ...] = (
+    ("persons", "Persons", "/admin/persons", False),
+    ("certificates", "Client Certificates", "/admin/certificates", False),
+    ("key-vault", "Key Vault", "/admin/key-vault", False),
+    ("about", "About", "/admin/about", False),
+    ("audit", "Audit", "/admin/audit", True),
+    ("admins", "Admins", "/admin/admins", True),
+    ("forms", "Enrollment forms", "/admin/forms", False),
+)
+
+# Notices shown after a redirect, by key: the query string never carries text to show.
+NOTICES: dict[str, str] = {}
+
+T = TypeVar("T")
+
+
+def redirect(path: str, notice: str | None = None) -> Response:
+    """A 303 to ``path`` (a console path, never taken from the request), with a notice key."""
+    assert path.startswith("/admin/")
+    if notice is not None:
+        assert notice in NOTICES, notice
+        path += ("&" if "?" in path else "?") + urlencode({"notice": notice})
+    return apply_page_headers(
+        RedirectResponse(path, status_code=303), CONSOLE_CONTENT_SECURITY_POLICY
+    )
+
+
+@dataclass(frozen=True)
+class Console:
+    """One signed-in request: who is asking, from where, and how to answer with a page."""
+
+    request: Request
+    ports: Ports
+    csrf: Csrf
+    session: ConsoleSession
+    actor: Actor  # the session's administrator, with this request's address
+
+    @property
+    def account_slug(self) -> str:
+        return self.session.account_slug
+
+    @property
+    def is_account_admin(self) -> bool:
+        return self.actor.role == Role.ACCOUNT
+
+    def can(self, privilege: Privilege | str, organization_id: int | None = None) -> bool:
+        """Whether the administrator holds ``privilege`` (for that organization, when given)."""
+        if not self.actor.can_see(self.session.account_id, organization_id):
+            return False
+        return Privilege(privilege) in self.actor.privileges
+
+    def render(
+        self,
+        template: str,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+        *,
+        section: str = "",
+        **context: Any,
+    ) -> Response:
+        notice = NOTICES.get(self.request.query_params.get("notice", ""))
+        return pages.render(
+            self.csrf,
+            template,
+            status,
+            headers,
+            console=self.session,
+            me=self,
+            section=section,
+            navigation=[n for n in NAVIGATION if self.is_account_admin or not n[3]],
+            notice=notice,
+            script=SCRIPT_PATH,
+            **context,
+        )
+
+    def error(self, exc: CertvaultError, section: str = "") -> Response:
+        return self.render(
+            "error.html", exc.status, error_headers(exc), section=section, message=exc.message
+        )
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a service call (blocking database and crypto work) off the event loop."""
+        return await run_in_threadpool(fn, *args, **kwargs)
+
+
+def _session(request: Request, ports: Ports, csrf: Csrf) -> Console | None:
+    try:
+        found = web_sessions.current(ports, request.cookies.get(SESSION_COOKIE))
+    except SessionInvalid:
+        return None
+    request.state.actor_name = found.actor.name
+    actor = dataclasses.replace(found.actor, ip=client_ip(request))
+    return Console(request, ports, csrf, found, actor)
+
+
+def open_console(request: Request) -> Console | Response:
+    """The signed-in console of a GET, or the redirect to the sign-in page."""
+    ports = get_ports(request)
+    csrf = Csrf(ports, request)
+    console = _session(request, ports, csrf)
+    return redirect("/admin/login") if console is None else console
+
+
+async def post_console(
+    request: Request, *, max_fields: int = MAX_FIELDS, max_files: int = 0
+) -> tuple[Console, FormData] | Response:
+    """The signed-in console of a POST and its fields. The CSRF token is checked first, before
+    the session is looked up; a stale or forged form gets the error page (403)."""
+    ports = get_ports(request)
+    csrf = Csrf(ports, request)
+    try:
+        form = await request.form(max_files=max_files, max_fields=max_fields)
+        check_csrf(ports, request, form)
+    except CertvaultError as exc:
+        return pages.error(csrf, exc)
+    console = _session(request, ports, csrf)
+    if console is None:
+        return redirect("/admin/login")
+    return console, form

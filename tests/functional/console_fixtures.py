@@ -1,0 +1,177 @@
+"""The admin console through its real pages (TestClient over https), on the data of the API
+tests (api_fixtures.build_world), with administrators that sign in with a password and TOTP.
+
+Import ``console_fixture`` into a test module to get the fixture ``console``::
+
+    from tests.functional.console_fixtures import console_fixture  # noqa: F401
+
+    def test_something(console):
+        boss = console.sign_in("boss")
+        page = boss.get("/admin/persons")
+        answer = boss.post("/admin/persons/1/secret-id", {"secret_id": "..."})
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.hashes import SHA1
+from cryptography.hazmat.primitives.twofactor.totp import TOTP
+from fastapi.testclient import TestClient
+
+from certvault.services import admins
+from certvault.services.actors import Actor
+from certvault.services.ports import Ports
+from certvault.services.ratelimit import DatabaseRateLimiter
+from certvault.web.app import create_app
+from tests.functional.api_fixtures import ALL_PRIVILEGES, ApiWorld, build_world
+
+PASSWORD = "console-password-0123"
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+SECRET_RE = re.compile(r'id="totp-secret">([A-Z2-7]+)<')
+
+# login -> (account, role, organizations, privileges, email)
+CONSOLE_ADMINS: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...], str]] = {
+    "boss": ("acme", "account", (), tuple(ALL_PRIVILEGES), "boss@acme.example"),
+    "clerk": (
+        "acme",
+        "account",
+        (),
+        ("persons_manage", "certificates_manage"),
+        "clerk@acme.example",
+    ),
+    "salesboss": ("acme", "organization", ("Sales",), tuple(ALL_PRIVILEGES), ""),
+    "foreignboss": ("other", "account", (), tuple(ALL_PRIVILEGES), "boss@other.example"),
+}
+
+
+class Clock:
+    """ports.clock, moved by the test: TOTP codes and session timeouts follow it."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC).replace(microsecond=0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+def code_for(secret_text: str, moment: datetime) -> str:
+    secret = base64.b32decode(secret_text + "=" * (-len(secret_text) % 8))
+    return TOTP(secret, 6, SHA1(), 30).generate(moment.timestamp()).decode()  # noqa: S303
+
+
+def csrf_of(html: str) -> str:
+    found = CSRF_RE.search(html)
+    assert found is not None, "the page has no form with a CSRF token"
+    return found.group(1)
+
+
+@dataclass
+class ConsoleClient:
+    """One browser: its own cookies, signed in as ``login``."""
+
+    client: TestClient
+    clock: Clock
+    login: str
+    secret: str  # base32, as the TOTP page showed it
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return self.client.get(path, **kw)
+
+    def token(self, path: str = "/admin/") -> str:
+        page = self.client.get(path)
+        assert page.status_code == 200, (path, page.status_code)
+        return csrf_of(page.text)
+
+    def post(
+        self,
+        path: str,
+        data: dict[str, Any] | None = None,
+        *,
+        csrf_from: str = "/admin/",
+        **kw: Any,
+    ) -> httpx.Response:
+        """POST a form with a valid CSRF token (taken from ``csrf_from``)."""
+        fields = {"csrf_token": self.token(csrf_from), **(data or {})}
+        return self.client.post(path, data=fields, **kw)
+
+    def next_code(self) -> str:
+        """A fresh TOTP code: a code is good once, so the clock moves to the next time step."""
+        self.clock.advance(seconds=30)
+        return code_for(self.secret, self.clock.now)
+
+
+@dataclass
+class ConsoleWorld:
+    world: ApiWorld  # persons, certificates and organizations of the API tests
+    ports: Ports
+    clock: Clock
+    admin_ids: dict[str, int]
+
+    def client(self) -> TestClient:
+        # The limiter's clock stands still: no window boundary falls inside a test.
+        limiter = DatabaseRateLimiter(self.ports.db, clock=lambda: 1_800_000_030)
+        app = create_app(self.ports, limiter=limiter)
+        return TestClient(app, base_url="https://testserver")
+
+    def sign_in(self, login: str) -> ConsoleClient:
+        """A new browser, signed in as ``login`` (TOTP set up on the way)."""
+        account = CONSOLE_ADMINS[login][0]
+        client = self.client()
+        page = client.get("/admin/login")
+        answer = client.post(
+            "/admin/login",
+            data={
+                "csrf_token": csrf_of(page.text),
+                "account": account,
+                "login": login,
+                "password": PASSWORD,
+                "code": "",
+            },
+        )
+        assert answer.url.path == "/admin/totp", answer.text
+        found = SECRET_RE.search(answer.text)
+        assert found is not None
+        secret = found.group(1)
+        done = client.post(
+            "/admin/totp",
+            data={"csrf_token": csrf_of(answer.text), "code": code_for(secret, self.clock.now)},
+        )
+        assert done.status_code == 200 and done.url.path == "/admin/", done.text
+        return ConsoleClient(client, self.clock, login, secret)
+
+
+def build_console(ports: Ports, operator: Actor) -> ConsoleWorld:
+    clock = Clock()
+    ports.clock = clock
+    world = build_world(ports, operator)
+    ids = {}
+    for login, (account, role, orgs, privileges, email) in CONSOLE_ADMINS.items():
+        made = admins.create_admin(
+            ports,
+            operator,
+            account,
+            login,
+            role=role,
+            organizations=orgs,
+            privileges=privileges,
+            password=PASSWORD,
+            email=email or None,
+        )
+        ids[login] = made.admin_id
+    return ConsoleWorld(world, ports, clock, ids)
+
+
+@pytest.fixture(name="console")
+def console_fixture(ports: Ports, operator: Actor) -> Iterator[ConsoleWorld]:
+    yield build_console(ports, operator)
