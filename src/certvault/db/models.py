@@ -449,5 +449,8 @@ class FormNonce(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     session_id: Mapped[str] = mapped_column(ForeignKey("web_sessions.id"), index=True)
     purpose: Mapped[str] = mapped_column(String(64))
+    # What the form needs between showing and posting (a generated passphrase), sealed under a
+    # service key; cleared when the form is used.
+    sealed: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
