@@ -8,6 +8,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -124,3 +125,16 @@ def operator() -> Actor:
 def account(ports: Ports) -> str:
     accounts.create_account(ports, TEST_OPERATOR, "Acme Corp", "acme", key_vault_enabled=True)
     return "acme"
+
+
+@pytest.fixture(scope="session")
+def console_templates(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """The admin console's test data, built once per backend and process
+    (tests/functional/console_fixtures.py copies it for each test)."""
+    from tests.functional.console_fixtures import ConsoleTemplates
+
+    templates = ConsoleTemplates(request, tmp_path_factory.mktemp("console-template"))
+    yield templates
+    templates.close()

@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
 
+    def public_url_for(self, path: str) -> str:
+        """The absolute URL of ``path`` (starting with "/") under CERTVAULT_PUBLIC_URL: what every
+        URL certvault writes (CRL distribution points, form and Key Vault links) is built with."""
+        assert path.startswith("/"), path
+        return self.public_url.rstrip("/") + path
+
     @cached_property
     def home_dir(self) -> Path:
         return self.home.expanduser().resolve()

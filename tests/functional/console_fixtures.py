@@ -15,22 +15,28 @@ from __future__ import annotations
 
 import base64
 import re
+import shutil
+import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from certvault.services import admins
+from certvault.config import Settings
+from certvault.services import accounts, admins
 from certvault.services.actors import Actor
-from certvault.services.ports import Ports
+from certvault.services.ports import Ports, open_ports
 from certvault.services.ratelimit import DatabaseRateLimiter
 from certvault.web.app import create_app
+from tests.conftest import TEST_OPERATOR, _pg_exec, _sqla_url, make_settings
 from tests.functional.api_fixtures import ALL_PRIVILEGES, ApiWorld, build_world
 
 PASSWORD = "console-password-0123"
@@ -117,12 +123,16 @@ class ConsoleWorld:
     ports: Ports
     clock: Clock
     admin_ids: dict[str, int]
+    _app: FastAPI | None = None
 
     def client(self) -> TestClient:
-        # The limiter's clock stands still: no window boundary falls inside a test.
-        limiter = DatabaseRateLimiter(self.ports.db, clock=lambda: 1_800_000_030)
-        app = create_app(self.ports, limiter=limiter)
-        return TestClient(app, base_url="https://testserver")
+        """A new browser (its own cookies) on the one application of this world: FastAPI
+        prepares each route of an application on its first request, which is worth doing once."""
+        if self._app is None:
+            # The limiter's clock stands still: no window boundary falls inside a test.
+            limiter = DatabaseRateLimiter(self.ports.db, clock=lambda: 1_800_000_030)
+            self._app = create_app(self.ports, limiter=limiter)
+        return TestClient(self._app, base_url="https://testserver")
 
     def sign_in(self, login: str) -> ConsoleClient:
         """A new browser, signed in as ``login`` (TOTP set up on the way)."""
@@ -172,6 +182,76 @@ def build_console(ports: Ports, operator: Actor) -> ConsoleWorld:
     return ConsoleWorld(world, ports, clock, ids)
 
 
+@dataclass(frozen=True)
+class _Template:
+    home: Path  # the master key, the audit heads and (on SQLite) the database
+    database: str | None  # the PostgreSQL database to copy, None on SQLite
+    world: ConsoleWorld  # the ids and the keys made; its ports are closed
+
+
+class ConsoleTemplates:
+    """The console world is built once per backend and process, then copied for each test:
+    the home folder (master key, audit heads, SQLite file) and, on PostgreSQL, the database."""
+
+    def __init__(self, request: pytest.FixtureRequest, root: Path) -> None:
+        self._request = request
+        self._root = root
+        self._made: dict[str, _Template] = {}
+
+    def get(self, backend: str) -> _Template:
+        if backend not in self._made:
+            self._made[backend] = self._build(backend)
+        return self._made[backend]
+
+    def _build(self, backend: str) -> _Template:
+        home = self._root / backend
+        database = url = None
+        if backend == "sqlite":
+            target = home / "db" / "certvault.sqlite3"
+            target.parent.mkdir(parents=True, mode=0o700)
+            shutil.copy(self._request.getfixturevalue("sqlite_template"), target)
+        else:
+            database = f"cvcon_{uuid.uuid4().hex[:12]}"
+            _pg_exec(
+                f'CREATE DATABASE "{database}" TEMPLATE "'
+                f'{self._request.getfixturevalue("pg_template")}"'
+            )
+            url = _sqla_url(database)
+        ports = open_ports(make_settings(home, url))
+        try:
+            accounts.initialize(ports, TEST_OPERATOR)
+            world = build_console(ports, TEST_OPERATOR)
+        finally:
+            ports.close()  # no connection may stay open on a database used as a template
+        return _Template(home, database, world)
+
+    def close(self) -> None:
+        for made in self._made.values():
+            if made.database is not None:
+                _pg_exec(f'DROP DATABASE IF EXISTS "{made.database}" WITH (FORCE)')
+
+
 @pytest.fixture(name="console")
-def console_fixture(ports: Ports, operator: Actor) -> Iterator[ConsoleWorld]:
-    yield build_console(ports, operator)
+def console_fixture(
+    backend: str, settings: Settings, console_templates: ConsoleTemplates
+) -> Iterator[ConsoleWorld]:
+    """A copy of the console world in this test's home and database (``settings`` may be
+    overridden by a test module, as for any test)."""
+    template = console_templates.get(backend)
+    shutil.copytree(template.home, settings.home_dir, dirs_exist_ok=True)
+    if template.database is not None:
+        assert settings.database_url is not None
+        name = settings.database_url.rsplit("/", 1)[1]
+        _pg_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _pg_exec(f'CREATE DATABASE "{name}" TEMPLATE "{template.database}"')
+    ports = open_ports(settings)
+    clock = Clock()
+    ports.clock = clock
+    made = template.world
+    console = ConsoleWorld(made.world, ports, clock, dict(made.admin_ids))
+    # The API tests' client of the same world, on the same application.
+    console.world = replace(made.world, ports=ports, client=console.client())
+    try:
+        yield console
+    finally:
+        ports.close()

@@ -25,3 +25,10 @@ def test_organization_admin_sees_no_account_only_sections(console):
     assert 'href="/admin/admins"' not in home and 'href="/admin/audit"' not in home
     assert 'href="/admin/persons"' in home
 
+
+def test_pages_without_a_session_send_to_sign_in(console):
+    client = console.client()
+    for name in PAGES:
+        answer = client.get(f"/admin/{name}", follow_redirects=False)
+        assert answer.status_code == 303, name
+        assert answer.headers["location"] == "/admin/login"

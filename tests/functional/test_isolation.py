@@ -264,7 +264,9 @@ def _path_routes(app: Any) -> set[tuple[str, str]]:
 
 
 def test_the_table_covers_every_route_with_a_path_parameter(api: ApiWorld) -> None:
-    routes = _path_routes(api.client.app)
+    # The console's routes have a table of their own, with sessions instead of tokens:
+    # test_console_isolation.py.
+    routes = {r for r in _path_routes(api.client.app) if not r[1].startswith("/admin/")}
     missing = sorted(routes - set(TABLE))
     assert not missing, f"routes with a path parameter not in the isolation table: {missing}"
     stale = sorted(set(TABLE) - routes)

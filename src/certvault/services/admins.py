@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from certvault.db.models import Admin
-from certvault.errors import Conflict, InvalidInput
-from certvault.services import audit
+from certvault.db.models import Account, Admin, ApiToken, WebSession
+from certvault.errors import Conflict, Forbidden, InvalidInput, NotFound
+from certvault.services import audit, notify
 from certvault.services.accounts import find_organization, get_account
 from certvault.services.actors import Actor, Privilege, Role
+from certvault.services.paging import MAX_ID
 from certvault.services.ports import Ports
 
 MIN_PASSWORD = 12
+
+
+class SelfLockout(Conflict):
+    """An administrator cannot deactivate themselves or give up their own account role."""
+
+    code = "self_lockout"
 
 
 def password_hasher(ports: Ports) -> PasswordHasher:
@@ -35,6 +43,101 @@ class CreatedAdmin:
     generated_password: str | None
 
 
+PRIVILEGE_LABELS: dict[Privilege, str] = {
+    Privilege.KEY_VAULT_DOWNLOAD: "Allow download keys from Key Vault",
+    Privilege.CERTIFICATES_MANAGE: "Manage client certificates",
+    Privilege.PERSONS_MANAGE: "Manage persons",
+    Privilege.SETTINGS_MANAGE: "Manage settings and enrollment forms",
+    Privilege.RECOVERY_APPROVE: "Approve key recovery requests",
+}
+MAX_EMAIL = 320
+
+
+def _check_login(login: str) -> str:
+    login = login.strip()
+    if not login or len(login) > 200 or any(c.isspace() for c in login) or not login.isprintable():
+        raise InvalidInput("A login has 1 to 200 characters and no spaces.")
+    return login
+
+
+def _check_email(email: str | None) -> str | None:
+    if email is None or not email.strip():
+        return None
+    email = email.strip()
+    local, at, domain = email.rpartition("@")
+    if (
+        len(email) > MAX_EMAIL
+        or not at
+        or not local
+        or "." not in domain.strip(".")
+        or not email.isprintable()
+        or any(c.isspace() or c in '<>"(),;:[]\\' for c in email)
+    ):
+        raise InvalidInput("An email address looks like name@example.org.")
+    return email
+
+
+def _parse_role_and_privileges(
+    role: str, privileges: Sequence[str]
+) -> tuple[Role, frozenset[Privilege]]:
+    try:
+        return Role(role), frozenset(Privilege(p) for p in privileges)
+    except ValueError:
+        raise InvalidInput(
+            "Unknown role or privilege. Roles: account, organization. Privileges: "
+            + ", ".join(p.value for p in Privilege)
+            + "."
+        ) from None
+
+
+def _require_manager(actor: Actor, account: Account) -> None:
+    """Only the account's own account administrators (and operators) manage administrators."""
+    actor.require_visible(account.id, None, "Account")
+    if not actor.is_operator and actor.role != Role.ACCOUNT:
+        raise Forbidden("Only account administrators manage administrators.")
+
+
+def _require_grantable(actor: Actor, granted: frozenset[Privilege]) -> None:
+    # No escalation: an administrator hands on only privileges they hold themselves.
+    missing = granted - actor.privileges
+    if not actor.is_operator and missing:
+        names = ", ".join(sorted(PRIVILEGE_LABELS[p] for p in missing))
+        raise Forbidden(f"You cannot grant a privilege you do not hold: {names}.")
+
+
+def _require_covers(actor: Actor, admin: Admin) -> None:
+    """No one changes, deactivates or resets an administrator who holds a privilege they do not
+    hold themselves: taking a privilege away, or locking its holder out, is as strong as giving
+    it."""
+    held = frozenset(Privilege(p) for p in admin.privileges.split() if p)
+    if not actor.is_operator and held - actor.privileges:
+        raise Forbidden(
+            "You cannot change an administrator who holds privileges you do not hold yourself."
+        )
+
+
+def _privileges_text(privileges: frozenset[Privilege]) -> str:
+    return " ".join(sorted(p.value for p in privileges))
+
+
+def _notify_key_download_grant(
+    session: Session, actor: Actor, account: Account, admin: Admin
+) -> None:
+    """Tell every account administrator that someone may now download keys (same transaction).
+    Operators are told nothing: they grant from the CLI when they set an account up."""
+    if actor.is_operator:
+        return
+    session.flush()
+    notify.queue_for_admins(
+        session,
+        account,
+        "An administrator may now download keys from Key Vault",
+        f"{actor.name} gave the administrator {admin.login} of {account.name} the privilege "
+        '"Allow download keys from Key Vault": they can now download escrowed private keys.\n\n'
+        "If this was not intended, remove the privilege on the Admins page.",
+    )
+
+
 def create_admin(
     ports: Ports,
     actor: Actor,
@@ -48,18 +151,10 @@ def create_admin(
     password: str | None = None,
     email: str | None = None,
 ) -> CreatedAdmin:
-    login = login.strip()
-    if not login or len(login) > 200 or any(c.isspace() for c in login):
-        raise InvalidInput("A login has 1 to 200 characters and no spaces.")
-    try:
-        role_value = Role(role)
-        privs = sorted({Privilege(p).value for p in privileges})
-    except ValueError:
-        raise InvalidInput(
-            "Unknown role or privilege. Roles: account, organization. Privileges: "
-            + ", ".join(p.value for p in Privilege)
-            + "."
-        ) from None
+    login = _check_login(login)
+    email = _check_email(email)
+    role_value, granted = _parse_role_and_privileges(role, privileges)
+    privs = sorted(p.value for p in granted)
     if role_value == Role.ORGANIZATION and not organizations:
         raise InvalidInput("An organization administrator needs at least one --organization.")
     generated = None
@@ -71,6 +166,8 @@ def create_admin(
 
     def work(session: Session) -> CreatedAdmin:
         account = get_account(session, account_slug)
+        _require_manager(actor, account)
+        _require_grantable(actor, granted)
         if session.scalars(
             select(Admin.id).where(Admin.account_id == account.id, Admin.login == login)
         ).first():
@@ -104,9 +201,228 @@ def create_admin(
                 "api_only": api_only,
             },
         )
+        if Privilege.KEY_VAULT_DOWNLOAD in granted:
+            _notify_key_download_grant(session, actor, account, admin)
         return CreatedAdmin(admin.id, login, generated)
 
-    return ports.db.run(work)
+    with _refusals_audited(ports, actor, "admin.create"):
+        return ports.db.run(work)
+
+
+@contextmanager
+def _refusals_audited(
+    ports: Ports, actor: Actor, action: str, admin_id: int | str = ""
+) -> Iterator[None]:
+    """An administrator's refused change is audited on their own account's chain."""
+    if actor.is_operator:  # the CLI reports its own errors; the operator has no account
+        yield
+        return
+    with audit.refusals_audited(
+        ports,
+        account_id=actor.account_id,
+        actor=actor,
+        action=action,
+        target_type="admin",
+        target_id=admin_id,
+    ):
+        yield
+
+
+# --- the Admins page ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdminView:
+    """An administrator as the Admins page shows it (never the password or TOTP secret)."""
+
+    id: int
+    login: str
+    email: str | None
+    role: Role
+    organizations: tuple[tuple[int, str], ...]  # (id, name)
+    privileges: frozenset[Privilege]
+    api_only: bool
+    totp_set_up: bool
+    active: bool
+
+    @property
+    def organization_ids(self) -> frozenset[int]:
+        return frozenset(org_id for org_id, _ in self.organizations)
+
+
+def _view(admin: Admin) -> AdminView:
+    return AdminView(
+        id=admin.id,
+        login=admin.login,
+        email=admin.email,
+        role=Role(admin.role),
+        organizations=tuple(sorted((o.id, o.name) for o in admin.organizations)),
+        privileges=frozenset(Privilege(p) for p in admin.privileges.split() if p),
+        api_only=admin.api_only,
+        totp_set_up=admin.totp_secret is not None,
+        active=admin.active,
+    )
+
+
+def _find_admin(session: Session, account: Account, admin_id: int) -> Admin:
+    admin = session.get(Admin, admin_id) if 0 < admin_id <= MAX_ID else None
+    if admin is None or admin.account_id != account.id:
+        # Another account's administrator answers exactly like a missing one.
+        raise NotFound("Administrator not found.")
+    return admin
+
+
+def list_admins(ports: Ports, actor: Actor, account_slug: str) -> list[AdminView]:
+    """The account's administrators, by login."""
+    with ports.db.read() as session:
+        account = get_account(session, account_slug)
+        _require_manager(actor, account)
+        rows = session.scalars(
+            select(Admin).where(Admin.account_id == account.id).order_by(Admin.login)
+        )
+        return [_view(a) for a in rows]
+
+
+def get_admin(ports: Ports, actor: Actor, account_slug: str, admin_id: int) -> AdminView:
+    with ports.db.read() as session:
+        account = get_account(session, account_slug)
+        _require_manager(actor, account)
+        return _view(_find_admin(session, account, admin_id))
+
+
+def _audit_state(view: AdminView) -> dict[str, object]:
+    return {
+        "email": view.email,
+        "role": view.role.value,
+        "organizations": sorted(view.organization_ids),
+        "privileges": sorted(p.value for p in view.privileges),
+    }
+
+
+def update_admin(
+    ports: Ports,
+    actor: Actor,
+    account_slug: str,
+    admin_id: int,
+    *,
+    role: str,
+    organizations: Sequence[str],
+    privileges: Sequence[str],
+    email: str | None,
+) -> AdminView:
+    """Set an administrator's role, organizations, privileges and address; audited with the old
+    and the new values. An account administrator's organizations are not kept (they see all)."""
+    role_value, wanted = _parse_role_and_privileges(role, privileges)
+    email = _check_email(email)
+    if role_value == Role.ORGANIZATION and not organizations:
+        raise InvalidInput("An organization administrator needs at least one organization.")
+
+    def work(session: Session) -> AdminView:
+        account = get_account(session, account_slug)
+        _require_manager(actor, account)
+        admin = _find_admin(session, account, admin_id)
+        _require_covers(actor, admin)
+        before = _view(admin)
+        granted = wanted - before.privileges
+        _require_grantable(actor, granted)
+        if admin.id == actor.admin_id and role_value != Role.ACCOUNT:
+            raise SelfLockout("You cannot remove your own account administrator role.")
+        orgs = (
+            [find_organization(session, account, o) for o in organizations]
+            if role_value == Role.ORGANIZATION
+            else []
+        )
+        admin.role = role_value.value
+        admin.organizations = orgs
+        admin.privileges = _privileges_text(wanted)
+        admin.email = email
+        session.flush()
+        after = _view(admin)
+        old, new = _audit_state(before), _audit_state(after)
+        if old != new:
+            audit.record(
+                session,
+                ports,
+                account=account,
+                actor=actor,
+                action="admin.update",
+                target_type="admin",
+                target_id=admin.id,
+                details={
+                    "login": admin.login,
+                    "old": {k: v for k, v in old.items() if v != new[k]},
+                    "new": {k: v for k, v in new.items() if v != old[k]},
+                },
+            )
+        if Privilege.KEY_VAULT_DOWNLOAD in granted and admin.active:
+            _notify_key_download_grant(session, actor, account, admin)
+        return after
+
+    with _refusals_audited(ports, actor, "admin.update", admin_id):
+        return ports.db.run(work)
+
+
+def deactivate_admin(ports: Ports, actor: Actor, account_slug: str, admin_id: int) -> AdminView:
+    """Deactivate an administrator: their sessions end and their API tokens are revoked."""
+
+    def work(session: Session) -> AdminView:
+        account = get_account(session, account_slug)
+        _require_manager(actor, account)
+        admin = _find_admin(session, account, admin_id)
+        if admin.id == actor.admin_id:
+            raise SelfLockout("You cannot deactivate yourself.")
+        _require_covers(actor, admin)
+        if not admin.active:
+            return _view(admin)
+        now = ports.clock()
+        admin.active = False
+        sessions = session.execute(
+            update(WebSession)
+            .where(WebSession.admin_id == admin.id, WebSession.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        # Tokens stop working with an inactive administrator anyway; revoked, they stay dead
+        # should the administrator come back.
+        tokens = session.execute(
+            update(ApiToken)
+            .where(ApiToken.admin_id == admin.id, ApiToken.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        audit.record(
+            session,
+            ports,
+            account=account,
+            actor=actor,
+            action="admin.deactivate",
+            target_type="admin",
+            target_id=admin.id,
+            details={
+                "login": admin.login,
+                "old": {"active": True},
+                "new": {"active": False},
+                "sessions_ended": getattr(sessions, "rowcount", 0),
+                "tokens_revoked": getattr(tokens, "rowcount", 0),
+            },
+        )
+        return _view(admin)
+
+    with _refusals_audited(ports, actor, "admin.deactivate", admin_id):
+        return ports.db.run(work)
+
+
+def reset_admin_totp(ports: Ports, actor: Actor, account_slug: str, admin_id: int) -> AdminView:
+    """Forget an administrator's TOTP secret (web_sessions.reset_totp): their sessions end and
+    their next sign-in sets TOTP up again."""
+    from certvault.services import web_sessions  # web_sessions imports this module
+
+    with _refusals_audited(ports, actor, "admin.totp_reset", admin_id):
+        found = get_admin(ports, actor, account_slug, admin_id)
+        if not actor.is_operator and found.privileges - actor.privileges:
+            raise Forbidden(
+                "You cannot change an administrator who holds privileges you do not hold yourself."
+            )
+        web_sessions.reset_totp(ports, actor, account_slug, found.login)
+    return get_admin(ports, actor, account_slug, admin_id)
 
 
 def actor_for(admin: Admin, ip: str = "") -> Actor:

@@ -342,6 +342,8 @@ class EventFilter:
     outcome: str | None = None
     since: datetime | None = None  # inclusive
     until: datetime | None = None  # exclusive
+    action_prefix: str | None = None  # "key." finds key.release, key.archive...
+    actor_prefix: str | None = None  # "admin:boss" finds "admin:boss (token 3)" too
 
 
 def _canonical(moment: datetime) -> str:
@@ -353,6 +355,12 @@ def _canonical(moment: datetime) -> str:
         return "0" if moment.year == 1 else "~"  # "~" sorts after every digit
 
 
+def _require_log_reader(actor: Actor, account: Account) -> None:
+    actor.require_visible(account.id, None, "Account")
+    if not actor.is_operator and actor.role != Role.ACCOUNT:
+        raise Forbidden("Only account administrators may read the audit log.")
+
+
 def list_events(
     ports: Ports,
     actor: Actor,
@@ -361,21 +369,23 @@ def list_events(
     *,
     limit: int = 50,
     cursor: str | None = None,
+    newest_first: bool = False,
 ) -> Page[AuditEvent]:
-    """The account's own events, oldest first. Only account administrators (and operators) read
-    the log: it names every organization's persons and certificates."""
+    """The account's own events, oldest first (or newest first). Only account administrators
+    (and operators) read the log: it names every organization's persons and certificates."""
     from certvault.services.accounts import get_account  # accounts imports this module
 
     actor.require_scope(Scope.READ)
     limit = check_limit(limit)
+    after = decode_cursor(cursor)
     with ports.db.read() as session:
         account = get_account(session, account_slug)
-        actor.require_visible(account.id, None, "Account")
-        if not actor.is_operator and actor.role != Role.ACCOUNT:
-            raise Forbidden("Only account administrators may read the audit log.")
-        query = select(AuditEvent).where(
-            AuditEvent.account_id == account.id, AuditEvent.id > decode_cursor(cursor)
-        )
+        _require_log_reader(actor, account)
+        query = select(AuditEvent).where(AuditEvent.account_id == account.id)
+        if newest_first:
+            query = query.where(AuditEvent.id < after) if after else query
+        else:
+            query = query.where(AuditEvent.id > after)
         for column, value in (
             (AuditEvent.action, f.action),
             (AuditEvent.target_type, f.target_type),
@@ -384,9 +394,75 @@ def list_events(
         ):
             if value is not None:
                 query = query.where(column == value)
+        for column, prefix in (
+            (AuditEvent.action, f.action_prefix),
+            (AuditEvent.actor, f.actor_prefix),
+        ):
+            if prefix:
+                query = query.where(column.startswith(prefix, autoescape=True))
         if f.since is not None:
             query = query.where(AuditEvent.occurred_at >= _canonical(f.since))
         if f.until is not None:
             query = query.where(AuditEvent.occurred_at < _canonical(f.until))
-        rows = list(session.scalars(query.order_by(AuditEvent.id).limit(limit + 1)))
+        order = AuditEvent.id.desc() if newest_first else AuditEvent.id
+        rows = list(session.scalars(query.order_by(order).limit(limit + 1)))
         return page_of(rows, limit)
+
+
+def known_actions(ports: Ports, actor: Actor, account_slug: str) -> list[str]:
+    """The actions the account's log holds, for a filter's choices."""
+    from certvault.services.accounts import get_account  # accounts imports this module
+
+    actor.require_scope(Scope.READ)
+    with ports.db.read() as session:
+        account = get_account(session, account_slug)
+        _require_log_reader(actor, account)
+        query = select(AuditEvent.action).where(AuditEvent.account_id == account.id).distinct()
+        return sorted(session.scalars(query))
+
+
+@dataclass(frozen=True)
+class ChainCheck:
+    """One account's chain, checked: how many events, and the first broken one if any."""
+
+    events: int
+    problem: AuditProblem | None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def verify_account_chain(ports: Ports, actor: Actor, account_slug: str) -> ChainCheck:
+    """Check the account's own chain as `certvault audit verify` does (with the head kept outside
+    the database); the check is audited as ``audit.verify`` with its result."""
+    from certvault.services.accounts import get_account  # accounts imports this module
+
+    actor.require_scope(Scope.READ)
+    with ports.db.read() as session:
+        account = get_account(session, account_slug)
+        _require_log_reader(actor, account)
+        account_id, chain = account.id, chain_of(account)
+    # The head outside is read before the rows: it is written after its commit, so the rows
+    # read next hold it at least (writers are not held up while a long chain is read).
+    head = ports.audit_heads.read(chain)
+    with ports.db.read() as session:
+        problem, count = _verify_chain(session, _audit_key(session, ports), chain, head)
+    details: dict[str, Any] = {"events": count, "intact": problem is None}
+    if problem is not None:
+        details.update(seq=problem.seq, event_id=problem.event_id, reason=problem.reason)
+
+    def work(session: Session) -> None:
+        record(
+            session,
+            ports,
+            account=session.get(Account, account_id),
+            actor=actor,
+            action="audit.verify",
+            target_type="audit_chain",
+            target_id=chain,
+            details=details,
+        )
+
+    ports.db.run(work)
+    return ChainCheck(count, problem)

@@ -95,7 +95,7 @@ class PublishedCrl:
 
 
 def crl_url(ports: Ports, account_slug: str, ca_name: str) -> str:
-    return f"{ports.settings.public_url.rstrip('/')}/crl/{account_slug}/{ca_name}.crl"
+    return ports.settings.public_url_for(f"/crl/{account_slug}/{ca_name}.crl")
 
 
 def _check_name(name: str) -> str:

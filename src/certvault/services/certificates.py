@@ -158,6 +158,43 @@ def count_certificates(ports: Ports, actor: Actor, account_slug: str, f: Certifi
         return int(session.scalar(select(func.count()).select_from(inner.subquery())) or 0)
 
 
+@dataclass(frozen=True)
+class Holdings:
+    """What a person holds, as far as the administrator sees: certificates and escrowed keys."""
+
+    certificates: int = 0
+    keys: int = 0
+
+
+def holdings_of(
+    ports: Ports, actor: Actor, account_slug: str, person_ids: Sequence[int]
+) -> dict[int, Holdings]:
+    """Certificates and keys in the vault per person (for a page of persons)."""
+    actor.require_scope(Scope.READ)
+    if not person_ids:
+        return {}
+    with ports.db.read() as session:
+        account = get_account(session, account_slug)
+        actor.require_visible(account.id, None, "Account")
+        query = (
+            select(
+                Certificate.person_id,
+                func.count(Certificate.id),
+                func.count(func.distinct(Certificate.escrowed_key_id)),
+            )
+            .where(Certificate.account_id == account.id, Certificate.person_id.in_(person_ids))
+            .group_by(Certificate.person_id)
+        )
+        orgs = actor.visible_organizations()
+        if orgs is not None:
+            query = query.where(Certificate.organization_id.in_(orgs))
+        return {
+            person_id: Holdings(certs, keys)
+            for person_id, certs, keys in session.execute(query)
+            if person_id is not None
+        }
+
+
 def _load(session: Session, actor: Actor, account: Account, certificate_id: int) -> Certificate:
     cert = session.get(Certificate, certificate_id)
     if cert is None or cert.account_id != account.id:

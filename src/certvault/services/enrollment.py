@@ -58,7 +58,6 @@ from certvault.services.enrollment_forms import (
     FormState,
     PublicForm,
     form_state,
-    is_text,
 )
 from certvault.services.issuance import CertificateIssuer, IssueRequest
 from certvault.services.ports import Ports
@@ -73,7 +72,6 @@ CODE_DIGITS = 8
 CODE_LIFETIME = timedelta(minutes=15)
 MAX_ATTEMPTS = 5  # wrong codes a live code survives
 HOUR = 3600
-MIN_SECRET_ID, MAX_SECRET_ID = 4, 128
 
 
 class AccessCodeInvalid(Forbidden):
@@ -375,13 +373,7 @@ def _chosen_passphrase(
 
 
 def _check_secret_id(secret_id: str | None) -> str | None:
-    if not secret_id:
-        return None
-    if not MIN_SECRET_ID <= len(secret_id) <= MAX_SECRET_ID or not is_text(secret_id):
-        raise InvalidInput(
-            f"A Secret ID has {MIN_SECRET_ID} to {MAX_SECRET_ID} printable characters."
-        )
-    return secret_id
+    return persons.check_secret_id(secret_id) if secret_id else None
 
 
 def _filename(address: str) -> str:
@@ -423,7 +415,7 @@ def enroll(
             _check_access_code(ports, state, access_code)
         code_id = _verify_code(ports, state, address, code)
         # Hashed once the code is known good: argon2 is the costly part of a wrong guess.
-        secret_hash = password_hasher(ports).hash(secret) if secret else None
+        secret_hash = persons.hash_secret_id(ports, secret) if secret else None
         # Outside any transaction: RSA-4096 takes seconds and must not hold a lock.
         keys = [generate_key(kind) for _ in state.public.profiles]
         signer = issuer or _default_issuer(ports)

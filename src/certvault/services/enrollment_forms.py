@@ -24,6 +24,7 @@ from certvault.services import audit
 from certvault.services.accounts import SLUG, default_organization, find_organization, get_account
 from certvault.services.actors import Actor, Privilege, Scope
 from certvault.services.admins import password_hasher
+from certvault.services.paging import MAX_ID
 from certvault.services.ports import Ports
 
 MIN_ACCESS_CODE, MAX_ACCESS_CODE = 8, 200
@@ -280,7 +281,7 @@ def update_form(
 
 def form_url(settings: Settings, account_slug: str, form_slug: str) -> str:
     """The form's page, under CERTVAULT_PUBLIC_URL."""
-    return f"{settings.public_url.rstrip('/')}/enroll/{account_slug}/{form_slug}"
+    return settings.public_url_for(f"/enroll/{account_slug}/{form_slug}")
 
 
 def disable_form(ports: Ports, actor: Actor, account_slug: str, form: int | str) -> EnrollmentForm:
@@ -299,6 +300,19 @@ def list_forms(ports: Ports, actor: Actor, account_slug: str) -> list[Enrollment
         if orgs is not None:
             query = query.where(EnrollmentForm.organization_id.in_(orgs))
         return list(session.scalars(query.order_by(EnrollmentForm.id)))
+
+
+def get_form(ports: Ports, actor: Actor, account_slug: str, form_id: int) -> EnrollmentForm:
+    """One of the account's forms, for its settings page (settings_manage)."""
+    actor.require_scope(Scope.READ)
+    with ports.db.read() as session:
+        account = get_account(session, account_slug)
+        actor.require_visible(account.id, None, "Account")
+        row = _find_form(session, account, form_id) if 0 < form_id <= MAX_ID else None
+        if row is None or not actor.can_see(account.id, row.organization_id):
+            raise FormNotFound("Enrollment form not found.")
+        actor.require(Privilege.SETTINGS_MANAGE, account.id, row.organization_id)
+        return row
 
 
 @dataclass(frozen=True)

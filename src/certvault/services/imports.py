@@ -58,7 +58,8 @@ class FileResult:
         return self.error is None and all(e.ok for e in self.entries)
 
 
-def _limits(ports: Ports) -> P12Limits:
+def upload_limits(ports: Ports) -> P12Limits:
+    """The ceilings every uploaded PKCS#12 file is read with (CERTVAULT_P12_MAX_*)."""
     return P12Limits(
         max_bytes=ports.settings.p12_max_bytes, max_iterations=ports.settings.p12_max_iterations
     )
@@ -68,7 +69,7 @@ def _parse(ports: Ports, item: ImportItem) -> tuple[FileResult, P12Contents | No
     result = FileResult(item.name)
     try:
         data = item.load()
-        contents = read_pkcs12(data, item.password, _limits(ports))
+        contents = read_pkcs12(data, item.password, upload_limits(ports))
     except CertvaultError as exc:
         result.error = exc
         return result, None

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.orm import Session
 
 from certvault.db.models import Account, Certificate, Organization, Person
@@ -14,11 +15,19 @@ from certvault.errors import Conflict, InvalidInput, NotFound
 from certvault.services import audit, notify
 from certvault.services.accounts import default_organization, get_account
 from certvault.services.actors import Actor, Privilege, Scope
+from certvault.services.admins import password_hasher
+from certvault.services.enrollment_forms import is_text
 from certvault.services.paging import Page, check_limit, decode_cursor, page_of
 from certvault.services.ports import Ports
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
 VALIDATION_TYPES = ("STANDARD", "HIGH")
+MAX_SEARCH = 200
+MIN_SECRET_ID, MAX_SECRET_ID = 4, 128
+UPDATE = "person.update"
+SECRET_ID_SET = "person.secret_id_set"  # noqa: S105 - an audit action
+SECRET_ID_CLEAR = "person.secret_id_clear"  # noqa: S105 - an audit action
+EMAIL_CHANGED_SUBJECT = "Your email address in certvault was changed"
 
 
 def normalize_email(email: str) -> str:
@@ -151,12 +160,16 @@ def list_persons(
     email: str | None = None,
     name: str | None = None,
     organization_id: int | None = None,
+    search: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
     offset: int | None = None,
 ) -> Page[Person]:
+    """Persons visible to ``actor``; ``search`` is part of a name or of the email, any case."""
     actor.require_scope(Scope.READ)
     limit = check_limit(limit)
+    if search is not None and len(search) > MAX_SEARCH:
+        raise InvalidInput(f"A search may have at most {MAX_SEARCH} characters.")
     with ports.db.read() as session:
         account = get_account(session, account_slug)
         actor.require_visible(account.id, None, "Account")
@@ -172,6 +185,8 @@ def list_persons(
                     func.lower(Person.common_name).like(like),
                 )
             )
+        if search and search.strip():
+            query = query.where(_matches(search))
         if organization_id is not None:
             query = query.where(Person.organization_id == organization_id)
         if offset is not None:  # the SCM API pages by position
@@ -179,6 +194,20 @@ def list_persons(
         else:
             query = query.where(Person.id > decode_cursor(cursor)).order_by(Person.id)
         return page_of(list(session.scalars(query.limit(limit + 1))), limit)
+
+
+def _matches(search: str) -> ColumnElement[bool]:
+    # The search is text, not a pattern: its % and _ match themselves.
+    text = search.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    like = f"%{text}%"
+    columns = (
+        Person.email,
+        Person.first_name,
+        Person.last_name,
+        Person.common_name,
+        Person.first_name + " " + Person.last_name,
+    )
+    return or_(*(func.lower(c).like(like, escape="\\") for c in columns))
 
 
 def get_person(ports: Ports, actor: Actor, account_slug: str, person_id: int) -> Person:
@@ -222,6 +251,9 @@ def create_person(ports: Ports, actor: Actor, account_slug: str, data: PersonFie
 def update_person(
     ports: Ports, actor: Actor, account_slug: str, person_id: int, data: PersonFields
 ) -> Person:
+    """Change a person's fields. A new email for a person with escrowed keys also needs the
+    download privilege, and the old address is told; a refused change is audited."""
+
     def work(session: Session) -> Person:
         account = get_account(session, account_slug)
         person = _load(session, actor, account, person_id)
@@ -244,9 +276,10 @@ def update_person(
                 session,
                 account,
                 old_email,
-                "Your email address was changed",
+                EMAIL_CHANGED_SUBJECT,
                 f"The email address of your entry in {account.name} was changed "
-                "by an administrator. Keys escrowed for you stay in the vault.\n",
+                "by an administrator. Keys escrowed for you stay in the vault.\n"
+                "If you did not expect this, tell your administrators.\n",
             )
         if changed:
             audit.record(
@@ -254,14 +287,78 @@ def update_person(
                 ports,
                 account=account,
                 actor=actor,
-                action="person.update",
+                action=UPDATE,
                 target_type="person",
                 target_id=person.id,
                 details={k: {"old": v[0], "new": v[1]} for k, v in changed.items()},
             )
         return person
 
-    return ports.db.run(work)
+    with _refusals_audited(ports, actor, UPDATE, person_id):
+        return ports.db.run(work)
+
+
+def _refusals_audited(
+    ports: Ports, actor: Actor, action: str, person_id: int
+) -> AbstractContextManager[None]:
+    return audit.refusals_audited(
+        ports,
+        account_id=actor.account_id,
+        actor=actor,
+        action=action,
+        target_type="person",
+        target_id=person_id,
+    )
+
+
+# --- the Secret ID --------------------------------------------------------------------------------
+
+
+def check_secret_id(secret_id: str) -> str:
+    """A Secret ID as enrollment and the console take it: printable, 4 to 128 characters."""
+    if not MIN_SECRET_ID <= len(secret_id) <= MAX_SECRET_ID or not is_text(secret_id):
+        raise InvalidInput(
+            f"A Secret ID has {MIN_SECRET_ID} to {MAX_SECRET_ID} printable characters."
+        )
+    return secret_id
+
+
+def hash_secret_id(ports: Ports, secret_id: str) -> str:
+    """The stored form of a Secret ID (argon2id, like administrator passwords)."""
+    return password_hasher(ports).hash(check_secret_id(secret_id))
+
+
+def set_secret_id(
+    ports: Ports, actor: Actor, account_slug: str, person_id: int, secret_id: str | None
+) -> Person:
+    """Set (or replace) a person's Secret ID, or remove it when ``secret_id`` is None.
+
+    The audit event says what happened, never the value."""
+    # Hashed before the transaction: argon2 must not hold a lock.
+    secret_hash = hash_secret_id(ports, secret_id) if secret_id is not None else None
+    action = SECRET_ID_SET if secret_hash is not None else SECRET_ID_CLEAR
+
+    def work(session: Session) -> Person:
+        account = get_account(session, account_slug)
+        person = _load(session, actor, account, person_id)
+        actor.require(Privilege.PERSONS_MANAGE, account.id, person.organization_id)
+        actor.require_scope(Scope.MANAGE)
+        had = person.secret_id_hash is not None
+        person.secret_id_hash = secret_hash
+        audit.record(
+            session,
+            ports,
+            account=account,
+            actor=actor,
+            action=action,
+            target_type="person",
+            target_id=person.id,
+            details={"had_secret_id": had},
+        )
+        return person
+
+    with _refusals_audited(ports, actor, action, person_id):
+        return ports.db.run(work)
 
 
 def delete_person(ports: Ports, actor: Actor, account_slug: str, person_id: int) -> None:

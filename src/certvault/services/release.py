@@ -68,6 +68,7 @@ def release_key(
     encryption: str | EncryptionType | None = None,
     reason: str | None = None,
     channel: str = "cli",
+    passphrase_generated: bool = False,
 ) -> ReleaseBatch:
     return release_keys(
         ports,
@@ -78,6 +79,7 @@ def release_key(
         encryption=encryption,
         reason=reason,
         channel=channel,
+        passphrase_generated=passphrase_generated,
     )
 
 
@@ -91,8 +93,14 @@ def release_keys(
     encryption: str | EncryptionType | None = None,
     reason: str | None = None,
     channel: str = "cli",
+    passphrase_generated: bool = False,
 ) -> ReleaseBatch:
-    """Release the keys of ``certificate_ids`` as PKCS#12 files under one passphrase."""
+    """Release the keys of ``certificate_ids`` as PKCS#12 files under one passphrase.
+
+    ``passphrase_generated``: ``passphrase`` was made by generate_passphrase and shown to the
+    caller before (the console shows it with the download form), so no policy check applies and
+    the batch does not hand it out again.
+    """
     account_id: int | None = None
     target = ",".join(str(i) for i in certificate_ids)[:64]
     try:
@@ -101,7 +109,15 @@ def release_keys(
             account_id = account.id
             actor.require_visible(account.id, None, "Account")
             plan = _plan(
-                session, ports, actor, account, certificate_ids, passphrase, encryption, reason
+                session,
+                ports,
+                actor,
+                account,
+                certificate_ids,
+                passphrase,
+                encryption,
+                reason,
+                passphrase_generated,
             )
             rounds = ports.settings.p12_kdf_rounds
             releases = []
@@ -136,7 +152,7 @@ def release_keys(
             details={"channel": channel},
         )
         raise
-    return ReleaseBatch(releases, plan.generated)
+    return ReleaseBatch(releases, None if passphrase_generated else plan.generated)
 
 
 @dataclass(frozen=True)
@@ -165,6 +181,7 @@ def _plan(
     passphrase: str | None,
     encryption: str | EncryptionType | None,
     reason: str | None,
+    passphrase_generated: bool = False,
 ) -> _Plan:
     actor.require_scope(Scope.KEYS_DOWNLOAD)
     if not certificate_ids:
@@ -203,6 +220,8 @@ def _plan(
     generated = None
     if passphrase is None:
         generated = passphrase = generate_passphrase()
+    elif passphrase_generated:
+        generated = passphrase
     else:
         passphrase = check_passphrase(passphrase, account.min_passphrase_length)
     return _Plan(items, passphrase, generated, kind, reason)
@@ -285,6 +304,7 @@ def release_person_keys(
     encryption: str | EncryptionType | None = None,
     reason: str | None = None,
     channel: str = "api",
+    passphrase_generated: bool = False,
 ) -> ReleaseBatch:
     """Release every key of a person, current and old (old mail needs old keys), under one
     passphrase, as files named ``<certificate id>-<serial>.p12``: one release event per key.
@@ -322,6 +342,7 @@ def release_person_keys(
         encryption=encryption,
         reason=reason,
         channel=channel,
+        passphrase_generated=passphrase_generated,
     )
     return ReleaseBatch(
         [replace(r, filename=names[r.certificate_id]) for r in batch.releases],

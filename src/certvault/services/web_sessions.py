@@ -211,14 +211,9 @@ def sign_in(
     if not account_slug or not login or not password or any(len(f) > _MAX_FIELD for f in fields):
         _refuse(ports, login, ip, "bad_request", None)
         raise SignInFailed()
-    s = ports.settings
     try:
         # Before argon2: a guess over the limit costs neither a hash nor a database lookup.
-        enforce(
-            limiter,
-            Limit(f"web-login-ip:{ip}", s.logins_per_minute_ip, 60),
-            Limit(f"web-login:{account_slug}:{login}", s.logins_per_minute_login, 60),
-        )
+        enforce(limiter, *_login_limits(ports, ip, account_slug, login))
     except CertvaultError as exc:
         _refuse(ports, login, ip, exc.code, None)
         raise
@@ -494,3 +489,100 @@ def reset_totp(ports: Ports, actor: Actor, account_slug: str, login: str) -> Non
         )
 
     ports.db.run(work)
+
+
+# --- re-authentication ----------------------------------------------------------------------
+
+# A session that confirmed its password and code this recently is not asked again.
+REAUTH_WINDOW = timedelta(minutes=5)
+REAUTHENTICATE = "admin.reauthenticate"
+
+
+class ReauthenticationFailed(Unauthenticated):
+    """The password or the authenticator code is not right."""
+
+    code = "reauthentication_failed"
+
+
+def _login_limits(ports: Ports, ip: str, account_slug: str, login: str) -> tuple[Limit, Limit]:
+    """Password guesses count against the same limits at sign-in and at re-authentication."""
+    s = ports.settings
+    return (
+        Limit(f"web-login-ip:{ip}", s.logins_per_minute_ip, 60),
+        Limit(f"web-login:{account_slug}:{login}", s.logins_per_minute_login, 60),
+    )
+
+
+def reauthenticated_recently(ports: Ports, session_id: str) -> bool:
+    """Whether the session confirmed its password and code within REAUTH_WINDOW."""
+    with ports.db.read() as session:
+        row = session.get(WebSession, session_id)
+        at = row.reauthenticated_at if row is not None else None
+    return at is not None and ports.clock() - at <= REAUTH_WINDOW
+
+
+def reauthenticate(
+    ports: Ports, limiter: RateLimiter, session_id: str, password: str, code: str, ip: str
+) -> None:
+    """Confirm the signed-in administrator's password and a fresh TOTP code before a sensitive
+    action; rate limited and audited like a sign-in (never the password or the code)."""
+    with ports.db.read() as session:
+        row = session.get(WebSession, session_id)
+        if row is None or row.revoked_at is not None or row.stage != STAGE_SIGNED_IN:
+            raise SessionInvalid()
+        admin = session.get(Admin, row.admin_id)
+        account = session.get(Account, row.account_id)
+        assert admin is not None and account is not None
+        actor = actor_for(admin, ip)
+
+    def refuse(reason: str) -> None:
+        audit.record_refusal(
+            ports,
+            account_id=account.id,
+            actor=actor,
+            action=REAUTHENTICATE,
+            reason_code=reason,
+            target_type="admin",
+            target_id=admin.id,
+        )
+
+    if not password or not code or len(password) > _MAX_FIELD or len(code) > _MAX_FIELD:
+        refuse("bad_request")
+        raise ReauthenticationFailed("Enter your password and a code from your authenticator.")
+    try:
+        # Before argon2, as at sign-in: a guess over the limit costs no hash.
+        enforce(limiter, *_login_limits(ports, ip, account.slug, admin.login))
+    except CertvaultError as exc:
+        refuse(exc.code)
+        raise
+    if not verify_password(ports, admin.password_hash, password):
+        refuse("bad_credentials")
+        raise ReauthenticationFailed()
+    secret = _open_secret(ports, admin.id, admin.totp_secret) if admin.totp_secret else None
+    step = matching_step(secret, code, ports.clock()) if secret is not None else None
+    if step is None:
+        refuse("bad_totp")
+        raise ReauthenticationFailed()
+
+    def confirm(session: Session) -> bool:
+        # A code is good once, at sign-in and here alike.
+        if not _claim_step(session, admin.id, step):
+            return False
+        live = session.get(WebSession, session_id)
+        if live is None or live.revoked_at is not None:
+            raise SessionInvalid()
+        live.reauthenticated_at = ports.clock()
+        audit.record(
+            session,
+            ports,
+            account=session.get(Account, account.id),
+            actor=actor,
+            action=REAUTHENTICATE,
+            target_type="admin",
+            target_id=admin.id,
+        )
+        return True
+
+    if not ports.db.run(confirm):
+        refuse("totp_replayed")
+        raise ReauthenticationFailed("This code was used already; wait for the next one.")

@@ -2,6 +2,131 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from starlette.datastructures import FormData, UploadFile
+from starlette.responses import Response
+
+from certvault.errors import CertvaultError, CryptoError, Forbidden, InvalidInput
+from certvault.services import settings
+from certvault.services.settings import KeyVaultView, RecoveryOptions
+from certvault.web.admin.console import NOTICES, Console, open_console, post_console, redirect
+from certvault.web.pages import form_field
 
 router = APIRouter(include_in_schema=False)
+NOTICES.update({"key_vault_saved": "The Key Vault Recovery Options were saved."})
+SECTION = "key-vault"
+# The largest file the dialog reads; the console's body limit keeps uploads far below it.
+MAX_UPLOAD = 1024 * 1024
+
+
+def _page(
+    console: Console,
+    view: KeyVaultView,
+    *,
+    status: int = 200,
+    form: RecoveryOptions | None = None,
+    error: str = "",
+    template: str = "key_vault.html",
+) -> Response:
+    return console.render(
+        template,
+        status,
+        section=SECTION,
+        view=view,
+        form=form or view.options(),
+        # Shown open when it comes back with an error; otherwise admin.js opens it.
+        dialog_open=bool(error),
+        error=error,
+        recovery_methods=settings.RECOVERY_METHODS,
+        past_days=settings.PAST_DAYS,
+    )
+
+
+def _open(request: Request) -> tuple[Console, KeyVaultView] | Response:
+    console = open_console(request)
+    if isinstance(console, Response):
+        return console
+    try:
+        view = settings.get_key_vault_settings(console.ports, console.actor, console.account_slug)
+    except CertvaultError as exc:
+        return console.error(exc, section=SECTION)
+    return console, view
+
+
+@router.get("/admin/key-vault")
+def key_vault_page(request: Request) -> Response:
+    opened = _open(request)
+    if isinstance(opened, Response):
+        return opened
+    return _page(*opened)
+
+
+@router.get("/admin/key-vault/edit")
+def edit_page(request: Request) -> Response:
+    """The dialog's form as a page of its own, for browsers without JavaScript."""
+    opened = _open(request)
+    if isinstance(opened, Response):
+        return opened
+    console, view = opened
+    if not view.key_vault_enabled:
+        return console.error(settings.KeyVaultNotEnabled(), section=SECTION)
+    if not view.can_edit:
+        return console.error(
+            Forbidden("Only account administrators with settings_manage change these options."),
+            section=SECTION,
+        )
+    return _page(console, view, template="key_vault_edit.html")
+
+
+def _options(form: FormData) -> RecoveryOptions:
+    return RecoveryOptions(
+        recovery_method=form_field(form, "recovery_method"),
+        sign_profiles=form_field(form, "sign_profiles") == "on",
+        exchange_enabled=form_field(form, "exchange_enabled") == "on",
+        exchange_host=form_field(form, "exchange_host"),
+        exchange_use_ssl=form_field(form, "exchange_use_ssl") == "on",
+        exchange_past_days=form_field(form, "exchange_past_days"),
+        exchange_prevent_move=form_field(form, "exchange_prevent_move") == "on",
+    )
+
+
+async def _upload(form: FormData) -> bytes | None:
+    """The uploaded signing p12, or None when no file was chosen."""
+    upload = form.get("signing_p12")
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        return None
+    data = await upload.read(MAX_UPLOAD + 1)
+    return data or None
+
+
+@router.post("/admin/key-vault/recovery-options")
+async def save_recovery_options(request: Request) -> Response:
+    posted = await post_console(request, max_files=1)
+    if isinstance(posted, Response):
+        return posted
+    console, form = posted
+    options: RecoveryOptions | None = None
+    try:
+        options = _options(form)
+        await console.call(
+            settings.update_recovery_options,
+            console.ports,
+            console.actor,
+            console.account_slug,
+            options,
+            await _upload(form),
+            form_field(form, "signing_password"),
+        )
+    except (InvalidInput, CryptoError) as exc:
+        # The page again, the dialog open with the error and what was entered (never the file
+        # or its password).
+        try:
+            view = await console.call(
+                settings.get_key_vault_settings, console.ports, console.actor, console.account_slug
+            )
+        except CertvaultError as again:
+            return console.error(again, section=SECTION)
+        return _page(console, view, status=exc.status, form=options, error=exc.message)
+    except CertvaultError as exc:
+        return console.error(exc, section=SECTION)
+    return redirect("/admin/key-vault", notice="key_vault_saved")

@@ -205,14 +205,16 @@ def download_person_keys(
         reason=body.reason,
         channel="api",
     )
+    data, filename = person_keys_zip(person_id, batch)
+    return _attachment(data, "application/zip", filename, batch.generated_passphrase)
+
+
+def person_keys_zip(person_id: int, batch: release.ReleaseBatch) -> tuple[bytes, str]:
+    """Every key of a person's download as one zip, and the zip's file name (the API and the
+    console hand out the same file)."""
     buffer = io.BytesIO()
     # Stored, not deflated: PKCS#12 files are encrypted and would not shrink.
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         for item in batch.releases:
             archive.writestr(item.filename, item.data)
-    return _attachment(
-        buffer.getvalue(),
-        "application/zip",
-        f"person-{person_id}-keys.zip",
-        batch.generated_passphrase,
-    )
+    return buffer.getvalue(), f"person-{person_id}-keys.zip"

@@ -1,0 +1,175 @@
+"""One-use tokens of console forms (a key download): a form is good once, for ten minutes, in
+the session and for the target it was shown for.
+
+The browser gets a random token; the database keeps only its SHA-256. What the form must carry
+from showing to posting (the passphrase certvault generated and showed) is sealed under a service
+key, bound to the token's id, and cleared when the form is used.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, update
+from sqlalchemy.orm import Session
+
+from certvault.crypto import envelope
+from certvault.db.models import FormNonce
+from certvault.errors import CertvaultError, Conflict, SealBroken
+from certvault.services import audit, keyring
+from certvault.services.actors import Actor
+from certvault.services.ports import Ports
+
+FORM_LIFETIME = timedelta(minutes=10)
+# Old rows are swept when a form is issued; kept a while so that a late submission is told
+# "too old" or "already used" rather than "not valid".
+KEEP = timedelta(days=1)
+SEAL_PURPOSE = "console-form"
+_MAX_TOKEN = 64
+
+
+class FormReused(Conflict):
+    """This download form was already used; open it again."""
+
+    code = "form_reused"
+
+
+class FormExpired(Conflict):
+    """This download form is more than 10 minutes old; open it again."""
+
+    code = "form_expired"
+
+
+class FormInvalid(Conflict):
+    """This download form does not belong to this page or to this sign-in; open it again."""
+
+    code = "form_invalid"
+
+
+def nonce_id_of(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _aad(nonce_id: str) -> bytes:
+    return f"certvault/form-nonce:{nonce_id}".encode()
+
+
+def _seal(ports: Ports, nonce_id: str, secret: str) -> str:
+    key = keyring.service_secrets(ports, SEAL_PURPOSE)[0]
+    sealed = envelope.seal(key, secret.encode(), _aad(nonce_id))
+    return base64.urlsafe_b64encode(sealed.nonce + sealed.ciphertext).decode()
+
+
+def _open(ports: Ports, nonce_id: str, text: str) -> str:
+    raw = base64.urlsafe_b64decode(text)
+    sealed = envelope.Sealed(raw[: envelope.NONCE_BYTES], raw[envelope.NONCE_BYTES :])
+    # Every key is tried: two processes that met no key at once may each have made one.
+    for key in keyring.service_secrets(ports, SEAL_PURPOSE):
+        try:
+            return envelope.open_sealed(key, sealed, _aad(nonce_id)).decode()
+        except SealBroken:
+            continue
+    raise SealBroken("A stored form secret cannot be opened.")
+
+
+def issue(ports: Ports, session_id: str, purpose: str, secret: str | None = None) -> str:
+    """A new one-use token for a form of ``purpose`` shown in ``session_id``; ``secret`` (if
+    any) is kept sealed until the form is used."""
+    token = secrets.token_urlsafe(32)
+    nonce_id = nonce_id_of(token)
+    sealed = _seal(ports, nonce_id, secret) if secret is not None else None
+
+    def work(session: Session) -> None:
+        session.execute(delete(FormNonce).where(FormNonce.created_at < ports.clock() - KEEP))
+        session.add(
+            FormNonce(
+                id=nonce_id,
+                session_id=session_id,
+                purpose=purpose,
+                sealed=sealed,
+                created_at=ports.clock(),
+            )
+        )
+
+    ports.db.run(work)
+    return token
+
+
+def _checked(
+    session: Session, ports: Ports, session_id: str, purpose: str, token: str
+) -> FormNonce:
+    row = session.get(FormNonce, nonce_id_of(token)) if 20 <= len(token) <= _MAX_TOKEN else None
+    if row is None or row.session_id != session_id or row.purpose != purpose:
+        raise FormInvalid()
+    if row.used_at is not None:
+        raise FormReused()
+    if ports.clock() - row.created_at > FORM_LIFETIME:
+        raise FormExpired()
+    return row
+
+
+@dataclass(frozen=True)
+class AuditAs:
+    """A refused form is audited as a refusal of what the form was for."""
+
+    actor: Actor
+    action: str
+    target_type: str
+    target_id: str | int
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def refusals_audited(ports: Ports, audit_as: AuditAs) -> Iterator[None]:
+    """Audit any certvault error raised in the block as a refusal, then re-raise it."""
+    try:
+        yield
+    except CertvaultError as exc:
+        audit.record_refusal(
+            ports,
+            account_id=audit_as.actor.account_id,
+            actor=audit_as.actor,
+            action=audit_as.action,
+            reason_code=exc.code,
+            target_type=audit_as.target_type,
+            target_id=audit_as.target_id,
+            details=audit_as.details,
+        )
+        raise
+
+
+def check(ports: Ports, session_id: str, purpose: str, token: str, audit_as: AuditAs) -> None:
+    """Refuse a token that is not (or no longer) good, without using it up."""
+    with refusals_audited(ports, audit_as), ports.db.read() as session:
+        _checked(session, ports, session_id, purpose, token)
+
+
+def consume(
+    ports: Ports, session_id: str, purpose: str, token: str, audit_as: AuditAs
+) -> str | None:
+    """Use the token up and return its opened secret. Of two submissions of one form exactly
+    one gets here; the other is refused."""
+
+    def work(session: Session) -> str | None:
+        row = _checked(session, ports, session_id, purpose, token)
+        sealed = row.sealed
+        # One conditional statement: two requests racing with the same form cannot both win.
+        result = session.execute(
+            update(FormNonce)
+            .where(FormNonce.id == row.id, FormNonce.used_at.is_(None))
+            .values(used_at=ports.clock(), sealed=None)
+        )
+        if not getattr(result, "rowcount", 0):
+            raise FormReused()
+        return sealed
+
+    with refusals_audited(ports, audit_as):
+        sealed = ports.db.run(work)
+    return _open(ports, nonce_id_of(token), sealed) if sealed is not None else None
