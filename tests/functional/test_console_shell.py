@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from tests.functional.console_fixtures import console_fixture  # noqa: F401
 
 PAGES = ("persons", "certificates", "key-vault", "about", "audit", "admins", "forms")
@@ -32,3 +34,25 @@ def test_pages_without_a_session_send_to_sign_in(console):
         answer = client.get(f"/admin/{name}", follow_redirects=False)
         assert answer.status_code == 303, name
         assert answer.headers["location"] == "/admin/login"
+
+
+def test_ids_that_are_not_numbers_and_unknown_paths_get_the_console_page(console):
+    boss = console.sign_in("boss")
+    for path in (
+        "/admin/admins/abc",
+        "/admin/forms/1e3",
+        "/admin/certificates/%3Cscript%3E",
+        "/admin/no-such-page",
+    ):
+        answer = boss.get(path)
+        assert answer.status_code == 404, path
+        assert answer.headers["content-type"].startswith("text/html")
+        assert re.search(r'id="error"><p>(\w+ )?[Nn]ot found\.</p>', answer.text), path
+        assert "<script>" not in answer.text
+        assert "script-src 'self'" in answer.headers["content-security-policy"]
+    # Signed out, the same page, without the console's navigation.
+    answer = console.client().get("/admin/admins/abc")
+    assert answer.status_code == 404 and 'aria-label="Console"' not in answer.text
+    # The API keeps its JSON errors.
+    api = console.client().get("/api/v1/persons/abc")
+    assert api.headers["content-type"].startswith("application/json")

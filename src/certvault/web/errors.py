@@ -11,8 +11,9 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -56,6 +57,16 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) or "request"
 
 
+def _is_console(request: Request) -> bool:
+    return request.url.path.startswith("/admin/")
+
+
+async def _console_error(request: Request, status: int, message: str) -> Response:
+    from certvault.web.admin.console import error_page  # the console imports this package
+
+    return await run_in_threadpool(error_page, request, status, message)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(CertvaultError)
     async def certvault_error(request: Request, exc: CertvaultError) -> JSONResponse:
@@ -65,7 +76,12 @@ def install(app: FastAPI) -> None:
         return error_response(request, exc.status, exc.code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        if _is_console(request):
+            # A console id that is not a number names nothing: the page of a missing object.
+            in_path = any(tuple(e.get("loc", ()))[:1] == ("path",) for e in exc.errors())
+            status, message = (404, "Not found.") if in_path else (400, "The request is not valid.")
+            return await _console_error(request, status, message)
         problems = []
         for err in exc.errors()[:10]:
             kind = err.get("type", "invalid")
@@ -78,7 +94,10 @@ def install(app: FastAPI) -> None:
         return error_response(request, 422, "validation_error", "; ".join(problems))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if _is_console(request) and exc.status_code in (404, 405):
+            message = "Not found." if exc.status_code == 404 else "Method not allowed."
+            return await _console_error(request, exc.status_code, message)
         if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
             # FastAPI answers a body that is not UTF-8 with a bare 400; it is JSON that does not
             # parse (RFC 8259 §8.1), so it gets the same answer as any other.

@@ -160,3 +160,14 @@ async def post_console(
     if console is None:
         return redirect("/admin/login")
     return console, form
+
+
+def error_page(request: Request, status: int, message: str) -> Response:
+    """The console's error page for what the framework refuses before a page handler runs (an
+    id that is not a number, an unknown path): HTML like every other console answer."""
+    ports = get_ports(request)
+    csrf = Csrf(ports, request)
+    console = _session(request, ports, csrf)
+    if console is None:
+        return pages.render(csrf, "error.html", status, message=message)
+    return console.render("error.html", status, message=message)
