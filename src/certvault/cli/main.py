@@ -168,6 +168,43 @@ def account_require_trusted(
         out.print(f"trusted issuer {'required' if required else 'not required'} for {slug}")
 
 
+@account_app.command("release-policy")
+def account_release_policy(
+    slug: str,
+    reason: Annotated[
+        bool | None,
+        typer.Option("--reason-required/--reason-optional", help="A reason for every release."),
+    ] = None,
+    own: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-own-passphrase/--generated-passphrase-only",
+            help="Whether administrators may choose the passphrase of a released key.",
+        ),
+    ] = None,
+    min_length: Annotated[
+        int | None, typer.Option("--min-passphrase-length", help="8 to 64.")
+    ] = None,
+) -> None:
+    """Set how the account's keys are released (shows the policy when given nothing)."""
+    with ports_for_command() as ports:
+        a = guarded(
+            lambda: accounts.set_release_policy(
+                ports,
+                operator(),
+                slug,
+                reason_required=reason,
+                allow_own_passphrase=own,
+                min_passphrase_length=min_length,
+            )
+        )
+        typer.echo(
+            f"reason_required={'yes' if a.reason_required else 'no'}"
+            f"\tallow_own_passphrase={'yes' if a.allow_own_passphrase else 'no'}"
+            f"\tmin_passphrase_length={a.min_passphrase_length}"
+        )
+
+
 @admin_app.command("create")
 def admin_create(
     login: str,

@@ -16,7 +16,7 @@ from certvault.db.models import Account, Installation, Organization, TrustedIssu
 from certvault.errors import Conflict, InvalidInput, NotFound
 from certvault.masterkey.file import FileMasterKeyProvider, MasterKeyMissing
 from certvault.services import audit, keyring
-from certvault.services.actors import Actor, Scope
+from certvault.services.actors import Actor, Privilege, Scope
 from certvault.services.ports import Ports
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -209,6 +209,55 @@ def set_require_trusted_issuer(ports: Ports, actor: Actor, slug: str, required: 
         )
 
     ports.db.run(work)
+
+
+MIN_PASSPHRASE_FLOOR, MAX_PASSPHRASE_FLOOR = 8, 64
+
+
+def set_release_policy(
+    ports: Ports,
+    actor: Actor,
+    slug: str,
+    *,
+    reason_required: bool | None = None,
+    allow_own_passphrase: bool | None = None,
+    min_passphrase_length: int | None = None,
+) -> Account:
+    """How the account's keys are released: whether a reason is required, whether administrators
+    may choose the passphrase, and how long a chosen one must be. Audited with old and new."""
+    if min_passphrase_length is not None and not (
+        MIN_PASSPHRASE_FLOOR <= min_passphrase_length <= MAX_PASSPHRASE_FLOOR
+    ):
+        raise InvalidInput(
+            f"The passphrase minimum must be {MIN_PASSPHRASE_FLOOR} to {MAX_PASSPHRASE_FLOOR}."
+        )
+    wanted = {
+        "reason_required": reason_required,
+        "allow_own_passphrase": allow_own_passphrase,
+        "min_passphrase_length": min_passphrase_length,
+    }
+
+    def work(session: Session) -> Account:
+        account = get_account(session, slug)
+        actor.require(Privilege.SETTINGS_MANAGE, account.id, None)
+        changes = {k: v for k, v in wanted.items() if v is not None and getattr(account, k) != v}
+        if changes:
+            old = {k: getattr(account, k) for k in changes}
+            for name, value in changes.items():
+                setattr(account, name, value)
+            audit.record(
+                session,
+                ports,
+                account=account,
+                actor=actor,
+                action="account.release_policy",
+                target_type="account",
+                target_id=account.uuid,
+                details={"old": old, "new": changes},
+            )
+        return account
+
+    return ports.db.run(work)
 
 
 def list_organizations(ports: Ports, actor: Actor, slug: str) -> list[Organization]:
