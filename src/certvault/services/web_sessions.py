@@ -7,24 +7,17 @@ every refusal is audited (never the password or the code), and each sign-in make
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
-import os
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.hashes import SHA1
-from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from certvault.db.models import Account, Admin, WebSession
 from certvault.errors import CertvaultError, NotFound
-from certvault.services import audit, keyring
+from certvault.services import audit
 from certvault.services.accounts import get_account
 from certvault.services.actors import Actor
 from certvault.services.admins import actor_for
@@ -32,6 +25,12 @@ from certvault.services.credentials import verify_password
 from certvault.services.ports import Ports
 from certvault.services.ratelimit import Limit, RateLimiter, enforce
 from certvault.services.tokens import Unauthenticated
+from certvault.services.totp import (
+    matching_step,
+    open_secret,
+    provisioning_uri,
+    seal_secret,
+)
 
 SESSION_COOKIE = "__Host-certvault_session"
 IDLE_TIMEOUT = timedelta(minutes=30)
@@ -40,10 +39,6 @@ ABSOLUTE_TIMEOUT = timedelta(hours=12)
 ENROLL_TIMEOUT = timedelta(minutes=10)
 STAGE_ENROLL = "totp_enroll"
 STAGE_SIGNED_IN = "signed_in"
-TOTP_KEY_PURPOSE = "admin-totp"
-TOTP_DIGITS = 6
-TOTP_STEP = 30
-TOTP_ISSUER = "certvault"
 _SECRET_BYTES = 20  # 160 bits, as RFC 4226 recommends for HMAC-SHA-1
 _MAX_FIELD = 1024
 
@@ -89,62 +84,6 @@ class ConsoleSession:
 
 def session_id_of(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-# --- TOTP -----------------------------------------------------------------------------------
-
-
-def _totp(secret: bytes) -> TOTP:
-    # RFC 6238 with SHA-1 is what authenticator apps implement; HMAC-SHA-1 is not broken.
-    return TOTP(secret, TOTP_DIGITS, SHA1(), TOTP_STEP)  # noqa: S303
-
-
-def totp_step(moment: datetime) -> int:
-    return int(moment.timestamp()) // TOTP_STEP
-
-
-def matching_step(secret: bytes, code: str, moment: datetime) -> int | None:
-    """The time step (now, one before or one after) whose code is ``code``, if any."""
-    if len(code) != TOTP_DIGITS or not code.isascii() or not code.isdigit():
-        return None
-    totp = _totp(secret)
-    now = totp_step(moment)
-    found = None
-    for step in (now - 1, now, now + 1):
-        # Every step is compared, so the time taken does not say which one matched.
-        if hmac.compare_digest(totp.generate(step * TOTP_STEP), code.encode()):
-            found = step
-    return found
-
-
-def base32_text(secret: bytes) -> str:
-    return base64.b32encode(secret).decode().rstrip("=")
-
-
-def provisioning_uri(secret: bytes, account_slug: str, login: str) -> str:
-    return _totp(secret).get_provisioning_uri(f"{login}@{account_slug}", TOTP_ISSUER)
-
-
-def _seal_secret(ports: Ports, admin_id: int, secret: bytes) -> str:
-    # TOTP secrets are sealed under a service key: a copy of the table cannot make codes.
-    key = keyring.service_secrets(ports, TOTP_KEY_PURPOSE)[0]
-    nonce = os.urandom(12)
-    sealed = nonce + AESGCM(key).encrypt(nonce, secret, _aad(admin_id))
-    return base64.urlsafe_b64encode(sealed).decode().rstrip("=")
-
-
-def _open_secret(ports: Ports, admin_id: int, sealed_text: str) -> bytes:
-    sealed = base64.urlsafe_b64decode(sealed_text + "=" * (-len(sealed_text) % 4))
-    for key in keyring.service_secrets(ports, TOTP_KEY_PURPOSE):
-        try:
-            return AESGCM(key).decrypt(sealed[:12], sealed[12:], _aad(admin_id))
-        except InvalidTag:
-            continue
-    raise CertvaultError("A stored TOTP secret cannot be opened.")
-
-
-def _aad(admin_id: int) -> bytes:
-    return f"certvault-totp:{admin_id}".encode()
 
 
 # --- sign-in --------------------------------------------------------------------------------
@@ -253,7 +192,7 @@ def _sign_in(
         raise _Refused("api_only", account_id)
 
     if admin.totp_secret is None:
-        pending = _seal_secret(ports, admin.id, secrets.token_bytes(_SECRET_BYTES))
+        pending = seal_secret(ports, admin.id, secrets.token_bytes(_SECRET_BYTES))
 
         def enroll(session: Session) -> str:
             _revoke_token(session, ports, previous_token)
@@ -271,7 +210,7 @@ def _sign_in(
 
         return SignedIn(ports.db.run(enroll), STAGE_ENROLL)
 
-    step = matching_step(_open_secret(ports, admin.id, admin.totp_secret), code, ports.clock())
+    step = matching_step(open_secret(ports, admin.id, admin.totp_secret), code, ports.clock())
     if step is None:
         raise _Refused("bad_totp", account_id)
 
@@ -404,7 +343,7 @@ def _pending(ports: Ports, token: str | None) -> tuple[ConsoleSession, PendingTo
         row = session.get(WebSession, console.session_id)
         assert row is not None and row.pending_totp is not None
         sealed = row.pending_totp
-    secret = _open_secret(ports, console.admin_id, sealed)
+    secret = open_secret(ports, console.admin_id, sealed)
     uri = provisioning_uri(secret, console.account_slug, console.login)
     return console, PendingTotp(secret, uri, console.login, console.account_name)
 
@@ -426,7 +365,7 @@ def confirm_totp(ports: Ports, token: str | None, code: str, ip: str) -> SignedI
             target_id=console.admin_id,
         )
         raise SignInFailed("The code is not right; check the clock of your device.")
-    sealed = _seal_secret(ports, console.admin_id, pending.secret)
+    sealed = seal_secret(ports, console.admin_id, pending.secret)
 
     def work(session: Session) -> str:
         admin = session.get(Admin, console.admin_id)
@@ -558,7 +497,7 @@ def reauthenticate(
     if not verify_password(ports, admin.password_hash, password):
         refuse("bad_credentials")
         raise ReauthenticationFailed()
-    secret = _open_secret(ports, admin.id, admin.totp_secret) if admin.totp_secret else None
+    secret = open_secret(ports, admin.id, admin.totp_secret) if admin.totp_secret else None
     step = matching_step(secret, code, ports.clock()) if secret is not None else None
     if step is None:
         refuse("bad_totp")

@@ -14,7 +14,7 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from certvault.errors import CertvaultError
-from certvault.services import web_sessions
+from certvault.services import totp, web_sessions
 from certvault.services.web_sessions import SESSION_COOKIE, SessionInvalid
 from certvault.web.admin.console import (
     SCRIPT_PATH,
@@ -132,7 +132,7 @@ def _totp_page(
         status,
         pending=pending,
         qr_svg=svg,
-        secret_text=web_sessions.base32_text(pending.secret),
+        secret_text=totp.base32_text(pending.secret),
         error=error,
     )
 
