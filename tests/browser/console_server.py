@@ -15,7 +15,6 @@ is good once, so ``sign_in`` takes the next time step when this one was used alr
 from __future__ import annotations
 
 import base64
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from playwright.sync_api import Page, expect
 
 from certvault.services import accounts
-from tests.browser.test_enroll_browser import _wait_until_up
+from tests.browser.serving import serving
 from tests.conftest import TEST_OPERATOR
 from tests.functional import cli_env
 from tests.functional.console_fixtures import CONSOLE_ADMINS, PASSWORD, ConsoleWorld, build_console
@@ -124,26 +123,12 @@ def console_server_fixture(backend: str, tmp_path: Path) -> Iterator[ConsoleServ
         world = build_console(ports, TEST_OPERATOR)
     finally:
         ports.close()
-    log = tmp_path / "serve.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [str(cli_env.CERTVAULT), "serve", "--port", str(port)],
-            env=cli.env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
     try:
-        _wait_until_up(url, proc, log)
-        server = ConsoleServer(url, backend, cli, world, smtp)
-        yield server
-        assert PASSWORD not in log.read_text()
-        assert server.csp_reports == [], "the Content-Security-Policy blocked something"
+        with serving(cli, port, tmp_path / "serve.log") as log:
+            server = ConsoleServer(url, backend, cli, world, smtp)
+            yield server
+            assert PASSWORD not in log.read_text()
+            assert server.csp_reports == [], "the Content-Security-Policy blocked something"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         smtp.stop()
         cli_gen.close()

@@ -8,7 +8,6 @@ Screenshots of every page go to tests/artifacts/.
 from __future__ import annotations
 
 import base64
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from playwright.sync_api import Page, expect
 
-from tests.browser.test_enroll_browser import _wait_until_up
+from tests.browser.serving import serving
 from tests.functional import cli_env
 from tests.functional.smtp_server import free_port
 
@@ -39,25 +38,11 @@ def server(backend: str, tmp_path: Path) -> Iterator[str]:
         "admin", "create", "alice", "--account", "acme", "--password-file", password_file
     )
     assert made.returncode == 0, made.stderr
-    log = tmp_path / "serve.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [str(cli_env.CERTVAULT), "serve", "--port", str(port)],
-            env=cli.env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
     try:
-        _wait_until_up(url, proc, log)
-        yield url
-        assert PASSWORD not in log.read_text()
+        with serving(cli, port, tmp_path / "serve.log") as log:
+            yield url
+            assert PASSWORD not in log.read_text()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         cli_gen.close()
 
 

@@ -8,9 +8,6 @@ Screenshots of every page go to tests/artifacts/.
 from __future__ import annotations
 
 import re
-import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +18,7 @@ from playwright.sync_api import Page, expect
 from certvault.crypto import keys as keylib
 from certvault.crypto.pkcs12 import read_pkcs12
 from certvault.services import ca
+from tests.browser.serving import serving
 from tests.conftest import TEST_OPERATOR
 from tests.functional import cli_env
 from tests.functional.smtp_server import SmtpServer, free_port
@@ -47,20 +45,6 @@ class Site:
     def certificate_profiles(self) -> dict[bytes, tuple[str, bool]]:
         rows = self.cli.sql("SELECT spki_sha256, profile, escrowed_key_id FROM certificates")
         return {bytes(spki): (profile, key_id is not None) for spki, profile, key_id in rows}
-
-
-def _wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"certvault serve exited: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as answer:  # noqa: S310
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError("certvault serve did not come up in 60 s")
 
 
 @pytest.fixture
@@ -92,24 +76,10 @@ def site(backend: str, tmp_path: Path) -> Iterator[Site]:
         )  # fmt: skip
         assert made.returncode == 0, made.stderr
         assert made.stdout.strip().endswith(f"{url}/enroll/acme/{slug}")
-    log = tmp_path / "serve.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [str(cli_env.CERTVAULT), "serve", "--port", str(port)],
-            env=cli.env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
     try:
-        _wait_until_up(url, proc, log)
-        yield Site(cli, smtp, url)
+        with serving(cli, port, tmp_path / "serve.log"):
+            yield Site(cli, smtp, url)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         smtp.stop()
         cli_gen.close()
 
