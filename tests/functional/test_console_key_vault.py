@@ -462,9 +462,9 @@ def test_key_vault_disabled_shows_nothing_and_stores_nothing(console, operator):
         page.text
     )
     assert "recovery-options" not in page.text
-    assert boss.get("/admin/key-vault/edit").status_code == 409
+    assert boss.get("/admin/key-vault/edit").status_code == 403
     answer = boss.client.post(SAVE, data={**VALID, "csrf_token": csrf})
-    assert answer.status_code == 409
+    assert answer.status_code == 403
     assert "Key Vault is not enabled for this account." in answer.text
     _unchanged(console)
 

@@ -24,12 +24,13 @@ from certvault.config import Settings
 from certvault.crypto import keys as keylib
 from certvault.crypto.pkcs12 import P12Entry, read_pkcs12
 from certvault.db.models import Account, EscrowedKey, KeyVaultSettings, ServiceKey
-from certvault.errors import Conflict, Forbidden, InvalidInput
+from certvault.errors import Forbidden, InvalidInput
 from certvault.services import audit, keyring
 from certvault.services.accounts import get_account
 from certvault.services.actors import Actor, Privilege, Role
 from certvault.services.imports import upload_limits
 from certvault.services.ports import Ports
+from certvault.services.vault import KeyVaultDisabled
 
 SIGNING_KEY_PURPOSE = "profile-signing"
 UPDATE = "key_vault.settings_update"
@@ -45,12 +46,6 @@ PAST_DAYS = (0, 1, 3, 7, 14, 31)
 EXPIRY_WARNING = timedelta(days=30)
 MAX_HOST = 253
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-
-
-class KeyVaultNotEnabled(Conflict):
-    """Key Vault is not enabled for this account."""
-
-    code = "key_vault_disabled"
 
 
 class SettingsInvalid(InvalidInput):
@@ -309,7 +304,7 @@ def update_recovery_options(
     ):
         _require_edit(actor, account_id)
         if not enabled:
-            raise KeyVaultNotEnabled()
+            raise KeyVaultDisabled()
         values = _checked(options)
         # The KDF and key validation run outside any transaction.
         entry = None
@@ -321,7 +316,7 @@ def update_recovery_options(
                 select(Account).where(Account.id == account_id).with_for_update()
             ).one()
             if not account.key_vault_enabled:
-                raise KeyVaultNotEnabled()
+                raise KeyVaultDisabled()
             row = _settings_row(session, account_id)
             if values["sign_profiles"] and row.signing_key_id is None and entry is None:
                 raise SettingsInvalid(

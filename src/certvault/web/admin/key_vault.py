@@ -9,6 +9,7 @@ from starlette.responses import Response
 from certvault.errors import CertvaultError, CryptoError, Forbidden, InvalidInput
 from certvault.services import settings
 from certvault.services.settings import KeyVaultView, RecoveryOptions
+from certvault.services.vault import KeyVaultDisabled
 from certvault.web.admin.console import NOTICES, Console, open_console, post_console, redirect
 from certvault.web.pages import form_field
 
@@ -69,7 +70,7 @@ def edit_page(request: Request) -> Response:
         return opened
     console, view = opened
     if not view.key_vault_enabled:
-        return console.error(settings.KeyVaultNotEnabled(), section=SECTION)
+        return console.error(KeyVaultDisabled(), section=SECTION)
     if not view.can_edit:
         return console.error(
             Forbidden("Only account administrators with settings_manage change these options."),
