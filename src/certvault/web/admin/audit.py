@@ -118,7 +118,10 @@ async def _page(console: Console, filters: Filters, status: int = 200, **context
     except Forbidden as exc:
         return console.error(exc, section="audit")
     except CertvaultError as exc:
-        status, error = exc.status, exc.message
+        # A filter or cursor the page did not offer is the request's fault: 400, as on the
+        # Persons and Client Certificates pages.
+        status = 400 if isinstance(exc, InvalidInput) else exc.status
+        error = exc.message
     return console.render(
         "audit.html",
         status,
