@@ -134,21 +134,20 @@ class ConsoleWorld:
             self._app = create_app(self.ports, limiter=limiter)
         return TestClient(self._app, base_url="https://testserver")
 
-    def sign_in(self, login: str) -> ConsoleClient:
-        """A new browser, signed in as ``login`` (TOTP set up on the way)."""
-        account = CONSOLE_ADMINS[login][0]
+    def password_step(
+        self, account: str, login: str, password: str
+    ) -> tuple[TestClient, httpx.Response]:
+        """A new browser signing in with a password and no code: the client and the page it
+        lands on (the TOTP set-up page the first time)."""
         client = self.client()
         page = client.get("/admin/login")
-        answer = client.post(
-            "/admin/login",
-            data={
-                "csrf_token": csrf_of(page.text),
-                "account": account,
-                "login": login,
-                "password": PASSWORD,
-                "code": "",
-            },
-        )
+        fields = {"account": account, "login": login, "password": password, "code": ""}
+        landed = client.post("/admin/login", data={"csrf_token": csrf_of(page.text), **fields})
+        return client, landed
+
+    def sign_in(self, login: str) -> ConsoleClient:
+        """A new browser, signed in as ``login`` (TOTP set up on the way)."""
+        client, answer = self.password_step(CONSOLE_ADMINS[login][0], login, PASSWORD)
         assert answer.url.path == "/admin/totp", answer.text
         found = SECRET_RE.search(answer.text)
         assert found is not None

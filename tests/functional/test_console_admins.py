@@ -39,23 +39,6 @@ def _admin(ports, login: str, account_id: int | None = None) -> Admin | None:
         return admin
 
 
-def _sign_in_with(console, account: str, login: str, password: str):
-    """A new browser signing in with a password; returns (client, the page it lands on)."""
-    client = console.client()
-    page = client.get("/admin/login")
-    landed = client.post(
-        "/admin/login",
-        data={
-            "csrf_token": csrf_of(page.text),
-            "account": account,
-            "login": login,
-            "password": password,
-            "code": "",
-        },
-    )
-    return client, landed
-
-
 def _create(boss, **fields):
     data = {"role": "account", "password_choice": "generate", **fields}
     return boss.post("/admin/admins", data, csrf_from="/admin/admins")
@@ -83,7 +66,7 @@ def test_created_admin_gets_a_password_shown_once_and_signs_in_with_it(console):
     [created] = events(console.ports, "admin.create")[-1:]
     assert created.actor == "admin:boss" and password not in created.details
 
-    client, landed = _sign_in_with(console, "acme", "newbie", password)
+    client, landed = console.password_step("acme", "newbie", password)
     assert landed.url.path == "/admin/totp"
     secret = SECRET_RE.search(landed.text).group(1)
     done = client.post(
@@ -99,7 +82,7 @@ def test_chosen_password_is_used_and_never_shown(console):
     answer = _create(boss, login="chooser", password_choice="choose", password=chosen)
     assert answer.status_code == 200 and chosen not in answer.text
     assert 'id="generated-password"' not in answer.text
-    _, landed = _sign_in_with(console, "acme", "chooser", chosen)
+    _, landed = console.password_step("acme", "chooser", chosen)
     assert landed.url.path == "/admin/totp"
 
     short = _create(boss, login="shorty", password_choice="choose", password="short-pw")
@@ -237,7 +220,7 @@ def test_deactivated_admin_loses_sessions_and_api_tokens(console):
     details = json.loads(done.details)
     assert details["old"] == {"active": True} and details["new"] == {"active": False}
     assert details["tokens_revoked"] == 1 and details["sessions_ended"] >= 1
-    _, landed = _sign_in_with(console, "acme", "clerk", "console-password-0123")
+    _, landed = console.password_step("acme", "clerk", "console-password-0123")
     assert landed.url.path == "/admin/login"
 
 
@@ -307,7 +290,7 @@ def test_reset_totp_ends_sessions_and_next_sign_in_sets_it_up_again(console):
     assert _admin(console.ports, "clerk").totp_secret is None
     again = clerk.get("/admin/", follow_redirects=False)
     assert again.status_code == 303 and again.headers["location"] == "/admin/login"
-    _, landed = _sign_in_with(console, "acme", "clerk", "console-password-0123")
+    _, landed = console.password_step("acme", "clerk", "console-password-0123")
     assert landed.url.path == "/admin/totp"
     [reset] = events(console.ports, "admin.totp_reset")
     assert reset.actor == "admin:boss" and reset.target_id == str(clerk_id)
