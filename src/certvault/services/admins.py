@@ -105,11 +105,10 @@ def _require_grantable(actor: Actor, granted: frozenset[Privilege]) -> None:
         raise Forbidden(f"You cannot grant a privilege you do not hold: {names}.")
 
 
-def _require_covers(actor: Actor, admin: Admin) -> None:
-    """No one changes, deactivates or resets an administrator who holds a privilege they do not
-    hold themselves: taking a privilege away, or locking its holder out, is as strong as giving
-    it."""
-    held = frozenset(Privilege(p) for p in admin.privileges.split() if p)
+def _require_covers(actor: Actor, held: frozenset[Privilege]) -> None:
+    """No one changes, deactivates or resets an administrator who holds (``held``) a privilege
+    they do not hold themselves: taking a privilege away, or locking its holder out, is as strong
+    as giving it."""
     if not actor.is_operator and held - actor.privileges:
         raise Forbidden(
             "You cannot change an administrator who holds privileges you do not hold yourself."
@@ -321,8 +320,8 @@ def update_admin(
         account = get_account(session, account_slug)
         _require_manager(actor, account)
         admin = _find_admin(session, account, admin_id)
-        _require_covers(actor, admin)
         before = _view(admin)
+        _require_covers(actor, before.privileges)
         granted = wanted - before.privileges
         _require_grantable(actor, granted)
         if admin.id == actor.admin_id and role_value != Role.ACCOUNT:
@@ -371,7 +370,7 @@ def deactivate_admin(ports: Ports, actor: Actor, account_slug: str, admin_id: in
         admin = _find_admin(session, account, admin_id)
         if admin.id == actor.admin_id:
             raise SelfLockout("You cannot deactivate yourself.")
-        _require_covers(actor, admin)
+        _require_covers(actor, _view(admin).privileges)
         if not admin.active:
             return _view(admin)
         now = ports.clock()
@@ -417,10 +416,7 @@ def reset_admin_totp(ports: Ports, actor: Actor, account_slug: str, admin_id: in
 
     with _refusals_audited(ports, actor, "admin.totp_reset", admin_id):
         found = get_admin(ports, actor, account_slug, admin_id)
-        if not actor.is_operator and found.privileges - actor.privileges:
-            raise Forbidden(
-                "You cannot change an administrator who holds privileges you do not hold yourself."
-            )
+        _require_covers(actor, found.privileges)
         web_sessions.reset_totp(ports, actor, account_slug, found.login)
     return get_admin(ports, actor, account_slug, admin_id)
 

@@ -220,6 +220,7 @@ def refusals_audited(
     action: str,
     target_type: str = "",
     target_id: str | int = "",
+    details: Mapping[str, Any] | None = None,
 ) -> Iterator[None]:
     """Audit any certvault error raised in the block as a refusal, then re-raise it."""
     try:
@@ -233,6 +234,7 @@ def refusals_audited(
             reason_code=exc.code,
             target_type=target_type,
             target_id=target_id,
+            details=details,
         )
         raise
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from certvault.crypto import envelope
 from certvault.db.models import FormNonce
-from certvault.errors import CertvaultError, Conflict, SealBroken
+from certvault.errors import Conflict, SealBroken
 from certvault.services import audit, keyring
 from certvault.services.actors import Actor
 from certvault.services.ports import Ports
@@ -126,23 +126,17 @@ class AuditAs:
     details: Mapping[str, Any] = field(default_factory=dict)
 
 
-@contextmanager
-def refusals_audited(ports: Ports, audit_as: AuditAs) -> Iterator[None]:
-    """Audit any certvault error raised in the block as a refusal, then re-raise it."""
-    try:
-        yield
-    except CertvaultError as exc:
-        audit.record_refusal(
-            ports,
-            account_id=audit_as.actor.account_id,
-            actor=audit_as.actor,
-            action=audit_as.action,
-            reason_code=exc.code,
-            target_type=audit_as.target_type,
-            target_id=audit_as.target_id,
-            details=audit_as.details,
-        )
-        raise
+def refusals_audited(ports: Ports, audit_as: AuditAs) -> AbstractContextManager[None]:
+    """Audit any certvault error raised in the block as a refusal of ``audit_as``."""
+    return audit.refusals_audited(
+        ports,
+        account_id=audit_as.actor.account_id,
+        actor=audit_as.actor,
+        action=audit_as.action,
+        target_type=audit_as.target_type,
+        target_id=audit_as.target_id,
+        details=audit_as.details,
+    )
 
 
 def check(ports: Ports, session_id: str, purpose: str, token: str, audit_as: AuditAs) -> None:
