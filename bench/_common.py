@@ -14,9 +14,9 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from certvault.config import Settings  # noqa: E402
-from certvault.services import accounts  # noqa: E402
-from certvault.services.actors import Actor  # noqa: E402
-from certvault.services.ports import Ports, open_ports  # noqa: E402
+from certvault.services.directory import accounts  # noqa: E402
+from certvault.services.kernel.actors import Actor  # noqa: E402
+from certvault.services.kernel.ports import Ports, open_ports  # noqa: E402
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 OPERATOR = Actor.operator("operator:bench@localhost")

@@ -34,10 +34,11 @@ import httpx
 from _common import OPERATOR, installation
 from archive import PASSWORD, make_files
 
-from certvault.services import admins, persons, tokens
-from certvault.services.imports import ImportItem, import_files
-from certvault.services.persons import PersonFields
-from certvault.services.ports import Ports
+from certvault.services.access import admins, tokens
+from certvault.services.directory import persons
+from certvault.services.directory.persons import PersonFields
+from certvault.services.kernel.ports import Ports
+from certvault.services.vault.imports import ImportItem, import_files
 
 CERTVAULT = Path(sys.executable).parent / "certvault"
 PASSPHRASE = "bench-download-passphrase-1"

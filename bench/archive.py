@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from certvault.crypto import envelope
 from certvault.crypto import keys as keylib
-from certvault.services.imports import ImportItem, import_files
+from certvault.services.vault.imports import ImportItem, import_files
 from tests.factories import make_ca, make_cert
 
 PASSWORD = "bench-password-1"

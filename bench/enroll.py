@@ -4,7 +4,7 @@ cost, in one run.
     python bench/enroll.py [--count N] [--kind ec256|rsa2048|both]
 
 Raw: `generate_key` + `issue_certificate` with an in-memory CA of the built-in CA's key type.
-Service: `services.enrollment.enroll` (form and code checks, rate limits, key generation, the
+Service: `services.pki.enrollment.enroll` (form and code checks, rate limits, key generation, the
 built-in CA opening its service key and signing, escrow through the vault's one way in, the
 certificate record, audit, outbox, the p12), one enrollment per call, codes mailed beforehand to a
 local SMTP server and not timed. Key generation and signing inside each enrollment are timed
@@ -31,9 +31,9 @@ from _common import OPERATOR, installation
 
 from certvault.crypto import ca as calib
 from certvault.crypto.profiles import KeyType, generate_key, get_profile
-from certvault.services import enrollment, enrollment_forms
-from certvault.services.ca import CA_KEY_TYPES, init_ca
-from certvault.services.ports import Ports
+from certvault.services.kernel.ports import Ports
+from certvault.services.pki import enrollment, enrollment_forms
+from certvault.services.pki.ca import CA_KEY_TYPES, init_ca
 from tests.functional.smtp_server import SmtpServer
 
 KDF_ROUNDS = 2_048

@@ -25,9 +25,9 @@ from sqlalchemy import select
 
 from certvault import timing
 from certvault.db.models import Admin
-from certvault.services import admins
-from certvault.services.imports import import_p12
-from certvault.services.release import release_key
+from certvault.services.access import admins
+from certvault.services.vault.imports import import_p12
+from certvault.services.vault.release import release_key
 from tests.factories import make_cert, make_p12
 
 ROUNDS = [2_048, 50_000, 100_000, 200_000]

@@ -16,9 +16,9 @@ import pytest
 from certvault.config import Settings
 from certvault.db import migrate
 from certvault.db.engine import Database
-from certvault.services import accounts
-from certvault.services.actors import Actor
-from certvault.services.ports import Ports, open_ports
+from certvault.services.directory import accounts
+from certvault.services.kernel.actors import Actor
+from certvault.services.kernel.ports import Ports, open_ports
 
 PG_ADMIN = os.environ.get("CERTVAULT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI") == "true"

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from playwright.sync_api import Page, expect
 
-from certvault.services import accounts
+from certvault.services.directory import accounts
 from tests.browser.serving import serving
 from tests.conftest import TEST_OPERATOR
 from tests.functional import cli_env

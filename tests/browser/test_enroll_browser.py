@@ -17,7 +17,7 @@ from playwright.sync_api import Page, expect
 
 from certvault.crypto import keys as keylib
 from certvault.crypto.pkcs12 import read_pkcs12
-from certvault.services import ca
+from certvault.services.pki import ca
 from tests.browser.serving import serving
 from tests.conftest import TEST_OPERATOR
 from tests.functional import cli_env

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from certvault.services.actors import Actor
-from certvault.services.imports import import_p12
-from certvault.services.ports import open_ports
+from certvault.services.kernel.actors import Actor
+from certvault.services.kernel.ports import open_ports
+from certvault.services.vault.imports import import_p12
 from tests.conftest import make_settings
 from tests.factories import make_cert, make_p12, new_key
 

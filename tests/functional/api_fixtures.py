@@ -37,10 +37,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from certvault.db.models import Account, ApiToken, Certificate, Organization, Person
-from certvault.services import accounts, admins, tokens
-from certvault.services.actors import Actor, Privilege
-from certvault.services.imports import import_p12
-from certvault.services.ports import Ports
+from certvault.services.access import admins, tokens
+from certvault.services.directory import accounts
+from certvault.services.kernel import tenancy
+from certvault.services.kernel.actors import Actor, Privilege
+from certvault.services.kernel.ports import Ports
+from certvault.services.vault.imports import import_p12
 from certvault.web.app import create_app
 from tests.factories import NOW, make_ca, make_cert, make_p12, new_key
 
@@ -109,7 +111,7 @@ def _escrow(
     with ports.db.transaction() as s:
         person = s.scalars(select(Person).where(Person.email == email)).one()
         if organization is not None:
-            org = accounts.find_organization(s, s.get_one(Account, person.account_id), organization)
+            org = tenancy.find_organization(s, s.get_one(Account, person.account_id), organization)
             person.organization_id = org.id
             for c in s.scalars(select(Certificate).where(Certificate.person_id == person.id)):
                 c.organization_id = org.id
@@ -150,13 +152,13 @@ def build_world(ports: Ports, operator: Actor) -> ApiWorld:
     accounts.create_account(ports, operator, "Acme Corp", "acme", key_vault_enabled=True)
     accounts.create_account(ports, operator, "Other Inc", "other", key_vault_enabled=True)
     with ports.db.transaction() as s:
-        acme = accounts.get_account(s, "acme")
+        acme = tenancy.get_account(s, "acme")
         s.add(Organization(account_id=acme.id, name="Sales"))
         s.flush()
         orgs = {
-            "default": accounts.default_organization(s, acme).id,
-            "sales": accounts.find_organization(s, acme, "Sales").id,
-            "other": accounts.default_organization(s, accounts.get_account(s, "other")).id,
+            "default": tenancy.default_organization(s, acme).id,
+            "sales": tenancy.find_organization(s, acme, "Sales").id,
+            "other": tenancy.default_organization(s, tenancy.get_account(s, "other")).id,
         }
     admins.create_admin(
         ports,

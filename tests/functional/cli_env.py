@@ -24,8 +24,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certvault.services import accounts
-from certvault.services.ports import Ports, open_ports
+from certvault.services.directory import accounts
+from certvault.services.kernel.ports import Ports, open_ports
 from tests.conftest import IN_CI, PG_ADMIN, TEST_OPERATOR, _pg_available, _pg_exec, _sqla_url
 from tests.conftest import make_settings as _make_settings
 

@@ -26,11 +26,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from certvault.db.models import Person
-from certvault.services import accounts, admins, tokens
-from certvault.services.actors import Actor
-from certvault.services.imports import import_p12
-from certvault.services.ports import Ports
-from certvault.services.ratelimit import DatabaseRateLimiter
+from certvault.services.access import admins, tokens
+from certvault.services.directory import accounts
+from certvault.services.kernel import tenancy
+from certvault.services.kernel.actors import Actor
+from certvault.services.kernel.ports import Ports
+from certvault.services.kernel.ratelimit import DatabaseRateLimiter
+from certvault.services.vault.imports import import_p12
 from certvault.web.app import create_app
 from tests.factories import make_ca, make_cert, make_p12, new_key
 
@@ -99,7 +101,7 @@ def build_scm_world(ports: Ports, operator: Actor) -> ScmWorld:
     assert entry.ok and entry.client_cert_id is not None
     with ports.db.read() as s:
         olga = s.scalars(select(Person.id).where(Person.email == "olga@other.example")).one()
-        default_org = accounts.default_organization(s, accounts.get_account(s, "acme")).id
+        default_org = tenancy.default_organization(s, tenancy.get_account(s, "acme")).id
     limiter = DatabaseRateLimiter(ports.db, clock=lambda: FIXED_TIME)
     app = create_app(ports, limiter=limiter)
     return ScmWorld(

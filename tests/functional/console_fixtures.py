@@ -31,10 +31,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from certvault.config import Settings
-from certvault.services import accounts, admins
-from certvault.services.actors import Actor
-from certvault.services.ports import Ports, open_ports
-from certvault.services.ratelimit import DatabaseRateLimiter
+from certvault.services.access import admins
+from certvault.services.directory import accounts
+from certvault.services.kernel.actors import Actor
+from certvault.services.kernel.ports import Ports, open_ports
+from certvault.services.kernel.ratelimit import DatabaseRateLimiter
 from certvault.web.app import create_app
 from tests.conftest import TEST_OPERATOR, _pg_exec, _sqla_url, make_settings
 from tests.functional.api_fixtures import ALL_PRIVILEGES, ApiWorld, build_world

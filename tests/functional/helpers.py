@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from certvault.db.models import AuditEvent, Certificate, EscrowedKey, MailMessage, Person
-from certvault.services.ports import Ports
+from certvault.services.kernel.ports import Ports
 
 
 def counts(ports: Ports) -> dict[str, int]:

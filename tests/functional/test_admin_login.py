@@ -11,9 +11,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from certvault.db.models import Admin, AuditEvent, WebSession
-from certvault.services import accounts, admins, web_sessions
-from certvault.services.ratelimit import DatabaseRateLimiter
-from certvault.services.web_sessions import SESSION_COOKIE
+from certvault.services.access import admins, web_sessions
+from certvault.services.access.web_sessions import SESSION_COOKIE
+from certvault.services.directory import accounts
+from certvault.services.kernel.ratelimit import DatabaseRateLimiter
 from certvault.web.app import create_app
 from tests.conftest import make_settings
 from tests.functional import cli_env
@@ -299,7 +300,7 @@ def test_session_of_another_account_stays_in_it(ports, operator, console, clock)
 
 def test_reset_totp_command(backend, tmp_path, ports, console, clock, operator):
     secret = enroll(console, clock)
-    web_sessions.reset_totp(ports, operator, "acme", "alice")
+    admins.reset_totp(ports, operator, "acme", "alice")
     assert console.get("/admin/").url.path == "/admin/login"  # sessions ended
     assert [e.actor for e in events(ports, "admin.totp_reset")] == [operator.name]
     console.cookies.clear()

@@ -27,9 +27,11 @@ import pytest
 from sqlalchemy import func, select
 
 from certvault.db.models import AuditEvent, MailMessage
-from certvault.services import admins, enrollment_forms, release, tokens
-from certvault.services import credentials as credentials_service
-from certvault.services.actors import Actor
+from certvault.services.access import admins, tokens
+from certvault.services.access import credentials as credentials_service
+from certvault.services.kernel.actors import Actor
+from certvault.services.pki import enrollment_forms
+from certvault.services.vault import release
 from certvault.web.app import body_limit
 from tests.factories import make_p12
 from tests.functional.api_fixtures import (  # noqa: F401 - `api`

@@ -19,8 +19,8 @@ from sqlalchemy import select
 from certvault.crypto import keys as keylib
 from certvault.crypto.pkcs12 import read_pkcs12
 from certvault.db.models import Account, AuditEvent
-from certvault.services import certificates
-from certvault.services.vault import ALREADY_EXISTS, IMPORTED
+from certvault.services.pki import crl
+from certvault.services.vault.archive import ALREADY_EXISTS, IMPORTED
 from tests.factories import make_cert, make_p12, new_key
 from tests.functional.api_fixtures import P12_PASSWORD, api_fixture  # noqa: F401 - `api`
 from tests.functional.helpers import counts, events, mails
@@ -196,7 +196,7 @@ def test_certificate_filters_count_and_details(api, operator):
     assert ids("", "sales") == [sam]
     assert ids("", "foreign") == api.olga.cert_ids
 
-    certificates.revoke_certificate(api.ports, operator, "acme", sam, "superseded")
+    crl.revoke_certificate(api.ports, operator, "acme", sam, "superseded")
     assert ids("?status=revoked") == [sam]
     assert ids("?status=issued") == [new, keyless]
 

@@ -13,10 +13,11 @@ from sqlalchemy import delete, select, text, update
 
 from certvault.db.models import Account, AuditEvent, AuditHead
 from certvault.errors import CertvaultError
-from certvault.services import accounts, audit
-from certvault.services.audit_heads import ChainHead
-from certvault.services.imports import import_p12
-from certvault.services.release import release_key
+from certvault.services.audit import log as audit
+from certvault.services.directory import accounts
+from certvault.services.kernel.witness import ChainHead
+from certvault.services.vault.imports import import_p12
+from certvault.services.vault.release import release_key
 from tests.factories import make_cert, make_p12, new_key
 
 PW = "import-password-1"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from certvault.services import audit
-from certvault.services.accounts import get_account
+from certvault.services.audit import log as audit
+from certvault.services.kernel.tenancy import get_account
 
 
 def _head(ports, slug="acme"):  # type: ignore[no-untyped-def]

@@ -9,17 +9,17 @@ from sqlalchemy import select
 
 from certvault.db.models import Admin, ApiToken, AuditEvent
 from certvault.errors import InvalidInput, NotFound
-from certvault.services import admins, tokens
-from certvault.services.actors import Scope
-from certvault.services.credentials import CredentialCache, authenticate_password
-from certvault.services.ratelimit import (
+from certvault.services.access import admins, tokens
+from certvault.services.access.credentials import CredentialCache, authenticate_password
+from certvault.services.access.tokens import Unauthenticated
+from certvault.services.kernel.actors import Scope
+from certvault.services.kernel.ratelimit import (
     DatabaseRateLimiter,
     Limit,
     RateLimited,
     RedisRateLimiter,
     enforce,
 )
-from certvault.services.tokens import Unauthenticated
 
 PASSWORD = "api-password-0123456789"
 
@@ -105,7 +105,7 @@ def test_header_credentials_only_for_api_only_admins(ports, operator, api_admin)
 
 
 def test_header_login_attempts_are_limited_before_argon2(ports, operator, api_admin, monkeypatch):
-    from certvault.services import credentials
+    from certvault.services.access import credentials
 
     ports.settings.logins_per_minute_login = 3
     limiter, cache = DatabaseRateLimiter(ports.db), CredentialCache()
@@ -138,7 +138,7 @@ def test_header_login_attempts_are_limited_before_argon2(ports, operator, api_ad
 
 
 def test_database_limiter_is_shared_between_processes(ports, settings):
-    from certvault.services.ports import open_ports
+    from certvault.services.kernel.ports import open_ports
 
     other = open_ports(settings)  # a second worker on the same database
     try:

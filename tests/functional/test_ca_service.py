@@ -23,24 +23,24 @@ from certvault.crypto.pkcs12 import read_pkcs12
 from certvault.crypto.profiles import PROFILES, KeyType, get_profile
 from certvault.db.models import Base, CertificateAuthority, EscrowedKey, ServiceKey
 from certvault.errors import CaInvalid, Conflict, P12NoCertificate, P12WrongPassword
-from certvault.services import accounts, audit, keyring
-from certvault.services.ca import (
-    CA_KEY_PURPOSE,
+from certvault.services.audit import log as audit
+from certvault.services.directory import accounts
+from certvault.services.kernel import keyring, tenancy
+from certvault.services.pki.authorities import CA_KEY_PURPOSE, NoIssuingCa
+from certvault.services.pki.ca import (
     BuiltinIssuer,
     CaExists,
-    NoIssuingCa,
     OfflineRootExists,
-    crl_for,
     import_issuing,
     init_ca,
     issuing_chain,
 )
-from certvault.services.certificates import revoke_certificate
-from certvault.services.imports import import_p12
-from certvault.services.issuance import IssueRequest
-from certvault.services.release import release_key
-from certvault.services.vault import EscrowRequest, ServiceKeyRefused, archive_entry
-from certvault.services.verification import verify_escrow
+from certvault.services.pki.crl import crl_for, revoke_certificate
+from certvault.services.pki.issuance import IssueRequest
+from certvault.services.vault.archive import EscrowRequest, ServiceKeyRefused, archive_entry
+from certvault.services.vault.imports import import_p12
+from certvault.services.vault.release import release_key
+from certvault.services.vault.verification import verify_escrow
 from certvault.web.app import create_app
 from tests.factories import make_p12, new_key
 from tests.functional import cli_env
@@ -90,7 +90,7 @@ def _verify(tmp_path: Path, root: x509.Certificate, untrusted, leaf, *extra: str
 def _issue(ports, profile: str = "smime", email: str = "alice@example.org"):  # type: ignore[no-untyped-def]
     key = new_key("ec256")
     with ports.db.transaction() as s:
-        account = accounts.get_account(s, "acme")
+        account = tenancy.get_account(s, "acme")
         request = IssueRequest(key.public_key(), get_profile(profile), email)
         return key, BuiltinIssuer(ports).issue(s, account, request)
 
@@ -99,7 +99,7 @@ def _enroll(ports, operator, email: str, profile: str = "smime"):  # type: ignor
     """What web-form enrollment does: issue and escrow in one transaction."""
     key = new_key("ec256")
     with ports.db.transaction() as s:
-        account = accounts.get_account(s, "acme")
+        account = tenancy.get_account(s, "acme")
         issued = BuiltinIssuer(ports).issue(
             s, account, IssueRequest(key.public_key(), get_profile(profile), email)
         )
@@ -381,7 +381,7 @@ def test_an_offline_root_file_is_never_overwritten(ca_ports, operator, tmp_path)
 def test_a_failed_init_removes_its_root_file_unless_the_ca_was_recorded(
     ca_ports, operator, tmp_path, monkeypatch
 ):
-    from certvault.services import ca as ca_service
+    from certvault.services.pki import ca as ca_service
 
     class Boom(RuntimeError):
         pass

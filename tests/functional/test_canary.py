@@ -26,10 +26,11 @@ from certvault.crypto.passphrase import check_passphrase
 from certvault.crypto.pkcs12 import EncryptionType
 from certvault.errors import CertvaultError
 from certvault.masterkey.shares import combine_shares, split_secret
-from certvault.services import accounts, admins
-from certvault.services.custody import restore_master_key
-from certvault.services.imports import ImportItem, import_files, import_p12
-from certvault.services.release import release_key
+from certvault.services.access import admins
+from certvault.services.directory import accounts
+from certvault.services.vault.custody import restore_master_key
+from certvault.services.vault.imports import ImportItem, import_files, import_p12
+from certvault.services.vault.release import release_key
 from tests.factories import make_cert, make_p12, new_key
 from tests.functional import cli_env
 from tests.functional.cli_env import openssl, openssl_p12, write_key_and_cert, write_secret

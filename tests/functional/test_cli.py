@@ -18,7 +18,7 @@ from argon2 import PasswordHasher
 from cryptography.hazmat.primitives import hashes
 
 from certvault.masterkey.shares import split_secret
-from certvault.services.imports import import_p12
+from certvault.services.vault.imports import import_p12
 from tests.conftest import TEST_OPERATOR
 from tests.factories import make_cert, make_p12, new_key, pool_key
 from tests.functional import cli_env

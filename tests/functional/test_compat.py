@@ -15,9 +15,9 @@ from sqlalchemy import select
 from certvault.crypto import keys as keylib
 from certvault.crypto.pkcs12 import read_pkcs12
 from certvault.db.models import Admin, AuditEvent, Certificate
-from certvault.services import tokens
-from certvault.services.ratelimit import Limit
-from certvault.services.release import RELEASE
+from certvault.services.access import tokens
+from certvault.services.kernel.ratelimit import Limit
+from certvault.services.vault.release import RELEASE
 from certvault.web.compat.smime import revocation_reason
 from tests.conftest import make_settings
 from tests.factories import make_cert, new_key

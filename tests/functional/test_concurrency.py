@@ -9,10 +9,10 @@ import queue
 from sqlalchemy import select
 
 from certvault.db.models import Account, AuditEvent, AuditHead, Person
-from certvault.services import audit
-from certvault.services.audit_heads import ChainHead
-from certvault.services.vault import ARCHIVE, IMPORTED
-from certvault.services.verification import verify_escrow
+from certvault.services.audit import log as audit
+from certvault.services.kernel.witness import ChainHead
+from certvault.services.vault.archive import ARCHIVE, IMPORTED
+from certvault.services.vault.verification import verify_escrow
 from tests.functional import _archiver
 from tests.functional.helpers import counts
 

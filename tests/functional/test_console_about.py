@@ -9,9 +9,10 @@ import pytest
 
 from certvault import __version__
 from certvault.config import Settings
-from certvault.services import accounts, ca, enrollment_forms
-from certvault.services import settings as kv_settings
-from certvault.services.ports import Ports
+from certvault.services.kernel import tenancy
+from certvault.services.kernel.ports import Ports
+from certvault.services.pki import authorities, enrollment_forms
+from certvault.services.vault import settings as kv_settings
 from tests.conftest import make_settings
 from tests.functional.console_fixtures import console_fixture  # noqa: F401
 
@@ -56,7 +57,7 @@ def test_each_account_sees_its_own_url(console):
 def test_the_account_name_is_shown_escaped(console):
     hostile = '<script>alert("x")</script> & <b>Co</b>'
     with console.ports.db.transaction() as s:
-        accounts.get_account(s, "acme").name = hostile
+        tenancy.get_account(s, "acme").name = hostile
     page = console.sign_in("boss").get("/admin/about").text
     assert hostile not in page and "<script>alert" not in page
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &lt;b&gt;Co&lt;/b&gt;" in page
@@ -74,7 +75,7 @@ def test_every_absolute_url_shares_the_public_url(console):
     assert enrollment_forms.form_url(ports.settings, "acme", "staff") == (
         f"{base}/enroll/acme/staff"
     )
-    assert ca.crl_url(ports, "acme", "issuing") == f"{base}/crl/acme/issuing.crl"
+    assert authorities.crl_url(ports, "acme", "issuing") == f"{base}/crl/acme/issuing.crl"
 
 
 def test_the_default_public_url_is_used_when_none_is_set(tmp_path: Path):

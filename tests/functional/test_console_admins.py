@@ -9,7 +9,7 @@ import re
 from sqlalchemy import select
 
 from certvault.db.models import Admin, ApiToken, WebSession
-from certvault.services import tokens
+from certvault.services.access import tokens
 from tests.conftest import TEST_OPERATOR
 from tests.functional.console_fixtures import (  # noqa: F401
     SECRET_RE,

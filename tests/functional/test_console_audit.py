@@ -10,7 +10,8 @@ from datetime import timedelta
 from sqlalchemy import delete, select, update
 
 from certvault.db.models import Account, AuditEvent
-from certvault.services import admins, audit
+from certvault.services.access import admins
+from certvault.services.audit import log as audit
 from tests.conftest import TEST_OPERATOR
 from tests.functional.console_fixtures import (
     console_fixture,  # noqa: F401

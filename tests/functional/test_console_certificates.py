@@ -8,7 +8,7 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from certvault.services import certificates
+from certvault.services.pki import crl
 from certvault.web.admin import certificates as certificates_page
 from tests.conftest import TEST_OPERATOR
 from tests.functional.console_fixtures import console_fixture  # noqa: F401
@@ -90,7 +90,7 @@ def test_filters(console, query, expected):
 
 def test_revoked_certificates_are_listed_and_shown_as_revoked(console):
     old = console.world.alice.cert_ids[0]
-    certificates.revoke_certificate(console.ports, TEST_OPERATOR, "acme", old, "keyCompromise")
+    crl.revoke_certificate(console.ports, TEST_OPERATOR, "acme", old, "keyCompromise")
     boss = console.sign_in("boss")
     assert _listed(boss.get("/admin/certificates?status=revoked").text) == [old]
     detail = boss.get(f"/admin/certificates/{old}").text

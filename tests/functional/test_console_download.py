@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select, update
 
 from certvault.db.models import Account, FormNonce, WebSession
-from certvault.services import persons
+from certvault.services.directory import persons
 from tests.functional.cli_env import openssl
 from tests.functional.console_fixtures import (  # noqa: F401
     PASSWORD,

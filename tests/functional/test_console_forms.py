@@ -8,7 +8,7 @@ import json
 from sqlalchemy import select
 
 from certvault.db.models import EnrollmentForm
-from certvault.services import enrollment_forms
+from certvault.services.pki import enrollment_forms
 from tests.conftest import TEST_OPERATOR
 from tests.functional.console_fixtures import console_fixture  # noqa: F401
 from tests.functional.helpers import events

@@ -28,8 +28,8 @@ from certvault.db.models import (
     MailMessage,
     Person,
 )
-from certvault.services import ca, enrollment_forms
-from certvault.services.release import RELEASE
+from certvault.services.pki import ca, enrollment_forms
+from certvault.services.vault.release import RELEASE
 from tests.conftest import TEST_OPERATOR
 from tests.functional.console_fixtures import (
     ConsoleClient,

@@ -17,8 +17,10 @@ from sqlalchemy import func, select
 
 from certvault.crypto import keys as keylib
 from certvault.db.models import Certificate, EscrowedKey, KeyVaultSettings, ServiceKey
-from certvault.services import accounts, imports
-from certvault.services.ports import Ports
+from certvault.services.directory import accounts
+from certvault.services.kernel import tenancy
+from certvault.services.kernel.ports import Ports
+from certvault.services.vault import imports
 from tests.factories import make_ca, make_cert, make_p12, new_key
 from tests.functional.console_fixtures import console_fixture  # noqa: F401
 from tests.functional.helpers import events
@@ -73,7 +75,7 @@ def _table(page: str) -> list[tuple[str, str]]:
 
 def _row(ports: Ports, slug: str = "acme") -> KeyVaultSettings | None:
     with ports.db.read() as s:
-        account = accounts.get_account(s, slug)
+        account = tenancy.get_account(s, slug)
         return s.get(KeyVaultSettings, account.id)
 
 

@@ -12,7 +12,7 @@ from argon2 import PasswordHasher
 from sqlalchemy import select
 
 from certvault.db.models import AuditEvent, Person
-from certvault.services import persons
+from certvault.services.directory import persons
 from certvault.web.admin import persons as persons_page
 from tests.conftest import TEST_OPERATOR
 from tests.functional.console_fixtures import console_fixture  # noqa: F401

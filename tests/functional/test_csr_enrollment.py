@@ -21,11 +21,12 @@ from certvault.crypto.ca import build_csr
 from certvault.crypto.profiles import PROFILES, KeyType, Profile
 from certvault.db.models import Certificate, CertificateAuthority, Person
 from certvault.errors import CertvaultError
-from certvault.services import admins, csr_enrollment
-from certvault.services.actors import Actor
-from certvault.services.ca import init_ca
-from certvault.services.issuance import Issued, IssueRequest
-from certvault.services.ports import Ports
+from certvault.services.access import admins
+from certvault.services.kernel.actors import Actor
+from certvault.services.kernel.ports import Ports
+from certvault.services.pki import csr_enrollment
+from certvault.services.pki.ca import init_ca
+from certvault.services.pki.issuance import Issued, IssueRequest
 from tests.factories import new_key, pool_key
 from tests.functional.api_fixtures import ApiWorld, api_fixture  # noqa: F401 - `api`
 from tests.functional.compat_fixtures import ScmWorld, scm_world  # noqa: F401 - `scm`

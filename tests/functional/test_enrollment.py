@@ -28,11 +28,13 @@ from certvault.db.models import (
     Person,
 )
 from certvault.errors import Forbidden, InvalidInput, KeyTypeNotAllowed
-from certvault.services import accounts, admins, ca, enrollment, enrollment_forms, tokens
-from certvault.services.actors import Actor
-from certvault.services.notify import MailUnavailable
-from certvault.services.ports import Ports
-from certvault.services.ratelimit import RateLimited
+from certvault.services.access import admins, tokens
+from certvault.services.directory import accounts
+from certvault.services.kernel.actors import Actor
+from certvault.services.kernel.notify import MailUnavailable
+from certvault.services.kernel.ports import Ports
+from certvault.services.kernel.ratelimit import RateLimited
+from certvault.services.pki import ca, enrollment, enrollment_forms
 from certvault.web.app import create_app
 from certvault.web.security import CONTENT_SECURITY_POLICY
 from tests.conftest import make_settings

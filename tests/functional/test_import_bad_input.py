@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from certvault.errors import CertvaultError
-from certvault.services.imports import import_p12
-from certvault.services.vault import IMPORTED
+from certvault.services.vault.archive import IMPORTED
+from certvault.services.vault.imports import import_p12
 from tests.functional.helpers import counts, events
 
 VECTORS = Path(__file__).parents[1] / "vectors" / "p12"
@@ -72,7 +72,7 @@ def test_non_ascii_password(ports, operator, account):
 
 def test_chain_is_kept_for_release(ports, operator, account):
     from certvault.crypto.pkcs12 import read_pkcs12
-    from certvault.services.release import release_key
+    from certvault.services.vault.release import release_key
 
     [entry] = import_p12(ports, operator, "acme", _data("rsa2048-chain.p12"), P)
     batch = release_key(

@@ -32,9 +32,11 @@ import pytest
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 
-from certvault.services import admins, ca, enrollment_forms, persons, tokens
-from certvault.services.actors import Actor, Scope
-from certvault.services.release import RELEASE
+from certvault.services.access import admins, tokens
+from certvault.services.directory import persons
+from certvault.services.kernel.actors import Actor, Scope
+from certvault.services.pki import ca, enrollment_forms
+from certvault.services.vault.release import RELEASE
 from tests.conftest import TEST_OPERATOR
 from tests.factories import make_p12
 from tests.functional.api_fixtures import (  # noqa: F401 - `api`

@@ -22,17 +22,19 @@ from sqlalchemy import func, select, update
 
 from certvault.crypto import keys as keylib
 from certvault.db.models import MailMessage
-from certvault.services import accounts, admins, notify
-from certvault.services.imports import import_p12
-from certvault.services.notify import SendResult, send_pending
-from certvault.services.ports import Ports, open_ports
-from certvault.services.release import ReasonRequired, release_key
-from certvault.services.vault import (
+from certvault.services.access import admins
+from certvault.services.directory import accounts
+from certvault.services.kernel import notify, tenancy
+from certvault.services.kernel.notify import SendResult, send_pending
+from certvault.services.kernel.ports import Ports, open_ports
+from certvault.services.vault.archive import (
     CertificateConflict,
     EscrowRequest,
     KeyVaultDisabled,
     archive_entry,
 )
+from certvault.services.vault.imports import import_p12
+from certvault.services.vault.release import ReasonRequired, release_key
 from tests.conftest import make_settings
 from tests.factories import make_ca, make_cert, make_p12, new_key, pool_key
 from tests.functional.helpers import counts, mails
@@ -95,7 +97,7 @@ def test_archive_queues_one_mail_in_its_own_transaction(mail_ports, operator):
     cert = make_cert(key, "alice@example.org")
     with pytest.raises(_Abort):
         with mail_ports.db.transaction() as s:
-            acct = accounts.get_account(s, "acme")
+            acct = tenancy.get_account(s, "acme")
             archive_entry(s, mail_ports, acct, operator, EscrowRequest(key=key, certificate=cert))
             s.flush()
             assert s.scalar(select(func.count()).select_from(MailMessage)) == 1
@@ -106,7 +108,7 @@ def test_archive_queues_one_mail_in_its_own_transaction(mail_ports, operator):
     _import(mail_ports, operator, key, cert=cert)
     [row] = mails(mail_ports)
     with mail_ports.db.read() as s:
-        acme_id = accounts.get_account(s, "acme").id
+        acme_id = tenancy.get_account(s, "acme").id
     assert (row.to_addr, row.subject, row.account_id) == ("alice@example.org", ESCROWED, acme_id)
     assert row.sent_at is None and row.attempts == 0 and row.last_error is None
 
@@ -133,7 +135,7 @@ def test_refused_archive_queues_no_mail(mail_ports, operator):
 
 def test_operator_release_mails_owner_and_each_account_admin_with_an_address(mail_ports, operator):
     with mail_ports.db.read() as s:
-        default_org = str(accounts.default_organization(s, accounts.get_account(s, "acme")).id)
+        default_org = str(tenancy.default_organization(s, tenancy.get_account(s, "acme")).id)
     admins.create_admin(mail_ports, operator, "acme", "boss", email="boss@example.org")
     admins.create_admin(mail_ports, operator, "acme", "deputy", email="deputy@example.org")
     admins.create_admin(mail_ports, operator, "acme", "quiet")  # no address: nothing to send

@@ -10,10 +10,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from certvault.config import Settings
-from certvault.services import accounts
-from certvault.services.imports import import_p12
-from certvault.services.ports import open_ports
-from certvault.services.release import release_key
+from certvault.services.directory import accounts
+from certvault.services.kernel.ports import open_ports
+from certvault.services.vault.imports import import_p12
+from certvault.services.vault.release import release_key
 from tests.conftest import make_settings
 from tests.factories import make_cert, make_p12, pool_key
 

@@ -23,8 +23,8 @@ from schemathesis.pytest._test_builder import build_operation_test
 from schemathesis.python._constants.orchestrator import make_constants_value_source
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from certvault.services import admins, tokens
-from certvault.services.actors import Actor
+from certvault.services.access import admins, tokens
+from certvault.services.kernel.actors import Actor
 from certvault.web.errors import NOT_JSON
 from tests.functional.api_fixtures import ALL_PRIVILEGES, ApiWorld, api_fixture  # noqa: F401
 from tests.functional.helpers import counts, events

@@ -32,7 +32,7 @@ import httpx
 import pytest
 
 from certvault.cli.serve import is_loopback
-from certvault.services import notify
+from certvault.services.kernel import notify
 from certvault.web.logging import JsonFormatter
 from tests.factories import make_ca, make_cert, pool_key
 from tests.functional import cli_env

@@ -10,10 +10,10 @@ import pytest
 from certvault.crypto import keys as keylib
 from certvault.crypto.pkcs12 import EncryptionType, read_pkcs12
 from certvault.errors import CertvaultError, Forbidden, KeyMismatch, NotFound
-from certvault.services import accounts, admins, keyring
-from certvault.services.imports import import_p12
-from certvault.services.release import NoEscrowedKey, ReasonRequired, release_key
-from certvault.services.vault import (
+from certvault.services.access import admins
+from certvault.services.directory import accounts
+from certvault.services.kernel import keyring, tenancy
+from certvault.services.vault.archive import (
     ALREADY_EXISTS,
     IMPORTED,
     CertificateConflict,
@@ -23,7 +23,9 @@ from certvault.services.vault import (
     UntrustedIssuer,
     archive_entry,
 )
-from certvault.services.verification import verify_escrow
+from certvault.services.vault.imports import import_p12
+from certvault.services.vault.release import NoEscrowedKey, ReasonRequired, release_key
+from certvault.services.vault.verification import verify_escrow
 from tests.factories import make_ca, make_cert, make_p12, new_key, pool_key
 from tests.functional.helpers import counts, events, mails
 
@@ -119,7 +121,7 @@ def test_archive_refuses_mismatched_key(ports, operator, account):
     key, other = new_key(), new_key()
     req = EscrowRequest(key=key, certificate=make_cert(other))
     with ports.db.transaction() as s:
-        acct = accounts.get_account(s, "acme")
+        acct = tenancy.get_account(s, "acme")
         with pytest.raises(KeyMismatch):
             archive_entry(s, ports, acct, operator, req)
 
@@ -240,7 +242,7 @@ def test_release_authorization_per_certificate(ports, operator, account):
     _, [entry] = _import(ports, operator, pool_key("ec256"))
     cid = entry.client_cert_id
     with ports.db.transaction() as s:
-        acct = accounts.get_account(s, "acme")
+        acct = tenancy.get_account(s, "acme")
         s.add(Organization(account_id=acct.id, name="Sales"))
     admins.create_admin(ports, operator, "acme", "noprivs")
     admins.create_admin(
@@ -316,7 +318,7 @@ def test_stored_key_is_not_plaintext(ports, operator, account):
 
 def test_profile_without_escrow_is_refused_by_the_way_in(ports, operator, account):
     from certvault.crypto.profiles import get_profile
-    from certvault.services.vault import EscrowNotAllowed
+    from certvault.services.vault.archive import EscrowNotAllowed
 
     key = new_key()
     for name, allowed in (("smime-signing", False), ("smime-encryption", True)):
@@ -327,7 +329,7 @@ def test_profile_without_escrow_is_refused_by_the_way_in(ports, operator, accoun
             source="enroll",
         )
         with ports.db.transaction() as s:
-            acct = accounts.get_account(s, "acme")
+            acct = tenancy.get_account(s, "acme")
             if allowed:
                 assert archive_entry(s, ports, acct, operator, req).message == IMPORTED
             else:

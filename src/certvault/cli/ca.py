@@ -18,7 +18,7 @@ from certvault.cli.common import (
     read_secret_file,
 )
 from certvault.crypto.profiles import parse_key_type
-from certvault.services import ca
+from certvault.services.pki import authorities, ca
 
 ca_app = typer.Typer(help="The built-in CA of an account.", no_args_is_help=True)
 
@@ -91,7 +91,7 @@ def ca_import_issuing(
         row = guarded(
             lambda: ca.import_issuing(ports, operator(), account, data, password, name=name)
         )
-        url = ca.crl_url(ports, account, row.name)
+        url = authorities.crl_url(ports, account, row.name)
     out.print(f"issuing CA {row.name} installed; CRL: {url}", markup=False)
 
 

@@ -15,8 +15,8 @@ from rich.markup import escape
 
 from certvault.config import Settings
 from certvault.errors import CertvaultError
-from certvault.services.actors import Actor
-from certvault.services.ports import Ports, open_ports, operator_name
+from certvault.services.kernel.actors import Actor
+from certvault.services.kernel.ports import Ports, open_ports, operator_name
 
 T = TypeVar("T")
 

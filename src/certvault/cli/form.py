@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from certvault.cli.common import guarded, operator, out, ports_for_command, read_secret_file
-from certvault.services import enrollment_forms
+from certvault.services.pki import enrollment_forms
 
 form_app = typer.Typer(
     help="Enrollment forms: the person gets a key made by the server, certified and escrowed.",

@@ -21,9 +21,9 @@ from certvault.cli.common import (
     ports_for_command,
     read_secret_file,
 )
-from certvault.services.custody import record_shares_exported, restore_master_key
-from certvault.services.imports import FileResult, ImportItem, import_files
-from certvault.services.release import release_key
+from certvault.services.vault.custody import record_shares_exported, restore_master_key
+from certvault.services.vault.imports import FileResult, ImportItem, import_files
+from certvault.services.vault.release import release_key
 
 kek_app = typer.Typer(help="Master-key custody: Shamir shares.", no_args_is_help=True)
 

@@ -15,8 +15,11 @@ from certvault.cli.ca import ca_app
 from certvault.cli.common import err, guarded, operator, out, ports_for_command, read_secret_file
 from certvault.cli.form import form_app
 from certvault.cli.serve import serve
-from certvault.services import accounts, admins, audit, notify, tokens
-from certvault.services.verification import verify_escrow
+from certvault.services.access import admins, tokens
+from certvault.services.audit import log as audit
+from certvault.services.directory import accounts
+from certvault.services.kernel import notify, tenancy
+from certvault.services.vault.verification import verify_escrow
 
 app = typer.Typer(
     name="certvault",
@@ -101,7 +104,7 @@ def account_show(slug: str) -> None:
 
         def work() -> str:
             with ports.db.read() as session:
-                a = accounts.get_account(session, slug)
+                a = tenancy.get_account(session, slug)
                 return (
                     f"{a.slug}\t{a.name}\tkey_vault={'on' if a.key_vault_enabled else 'off'}"
                     f"\tuuid={a.uuid}"

@@ -16,10 +16,10 @@ from fastapi.responses import JSONResponse, Response
 
 from certvault import __version__
 from certvault.config import Settings
-from certvault.services import notify
-from certvault.services.credentials import CredentialCache
-from certvault.services.ports import Ports, open_ports
-from certvault.services.ratelimit import RateLimiter, rate_limiter
+from certvault.services.access.credentials import CredentialCache
+from certvault.services.kernel import notify
+from certvault.services.kernel.ports import Ports, open_ports
+from certvault.services.kernel.ratelimit import RateLimiter, rate_limiter
 from certvault.web import errors, metrics, timing
 from certvault.web.deps import client_ip
 from certvault.web.middleware import AccessLog, BodyLimit, Shield

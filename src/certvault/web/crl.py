@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from certvault.services import ca
+from certvault.services.pki import crl
 from certvault.web.deps import PortsDep
 
 router = APIRouter(include_in_schema=False)
@@ -22,8 +22,8 @@ _MAX_SEGMENT = 63
 @router.get("/crl/{account_slug}/{ca_name}.crl")
 def get_crl(account_slug: str, ca_name: str, ports: PortsDep) -> Response:
     if len(account_slug) > _MAX_SEGMENT or len(ca_name) > _MAX_SEGMENT:
-        raise ca.CrlNotFound()
-    published = ca.current_crl(ports, account_slug, ca_name)
+        raise crl.CrlNotFound()
+    published = crl.current_crl(ports, account_slug, ca_name)
     # Never cached past nextUpdate, when it stops being valid.
     remaining = int((published.next_update - ports.clock()).total_seconds())
     max_age = max(0, min(MAX_AGE_SECONDS, remaining))

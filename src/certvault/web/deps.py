@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from certvault.services import credentials, tokens
-from certvault.services.actors import Actor
-from certvault.services.ports import Ports
-from certvault.services.ratelimit import RateLimiter
+from certvault.services.access import credentials, tokens
+from certvault.services.kernel.actors import Actor
+from certvault.services.kernel.ports import Ports
+from certvault.services.kernel.ratelimit import RateLimiter
 
 bearer = HTTPBearer(auto_error=False, description="An API token: `certvault token create`.")
 

@@ -20,7 +20,7 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from certvault.errors import CertvaultError
-from certvault.services.ratelimit import RateLimited
+from certvault.services.kernel.ratelimit import RateLimited
 
 log = logging.getLogger("certvault.web")
 

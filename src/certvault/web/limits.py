@@ -1,13 +1,13 @@
 """Download rate limits shared by the own and the SCM-compatible API: per administrator, per
-token and per client address, holding across every worker (services/ratelimit.py)."""
+token and per client address, holding across every worker (services/kernel/ratelimit.py)."""
 
 from __future__ import annotations
 
 from fastapi import Request
 
-from certvault.services import audit
-from certvault.services.ratelimit import Limit, enforce
-from certvault.services.release import RELEASE
+from certvault.services.audit import log as audit
+from certvault.services.kernel.ratelimit import Limit, enforce
+from certvault.services.vault.release import RELEASE
 from certvault.web.deps import Caller, client_ip, get_limiter, get_ports
 
 HOUR = 3600

@@ -12,7 +12,7 @@ from starlette.datastructures import FormData
 from starlette.responses import HTMLResponse, Response
 
 from certvault.errors import CertvaultError, InvalidInput
-from certvault.services.ratelimit import RateLimited
+from certvault.services.kernel.ratelimit import RateLimited
 from certvault.web.security import (
     CONTENT_SECURITY_POLICY,
     CSRF_FIELD,

@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from certvault.errors import Forbidden
-from certvault.services import keyring
-from certvault.services.ports import Ports
+from certvault.services.kernel import keyring
+from certvault.services.kernel.ports import Ports
 
 CSRF_COOKIE = "certvault_csrf"
 CSRF_FIELD = "csrf_token"

@@ -131,7 +131,7 @@ def test_bad_thresholds():
 def test_master_key_may_not_live_inside_the_database_directory(tmp_path):
     from certvault.config import Settings
     from certvault.errors import ConfigurationError
-    from certvault.services.ports import master_key_provider
+    from certvault.services.kernel.ports import master_key_provider
 
     home = tmp_path / "home"
     with pytest.raises(ConfigurationError, match="must not be inside the database directory"):

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from certvault import __version__
-from certvault.services import settings
+from certvault.services.vault import settings
 from certvault.web.admin.console import open_console
 
 router = APIRouter(include_in_schema=False)

@@ -12,8 +12,9 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from certvault.errors import CertvaultError, InvalidInput
-from certvault.services import accounts, admins
-from certvault.services.actors import Privilege
+from certvault.services.access import admins
+from certvault.services.directory import accounts
+from certvault.services.kernel.actors import Privilege
 from certvault.web.admin.console import NOTICES, Console, open_console, post_console, redirect
 from certvault.web.pages import MAX_FIELD, form_field
 

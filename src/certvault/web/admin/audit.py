@@ -14,8 +14,8 @@ from starlette.responses import Response
 
 from certvault.db.models import AuditEvent
 from certvault.errors import CertvaultError, Forbidden, InvalidInput
-from certvault.services import audit
-from certvault.services.paging import Page
+from certvault.services.audit import log as audit
+from certvault.services.kernel.paging import Page
 from certvault.web.admin.console import Console, open_console, post_console
 
 router = APIRouter(include_in_schema=False)

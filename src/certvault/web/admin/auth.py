@@ -14,8 +14,8 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from certvault.errors import CertvaultError
-from certvault.services import totp, web_sessions
-from certvault.services.web_sessions import SESSION_COOKIE, SessionInvalid
+from certvault.services.access import totp, web_sessions
+from certvault.services.access.web_sessions import SESSION_COOKIE, SessionInvalid
 from certvault.web.admin.console import (
     SCRIPT_PATH,
     STATIC,

@@ -10,9 +10,9 @@ from starlette.responses import Response
 
 from certvault.db.models import Certificate
 from certvault.errors import CertvaultError, InvalidInput, NotFound
-from certvault.services import accounts, certificates, persons
-from certvault.services.certificates import CertificateFilter
-from certvault.services.paging import MAX_ID, Page
+from certvault.services.directory import accounts, certificates, persons
+from certvault.services.directory.certificates import CertificateFilter
+from certvault.services.kernel.paging import MAX_ID, Page
 from certvault.web.admin.console import Console, open_console
 
 router = APIRouter(include_in_schema=False)

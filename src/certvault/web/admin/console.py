@@ -21,10 +21,10 @@ from starlette.datastructures import FormData
 from starlette.responses import RedirectResponse, Response
 
 from certvault.errors import CertvaultError
-from certvault.services import web_sessions
-from certvault.services.actors import Actor, Privilege, Role
-from certvault.services.ports import Ports
-from certvault.services.web_sessions import SESSION_COOKIE, ConsoleSession, SessionInvalid
+from certvault.services.access import web_sessions
+from certvault.services.access.web_sessions import SESSION_COOKIE, ConsoleSession, SessionInvalid
+from certvault.services.kernel.actors import Actor, Privilege, Role
+from certvault.services.kernel.ports import Ports
 from certvault.web.deps import client_ip, get_ports
 from certvault.web.pages import Pages, error_headers
 from certvault.web.security import (

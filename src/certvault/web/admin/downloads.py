@@ -1,5 +1,5 @@
 """Download key: re-authentication, reason, passphrase, encryption type; the release itself
-goes through services.release, the vault's one way out.
+goes through services.vault.release, the vault's one way out.
 
 A file download cannot also show text, so the passphrase certvault generates is made when the
 form is shown: it is shown once on the page and kept sealed with the form's one-use token until
@@ -19,12 +19,14 @@ from certvault.crypto.passphrase import check_passphrase, generate_passphrase
 from certvault.crypto.pkcs12 import EncryptionType
 from certvault.db.models import Account, Certificate
 from certvault.errors import CertvaultError, Forbidden, InvalidInput
-from certvault.services import certificates, form_nonces, persons, release, web_sessions
-from certvault.services.accounts import account_status
-from certvault.services.actors import Privilege
-from certvault.services.paging import MAX_LIMIT
-from certvault.services.release import MAX_REASON, RELEASE, NoEscrowedKey, ReasonRequired
-from certvault.services.vault import KeyVaultDisabled
+from certvault.services.access import form_nonces, web_sessions
+from certvault.services.directory import certificates, persons
+from certvault.services.directory.accounts import account_status
+from certvault.services.kernel.actors import Privilege
+from certvault.services.kernel.paging import MAX_LIMIT
+from certvault.services.vault import release
+from certvault.services.vault.archive import KeyVaultDisabled
+from certvault.services.vault.release import MAX_REASON, RELEASE, NoEscrowedKey, ReasonRequired
 from certvault.web.admin.console import Console, open_console, post_console
 from certvault.web.api.keys import person_keys_zip
 from certvault.web.deps import Caller, get_limiter
@@ -207,7 +209,7 @@ class _Choices:
 
 def _choices(form: FormData, account: Account) -> _Choices:
     """What the form asks for, checked before the form is used up, so that a typo costs no new
-    passphrase. services.release checks the same again: it has the last word."""
+    passphrase. services.vault.release checks the same again: it has the last word."""
     choice = form_field(form, "passphrase_choice") or GENERATED
     if choice not in (GENERATED, OWN):
         raise PassphraseChoiceInvalid()
@@ -304,7 +306,7 @@ async def _download(
     except CertvaultError as exc:
         return console.error(exc, section=section)
     if not _privileged(console, target):
-        # services.release makes (and audits) the refusal; nothing below runs for it.
+        # services.vault.release makes (and audits) the refusal; nothing below runs for it.
         try:
             await console.call(_release, console, target, None, None)
         except CertvaultError as exc:

@@ -1,5 +1,5 @@
 """Enrollment forms page: list the account's forms with their public URLs; create, edit,
-disable and enable them (services/enrollment_forms.py; the settings_manage privilege)."""
+disable and enable them (services/pki/enrollment_forms.py; the settings_manage privilege)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from starlette.responses import Response
 from certvault.crypto.profiles import PROFILES, KeyType
 from certvault.db.models import EnrollmentForm
 from certvault.errors import CertvaultError, InvalidInput
-from certvault.services import accounts, ca, enrollment_forms
-from certvault.services.paging import MAX_ID
+from certvault.services.directory import accounts
+from certvault.services.kernel.paging import MAX_ID
+from certvault.services.pki import authorities, ca, enrollment_forms
 from certvault.web.admin.console import NOTICES, Console, open_console, post_console, redirect
 from certvault.web.pages import MAX_FIELD, form_field
 
@@ -81,7 +82,7 @@ async def _common(console: Console) -> dict[str, Any]:
     try:
         await console.call(ca.issuing_chain, console.ports, console.actor, console.account_slug)
         has_ca = True
-    except ca.NoIssuingCa:
+    except authorities.NoIssuingCa:
         has_ca = False
     return {
         "organizations": [(str(o.id), o.name) for o in orgs],

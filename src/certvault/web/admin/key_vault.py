@@ -7,9 +7,9 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.responses import Response
 
 from certvault.errors import CertvaultError, CryptoError, Forbidden, InvalidInput
-from certvault.services import settings
-from certvault.services.settings import KeyVaultView, RecoveryOptions
-from certvault.services.vault import KeyVaultDisabled
+from certvault.services.vault import settings
+from certvault.services.vault.archive import KeyVaultDisabled
+from certvault.services.vault.settings import KeyVaultView, RecoveryOptions
 from certvault.web.admin.console import NOTICES, Console, open_console, post_console, redirect
 from certvault.web.pages import form_field
 

@@ -8,9 +8,9 @@ from starlette.responses import Response
 
 from certvault.db.models import Person
 from certvault.errors import CertvaultError
-from certvault.services import certificates, persons
-from certvault.services.certificates import CertificateFilter
-from certvault.services.paging import MAX_LIMIT
+from certvault.services.directory import certificates, persons
+from certvault.services.directory.certificates import CertificateFilter
+from certvault.services.kernel.paging import MAX_LIMIT
 from certvault.web.admin.certificates import (
     CertificateRow,
     bad_query_page,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from certvault.services import accounts
+from certvault.services.directory import accounts
 from certvault.web.api.schemas import ERRORS, KeyVaultStatus, OrganizationOut
 from certvault.web.deps import PortsDep, TokenCaller
 

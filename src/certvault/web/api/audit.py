@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from pydantic import BeforeValidator
 
-from certvault.services import audit
+from certvault.services.audit import log as audit
 from certvault.web.api.schemas import ERRORS, AuditEventOut, AuditEventPage, Cursor, Limit
 from certvault.web.deps import PortsDep, TokenCaller
 

@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query
 
 from certvault.db.models import Certificate
-from certvault.services import certificates
-from certvault.services.certificates import CertificateFilter
+from certvault.services.directory import certificates
+from certvault.services.directory.certificates import CertificateFilter
 from certvault.web.api.schemas import (
     ERRORS,
     CertificateOut,

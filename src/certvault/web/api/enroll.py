@@ -11,9 +11,10 @@ from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
 from certvault.crypto.profiles import PROFILES
-from certvault.services import certificates, csr_enrollment
-from certvault.services.csr_enrollment import BundleEncoding, BundleFormat
-from certvault.services.paging import MAX_ID
+from certvault.services.directory import certificates
+from certvault.services.kernel.paging import MAX_ID
+from certvault.services.pki import csr_enrollment
+from certvault.services.pki.csr_enrollment import BundleEncoding, BundleFormat
 from certvault.web.api.certificates import certificate_out
 from certvault.web.api.schemas import (
     CONFLICT,

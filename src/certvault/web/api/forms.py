@@ -10,9 +10,9 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from certvault.db.models import EnrollmentForm
-from certvault.services import enrollment_forms
-from certvault.services.paging import MAX_ID
-from certvault.services.ports import Ports
+from certvault.services.kernel.paging import MAX_ID
+from certvault.services.kernel.ports import Ports
+from certvault.services.pki import enrollment_forms
 from certvault.web.api.schemas import CONFLICT, ERRORS, Id, StrictBody, optional
 from certvault.web.deps import PortsDep, TokenCaller
 

@@ -13,8 +13,8 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from certvault.errors import CertvaultError, InvalidInput
-from certvault.services import imports, release
-from certvault.services.vault import EntryResult
+from certvault.services.vault import imports, release
+from certvault.services.vault.archive import EntryResult
 from certvault.web.api.schemas import (
     ERRORS,
     RATE_LIMITED,

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from certvault.db.models import Person
-from certvault.services import persons
+from certvault.services.directory import persons
 from certvault.web.api.schemas import (
     CONFLICT,
     ERRORS,

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from certvault.services.paging import MAX_ID, MAX_LIMIT
+from certvault.services.kernel.paging import MAX_ID, MAX_LIMIT
 
 
 class Error(BaseModel):

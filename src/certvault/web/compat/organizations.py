@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from certvault.services import accounts
+from certvault.services.directory import accounts
 from certvault.web.compat.schemas import SCM_ERRORS, ScmOrganization
 from certvault.web.deps import PortsDep, ScmCaller
 

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Query, Request, Response
 
 from certvault.db.models import Person
 from certvault.errors import CertvaultError, NotFound
-from certvault.services import imports, persons, vault
-from certvault.services.persons import PersonFields
+from certvault.services.directory import persons
+from certvault.services.directory.persons import PersonFields
+from certvault.services.vault import archive, imports
 from certvault.web.compat.schemas import (
     CONFLICT,
     MAX_ID,
@@ -39,7 +40,7 @@ router = APIRouter(tags=["SCM-compatible: persons"], responses=SCM_ERRORS)
 class EntryRefused(CertvaultError):
     """Every entry of the uploaded file was refused: answer with the first one's error."""
 
-    def __init__(self, entry: vault.EntryResult) -> None:
+    def __init__(self, entry: archive.EntryResult) -> None:
         super().__init__(entry.message)
         self.code = entry.code or "refused"
         self.status = entry.status or 422

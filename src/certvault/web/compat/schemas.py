@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from certvault.errors import InvalidInput
-from certvault.services.paging import MAX_LIMIT
+from certvault.services.kernel.paging import MAX_LIMIT
 
 MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
 Responses = dict[int | str, dict[str, Any]]  # OpenAPI responses of an operation

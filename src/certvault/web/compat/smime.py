@@ -11,10 +11,13 @@ from pydantic import Field
 
 from certvault.db.models import Certificate
 from certvault.errors import InvalidInput
-from certvault.services import certificates, csr_enrollment, release
-from certvault.services.certificates import REVOCATION_REASONS, CertificateFilter
-from certvault.services.csr_enrollment import BundleEncoding, BundleFormat
-from certvault.services.persons import PersonFields
+from certvault.services.directory import certificates
+from certvault.services.directory.certificates import CertificateFilter
+from certvault.services.directory.persons import PersonFields
+from certvault.services.pki import crl, csr_enrollment
+from certvault.services.pki.crl import REVOCATION_REASONS
+from certvault.services.pki.csr_enrollment import BundleEncoding, BundleFormat
+from certvault.services.vault import release
 from certvault.web.compat.schemas import (
     CONFLICT,
     MAX_ID,
@@ -224,7 +227,7 @@ def revoke_certificate(
 ) -> Response:
     """The escrowed key stays in the vault: old mail still needs it."""
     reason, comment = revocation_reason(body.reason if body else None)
-    certificates.revoke_certificate(
+    crl.revoke_certificate(
         ports, caller.actor, caller.account_slug, cert_id, reason, comment=comment
     )
     return Response(status_code=204)

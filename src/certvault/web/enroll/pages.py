@@ -18,7 +18,7 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from certvault.errors import CertvaultError
-from certvault.services import enrollment, enrollment_forms
+from certvault.services.pki import enrollment, enrollment_forms
 from certvault.web.deps import client_ip, get_limiter, get_ports
 from certvault.web.pages import Pages, error_headers, form_field, stylesheet_response
 from certvault.web.security import Csrf, check_csrf

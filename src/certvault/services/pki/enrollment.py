@@ -3,11 +3,11 @@ the enrollment itself.
 
 A person proves control of an address with a code mailed to it (and the form's access code when
 it has one); certvault generates the key, the issuer signs, and when Key Vault is on and the
-profile escrows, the key goes through :func:`vault.archive_entry` in the transaction that records
+profile escrows, the key goes through :func:`archive.archive_entry` in the transaction that records
 the certificate and spends the code: all or nothing. Otherwise the certificate is recorded
 without its key, and the key exists only in the delivered p12.
 
-Delivering that p12 is not a *release*. A release (services/release.py) hands out a key that
+Delivering that p12 is not a *release*. A release (services/vault/release.py) hands out a key that
 comes out of the vault, decrypted, to someone other than the moment that made it; that is why it
 needs the download privilege, a policy and the owner's notice. Here the key was generated in
 memory for this very request and never came out of the vault (at most a sealed copy went in);
@@ -49,19 +49,22 @@ from certvault.crypto.profiles import (
 )
 from certvault.db.models import Account, EnrollmentCode, EnrollmentForm, Organization
 from certvault.errors import Conflict, Forbidden, InvalidInput, KeyTypeNotAllowed
-from certvault.services import audit, keyring, notify, persons, vault
-from certvault.services.actors import Actor, Privilege, Role
-from certvault.services.admins import password_hasher
-from certvault.services.certificates import add_certificate
-from certvault.services.enrollment_forms import (
+from certvault.services.audit import log as audit
+from certvault.services.directory import persons
+from certvault.services.directory.certificates import add_certificate
+from certvault.services.kernel import keyring, notify
+from certvault.services.kernel.actors import Actor, Privilege, Role
+from certvault.services.kernel.passwords import password_hasher
+from certvault.services.kernel.ports import Ports
+from certvault.services.kernel.ratelimit import Limit, RateLimiter, enforce, rate_limiter
+from certvault.services.pki.enrollment_forms import (
     FormNotFound,
     FormState,
     PublicForm,
     form_state,
 )
-from certvault.services.issuance import CertificateIssuer, IssueRequest
-from certvault.services.ports import Ports
-from certvault.services.ratelimit import Limit, RateLimiter, enforce, rate_limiter
+from certvault.services.pki.issuance import CertificateIssuer, IssueRequest
+from certvault.services.vault import archive
 
 ENROLL = "certificate.enroll"  # the same action as enrollment with a client CSR
 DELIVER = "key.deliver"
@@ -346,7 +349,7 @@ class EnrollmentResult:
 
 
 def _default_issuer(ports: Ports) -> CertificateIssuer:
-    from certvault.services.ca import BuiltinIssuer  # the built-in CA, unless told otherwise
+    from certvault.services.pki.ca import BuiltinIssuer  # the built-in CA, unless told otherwise
 
     return BuiltinIssuer(ports)
 
@@ -480,12 +483,12 @@ def _issue(
         made = issuer.issue(session, account, IssueRequest(key.public_key(), profile, address))
         label = f"{address} ({profile.name})" if form.dual_key else address
         if account.key_vault_enabled and profile.escrow:
-            entry = vault.archive_entry(
+            entry = archive.archive_entry(
                 session,
                 ports,
                 account,
                 actor,
-                vault.EscrowRequest(
+                archive.EscrowRequest(
                     key=key,
                     certificate=made.certificate,
                     chain=made.chain,

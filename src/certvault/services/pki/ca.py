@@ -1,9 +1,9 @@
-"""The built-in CA as a service: a root and an issuing CA per account, issuance, and CRLs.
+"""The built-in CA as a service: a root and an issuing CA per account, and issuance (CRLs are
+in :mod:`certvault.services.pki.crl`).
 
 CA keys are service keys (purpose ``ca-signing``): sealed like escrowed keys, opened only here to
 sign, never released. An offline root's key is written once to a PKCS#12 file and kept nowhere
-in certvault. CRLs live on their CA row and are regenerated on revocation and whenever a fetch
-finds them near expiry.
+in certvault.
 
 An issuing CA imported with :func:`import_issuing` brings its chain along: each parent
 certificate becomes a key-less CA row (role ``root`` or ``intermediate``), so issuance and
@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -28,34 +27,29 @@ from certvault.crypto import keys as keylib
 from certvault.crypto.passphrase import generate_passphrase
 from certvault.crypto.pkcs12 import EncryptionType, P12Limits, read_pkcs12, write_pkcs12
 from certvault.crypto.profiles import KeyType, generate_key
-from certvault.db.models import Account, Certificate, CertificateAuthority, ServiceKey
-from certvault.errors import CaInvalid, CertvaultError, Conflict, InvalidInput, NotFound
-from certvault.services import audit, keyring
-from certvault.services.accounts import get_account
-from certvault.services.actors import Actor, Privilege
-from certvault.services.issuance import Issued, IssueRequest
-from certvault.services.ports import Ports
+from certvault.db.models import Account, CertificateAuthority, ServiceKey
+from certvault.errors import CaInvalid, Conflict, InvalidInput
+from certvault.services.audit import log as audit
+from certvault.services.kernel import keyring
+from certvault.services.kernel.actors import Actor, Privilege
+from certvault.services.kernel.ports import Ports
+from certvault.services.kernel.tenancy import get_account
+from certvault.services.pki.authorities import (
+    CA_KEY_PURPOSE,
+    NoIssuingCa,
+    ca_certificate,
+    crl_url,
+    signing_key,
+)
+from certvault.services.pki.crl import CRL_VALIDITY, OFFLINE_ROOT_CRL_VALIDITY, regenerate_crl
+from certvault.services.pki.issuance import Issued, IssueRequest
 
-CA_KEY_PURPOSE = "ca-signing"
 CA_KEY_TYPES = (KeyType.EC384, KeyType.EC256, KeyType.RSA3072, KeyType.RSA4096)
-CRL_VALIDITY = timedelta(days=7)
-# A fetch inside this window before nextUpdate publishes a fresh CRL.
-CRL_REFRESH_MARGIN = timedelta(hours=24)
-# Nobody can re-sign an offline root's CRL inside certvault: the one signed at init lasts the
-# 12 months the S/MIME BR (4.9.7) allow for CRLs about subordinate CAs.
-OFFLINE_ROOT_CRL_VALIDITY = timedelta(days=365)
 MAX_CHAIN_DEPTH = 8
 # Room for the "-root" / "-intermediate<n>" suffixes of imported chain rows within 63 characters.
 MAX_CA_NAME = 40
 _CA_NAME = re.compile(rf"^[a-z0-9](?:[a-z0-9-]{{0,{MAX_CA_NAME - 2}}}[a-z0-9])?$")
 INIT, IMPORT = "ca.init", "ca.import_issuing"
-
-
-class NoIssuingCa(CertvaultError):
-    """This account has no issuing CA."""
-
-    code = "no_issuing_ca"
-    status = 409
 
 
 class CaExists(Conflict):
@@ -70,12 +64,6 @@ class OfflineRootExists(Conflict):
     code = "exists"
 
 
-class CrlNotFound(NotFound):
-    """No CRL is published at this address."""
-
-    code = "not_found"
-
-
 @dataclass(frozen=True)
 class CaInitResult:
     root: x509.Certificate
@@ -86,16 +74,6 @@ class CaInitResult:
     offline_root: Path | None = None
     # Shown once to the operator with the offline root file; stored nowhere.
     root_passphrase: str | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class PublishedCrl:
-    der: bytes
-    next_update: datetime
-
-
-def crl_url(ports: Ports, account_slug: str, ca_name: str) -> str:
-    return ports.settings.public_url_for(f"/crl/{account_slug}/{ca_name}.crl")
 
 
 def _check_name(name: str) -> str:
@@ -135,24 +113,6 @@ def _name_taken(session: Session, account_id: int, name: str) -> bool:
         )
         is not None
     )
-
-
-def _certificate(row: CertificateAuthority) -> x509.Certificate:
-    return x509.load_der_x509_certificate(row.certificate_der)
-
-
-def _signing_key(session: Session, ports: Ports, row: CertificateAuthority) -> keylib.PrivateKey:
-    if row.service_key_id is None:
-        raise NoIssuingCa(f"The CA {row.name} has no key in certvault (an offline CA).")
-    sealed = session.get_one(ServiceKey, row.service_key_id)
-    # Keys certvault signs with are loaded with full validation (DESIGN §10), once per process
-    # and sealed key: validating an RSA-4096 CA key costs half a second, on every issuance else.
-    cache_key = f"ca-key:{sealed.uuid}:{sealed.ciphertext[-16:].hex()}"
-    key = ports.signing_keys.get(cache_key)
-    if key is None:
-        key = keylib.load_pkcs8_der(keyring.open_service_key(ports, sealed), validate=True)
-        ports.signing_keys[cache_key] = key
-    return key
 
 
 def _store_key(
@@ -475,7 +435,7 @@ def _chain(session: Session, row: CertificateAuthority) -> list[x509.Certificate
     chain: list[x509.Certificate] = []
     current: CertificateAuthority | None = row
     while current is not None and len(chain) < MAX_CHAIN_DEPTH:
-        chain.append(_certificate(current))
+        chain.append(ca_certificate(current))
         parent = session.get(CertificateAuthority, current.parent_id) if current.parent_id else None
         current = parent if parent is not None and parent.account_id == row.account_id else None
     return chain
@@ -489,7 +449,7 @@ def _no_issuing_ca(account: Account) -> NoIssuingCa:
 
 
 class BuiltinIssuer:
-    """The certificate issuer of services.issuance, signing with the account's issuing CA."""
+    """The certificate issuer of services.pki.issuance, signing with the account's issuing CA."""
 
     def __init__(self, ports: Ports) -> None:
         self._ports = ports
@@ -500,7 +460,7 @@ class BuiltinIssuer:
             raise _no_issuing_ca(account)
         chain = _chain(session, row)
         certificate = calib.issue_certificate(
-            _signing_key(session, self._ports, row),
+            signing_key(session, self._ports, row),
             chain[0],
             request.public_key,
             request.profile,
@@ -522,98 +482,3 @@ def issuing_chain(ports: Ports, actor: Actor, account_slug: str) -> list[x509.Ce
         if row is None:
             raise _no_issuing_ca(account)
         return _chain(session, row)
-
-
-# --- CRLs ----------------------------------------------------------------------------------------
-
-
-def regenerate_crl(session: Session, ports: Ports, ca: CertificateAuthority) -> bytes:
-    """Sign and store the CA's next CRL, listing its revoked certificates, in the caller's
-    transaction."""
-    revoked = session.execute(
-        select(Certificate.serial, Certificate.revoked_at, Certificate.revocation_reason)
-        .where(
-            Certificate.account_id == ca.account_id,
-            Certificate.ca_id == ca.id,
-            Certificate.status == "revoked",
-        )
-        .order_by(Certificate.id)
-    ).all()
-    now = ports.clock()
-    crl = calib.build_crl(
-        _signing_key(session, ports, ca),
-        _certificate(ca),
-        [
-            calib.RevokedEntry(int(serial, 16), revoked_at or now, reason or "unspecified")
-            for serial, revoked_at, reason in revoked
-        ],
-        crl_number=ca.crl_number + 1,
-        this_update=now,
-        next_update=now + CRL_VALIDITY,
-    )
-    ca.crl_number += 1
-    ca.crl_der = crl.public_bytes(Encoding.DER)
-    ca.crl_next_update = crl.next_update_utc
-    session.flush()
-    return ca.crl_der
-
-
-def regenerate_crl_for(session: Session, ports: Ports, ca_id: int) -> None:
-    """After a revocation: the CRL of the CA that issued the certificate, if certvault holds
-    its key."""
-    ca = session.get(CertificateAuthority, ca_id)
-    if ca is not None and ca.service_key_id is not None:
-        regenerate_crl(session, ports, ca)
-
-
-def _published(ca: CertificateAuthority, now: datetime) -> PublishedCrl | None:
-    """The stored CRL if it may be served as is."""
-    if ca.crl_der is None or ca.crl_next_update is None:
-        return None
-    fresh = now < ca.crl_next_update - CRL_REFRESH_MARGIN
-    # An offline CA's CRL cannot be re-signed here; the stored one is all there is.
-    if fresh or ca.service_key_id is None:
-        return PublishedCrl(ca.crl_der, ca.crl_next_update)
-    return None
-
-
-def _find_ca(session: Session, account_slug: str, ca_name: str) -> CertificateAuthority:
-    query = (
-        select(CertificateAuthority)
-        .join(Account, Account.id == CertificateAuthority.account_id)
-        .where(Account.slug == account_slug, CertificateAuthority.name == ca_name)
-    )
-    ca = session.scalars(query).first()
-    if ca is None:
-        raise CrlNotFound()
-    return ca
-
-
-def current_crl(ports: Ports, account_slug: str, ca_name: str) -> PublishedCrl:
-    """The CA's CRL, regenerated first when there is none or it is near expiry."""
-    with ports.db.read() as session:
-        ca = _find_ca(session, account_slug, ca_name)
-        found = _published(ca, ports.clock())
-    if found is not None:
-        return found
-    if ca.service_key_id is None:
-        raise CrlNotFound()  # an imported chain certificate: its CRL is published elsewhere
-
-    ca_id = ca.id
-
-    def work(session: Session) -> PublishedCrl:
-        ca = session.get_one(CertificateAuthority, ca_id, with_for_update=True)
-        # Another worker may have published one since the read above.
-        found = _published(ca, ports.clock())
-        if found is None:
-            regenerate_crl(session, ports, ca)
-            assert ca.crl_der is not None and ca.crl_next_update is not None
-            found = PublishedCrl(ca.crl_der, ca.crl_next_update)
-        return found
-
-    return ports.db.run(work)
-
-
-def crl_for(ports: Ports, account_slug: str, ca_name: str) -> bytes:
-    """The DER CRL published at /crl/<account_slug>/<ca_name>.crl."""
-    return current_crl(ports, account_slug, ca_name).der

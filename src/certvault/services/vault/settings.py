@@ -25,12 +25,13 @@ from certvault.crypto import keys as keylib
 from certvault.crypto.pkcs12 import P12Entry, read_pkcs12
 from certvault.db.models import Account, EscrowedKey, KeyVaultSettings, ServiceKey
 from certvault.errors import Forbidden, InvalidInput
-from certvault.services import audit, keyring
-from certvault.services.accounts import get_account
-from certvault.services.actors import Actor, Privilege, Role
-from certvault.services.imports import upload_limits
-from certvault.services.ports import Ports
-from certvault.services.vault import KeyVaultDisabled
+from certvault.services.audit import log as audit
+from certvault.services.kernel import keyring
+from certvault.services.kernel.actors import Actor, Privilege, Role
+from certvault.services.kernel.ports import Ports
+from certvault.services.kernel.tenancy import get_account
+from certvault.services.vault.archive import KeyVaultDisabled
+from certvault.services.vault.imports import upload_limits
 
 SIGNING_KEY_PURPOSE = "profile-signing"
 UPDATE = "key_vault.settings_update"

@@ -24,13 +24,15 @@ from certvault.errors import (
     KeyTypeNotAllowed,
     NotFound,
 )
-from certvault.services import audit, notify, persons
-from certvault.services.accounts import default_organization, get_account
-from certvault.services.actors import Actor, Privilege, Scope
-from certvault.services.ca import BuiltinIssuer
-from certvault.services.certificates import add_certificate, get_certificate
-from certvault.services.issuance import CertificateIssuer, IssueRequest
-from certvault.services.ports import Ports
+from certvault.services.audit import log as audit
+from certvault.services.directory import persons
+from certvault.services.directory.certificates import add_certificate, get_certificate
+from certvault.services.kernel import notify
+from certvault.services.kernel.actors import Actor, Privilege, Scope
+from certvault.services.kernel.ports import Ports
+from certvault.services.kernel.tenancy import default_organization, get_account
+from certvault.services.pki.ca import BuiltinIssuer
+from certvault.services.pki.issuance import CertificateIssuer, IssueRequest
 
 ENROLL = "certificate.enroll"
 SOURCE = "csr"

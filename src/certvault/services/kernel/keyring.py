@@ -24,7 +24,7 @@ from certvault.db.models import (
     new_uuid,
 )
 from certvault.errors import CertvaultError
-from certvault.services.ports import Ports
+from certvault.services.kernel.ports import Ports
 
 
 class AccountKeyDestroyed(CertvaultError):

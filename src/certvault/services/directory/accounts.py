@@ -8,16 +8,18 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from certvault.db import migrate
 from certvault.db.models import Account, Installation, Organization, TrustedIssuer
-from certvault.errors import Conflict, InvalidInput, NotFound
+from certvault.errors import Conflict, InvalidInput
 from certvault.masterkey.file import FileMasterKeyProvider, MasterKeyMissing
-from certvault.services import audit, keyring
-from certvault.services.actors import Actor, Privilege, Scope
-from certvault.services.ports import Ports
+from certvault.services.audit import log as audit
+from certvault.services.kernel import keyring
+from certvault.services.kernel.actors import Actor, Privilege, Scope
+from certvault.services.kernel.ports import Ports
+from certvault.services.kernel.tenancy import get_account
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -73,33 +75,6 @@ def _master_key_present(ports: Ports) -> bool:
     except MasterKeyMissing:
         return False
     return True
-
-
-def get_account(session: Session, slug: str) -> Account:
-    account = session.scalars(select(Account).where(Account.slug == slug)).first()
-    if account is None:
-        raise NotFound("Account not found.")
-    return account
-
-
-def default_organization(session: Session, account: Account) -> Organization:
-    return session.scalars(
-        select(Organization).where(
-            Organization.account_id == account.id, Organization.is_default.is_(True)
-        )
-    ).one()
-
-
-def find_organization(session: Session, account: Account, name_or_id: str) -> Organization:
-    query = select(Organization).where(Organization.account_id == account.id)
-    if name_or_id.isdigit():
-        query = query.where(Organization.id == int(name_or_id))
-    else:
-        query = query.where(func.lower(Organization.name) == name_or_id.lower())
-    org = session.scalars(query).first()
-    if org is None:
-        raise NotFound("Organization not found.")
-    return org
 
 
 def create_account(

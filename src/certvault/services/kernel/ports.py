@@ -14,7 +14,7 @@ from certvault.db.engine import Database
 from certvault.errors import ConfigurationError
 from certvault.masterkey import MasterKeyProvider
 from certvault.masterkey.file import FileMasterKeyProvider
-from certvault.services.audit_heads import AuditHeadStore
+from certvault.services.kernel.witness import AuditHeadStore
 
 
 def _utcnow() -> datetime:

@@ -7,17 +7,18 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from argon2 import PasswordHasher
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from certvault.db.models import Account, Admin, ApiToken, WebSession
 from certvault.errors import Conflict, Forbidden, InvalidInput, NotFound
-from certvault.services import audit, notify
-from certvault.services.accounts import find_organization, get_account
-from certvault.services.actors import Actor, Privilege, Role
-from certvault.services.paging import MAX_ID
-from certvault.services.ports import Ports
+from certvault.services.audit import log as audit
+from certvault.services.kernel import notify
+from certvault.services.kernel.actors import Actor, Privilege, Role
+from certvault.services.kernel.paging import MAX_ID
+from certvault.services.kernel.passwords import password_hasher
+from certvault.services.kernel.ports import Ports
+from certvault.services.kernel.tenancy import find_organization, get_account
 
 MIN_PASSWORD = 12
 
@@ -26,14 +27,6 @@ class SelfLockout(Conflict):
     """An administrator cannot deactivate themselves or give up their own account role."""
 
     code = "self_lockout"
-
-
-def password_hasher(ports: Ports) -> PasswordHasher:
-    return PasswordHasher(
-        time_cost=ports.settings.argon2_time_cost,
-        memory_cost=ports.settings.argon2_memory_kib,
-        parallelism=1,
-    )
 
 
 @dataclass(frozen=True)
@@ -409,15 +402,44 @@ def deactivate_admin(ports: Ports, actor: Actor, account_slug: str, admin_id: in
         return ports.db.run(work)
 
 
+def reset_totp(ports: Ports, actor: Actor, account_slug: str, login: str) -> None:
+    """Forget an administrator's TOTP secret and end their sessions: the next sign-in enrolls."""
+
+    def work(session: Session) -> None:
+        account = get_account(session, account_slug)
+        admin = session.scalars(
+            select(Admin).where(Admin.account_id == account.id, Admin.login == login)
+        ).first()
+        if admin is None:
+            raise NotFound("No such administrator in this account.")
+        admin.totp_secret = None
+        admin.totp_last_step = None
+        session.execute(
+            update(WebSession)
+            .where(WebSession.admin_id == admin.id, WebSession.revoked_at.is_(None))
+            .values(revoked_at=ports.clock())
+        )
+        audit.record(
+            session,
+            ports,
+            account=account,
+            actor=actor,
+            action="admin.totp_reset",
+            target_type="admin",
+            target_id=admin.id,
+        )
+
+    ports.db.run(work)
+
+
 def reset_admin_totp(ports: Ports, actor: Actor, account_slug: str, admin_id: int) -> AdminView:
-    """Forget an administrator's TOTP secret (web_sessions.reset_totp): their sessions end and
+    """Forget an administrator's TOTP secret (:func:`reset_totp`): their sessions end and
     their next sign-in sets TOTP up again."""
-    from certvault.services import web_sessions  # web_sessions imports this module
 
     with _refusals_audited(ports, actor, "admin.totp_reset", admin_id):
         found = get_admin(ports, actor, account_slug, admin_id)
         _require_covers(actor, found.privileges)
-        web_sessions.reset_totp(ports, actor, account_slug, found.login)
+        reset_totp(ports, actor, account_slug, found.login)
     return get_admin(ports, actor, account_slug, admin_id)
 
 

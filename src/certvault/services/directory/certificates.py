@@ -13,20 +13,16 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from certvault.crypto import ca as calib
 from certvault.crypto import keys as keylib
 from certvault.db.models import Account, Certificate, Person
-from certvault.errors import Conflict, InvalidInput, NotFound
-from certvault.services import audit, ca
-from certvault.services.accounts import get_account
-from certvault.services.actors import Actor, Privilege, Scope
-from certvault.services.paging import Page, check_limit, decode_cursor, page_of
-from certvault.services.ports import Ports
+from certvault.errors import InvalidInput, NotFound
+from certvault.services.kernel.actors import Actor, Scope
+from certvault.services.kernel.paging import Page, check_limit, decode_cursor, page_of
+from certvault.services.kernel.ports import Ports
+from certvault.services.kernel.tenancy import get_account
 
 STATUSES = ("issued", "expired", "revoked")
-MAX_REVOCATION_COMMENT = 512
 # RFC 5280 CRLReason names that make sense for a client certificate.
-REVOCATION_REASONS = calib.REVOCATION_REASONS
 
 
 def status_of(cert: Certificate, now: datetime) -> str:
@@ -195,7 +191,10 @@ def holdings_of(
         }
 
 
-def _load(session: Session, actor: Actor, account: Account, certificate_id: int) -> Certificate:
+def load_visible(
+    session: Session, actor: Actor, account: Account, certificate_id: int
+) -> Certificate:
+    """The account's certificate if the actor may see it; a foreign id is a missing one."""
     cert = session.get(Certificate, certificate_id)
     if cert is None or cert.account_id != account.id:
         raise NotFound("Certificate not found.")
@@ -209,49 +208,4 @@ def get_certificate(
     actor.require_scope(Scope.READ)
     with ports.db.read() as session:
         account = get_account(session, account_slug)
-        return _load(session, actor, account, certificate_id)
-
-
-def revoke_certificate(
-    ports: Ports,
-    actor: Actor,
-    account_slug: str,
-    certificate_id: int,
-    reason: str = "unspecified",
-    *,
-    comment: str | None = None,
-) -> Certificate:
-    """Mark a certificate revoked. Its escrowed key stays: old mail still needs it.
-
-    ``comment`` is free text kept in the audit event (the SCM API's revocation reason)."""
-    if reason not in REVOCATION_REASONS:
-        raise InvalidInput("reason must be one of: " + ", ".join(REVOCATION_REASONS) + ".")
-    if comment is not None and len(comment) > MAX_REVOCATION_COMMENT:
-        raise InvalidInput(
-            f"A revocation comment may have at most {MAX_REVOCATION_COMMENT} characters."
-        )
-
-    def work(session: Session) -> Certificate:
-        account = get_account(session, account_slug)
-        cert = _load(session, actor, account, certificate_id)
-        actor.require(Privilege.CERTIFICATES_MANAGE, account.id, cert.organization_id)
-        actor.require_scope(Scope.MANAGE)
-        if cert.status == "revoked":
-            raise Conflict("The certificate is already revoked.")
-        cert.status, cert.revoked_at, cert.revocation_reason = "revoked", ports.clock(), reason
-        if cert.ca_id is not None:  # issued here: its CRL lists it from this commit on
-            ca.regenerate_crl_for(session, ports, cert.ca_id)
-        audit.record(
-            session,
-            ports,
-            account=account,
-            actor=actor,
-            action="certificate.revoke",
-            target_type="certificate",
-            target_id=cert.id,
-            details={"reason": reason, "serial": cert.serial}
-            | ({"comment": comment} if comment else {}),
-        )
-        return cert
-
-    return ports.db.run(work)
+        return load_visible(session, actor, account, certificate_id)

@@ -23,9 +23,10 @@ from sqlalchemy.orm import Session
 from certvault.crypto import envelope
 from certvault.db.models import FormNonce
 from certvault.errors import Conflict, SealBroken
-from certvault.services import audit, keyring
-from certvault.services.actors import Actor
-from certvault.services.ports import Ports
+from certvault.services.audit import log as audit
+from certvault.services.kernel import keyring
+from certvault.services.kernel.actors import Actor
+from certvault.services.kernel.ports import Ports
 
 FORM_LIFETIME = timedelta(minutes=10)
 # Old rows are swept when a form is issued; kept a while so that a late submission is told

@@ -38,11 +38,13 @@ from certvault.errors import (
     KeyMismatch,
     NotFound,
 )
-from certvault.services import audit, keyring, notify, persons
-from certvault.services.accounts import default_organization, find_organization
-from certvault.services.actors import Actor, Privilege
-from certvault.services.certificates import add_certificate
-from certvault.services.ports import Ports
+from certvault.services.audit import log as audit
+from certvault.services.directory import persons
+from certvault.services.directory.certificates import add_certificate
+from certvault.services.kernel import keyring, notify
+from certvault.services.kernel.actors import Actor, Privilege
+from certvault.services.kernel.ports import Ports
+from certvault.services.kernel.tenancy import default_organization, find_organization
 
 ARCHIVE = "key.archive"
 IMPORTED = "Imported successfully"

@@ -20,12 +20,13 @@ from certvault.crypto.profiles import (
 )
 from certvault.db.models import Account, EnrollmentForm
 from certvault.errors import Conflict, InvalidInput, KeyTypeNotAllowed, NotFound
-from certvault.services import audit
-from certvault.services.accounts import SLUG, default_organization, find_organization, get_account
-from certvault.services.actors import Actor, Privilege, Scope
-from certvault.services.admins import password_hasher
-from certvault.services.paging import MAX_ID
-from certvault.services.ports import Ports
+from certvault.services.audit import log as audit
+from certvault.services.directory.accounts import SLUG
+from certvault.services.kernel.actors import Actor, Privilege, Scope
+from certvault.services.kernel.paging import MAX_ID
+from certvault.services.kernel.passwords import is_text, password_hasher
+from certvault.services.kernel.ports import Ports
+from certvault.services.kernel.tenancy import default_organization, find_organization, get_account
 
 MIN_ACCESS_CODE, MAX_ACCESS_CODE = 8, 200
 MAX_DOMAINS = 50
@@ -96,15 +97,6 @@ def _access_code_hash(ports: Ports, access_code: str) -> str:
             f"An access code needs {MIN_ACCESS_CODE} to {MAX_ACCESS_CODE} characters."
         )
     return password_hasher(ports).hash(access_code)
-
-
-def is_text(value: str) -> bool:
-    """Printable text that survives UTF-8 (JSON may carry lone surrogates)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return value.isprintable()
 
 
 def _name(name: str) -> str:

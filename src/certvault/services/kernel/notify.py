@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from certvault.config import Settings
 from certvault.db.models import Account, Admin, MailMessage
 from certvault.errors import CertvaultError, ConfigurationError
-from certvault.services.ports import Ports
+from certvault.services.kernel.ports import Ports
 
 CLAIM_FOR = timedelta(minutes=5)
 MAX_BACKOFF = timedelta(hours=1)

@@ -21,11 +21,12 @@ from certvault.crypto.passphrase import check_passphrase, generate_passphrase
 from certvault.crypto.pkcs12 import EncryptionType, write_pkcs12
 from certvault.db.models import Account, Certificate, EscrowedKey, Person
 from certvault.errors import CertvaultError, InvalidInput, NotFound
-from certvault.services import audit, keyring, notify
-from certvault.services.accounts import get_account
-from certvault.services.actors import Actor, Privilege, Scope
-from certvault.services.ports import Ports
-from certvault.services.vault import KeyVaultDisabled
+from certvault.services.audit import log as audit
+from certvault.services.kernel import keyring, notify
+from certvault.services.kernel.actors import Actor, Privilege, Scope
+from certvault.services.kernel.ports import Ports
+from certvault.services.kernel.tenancy import get_account
+from certvault.services.vault.archive import KeyVaultDisabled
 
 RELEASE = "key.release"
 MAX_REASON = 500

@@ -12,9 +12,9 @@ from certvault.db.models import Account, AccountKey, Installation
 from certvault.errors import ConfigurationError
 from certvault.masterkey.file import FileMasterKeyProvider, MasterKeyExists, blob_version
 from certvault.masterkey.shares import SharesInvalid, combine_shares
-from certvault.services import audit
-from certvault.services.actors import Actor
-from certvault.services.ports import Ports, operator_name
+from certvault.services.audit import log as audit
+from certvault.services.kernel.actors import Actor
+from certvault.services.kernel.ports import Ports, operator_name
 
 
 def record_shares_exported(ports: Ports, actor: Actor, threshold: int, count: int) -> None:

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
 from certvault.errors import CertvaultError
-from certvault.services import keyring
-from certvault.services.ports import Ports
+from certvault.services.kernel import keyring
+from certvault.services.kernel.ports import Ports
 
 TOTP_KEY_PURPOSE = "admin-totp"
 TOTP_DIGITS = 6

@@ -12,13 +12,13 @@ from sqlalchemy.orm import Session
 
 from certvault.db.models import Account, Certificate, Organization, Person
 from certvault.errors import Conflict, InvalidInput, NotFound
-from certvault.services import audit, notify
-from certvault.services.accounts import default_organization, get_account
-from certvault.services.actors import Actor, Privilege, Scope
-from certvault.services.admins import password_hasher
-from certvault.services.enrollment_forms import is_text
-from certvault.services.paging import Page, check_limit, decode_cursor, page_of
-from certvault.services.ports import Ports
+from certvault.services.audit import log as audit
+from certvault.services.kernel import notify
+from certvault.services.kernel.actors import Actor, Privilege, Scope
+from certvault.services.kernel.paging import Page, check_limit, decode_cursor, page_of
+from certvault.services.kernel.passwords import is_text, password_hasher
+from certvault.services.kernel.ports import Ports
+from certvault.services.kernel.tenancy import default_organization, get_account
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
 VALIDATION_TYPES = ("STANDARD", "HIGH")

@@ -1,4 +1,4 @@
-"""The certificate issuer seam: the built-in CA today (services/ca.py), an external CA later.
+"""The certificate issuer seam: the built-in CA today (services/pki/ca.py), an external CA later.
 
 Enrollment (web form, client CSR, agent) asks an issuer for a certificate over a public key and
 never touches CA keys itself.

@@ -13,10 +13,11 @@ from sqlalchemy.orm import Session
 from certvault.crypto import keys as keylib
 from certvault.db.models import Account, Certificate, EscrowedKey
 from certvault.errors import CertvaultError
-from certvault.services import audit, keyring
-from certvault.services.accounts import get_account
-from certvault.services.actors import Actor
-from certvault.services.ports import Ports
+from certvault.services.audit import log as audit
+from certvault.services.kernel import keyring
+from certvault.services.kernel.actors import Actor
+from certvault.services.kernel.ports import Ports
+from certvault.services.kernel.tenancy import get_account
 
 
 @dataclass(frozen=True)

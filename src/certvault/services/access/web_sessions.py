@@ -16,21 +16,20 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from certvault.db.models import Account, Admin, WebSession
-from certvault.errors import CertvaultError, NotFound
-from certvault.services import audit
-from certvault.services.accounts import get_account
-from certvault.services.actors import Actor
-from certvault.services.admins import actor_for
-from certvault.services.credentials import verify_password
-from certvault.services.ports import Ports
-from certvault.services.ratelimit import Limit, RateLimiter, enforce
-from certvault.services.tokens import Unauthenticated
-from certvault.services.totp import (
+from certvault.errors import CertvaultError
+from certvault.services.access.admins import actor_for
+from certvault.services.access.credentials import verify_password
+from certvault.services.access.tokens import Unauthenticated
+from certvault.services.access.totp import (
     matching_step,
     open_secret,
     provisioning_uri,
     seal_secret,
 )
+from certvault.services.audit import log as audit
+from certvault.services.kernel.actors import Actor
+from certvault.services.kernel.ports import Ports
+from certvault.services.kernel.ratelimit import Limit, RateLimiter, enforce
 
 SESSION_COOKIE = "__Host-certvault_session"
 IDLE_TIMEOUT = timedelta(minutes=30)
@@ -398,36 +397,6 @@ def actor_for_id(ports: Ports, admin_id: int, ip: str) -> Actor:
         admin = session.get(Admin, admin_id)
         assert admin is not None
         return actor_for(admin, ip)
-
-
-def reset_totp(ports: Ports, actor: Actor, account_slug: str, login: str) -> None:
-    """Forget an administrator's TOTP secret and end their sessions: the next sign-in enrolls."""
-
-    def work(session: Session) -> None:
-        account = get_account(session, account_slug)
-        admin = session.scalars(
-            select(Admin).where(Admin.account_id == account.id, Admin.login == login)
-        ).first()
-        if admin is None:
-            raise NotFound("No such administrator in this account.")
-        admin.totp_secret = None
-        admin.totp_last_step = None
-        session.execute(
-            update(WebSession)
-            .where(WebSession.admin_id == admin.id, WebSession.revoked_at.is_(None))
-            .values(revoked_at=ports.clock())
-        )
-        audit.record(
-            session,
-            ports,
-            account=account,
-            actor=actor,
-            action="admin.totp_reset",
-            target_type="admin",
-            target_id=admin.id,
-        )
-
-    ports.db.run(work)
 
 
 # --- re-authentication ----------------------------------------------------------------------

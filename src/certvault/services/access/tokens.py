@@ -15,11 +15,11 @@ from sqlalchemy.orm import Session, selectinload
 
 from certvault.db.models import Account, Admin, ApiToken
 from certvault.errors import CertvaultError, InvalidInput, NotFound
-from certvault.services import audit
-from certvault.services.accounts import get_account
-from certvault.services.actors import Actor, Scope
-from certvault.services.admins import actor_for
-from certvault.services.ports import Ports
+from certvault.services.access.admins import actor_for
+from certvault.services.audit import log as audit
+from certvault.services.kernel.actors import Actor, Scope
+from certvault.services.kernel.ports import Ports
+from certvault.services.kernel.tenancy import get_account
 
 PREFIX = "cvt_"
 LAST_USED_RESOLUTION = timedelta(minutes=1)  # at most one write per token and minute

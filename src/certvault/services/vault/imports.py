@@ -13,11 +13,11 @@ from sqlalchemy.orm import Session
 from certvault.crypto.pkcs12 import P12Contents, P12Limits, read_pkcs12
 from certvault.db.models import Account
 from certvault.errors import CertvaultError, InvalidInput
-from certvault.services import audit
-from certvault.services.accounts import get_account
-from certvault.services.actors import Actor, Scope
-from certvault.services.ports import Ports
-from certvault.services.vault import (
+from certvault.services.audit import log as audit
+from certvault.services.kernel.actors import Actor, Scope
+from certvault.services.kernel.ports import Ports
+from certvault.services.kernel.tenancy import get_account
+from certvault.services.vault.archive import (
     ARCHIVE,
     EntryResult,
     EscrowRequest,

@@ -16,12 +16,13 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 
 from certvault.db.models import Account, Admin
-from certvault.services import audit
-from certvault.services.actors import Actor
-from certvault.services.admins import actor_for, password_hasher
-from certvault.services.ports import Ports
-from certvault.services.ratelimit import Limit, RateLimiter, enforce
-from certvault.services.tokens import Unauthenticated
+from certvault.services.access.admins import actor_for
+from certvault.services.access.tokens import Unauthenticated
+from certvault.services.audit import log as audit
+from certvault.services.kernel.actors import Actor
+from certvault.services.kernel.passwords import password_hasher
+from certvault.services.kernel.ports import Ports
+from certvault.services.kernel.ratelimit import Limit, RateLimiter, enforce
 
 # A real argon2 hash verified when the login is unknown, so that both paths cost the same.
 _DUMMY: dict[str, str] = {}

@@ -22,11 +22,12 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from certvault.db.models import Account, AuditEvent, AuditHead, ServiceKey
 from certvault.errors import CertvaultError, ConfigurationError, Forbidden
-from certvault.services import keyring
-from certvault.services.actors import Actor, Role, Scope
-from certvault.services.audit_heads import ChainHead
-from certvault.services.paging import Page, check_limit, decode_cursor, page_of
-from certvault.services.ports import Ports
+from certvault.services.kernel import keyring
+from certvault.services.kernel.actors import Actor, Role, Scope
+from certvault.services.kernel.paging import Page, check_limit, decode_cursor, page_of
+from certvault.services.kernel.ports import Ports
+from certvault.services.kernel.tenancy import get_account
+from certvault.services.kernel.witness import ChainHead
 
 INSTALLATION_CHAIN = "installation"
 GENESIS = "0" * 64
@@ -375,8 +376,6 @@ def list_events(
 ) -> Page[AuditEvent]:
     """The account's own events, oldest first (or newest first). Only account administrators
     (and operators) read the log: it names every organization's persons and certificates."""
-    from certvault.services.accounts import get_account  # accounts imports this module
-
     actor.require_scope(Scope.READ)
     limit = check_limit(limit)
     after = decode_cursor(cursor)
@@ -413,8 +412,6 @@ def list_events(
 
 def known_actions(ports: Ports, actor: Actor, account_slug: str) -> list[str]:
     """The actions the account's log holds, for a filter's choices."""
-    from certvault.services.accounts import get_account  # accounts imports this module
-
     actor.require_scope(Scope.READ)
     with ports.db.read() as session:
         account = get_account(session, account_slug)
@@ -438,8 +435,6 @@ class ChainCheck:
 def verify_account_chain(ports: Ports, actor: Actor, account_slug: str) -> ChainCheck:
     """Check the account's own chain as `certvault audit verify` does (with the head kept outside
     the database); the check is audited as ``audit.verify`` with its result."""
-    from certvault.services.accounts import get_account  # accounts imports this module
-
     actor.require_scope(Scope.READ)
     with ports.db.read() as session:
         account = get_account(session, account_slug)

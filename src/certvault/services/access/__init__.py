@@ -1,0 +1,1 @@
+"""Administrators, their credentials, API tokens, console sessions and TOTP."""

@@ -1,0 +1,1 @@
+"""Accounts, persons and certificates: who and what the vault holds keys for."""

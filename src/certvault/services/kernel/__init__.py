@@ -1,0 +1,1 @@
+"""What every domain uses: ports, actors, paging, the keyring, mail, rate limits, tenancy."""

@@ -1,0 +1,36 @@
+"""Finding an account (tenant) and its organizations: what every domain needs first."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from certvault.db.models import Account, Organization
+from certvault.errors import NotFound
+
+
+def get_account(session: Session, slug: str) -> Account:
+    account = session.scalars(select(Account).where(Account.slug == slug)).first()
+    if account is None:
+        raise NotFound("Account not found.")
+    return account
+
+
+def default_organization(session: Session, account: Account) -> Organization:
+    return session.scalars(
+        select(Organization).where(
+            Organization.account_id == account.id, Organization.is_default.is_(True)
+        )
+    ).one()
+
+
+def find_organization(session: Session, account: Account, name_or_id: str) -> Organization:
+    query = select(Organization).where(Organization.account_id == account.id)
+    if name_or_id.isdigit():
+        query = query.where(Organization.id == int(name_or_id))
+    else:
+        query = query.where(func.lower(Organization.name) == name_or_id.lower())
+    org = session.scalars(query).first()
+    if org is None:
+        raise NotFound("Organization not found.")
+    return org

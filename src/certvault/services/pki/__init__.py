@@ -1,0 +1,1 @@
+"""The built-in CA, issuance, CRLs and enrollment."""
