@@ -358,7 +358,7 @@ def test_database_failing_between_issuance_and_escrow_leaves_nothing(
     code = last_code(smtp_server)
     before = counts(ports)
     if where == "archive":
-        _fail_on(monkeypatch, enrollment.vault, "archive_entry")
+        _fail_on(monkeypatch, enrollment.archive, "archive_entry")
     else:  # the key is archived, the certificate recorded; then the audit write fails
         _fail_on(
             monkeypatch, enrollment.audit, "record", lambda *a, **k: k["action"] == "key.deliver"
