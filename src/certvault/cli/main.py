@@ -295,9 +295,42 @@ def audit_verify() -> None:
         for p in report.problems:
             where = f"event #{p.seq}" + (f" (row {p.event_id})" if p.event_id else "")
             err.print(f"BROKEN chain {p.chain}: {where}: {p.reason}", markup=False)
+        for note in report.acknowledged:
+            out.print(f"NOTE chain {note.chain}: event #{note.seq}: {note.reason}", markup=False)
         if not report.ok:
             raise SystemExit(1)
         out.print(f"OK: {report.chains} chains, {report.events} events verified")
+
+
+@audit_app.command("acknowledge-restore")
+def audit_acknowledge_restore(
+    reason: Annotated[str, typer.Option(help="Why the database was restored (kept in the log).")],
+    account: Annotated[str | None, typer.Option(help="Account slug.")] = None,
+    installation: Annotated[
+        bool, typer.Option("--installation", help="The installation's own chain.")
+    ] = False,
+) -> None:
+    """After a deliberate restore of an older database: let the audit log go on past the events
+    the witness saw and the database lost, recording the gap as an event."""
+    if (account is None) == (not installation):
+        err.print("Name one chain: --account SLUG or --installation.")
+        raise SystemExit(2)
+    with ports_for_command() as ports:
+
+        def chain() -> str:
+            if installation:
+                return audit.INSTALLATION_CHAIN
+            assert account is not None
+            with ports.db.read() as session:
+                return audit.chain_of(tenancy.get_account(session, account))
+
+        name = guarded(chain)
+        event = guarded(lambda: audit.acknowledge_restore(ports, operator(), name, reason))
+        out.print(
+            f"chain {name}: restore acknowledged as event #{event.seq}; "
+            "`certvault audit verify` names it from now on",
+            markup=False,
+        )
 
 
 @mail_app.command("send")

@@ -2,7 +2,11 @@
 
 Each event's MAC is keyed by the audit service key, which only the master-key provider can open,
 so whoever can write the table cannot forge or recompute events. The newest head of each chain is
-also written outside the database after commit, so cutting off the newest events shows too.
+also written outside the database after commit (the witness, kernel/witness.py), and a new event
+continues from the witness, never from a database row alone (DESIGN.md §5.10): before a writer
+appends, it checks that the database chain still holds the witnessed event and that every event
+after it extends it. A database that is behind the witness or diverges from it stops the log
+(:class:`AuditChainBroken`) until an operator acknowledges a deliberate restore.
 """
 
 from __future__ import annotations
@@ -21,20 +25,38 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import Session, SessionTransaction
 
 from certvault.db.models import Account, AuditEvent, AuditHead, ServiceKey
-from certvault.errors import CertvaultError, ConfigurationError, Forbidden
+from certvault.errors import (
+    CertvaultError,
+    ConfigurationError,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+)
 from certvault.services.kernel import keyring
 from certvault.services.kernel.actors import Actor, Role, Scope
-from certvault.services.kernel.paging import Page, check_limit, decode_cursor, page_of
+from certvault.services.kernel.paging import Page, check_limit, decode_cursor, encode_cursor
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.tenancy import get_account
 from certvault.services.kernel.witness import ChainHead
 
 INSTALLATION_CHAIN = "installation"
+RESTORE_ACKNOWLEDGED = "audit.restore_acknowledged"
 GENESIS = "0" * 64
 AUDIT_KEY_PURPOSE = "audit-mac"
 _PENDING = "certvault_audit_heads"
 _LOCKED = "certvault_locked_heads"
 _HOOKED = "certvault_audit_hooked"
+
+
+class AuditChainBroken(CertvaultError):
+    """The audit log cannot be written: the database no longer holds what the audit witness
+    outside it has seen (an older or altered database). Nothing is done until an operator runs
+    `certvault audit verify` and, after a deliberate restore, `certvault audit
+    acknowledge-restore`."""
+
+    code = "audit_unavailable"
+    status = 503
 
 
 def canonical_time(ports: Ports) -> str:
@@ -99,11 +121,12 @@ def ensure_chain(session: Session, chain: str) -> None:
         session.flush()
 
 
-def _locked_head(session: Session, chain: str) -> AuditHead:
-    """The chain's head row, locked for the rest of the transaction.
+def _locked_head(session: Session, ports: Ports, key: bytes, chain: str) -> AuditHead:
+    """The chain's head row, locked for the rest of the transaction and set to the verified tip.
 
     The row lock serializes writers of one chain (on SQLite the transaction's write lock does).
-    It is taken once per transaction: a bulk import appends many events under the same lock.
+    It is taken once per transaction: a bulk import appends many events under the same lock. The
+    row's own seq and MAC are not believed: the tip comes from the witness and the events after it.
     """
     locked: dict[str, AuditHead] = session.info.setdefault(_LOCKED, {})
     head = locked.get(chain)
@@ -113,8 +136,78 @@ def _locked_head(session: Session, chain: str) -> AuditHead:
         if head is None:
             ensure_chain(session, chain)
             head = session.scalars(query).one()
+        tip = _verified_tip(session, ports, key, chain)
+        if (head.seq, head.mac) != (tip.seq, tip.mac):
+            head.seq, head.mac = tip.seq, tip.mac
         locked[chain] = head
     return head
+
+
+def _acknowledged_gap(ev: AuditEvent) -> tuple[int, int] | None:
+    """For an operator's restore acknowledgement: (last seq kept, witness seq it replaced)."""
+    if ev.action != RESTORE_ACKNOWLEDGED:
+        return None
+    try:
+        details = json.loads(ev.details)
+        return int(details["after_seq"]), int(details["witness_seq"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _continues(key: bytes, tip: ChainHead, ev: AuditEvent) -> bool:
+    """Whether ``ev`` is the next link after ``tip``: the next seq (or, for a MAC-proven restore
+    acknowledgement that names ``tip``, a seq past the events the restore lost), the previous
+    MAC, and its own MAC."""
+    if not (
+        hmac.compare_digest(ev.prev_mac, tip.mac) and hmac.compare_digest(ev.mac, _mac(key, ev))
+    ):
+        return False
+    if ev.seq == tip.seq + 1:
+        return True
+    gap = _acknowledged_gap(ev)
+    return gap is not None and gap[0] == tip.seq and ev.seq == max(gap) + 1
+
+
+def _verified_tip(session: Session, ports: Ports, key: bytes, chain: str) -> ChainHead:
+    """The newest event of the chain, proven to contain the witness (called under the lock).
+
+    Events after the witness must extend it link by link with valid MACs: they are the trace of
+    a crash between a commit and its witness write, so the witness is moved up to them (recovery,
+    not tampering). A missing or different witnessed event, or a bad link after it, refuses.
+    """
+    witness = ports.audit_heads.read(chain) or ChainHead(chain, 0, GENESIS)
+    if witness.seq > 0:
+        at = session.scalars(
+            select(AuditEvent).where(AuditEvent.chain == chain, AuditEvent.seq == witness.seq)
+        ).first()
+        if at is None:
+            raise AuditChainBroken(
+                f"The audit log of chain {chain} cannot be written: the database is behind the "
+                f"audit witness (event {witness.seq} is missing). Run `certvault audit verify`."
+            )
+        if not (
+            hmac.compare_digest(at.mac, witness.mac) and hmac.compare_digest(at.mac, _mac(key, at))
+        ):
+            raise AuditChainBroken(
+                f"The audit log of chain {chain} cannot be written: event {witness.seq} in the "
+                "database differs from the audit witness. Run `certvault audit verify`."
+            )
+    tip = witness
+    after = session.scalars(
+        select(AuditEvent)
+        .where(AuditEvent.chain == chain, AuditEvent.seq > witness.seq)
+        .order_by(AuditEvent.seq)
+    )
+    for ev in after:
+        if not _continues(key, tip, ev):
+            raise AuditChainBroken(
+                f"The audit log of chain {chain} cannot be written: event {ev.seq} does not "
+                f"continue the audited chain. Run `certvault audit verify`."
+            )
+        tip = ChainHead(chain, ev.seq, ev.mac)
+    if tip.seq > witness.seq:
+        ports.audit_heads.advance([tip])  # those events are committed: their writer was cut off
+    return tip
 
 
 def record(
@@ -135,10 +228,42 @@ def record(
     """
     key = _audit_key(session, ports)
     chain = chain_of(account)
-    head = _locked_head(session, chain)
+    head = _locked_head(session, ports, key, chain)
+    return _append(
+        session,
+        ports,
+        key,
+        head,
+        seq=head.seq + 1,
+        account=account,
+        actor=actor,
+        action=action,
+        outcome=outcome,
+        target_type=target_type,
+        target_id=target_id,
+        details=details,
+    )
+
+
+def _append(
+    session: Session,
+    ports: Ports,
+    key: bytes,
+    head: AuditHead,
+    *,
+    seq: int,
+    account: Account | None,
+    actor: Actor,
+    action: str,
+    outcome: str,
+    target_type: str,
+    target_id: str | int,
+    details: Mapping[str, Any] | None,
+) -> AuditEvent:
+    chain = head.chain
     ev = AuditEvent(
         chain=chain,
-        seq=head.seq + 1,
+        seq=seq,
         account_id=account.id if account else None,
         occurred_at=canonical_time(ports),
         actor=actor.name[:320],
@@ -256,82 +381,185 @@ class AuditReport:
     chains: int = 0
     events: int = 0
     problems: list[AuditProblem] = field(default_factory=list)
+    # Restores an operator acknowledged: not problems, but every verification names them.
+    acknowledged: list[AuditProblem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
+def _account_ids(session: Session) -> dict[str, int]:
+    return {uuid: id_ for uuid, id_ in session.execute(select(Account.uuid, Account.id))}
+
+
 def verify_chains(ports: Ports) -> AuditReport:
-    """Check every chain; report the first broken event of each."""
+    """Check every chain; report the first broken event of each, and acknowledged restores."""
     report = AuditReport()
     with ports.db.read() as session:
         key = _audit_key(session, ports)
+        owners = _account_ids(session)
         chains = set(session.scalars(select(AuditEvent.chain).distinct()))
         heads = {h.chain: h for h in ports.audit_heads.all()}
         for chain in sorted(chains | set(heads)):
             report.chains += 1
-            problem, count = _verify_chain(session, key, chain, heads.get(chain))
-            report.events += count
-            if problem:
-                report.problems.append(problem)
+            check = _verify_chain(session, key, chain, heads.get(chain), owners)
+            report.events += check.events
+            report.acknowledged.extend(check.acknowledged)
+            if check.problem:
+                report.problems.append(check.problem)
     return report
 
 
-def _verify_chain(
-    session: Session, key: bytes, chain: str, head: ChainHead | None
-) -> tuple[AuditProblem | None, int]:
-    expected_seq, prev_mac, count = 1, GENESIS, 0
+@dataclass(frozen=True)
+class _Walk:
+    problem: AuditProblem | None
+    events: int
+    tip: ChainHead
+    acknowledged: list[AuditProblem]
+    tip_id: int | None = None  # the row of the newest event
+
+
+def _walk(session: Session, key: bytes, chain: str, owner: int | None | bool) -> _Walk:
+    """The chain from its first event, link by link. ``owner`` is the account id every event
+    must be filed under (None for the installation chain; False when no account has this chain).
+    """
+    tip, count, tip_id = ChainHead(chain, 0, GENESIS), 0, None
+    acknowledged: list[AuditProblem] = []
     rows = session.execute(
         select(AuditEvent)
         .where(AuditEvent.chain == chain)
         .order_by(AuditEvent.seq, AuditEvent.id)
         .execution_options(yield_per=1000)
     ).scalars()
-    last: AuditEvent | None = None
+
+    def broken(ev: AuditEvent, reason: str) -> _Walk:
+        return _Walk(AuditProblem(chain, ev.seq, ev.id, reason), count, tip, acknowledged)
+
     for ev in rows:
         count += 1
-        if ev.seq > expected_seq:
-            return AuditProblem(chain, ev.seq, ev.id, f"event {expected_seq} is missing"), count
-        if ev.seq < expected_seq:
-            return AuditProblem(chain, ev.seq, ev.id, "event appears twice or out of order"), count
+        if owner is False or ev.account_id != owner:
+            # Readers find an account's events by chain; the account column must agree.
+            return broken(ev, "event is filed under another account than its chain's")
+        if ev.seq <= tip.seq:
+            return broken(ev, "event appears twice or out of order")
         if not hmac.compare_digest(ev.mac, _mac(key, ev)):
-            return AuditProblem(
-                chain, ev.seq, ev.id, "MAC does not match: the event was altered"
-            ), count
-        if not hmac.compare_digest(ev.prev_mac, prev_mac):
-            return AuditProblem(
-                chain, ev.seq, ev.id, "chain broken: previous MAC does not match"
-            ), count
-        expected_seq, prev_mac, last = ev.seq + 1, ev.mac, ev
+            return broken(ev, "MAC does not match: the event was altered")
+        if not _continues(key, tip, ev):
+            if ev.seq > tip.seq + 1:
+                return broken(ev, f"event {tip.seq + 1} is missing")
+            return broken(ev, "chain broken: previous MAC does not match")
+        gap = _acknowledged_gap(ev) if ev.seq > tip.seq + 1 else None
+        if gap is not None:
+            acknowledged.append(
+                AuditProblem(
+                    chain,
+                    ev.seq,
+                    ev.id,
+                    f"events {gap[0] + 1}..{gap[1]} seen by the witness were acknowledged as "
+                    "lost in a database restore",
+                )
+            )
+        tip, tip_id = ChainHead(chain, ev.seq, ev.mac), ev.id
+    return _Walk(None, count, tip, acknowledged, tip_id)
+
+
+def _verify_chain(
+    session: Session,
+    key: bytes,
+    chain: str,
+    head: ChainHead | None,
+    owners: dict[str, int],
+) -> _Walk:
+    owner: int | None | bool = None if chain == INSTALLATION_CHAIN else owners.get(chain, False)
+    walk = _walk(session, key, chain, owner)
+    if walk.problem is not None:
+        return walk
+    last = walk.tip
+    problem: AuditProblem | None = None
     if head is None:
-        if last is not None:
-            return AuditProblem(
+        if last.seq:
+            problem = AuditProblem(
                 chain,
                 last.seq,
-                last.id,
+                walk.tip_id,
                 "no chain head is kept outside the database for this chain",
-            ), count
+            )
+    elif head.seq > last.seq:
+        problem = AuditProblem(
+            chain, last.seq + 1, None, f"events {last.seq + 1}..{head.seq} are missing (cut off)"
+        )
     else:
-        last_seq = last.seq if last else 0
-        if head.seq > last_seq:
-            return AuditProblem(
-                chain,
-                last_seq + 1,
-                None,
-                f"events {last_seq + 1}..{head.seq} are missing (cut off)",
-            ), count
         at_head = session.scalars(
             select(AuditEvent).where(AuditEvent.chain == chain, AuditEvent.seq == head.seq)
         ).first()
         if at_head is None or not hmac.compare_digest(at_head.mac, head.mac):
-            return AuditProblem(
+            problem = AuditProblem(
                 chain,
                 head.seq,
                 at_head.id if at_head else None,
                 "event differs from the head kept outside the database",
-            ), count
-    return None, count
+            )
+    return _Walk(problem, walk.events, walk.tip, walk.acknowledged, walk.tip_id)
+
+
+def acknowledge_restore(ports: Ports, actor: Actor, chain: str, reason: str) -> AuditEvent:
+    """After a deliberate restore of an older database: continue the chain past the events the
+    witness saw and the database lost, with an event saying so (the operator's, MAC-bound).
+
+    Refused when the database chain is itself broken (a restore does not excuse altered events)
+    or when it still holds the witness (nothing was lost).
+    """
+    if not actor.is_operator:
+        raise Forbidden("Only the operator acknowledges a database restore.")
+    reason = reason.strip()
+    if not reason:
+        raise InvalidInput("Say why the database was restored (--reason).")
+
+    def work(session: Session) -> AuditEvent:
+        key = _audit_key(session, ports)
+        query = select(AuditHead).where(AuditHead.chain == chain).with_for_update()
+        head = session.scalars(query).first()
+        witness = ports.audit_heads.read(chain)
+        if head is None or witness is None:
+            raise NotFound("No such audit chain.")
+        owners = _account_ids(session)
+        owner: int | None | bool = None if chain == INSTALLATION_CHAIN else owners.get(chain, False)
+        walk = _walk(session, key, chain, owner)
+        if walk.problem is not None:
+            raise Conflict(
+                f"The database chain is broken at event {walk.problem.seq} "
+                f"({walk.problem.reason}); acknowledging a restore does not repair it."
+            )
+        at = session.scalars(
+            select(AuditEvent).where(AuditEvent.chain == chain, AuditEvent.seq == witness.seq)
+        ).first()
+        if at is not None and hmac.compare_digest(at.mac, witness.mac):
+            raise Conflict("The database holds the audit witness: nothing was lost.")
+        account = session.get(Account, owner) if isinstance(owner, int) and owner else None
+        head.seq, head.mac = walk.tip.seq, walk.tip.mac
+        session.info.setdefault(_LOCKED, {})[chain] = head
+        return _append(
+            session,
+            ports,
+            key,
+            head,
+            seq=max(walk.tip.seq, witness.seq) + 1,
+            account=account,
+            actor=actor,
+            action=RESTORE_ACKNOWLEDGED,
+            outcome="success",
+            target_type="audit_chain",
+            target_id=chain,
+            details={
+                "after_seq": walk.tip.seq,
+                "witness_seq": witness.seq,
+                "witness_mac": witness.mac,
+                "reason": reason[:500],
+            },
+        )
+
+    return ports.db.run(work)
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -375,18 +603,21 @@ def list_events(
     newest_first: bool = False,
 ) -> Page[AuditEvent]:
     """The account's own events, oldest first (or newest first). Only account administrators
-    (and operators) read the log: it names every organization's persons and certificates."""
+    (and operators) read the log: it names every organization's persons and certificates.
+
+    Events are found by their chain and ordered by their place in it, both inside the MAC: an
+    edited account id or row id can neither hide an event nor show it to another account."""
     actor.require_scope(Scope.READ)
     limit = check_limit(limit)
     after = decode_cursor(cursor)
     with ports.db.read() as session:
         account = get_account(session, account_slug)
         _require_log_reader(actor, account)
-        query = select(AuditEvent).where(AuditEvent.account_id == account.id)
+        query = select(AuditEvent).where(AuditEvent.chain == chain_of(account))
         if newest_first:
-            query = query.where(AuditEvent.id < after) if after else query
+            query = query.where(AuditEvent.seq < after) if after else query
         else:
-            query = query.where(AuditEvent.id > after)
+            query = query.where(AuditEvent.seq > after)
         for column, value in (
             (AuditEvent.action, f.action),
             (AuditEvent.target_type, f.target_type),
@@ -405,9 +636,11 @@ def list_events(
             query = query.where(AuditEvent.occurred_at >= _canonical(f.since))
         if f.until is not None:
             query = query.where(AuditEvent.occurred_at < _canonical(f.until))
-        order = AuditEvent.id.desc() if newest_first else AuditEvent.id
+        order = AuditEvent.seq.desc() if newest_first else AuditEvent.seq
         rows = list(session.scalars(query.order_by(order).limit(limit + 1)))
-        return page_of(rows, limit)
+        more = len(rows) > limit
+        items = rows[:limit]
+        return Page(items, encode_cursor(items[-1].seq) if more and items else None)
 
 
 def known_actions(ports: Ports, actor: Actor, account_slug: str) -> list[str]:
@@ -416,7 +649,7 @@ def known_actions(ports: Ports, actor: Actor, account_slug: str) -> list[str]:
     with ports.db.read() as session:
         account = get_account(session, account_slug)
         _require_log_reader(actor, account)
-        query = select(AuditEvent.action).where(AuditEvent.account_id == account.id).distinct()
+        query = select(AuditEvent.action).where(AuditEvent.chain == chain_of(account)).distinct()
         return sorted(session.scalars(query))
 
 
@@ -444,7 +677,8 @@ def verify_account_chain(ports: Ports, actor: Actor, account_slug: str) -> Chain
     # read next hold it at least (writers are not held up while a long chain is read).
     head = ports.audit_heads.read(chain)
     with ports.db.read() as session:
-        problem, count = _verify_chain(session, _audit_key(session, ports), chain, head)
+        walk = _verify_chain(session, _audit_key(session, ports), chain, head, {chain: account_id})
+    problem, count = walk.problem, walk.events
     details: dict[str, Any] = {"events": count, "intact": problem is None}
     if problem is not None:
         details.update(seq=problem.seq, event_id=problem.event_id, reason=problem.reason)
@@ -461,5 +695,10 @@ def verify_account_chain(ports: Ports, actor: Actor, account_slug: str) -> Chain
             details=details,
         )
 
-    ports.db.run(work)
+    try:
+        ports.db.run(work)
+    except AuditChainBroken:
+        # The check found what stops the log; it is shown even though it cannot be recorded.
+        if problem is None:
+            raise
     return ChainCheck(count, problem)

@@ -1,7 +1,13 @@
-"""The newest audit-chain head per chain, kept outside the database.
+"""The audit witness: the newest audit-chain head per chain, kept outside the database.
 
 Someone who can write the database can delete the newest events and the chain still verifies; the
-head written here, after each commit, is what shows that events were cut off.
+head written here, after each commit, is what shows that events were cut off. Writers check that
+the database still holds the witness before they append (services/audit/log.py), so a rolled-back
+or edited database stops the audit log instead of being chained onto.
+
+The witness only ever moves forward. ``AuditHeadStore`` keeps it in files for one machine; several
+nodes need a store the database's credentials cannot write (DESIGN.md §8), behind the same
+:class:`Witness` Protocol.
 """
 
 from __future__ import annotations
@@ -10,8 +16,10 @@ import fcntl
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 _CHAIN = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
@@ -21,6 +29,16 @@ class ChainHead:
     chain: str
     seq: int
     mac: str
+
+
+class Witness(Protocol):
+    """Where chain heads are witnessed outside the database: read one, move some forward."""
+
+    def read(self, chain: str) -> ChainHead | None: ...
+
+    def advance(self, heads: Sequence[ChainHead]) -> None: ...
+
+    def all(self) -> list[ChainHead]: ...
 
 
 class AuditHeadStore:
@@ -35,7 +53,7 @@ class AuditHeadStore:
     def ensure_directory(self) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-    def advance(self, heads: list[ChainHead]) -> None:
+    def advance(self, heads: Sequence[ChainHead]) -> None:
         """Record heads; a head only ever moves forward (writers may finish out of order)."""
         newest: dict[str, ChainHead] = {}
         for head in heads:  # a bulk import commits many events of one chain at once
