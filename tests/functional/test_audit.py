@@ -13,6 +13,7 @@ from sqlalchemy import delete, select, text, update
 
 from certvault.db.models import Account, AuditEvent, AuditHead
 from certvault.errors import CertvaultError
+from certvault.services.audit import checks as audit_checks
 from certvault.services.audit import log as audit
 from certvault.services.directory import accounts
 from certvault.services.kernel.witness import ChainHead
@@ -59,20 +60,20 @@ def chains(ports, operator, account) -> Chains:  # type: ignore[no-untyped-def]
     release_key(ports, operator, "beta", beta_ids[0], passphrase=None, reason="new phone")
     result = Chains(_uuid(ports, "acme"), _uuid(ports, "beta"))
     assert len(_chain(ports, result.acme)) == 8  # account.create, 4 archives, 3 releases
-    report = audit.verify_chains(ports)
+    report = audit_checks.verify_chains(ports)
     assert report.ok, report.problems
     return result
 
 
-def _only_problem(ports, chain: str) -> audit.AuditProblem:  # type: ignore[no-untyped-def]
-    report = audit.verify_chains(ports)
+def _only_problem(ports, chain: str) -> audit_checks.AuditProblem:  # type: ignore[no-untyped-def]
+    report = audit_checks.verify_chains(ports)
     assert not report.ok
     assert [p.chain for p in report.problems] == [chain], report.problems
     return report.problems[0]
 
 
 def test_untouched_chains_verify(ports, chains):
-    report = audit.verify_chains(ports)
+    report = audit_checks.verify_chains(ports)
     assert report.ok and report.problems == []
     assert report.chains == 3  # installation, acme, beta
     with ports.db.read() as s:
@@ -292,7 +293,7 @@ def test_rewritten_table_with_plain_hash_chain_is_found(ports, chains):
     for head in forged_heads:
         path = ports.audit_heads.directory / f"{head.chain}.head"
         path.write_text(json.dumps({"chain": head.chain, "seq": head.seq, "mac": head.mac}))
-    report = audit.verify_chains(ports)
+    report = audit_checks.verify_chains(ports)
     assert not report.ok
     assert sorted(p.chain for p in report.problems) == sorted(names)
     assert {chains.acme, chains.beta, audit.INSTALLATION_CHAIN} <= set(names)
@@ -313,7 +314,7 @@ def test_refused_release_is_in_the_chain_and_it_still_verifies(ports, operator, 
     assert ev.prev_mac == before[-1].mac
     assert "short" not in ev.details.replace("weak_passphrase", "")
     assert ports.audit_heads.read(chains.acme) == ChainHead(chains.acme, ev.seq, ev.mac)
-    report = audit.verify_chains(ports)
+    report = audit_checks.verify_chains(ports)
     assert report.ok, report.problems
 
 
@@ -328,7 +329,7 @@ def test_installation_chain_exists_after_init(ports):
     assert ports.audit_heads.read(audit.INSTALLATION_CHAIN) == ChainHead(
         audit.INSTALLATION_CHAIN, 1, ev.mac
     )
-    report = audit.verify_chains(ports)
+    report = audit_checks.verify_chains(ports)
     assert report.ok and report.chains == 1 and report.events == 1
 
 

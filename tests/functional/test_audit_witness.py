@@ -16,7 +16,9 @@ from sqlalchemy import delete, func, select, update
 
 from certvault.db.models import Account, AuditEvent, AuditHead, MailMessage
 from certvault.errors import CertvaultError
+from certvault.services.audit import checks as audit_checks
 from certvault.services.audit import log as audit
+from certvault.services.audit import reading as audit_reading
 from certvault.services.directory import accounts
 from certvault.services.kernel import tenancy
 from certvault.services.kernel.witness import ChainHead
@@ -105,7 +107,7 @@ def test_cut_release_then_new_events_is_refused_and_reported(scm: ScmWorld) -> N
     assert len(_events(ports, chain)) == kept  # nothing chained onto the rolled-back head
     assert ports.audit_heads.read(chain) == witnessed  # and the witness did not move
 
-    report = audit.verify_chains(ports)
+    report = audit_checks.verify_chains(ports)
     [problem] = [p for p in report.problems if p.chain == chain]
     assert problem.seq == release.seq and "missing" in problem.reason
 
@@ -158,7 +160,7 @@ def test_a_head_row_moved_forward_is_not_believed(ports, account) -> None:  # ty
         s.execute(update(AuditHead).where(AuditHead.chain == chain).values(seq=999, mac="cd" * 32))
     ev = _record(ports)
     assert ev.seq == len(_events(ports, chain))
-    assert audit.verify_chains(ports).ok
+    assert audit_checks.verify_chains(ports).ok
 
 
 def test_crash_between_commit_and_witness_write_recovers(ports, account, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -173,7 +175,7 @@ def test_crash_between_commit_and_witness_write_recovers(ports, account, monkeyp
     after = _record(ports)
     assert after.seq == lost.seq + 1 and after.prev_mac == lost.mac
     assert ports.audit_heads.read(chain) == ChainHead(chain, after.seq, after.mac)
-    assert audit.verify_chains(ports).ok
+    assert audit_checks.verify_chains(ports).ok
 
 
 _KILLED_WRITER = textwrap.dedent(
@@ -226,7 +228,7 @@ def test_kill_9_between_commit_and_witness_write_never_locks(ports, account, set
     ev = _record(ports)  # the next writer recovers
     assert ev.prev_mac == killed.mac
     assert ports.audit_heads.read(chain) == ChainHead(chain, ev.seq, ev.mac)
-    assert audit.verify_chains(ports).ok
+    assert audit_checks.verify_chains(ports).ok
 
 
 @pytest.mark.parametrize("moved_to", ["null", "other"])
@@ -242,13 +244,13 @@ def test_an_event_moved_to_another_account_stays_in_its_own_log(ports, account, 
             .values(account_id=None if moved_to == "null" else beta_id)
         )
     operator = scm_operator()
-    everything = audit.EventFilter()
-    acme = audit.list_events(ports, operator, "acme", everything, limit=500).items
-    beta = audit.list_events(ports, operator, "beta", everything, limit=500).items
+    everything = audit_reading.EventFilter()
+    acme = audit_reading.list_events(ports, operator, "acme", everything, limit=500).items
+    beta = audit_reading.list_events(ports, operator, "beta", everything, limit=500).items
     assert secret.id in [e.id for e in acme]  # not hidden from its account
     assert secret.id not in [e.id for e in beta]  # not shown to another
-    assert "key.release" in audit.known_actions(ports, operator, "acme")
-    [problem] = audit.verify_chains(ports).problems
+    assert "key.release" in audit_reading.known_actions(ports, operator, "acme")
+    [problem] = audit_checks.verify_chains(ports).problems
     assert (problem.chain, problem.seq) == (chain, secret.seq)
     assert "another account" in problem.reason
 
@@ -257,15 +259,17 @@ def test_row_ids_do_not_order_the_log(ports, account) -> None:  # type: ignore[n
     """Paging follows the place in the chain (inside the MAC), not the row id."""
     for _ in range(5):
         _record(ports)
-    operator, everything = scm_operator(), audit.EventFilter()
-    first = audit.list_events(ports, operator, "acme", everything, limit=2)
-    rest = audit.list_events(
+    operator, everything = scm_operator(), audit_reading.EventFilter()
+    first = audit_reading.list_events(ports, operator, "acme", everything, limit=2)
+    rest = audit_reading.list_events(
         ports, operator, "acme", everything, limit=500, cursor=first.next_cursor
     )
     seqs = [e.seq for e in first.items + rest.items]
     assert seqs == sorted(seqs) == list(range(1, len(seqs) + 1))
-    newest = audit.list_events(ports, operator, "acme", everything, limit=2, newest_first=True)
-    older = audit.list_events(
+    newest = audit_reading.list_events(
+        ports, operator, "acme", everything, limit=2, newest_first=True
+    )
+    older = audit_reading.list_events(
         ports, operator, "acme", everything, limit=500, cursor=newest.next_cursor, newest_first=True
     )
     assert [e.seq for e in newest.items + older.items] == sorted(seqs, reverse=True)
@@ -360,5 +364,5 @@ def test_a_plain_event_after_a_gap_is_not_an_acknowledgement(ports, account) -> 
             select(func.count()).select_from(AuditEvent).where(AuditEvent.chain == chain)
         )
     assert count == 3
-    [problem] = audit.verify_chains(ports).problems
+    [problem] = audit_checks.verify_chains(ports).problems
     assert problem.seq == 3 and "event 2 is missing" in problem.reason

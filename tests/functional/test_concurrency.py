@@ -9,7 +9,7 @@ import queue
 from sqlalchemy import select
 
 from certvault.db.models import Account, AuditEvent, AuditHead, Person
-from certvault.services.audit import log as audit
+from certvault.services.audit import checks as audit_checks
 from certvault.services.kernel.witness import ChainHead
 from certvault.services.vault.archive import ARCHIVE, IMPORTED
 from certvault.services.vault.verification import verify_escrow
@@ -99,7 +99,7 @@ def test_two_processes_archive_into_one_vault(ports, operator, account, settings
     last = events[-1]
     assert (head_row.seq, head_row.mac) == (last.seq, last.mac)
     assert ports.audit_heads.read(chain) == ChainHead(chain, last.seq, last.mac)
-    report = audit.verify_chains(ports)
+    report = audit_checks.verify_chains(ports)
     assert report.ok, report.problems
 
     drill = verify_escrow(ports, operator)

@@ -16,6 +16,7 @@ from certvault.cli.common import err, guarded, operator, out, ports_for_command,
 from certvault.cli.form import form_app
 from certvault.cli.serve import serve
 from certvault.services.access import admins, tokens
+from certvault.services.audit import checks as audit_checks
 from certvault.services.audit import log as audit
 from certvault.services.directory import accounts
 from certvault.services.kernel import notify, tenancy
@@ -291,7 +292,7 @@ def token_list(account: Annotated[str, typer.Option(help="Account slug.")]) -> N
 def audit_verify() -> None:
     """Check every audit chain; exit 1 naming the first broken event of each broken chain."""
     with ports_for_command() as ports:
-        report = guarded(lambda: audit.verify_chains(ports))
+        report = guarded(lambda: audit_checks.verify_chains(ports))
         for p in report.problems:
             where = f"event #{p.seq}" + (f" (row {p.event_id})" if p.event_id else "")
             err.print(f"BROKEN chain {p.chain}: {where}: {p.reason}", markup=False)
@@ -325,7 +326,7 @@ def audit_acknowledge_restore(
                 return audit.chain_of(tenancy.get_account(session, account))
 
         name = guarded(chain)
-        event = guarded(lambda: audit.acknowledge_restore(ports, operator(), name, reason))
+        event = guarded(lambda: audit_checks.acknowledge_restore(ports, operator(), name, reason))
         out.print(
             f"chain {name}: restore acknowledged as event #{event.seq}; "
             "`certvault audit verify` names it from now on",

@@ -14,7 +14,8 @@ from starlette.responses import Response
 
 from certvault.db.models import AuditEvent
 from certvault.errors import CertvaultError, Forbidden, InvalidInput
-from certvault.services.audit import log as audit
+from certvault.services.audit import checks as audit_checks
+from certvault.services.audit import reading as audit_reading
 from certvault.services.kernel.paging import Page
 from certvault.web.admin.console import Console, open_console, post_console
 
@@ -34,7 +35,7 @@ class Filters:
     def of(cls, params: QueryParams) -> Filters:
         return cls({name: params.get(name, "").strip() for name in _MAX})
 
-    def event_filter(self) -> audit.EventFilter:
+    def event_filter(self) -> audit_reading.EventFilter:
         for name, most in _MAX.items():
             if len(self.values[name]) > most:
                 raise InvalidInput(f"The filter {name} has at most {most} characters.")
@@ -42,7 +43,7 @@ class Filters:
         if outcome and outcome not in OUTCOMES:
             raise InvalidInput("The outcome is one of: " + ", ".join(OUTCOMES) + ".")
         since, until = _day(self.values["from"]), _day(self.values["to"])
-        return audit.EventFilter(
+        return audit_reading.EventFilter(
             outcome=outcome or None,
             since=datetime.combine(since, time()) if since else None,
             # "to" names a whole day: events up to its end.
@@ -102,11 +103,11 @@ async def _page(console: Console, filters: Filters, status: int = 200, **context
     actions: list[str] = []
     try:
         actions = await console.call(
-            audit.known_actions, console.ports, console.actor, console.account_slug
+            audit_reading.known_actions, console.ports, console.actor, console.account_slug
         )
         if error is None:
             page = await console.call(
-                audit.list_events,
+                audit_reading.list_events,
                 console.ports,
                 console.actor,
                 console.account_slug,
@@ -152,7 +153,7 @@ async def verify_chain(request: Request) -> Response:
     console, _ = posted
     try:
         check = await console.call(
-            audit.verify_account_chain, console.ports, console.actor, console.account_slug
+            audit_checks.verify_account_chain, console.ports, console.actor, console.account_slug
         )
     except CertvaultError as exc:
         return console.error(exc, section="audit")

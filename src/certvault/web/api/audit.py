@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from pydantic import BeforeValidator
 
-from certvault.services.audit import log as audit
+from certvault.services.audit import reading as audit_reading
 from certvault.web.api.schemas import ERRORS, AuditEventOut, AuditEventPage, Cursor, Limit
 from certvault.web.deps import PortsDep, TokenCaller
 
@@ -49,11 +49,11 @@ def list_audit_events(
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> AuditEventPage:
-    page = audit.list_events(
+    page = audit_reading.list_events(
         ports,
         caller.actor,
         caller.account_slug,
-        audit.EventFilter(action, target_type, target_id, outcome, since, until),
+        audit_reading.EventFilter(action, target_type, target_id, outcome, since, until),
         limit=limit,
         cursor=cursor,
     )
