@@ -71,7 +71,7 @@ def test_non_ascii_password(ports, operator, account):
 
 
 def test_chain_is_kept_for_release(ports, operator, account):
-    from certvault.crypto.pkcs12 import read_pkcs12
+    from certvault.crypto.pkcs12.reader import read_pkcs12
     from certvault.services.release import release_key
 
     [entry] = import_p12(ports, operator, "acme", _data("rsa2048-chain.p12"), P)

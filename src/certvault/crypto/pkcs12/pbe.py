@@ -13,6 +13,9 @@ from Crypto.Cipher import ARC2
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
+# RFC 7292 B.3: which kind of material the PKCS#12 KDF derives.
+ID_KEY, ID_IV, ID_MAC = 1, 2, 3
+
 HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha1": hashes.SHA1,
     "sha224": hashes.SHA224,
