@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -15,8 +16,10 @@ class P12Limits:
     """Ceilings that keep a hostile upload from pinning a worker (DESIGN §5.5)."""
 
     max_bytes: int = 1024 * 1024
-    max_iterations: int = 2_000_000  # per KDF invocation (MAC, each encrypted bag / EncryptedData)
-    max_total_iterations: int = 6_000_000  # sum over the whole file
+    max_iterations: int = 2_000_000  # the count one KDF may declare (MAC, bag, EncryptedData)
+    # Hash rounds over the whole file: each KDF invocation's count times its output blocks
+    # (a 3DES bag with the PKCS#12 KDF: two blocks of key, one of IV), every password tried.
+    max_work: int = 6_000_000
     max_bags: int = 64  # SafeBags, nested ones and encrypted sections included
     # Full RSA validation, in RSA-2048 units of about 75 ms: 3072 bits = 4, 4096 = 8, 8192 = 64.
     max_rsa_validation: int = 64
@@ -25,21 +28,31 @@ class P12Limits:
 DEFAULT_LIMITS = P12Limits()
 
 
+class Derivation(Protocol):
+    """A key derivation the file asks for, priced before it runs."""
+
+    @property
+    def iterations(self) -> int: ...  # as declared
+
+    @property
+    def work(self) -> int: ...  # hash rounds of all its KDF invocations
+
+
 class Budget:
-    """Counts declared KDF iterations and bags; refuses work before it is done."""
+    """Counts KDF work and bags; refuses work before it is done."""
 
     def __init__(self, limits: P12Limits) -> None:
         self.limits = limits
-        self.iterations = 0
+        self.work = 0
         self.bags = 0
         self.rsa_validation = 0
 
-    def admit(self, iterations: int) -> None:
-        if iterations > self.limits.max_iterations:
+    def admit(self, derivation: Derivation) -> None:
+        if derivation.iterations > self.limits.max_iterations:
             raise P12TooExpensive("The file asks for more key-derivation rounds than allowed.")
-        if self.iterations + iterations > self.limits.max_total_iterations:
+        if self.work + derivation.work > self.limits.max_work:
             raise P12TooExpensive("The file asks for more key-derivation work than allowed.")
-        self.iterations += iterations
+        self.work += derivation.work
 
     def admit_validation(self, key: PrivateKey) -> None:
         if isinstance(key, rsa.RSAPrivateKey):

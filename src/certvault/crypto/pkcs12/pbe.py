@@ -25,6 +25,15 @@ HASHES: dict[str, type[hashes.HashAlgorithm]] = {
 }
 
 
+def kdf_work(hash_name: str, iterations: int, n_bytes: int) -> int:
+    """Hash rounds to derive ``n_bytes`` with the PKCS#12 KDF or PBKDF2.
+
+    Both run the whole iteration count once for every hash-sized block of output (RFC 7292 B.2,
+    RFC 8018 5.2), so a 24-byte 3DES key with SHA-1 costs twice its declared count.
+    """
+    return iterations * -(-n_bytes // HASHES[hash_name]().digest_size)
+
+
 def bmp_password(password: str) -> bytes:
     """BMPString form used by the PKCS#12 KDF: UTF-16-BE plus a two-byte terminator, as OpenSSL."""
     return password.encode("utf-16-be") + b"\x00\x00"

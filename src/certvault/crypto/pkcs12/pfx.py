@@ -13,6 +13,7 @@ from asn1crypto import algos
 from asn1crypto import pkcs12 as asn1_pkcs12
 
 from certvault.crypto.pkcs12.limits import Budget
+from certvault.crypto.pkcs12.pbe import kdf_work
 from certvault.errors import P12Malformed
 
 # asn1crypto parses lazily, so malformed input surfaces as any of these, wherever a field is read.
@@ -36,6 +37,16 @@ class Pbe:
     rc2_bits: int = 0
     iv: bytes = b""  # PBES2 only; PKCS#12 PBE derives it
 
+    # The PKCS#12 PBE ciphers (3DES, RC2) have 8-byte blocks: that is the IV it derives.
+    PKCS12_IV_SIZE = 8
+
+    @property
+    def work(self) -> int:
+        key = kdf_work(self.hash_name, self.iterations, self.key_size)
+        # PKCS#12 PBE runs its KDF a second time for the IV.
+        iv = kdf_work(self.hash_name, self.iterations, self.PKCS12_IV_SIZE) if self.pkcs12 else 0
+        return key + iv
+
 
 @dataclass(frozen=True)
 class Mac:
@@ -48,6 +59,10 @@ class Mac:
     iterations: int
     key_size: int
     expected: bytes
+
+    @property
+    def work(self) -> int:
+        return kdf_work(self.kdf_hash, self.iterations, self.key_size)
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ def _verify_mac(mac: Mac, auth_octets: bytes, forms: list[_Password], budget: Bu
     candidates = _distinct(forms, (lambda f: f.utf8) if mac.pbmac1 else (lambda f: f.bmp))
     for attempt, form in enumerate(candidates):
         if attempt:
-            budget.admit(mac.iterations)
+            budget.admit(mac)
         if mac.pbmac1:
             key = pbkdf2(mac.kdf_hash, form.utf8, mac.salt, mac.iterations, mac.key_size)
         else:
@@ -113,7 +113,9 @@ def _decrypt(pbe: Pbe, form: _Password, data: bytes) -> bytes | None:
     """Decrypt and unpad; None when the padding is wrong (almost always a wrong password)."""
     if pbe.pkcs12:
         key = pkcs12_kdf(pbe.hash_name, form.bmp, pbe.salt, ID_KEY, pbe.iterations, pbe.key_size)
-        iv = pkcs12_kdf(pbe.hash_name, form.bmp, pbe.salt, ID_IV, pbe.iterations, 8)
+        iv = pkcs12_kdf(
+            pbe.hash_name, form.bmp, pbe.salt, ID_IV, pbe.iterations, pbe.PKCS12_IV_SIZE
+        )
     else:
         key = pbkdf2(pbe.hash_name, form.utf8, pbe.salt, pbe.iterations, pbe.key_size)
         iv = pbe.iv
@@ -152,7 +154,7 @@ def _open(
     candidates = _distinct(forms, (lambda f: f.bmp) if pbe.pkcs12 else (lambda f: f.utf8))
     for attempt, form in enumerate(candidates):
         if attempt:
-            budget.admit(pbe.iterations)
+            budget.admit(pbe)
         plain = _decrypt(pbe, form, data)
         if plain is None:
             continue
@@ -204,14 +206,14 @@ def read_pkcs12(data: bytes, password: str, limits: P12Limits = DEFAULT_LIMITS) 
     # Price everything visible before any KDF runs: the MAC, each EncryptedData, and the
     # shrouded keys outside encryption.
     if mac is not None:
-        budget.admit(mac.iterations)
+        budget.admit(mac)
     for section in sections:
         if isinstance(section, Encrypted):
-            budget.admit(section.pbe.iterations)
+            budget.admit(section.pbe)
         else:
             for bag in section:
                 if bag.pbe is not None:
-                    budget.admit(bag.pbe.iterations)
+                    budget.admit(bag.pbe)
 
     forms = _password_forms(password)
     if mac is not None:
@@ -232,7 +234,7 @@ def read_pkcs12(data: bytes, password: str, limits: P12Limits = DEFAULT_LIMITS) 
             # Keys found inside are priced as soon as they are seen, before any of them runs.
             for bag in found:
                 if bag.pbe is not None:
-                    budget.admit(bag.pbe.iterations)
+                    budget.admit(bag.pbe)
             bags.extend(found)
         else:
             bags.extend(section)

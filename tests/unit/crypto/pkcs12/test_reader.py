@@ -20,7 +20,6 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from certvault.crypto.pkcs12 import reader as reader_module
 from certvault.crypto.pkcs12.limits import P12Limits
 from certvault.crypto.pkcs12.pbe import pkcs12_kdf
 from certvault.crypto.pkcs12.reader import read_pkcs12
@@ -36,6 +35,7 @@ from certvault.errors import (
     UnsupportedKey,
 )
 from tests.unit.crypto.conftest import VECTOR_DIR
+from tests.unit.crypto.pkcs12.assembly import der, p12_from_bags, vector_bags, with_mac
 
 PW = "vector-pass-1234"
 KEY_TYPES = ["rsa2048", "rsa4096", "p256", "p384", "p521", "ed25519"]
@@ -70,36 +70,6 @@ HOSTILE_VECTORS = [
     "iter-legacy-key-100m.p12",
     "iter-nested-100m.p12",
 ]
-
-
-def der(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.DER)
-
-
-def with_mac(p12: bytes, mac_data: asn1_pkcs12.MacData | None) -> bytes:
-    pfx = asn1_pkcs12.Pfx.load(p12)
-    value = {"version": "v3", "auth_safe": pfx["auth_safe"]}
-    if mac_data is not None:
-        value["mac_data"] = mac_data
-    return asn1_pkcs12.Pfx(value).dump()
-
-
-def p12_from_bags(bags) -> bytes:
-    """An unencrypted PFX without MAC holding ``bags`` in one SafeContents."""
-    contents = asn1_pkcs12.SafeContents(bags).dump()
-    auth_safe = asn1_pkcs12.AuthenticatedSafe([{"content_type": "data", "content": contents}])
-    return asn1_pkcs12.Pfx(
-        {"version": "v3", "auth_safe": {"content_type": "data", "content": auth_safe.dump()}}
-    ).dump()
-
-
-def vector_bags(vectors, name: str) -> list:
-    """The SafeBags of an openssl ``-nomac`` vector, whose sections are all unencrypted."""
-    bags = []
-    for info in asn1_pkcs12.Pfx.load(vectors.data(name)).authenticated_safe:
-        assert info["content_type"].native == "data"
-        bags.extend(asn1_pkcs12.SafeContents.load(bytes(info["content"])))
-    return bags
 
 
 # --- reading the vectors ------------------------------------------------------------------------
@@ -182,49 +152,16 @@ def test_key_with_another_keys_certificate_is_refused(vectors):
 
 
 @pytest.mark.parametrize("name", HOSTILE_VECTORS)
-def test_100_million_iterations_refused_before_running(vectors, name, monkeypatch):
-    runs: list[int] = []
-    real_pkcs12_kdf, real_pbkdf2 = reader_module.pkcs12_kdf, reader_module.pbkdf2
-
-    def spy_pkcs12_kdf(*args):
-        runs.append(args[4])
-        return real_pkcs12_kdf(*args)
-
-    def spy_pbkdf2(*args):
-        runs.append(args[3])
-        return real_pbkdf2(*args)
-
-    monkeypatch.setattr(reader_module, "pkcs12_kdf", spy_pkcs12_kdf)
-    monkeypatch.setattr(reader_module, "pbkdf2", spy_pbkdf2)
-
+def test_100_million_iterations_refused_before_running(vectors, name, kdf_runs):
     with pytest.raises(P12TooExpensive):
         read_pkcs12(vectors.data(name), PW)
 
     if name == "iter-nested-100m.p12":
         # The hostile count is only visible after decrypting the section that hides it; only
         # the two EncryptedData sections (2048 rounds each) ran, never the key bag.
-        assert runs == [2048, 2048]
+        assert kdf_runs == [2048, 2048]
     else:
-        assert runs == []
-
-
-def test_total_iterations_are_capped(vectors):
-    data = vectors.data("p256.p12")  # MAC, certificates and key: 2048 rounds each
-    assert read_pkcs12(data, PW, P12Limits(max_total_iterations=3 * 2048)).entries
-    with pytest.raises(P12TooExpensive):
-        read_pkcs12(data, PW, P12Limits(max_total_iterations=3 * 2048 - 1))
-
-
-def test_iterations_per_kdf_are_capped(vectors):
-    with pytest.raises(P12TooExpensive):
-        read_pkcs12(vectors.data("p256.p12"), PW, P12Limits(max_iterations=2047))
-
-
-def test_bag_count_is_capped(vectors):
-    data = vectors.data("rsa2048-chain.p12")  # EncryptedData with two certificates, one key bag
-    assert read_pkcs12(data, PW, P12Limits(max_bags=4)).entries
-    with pytest.raises(P12TooExpensive):
-        read_pkcs12(data, PW, P12Limits(max_bags=3))
+        assert kdf_runs == []
 
 
 def test_oversize_is_refused():
