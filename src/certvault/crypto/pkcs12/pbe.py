@@ -1,17 +1,21 @@
 """Password-based encryption pieces of PKCS#12 that cryptography does not expose.
 
-The PKCS#12 KDF (RFC 7292 appendix B.2) with its BMPString password form, PBKDF2 on cryptography's
-OpenSSL, and RC2 with a reduced effective key length (legacy files encrypt their certificates
-with 40-bit RC2; cryptography's RC2 takes 128-bit keys only) from pycryptodome.
+The PKCS#12 KDF (RFC 7292 appendix B.2) on the system's libcrypto, with its BMPString password
+form; PBKDF2 on cryptography's OpenSSL; and RC2 with a reduced effective key length (legacy files
+encrypt their certificates with 40-bit RC2; cryptography's RC2 takes 128-bit keys only) from
+pycryptodome.
 """
 
 from __future__ import annotations
 
-import hashlib
-
 from Crypto.Cipher import ARC2
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+
+from certvault.crypto.pkcs12 import libcrypto
+
+_C_INT_MAX = 2**31 - 1
+_MAX_KDF_OUTPUT = 1024  # bytes; keys, IVs and MAC keys are at most 64
 
 # RFC 7292 B.3: which kind of material the PKCS#12 KDF derives.
 ID_KEY, ID_IV, ID_MAC = 1, 2, 3
@@ -46,35 +50,20 @@ def pbkdf2(hash_name: str, password: bytes, salt: bytes, iterations: int, length
 def pkcs12_kdf(
     hash_name: str, password_bmp: bytes, salt: bytes, id_byte: int, iterations: int, n_bytes: int
 ) -> bytes:
-    """RFC 7292 appendix B.2; ``password_bmp`` is already in BMPString form."""
-    if hash_name not in HASHES or iterations < 1 or not 0 <= id_byte <= 255:
+    """RFC 7292 appendix B.2, run by libcrypto; ``password_bmp`` is already in BMPString form.
+
+    libcrypto cannot derive from nothing: the salt and the password must not both be empty.
+    """
+    if (
+        hash_name not in HASHES
+        or not (password_bmp or salt)
+        or not 1 <= iterations <= _C_INT_MAX
+        or not 0 <= id_byte <= 255
+        or not 1 <= n_bytes <= _MAX_KDF_OUTPUT
+        or max(len(password_bmp), len(salt)) > _C_INT_MAX
+    ):
         raise ValueError("unsupported PKCS#12 KDF parameters")
-    ctor = getattr(hashlib, hash_name)
-    v = ctor().block_size  # 64 bytes for SHA-1/SHA-256, 128 for SHA-384/SHA-512
-
-    def stretch(data: bytes) -> bytes:
-        # Repeat to fill a whole number of v-byte blocks; an empty input stays empty.
-        if not data:
-            return b""
-        length = v * -(-len(data) // v)
-        return (data * -(-length // len(data)))[:length]
-
-    diversifier = bytes([id_byte]) * v
-    i_block = bytearray(stretch(salt) + stretch(password_bmp))
-    out = bytearray()
-    while True:
-        a = ctor(diversifier + i_block).digest()
-        for _ in range(iterations - 1):
-            a = ctor(a).digest()
-        out += a
-        if len(out) >= n_bytes:
-            return bytes(out[:n_bytes])
-        # Next block: every v-byte chunk I_j of I becomes (I_j + B + 1) mod 2^(8v), B = A stretched.
-        b = int.from_bytes(stretch(a), "big") + 1
-        modulus = 1 << (8 * v)
-        for j in range(0, len(i_block), v):
-            chunk = (int.from_bytes(i_block[j : j + v], "big") + b) % modulus
-            i_block[j : j + v] = chunk.to_bytes(v, "big")
+    return libcrypto.pkcs12_key_gen(hash_name, password_bmp, salt, id_byte, iterations, n_bytes)
 
 
 def rc2_cbc_decrypt(key: bytes, effective_bits: int, iv: bytes, data: bytes) -> bytes:

@@ -115,6 +115,15 @@ _PKCS12_PBES = {  # cipher, key bytes, RC2 effective bits
 }
 
 
+def _pkcs12_kdf_salt(value: Any) -> bytes:
+    # With an empty salt and the empty password form, the PKCS#12 KDF has no input at all and
+    # libcrypto (OpenSSL alike) cannot run it; no tool writes an empty salt.
+    salt = bytes(value)
+    if not salt:
+        raise malformed("empty salt")
+    return salt
+
+
 def _parse_pbkdf2(kdf: Any) -> tuple[bytes, int, int | None, str]:
     """Salt, iterations, optional key length and PRF hash of a PBKDF2 AlgorithmIdentifier."""
     if kdf["algorithm"].native != "pbkdf2":
@@ -150,7 +159,8 @@ def _parse_pbe(alg: Any) -> Pbe:
         cipher, key_size, rc2_bits = _PKCS12_PBES[name]
         params = alg["parameters"]
         iterations = _count(params["iterations"], "bad iteration count")
-        return Pbe(True, "sha1", bytes(params["salt"]), iterations, cipher, key_size, rc2_bits)
+        salt = _pkcs12_kdf_salt(params["salt"])
+        return Pbe(True, "sha1", salt, iterations, cipher, key_size, rc2_bits)
     raise malformed("unsupported encryption")
 
 
@@ -169,7 +179,8 @@ def _parse_mac(mac_data: Any) -> Mac:
     mac_hash = _hash_of(alg["algorithm"].native)
     iterations = _count(mac_data["iterations"], "bad MAC iteration count")
     size = hashlib.new(mac_hash).digest_size
-    return Mac(False, mac_hash, mac_hash, bytes(mac_data["mac_salt"]), iterations, size, expected)
+    salt = _pkcs12_kdf_salt(mac_data["mac_salt"])
+    return Mac(False, mac_hash, mac_hash, salt, iterations, size, expected)
 
 
 def _attributes(bag: Any) -> tuple[str | None, bytes | None]:

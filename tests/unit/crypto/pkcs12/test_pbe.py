@@ -8,7 +8,13 @@ import pytest
 from cryptography.hazmat.decrepit.ciphers.algorithms import RC2
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
+from certvault.crypto.pkcs12 import libcrypto
 from certvault.crypto.pkcs12.pbe import pkcs12_kdf, rc2_cbc_decrypt
+from certvault.crypto.pkcs12.reader import read_pkcs12
+from certvault.crypto.pkcs12.writer import EncryptionType, write_pkcs12
+from tests.unit.crypto.pkcs12.reference_kdf import pkcs12_kdf_reference
+
+IMPLEMENTATIONS = {"native": pkcs12_kdf, "reference": pkcs12_kdf_reference}
 
 
 def _bmp(s: str) -> bytes:
@@ -18,6 +24,27 @@ def _bmp(s: str) -> bytes:
 @pytest.mark.parametrize(
     ("hash_name", "password", "salt", "iterations", "id_byte", "n", "expected"),
     [
+        # The vectors that circulate with PKCS#12 implementations (Go's x/crypto/pkcs12,
+        # BouncyCastle): 3DES key and IV, SHA-1.
+        (
+            "sha1",
+            _bmp("smeg"),
+            "0a58cf64530d823f",
+            1,
+            1,
+            24,
+            "8aaae6297b6cb04642ab5b077851284eb7128f1a2a7fbca3",
+        ),
+        ("sha1", _bmp("smeg"), "0a58cf64530d823f", 1, 2, 8, "79993dfe048d3b76"),
+        (
+            "sha1",
+            _bmp("queeg"),
+            "05dec959acff72f7",
+            1000,
+            1,
+            24,
+            "ed2034e36328830ff09df1e1a07dd357185dac0d4f9eb3d4",
+        ),
         # Known answers from `openssl kdf -kdfopt digest:... -kdfopt hexpass:<BMPString> PKCS12KDF`.
         (
             "sha1",
@@ -74,9 +101,65 @@ def _bmp(s: str) -> bytes:
         ),
     ],
 )
-def test_pkcs12_kdf_known_answers(hash_name, password, salt, iterations, id_byte, n, expected):
-    got = pkcs12_kdf(hash_name, password, bytes.fromhex(salt), id_byte, iterations, n)
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_pkcs12_kdf_known_answers(
+    implementation, hash_name, password, salt, iterations, id_byte, n, expected
+):
+    kdf = IMPLEMENTATIONS[implementation]
+    got = kdf(hash_name, password, bytes.fromhex(salt), id_byte, iterations, n)
     assert got.hex() == expected
+
+
+@pytest.mark.parametrize("hash_name", ["sha1", "sha224", "sha256", "sha384", "sha512"])
+@pytest.mark.parametrize("id_byte", [1, 2, 3])
+def test_native_pkcs12_kdf_agrees_with_the_reference(hash_name, id_byte):
+    rng = random.Random(f"{hash_name}-{id_byte}")
+    # Empty and absent passwords, salts and passwords across block boundaries, outputs of one
+    # to several blocks, not multiples of the hash size.
+    passwords = [b"", b"\x00\x00", _bmp("pw"), _bmp("x" * 40), _bmp("pässwörd-Ω-" * 9)]
+    cases = [(1, 1, 1), (8, 24, 3), (20, 8, 17), (64, 65, 2), (130, 200, 5)]
+    for password in passwords:
+        for salt_size, n, iterations in [(0, 8, 2), *cases] if password else cases:
+            salt = rng.randbytes(salt_size)
+            expected = pkcs12_kdf_reference(hash_name, password, salt, id_byte, iterations, n)
+            assert pkcs12_kdf(hash_name, password, salt, id_byte, iterations, n) == expected
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("md5", b"", b"salt", 1, 1, 8),
+        ("sha1", b"", b"salt", 1, 0, 8),
+        ("sha1", b"", b"salt", 1, 2**31, 8),
+        ("sha1", b"", b"salt", 256, 1, 8),
+        ("sha1", b"", b"salt", 1, 1, 0),
+        ("sha1", b"", b"salt", 1, 1, 1025),
+        ("sha1", b"", b"", 1, 1, 8),  # no input at all
+    ],
+)
+def test_pkcs12_kdf_refuses_arguments_libcrypto_would_misread(args):
+    with pytest.raises(ValueError):
+        pkcs12_kdf(*args)
+
+
+def test_reading_and_writing_run_the_native_kdf(vectors, monkeypatch):
+    calls: list[int] = []
+    real = libcrypto.pkcs12_key_gen
+
+    def spy(*args):
+        calls.append(args[3])  # the id: 1 key, 2 IV, 3 MAC
+        return real(*args)
+
+    monkeypatch.setattr(libcrypto, "pkcs12_key_gen", spy)
+
+    # openssl -legacy: the SHA-1 MAC, RC2-40 certificates and the 3DES key all use it.
+    assert read_pkcs12(vectors.data("p256-legacy.p12"), "vector-pass-1234").entries
+    assert sorted(calls) == [1, 1, 2, 2, 3]
+    calls.clear()
+    # Our MAC over a written file, at the file's own iteration count.
+    key, cert = vectors.key("p256"), vectors.cert("p256")
+    write_pkcs12(key, cert, [], "pw-1234", EncryptionType.AES256_SHA256, 2048, None)
+    assert calls == [3]
 
 
 @pytest.mark.parametrize(

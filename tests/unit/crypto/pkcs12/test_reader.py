@@ -250,6 +250,14 @@ def test_empty_password_also_tried_as_absent(vectors):
         read_pkcs12(blob, PW)
 
 
+def test_empty_mac_salt_is_malformed(vectors):
+    # With the empty password tried as no bytes at all, the KDF would have no input.
+    pfx = asn1_pkcs12.Pfx.load(vectors.data("p256-emptypass.p12"))
+    pfx["mac_data"]["mac_salt"] = b""
+    with pytest.raises(P12Malformed, match="salt"):
+        read_pkcs12(pfx.dump(force=True), "")
+
+
 def _self_signed_p12(key) -> bytes:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "odd key")])
     now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
