@@ -5,20 +5,23 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from asn1crypto import cms as asn1_cms
+from asn1crypto import keys as asn1_keys
 from asn1crypto import pkcs12 as asn1_pkcs12
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives import hashes, padding, serialization
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from cryptography.hazmat.primitives.serialization import pkcs12 as crypto_pkcs12
 
 from certvault.crypto import keys
 from certvault.crypto.keys import PrivateKey
-from certvault.crypto.pkcs12.pbe import ID_MAC, bmp_password, pkcs12_kdf
+from certvault.crypto.pkcs12.pbe import ID_IV, ID_KEY, ID_MAC, bmp_password, pkcs12_kdf
 from certvault.errors import InvalidInput, KeyMismatch, UnsupportedEncryption
 
 _MAX_WRITE_ITERATIONS = 10_000_000
@@ -89,19 +92,22 @@ def write_pkcs12_entries(
         raise InvalidInput(f"Iterations must be between 1 and {_MAX_WRITE_ITERATIONS}.")
     if not all(keys.key_matches_certificate(e.key, e.certificate) for e in entries):
         raise KeyMismatch()
-    mac_hash: hashes.HashAlgorithm
+    protection: serialization.KeySerializationEncryption
     if encryption is EncryptionType.AES256_SHA256:
-        pbes, mac_hash = crypto_pkcs12.PBES.PBESv2SHA256AndAES256CBC, hashes.SHA256()
+        mac_hash = "sha256"
+        protection = (
+            serialization.PrivateFormat.PKCS12.encryption_builder()
+            .kdf_rounds(iterations)
+            .key_cert_algorithm(crypto_pkcs12.PBES.PBESv2SHA256AndAES256CBC)
+            .hmac_hash(hashes.SHA256())
+            .build(password_utf8)
+        )
     else:
         # SHA-1 and 3DES are what the old devices this option exists for understand.
-        pbes, mac_hash = crypto_pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC, hashes.SHA1()  # noqa: S303
-    protection = (
-        serialization.PrivateFormat.PKCS12.encryption_builder()
-        .kdf_rounds(iterations)
-        .key_cert_algorithm(pbes)
-        .hmac_hash(mac_hash)
-        .build(password_utf8)
-    )
+        # cryptography's PKCS#12 KDF runs at a third of libcrypto's speed holding the GIL, so it
+        # writes these bags in the clear and _legacy_encrypted encrypts them.
+        mac_hash = "sha1"
+        protection = serialization.NoEncryption()
     # cryptography writes one key per file. Each entry is written on its own (its bags carry a
     # localKeyId of its own certificate) and their authenticated safes are joined under one MAC;
     # the chain goes with the first entry only.
@@ -114,8 +120,74 @@ def write_pkcs12_entries(
             (list(chain) or None) if index == 0 else None,
             protection,
         )
-        contents.extend(asn1_pkcs12.Pfx.load(single).authenticated_safe)
-    return _with_mac(contents, passphrase, mac_hash.name, iterations)
+        sections = asn1_pkcs12.Pfx.load(single).authenticated_safe
+        if encryption is EncryptionType.TRIPLEDES_SHA1:
+            sections = _legacy_encrypted(sections, bmp_password(passphrase), iterations)
+        contents.extend(sections)
+    return _with_mac(contents, passphrase, mac_hash, iterations)
+
+
+def _legacy_encrypted(sections: Iterable[Any], password_bmp: bytes, iterations: int) -> list[Any]:
+    """The plain sections cryptography wrote, laid out as it encrypts them: the certificates in
+    an EncryptedData, each key in a pkcs8ShroudedKeyBag, all with pbeWithSHAAnd3-KeyTripleDES-CBC.
+    """
+    bags = [
+        bag for info in sections for bag in asn1_pkcs12.SafeContents.load(bytes(info["content"]))
+    ]
+    shrouded, others = [], []
+    for bag in bags:
+        if bag["bag_id"].native != "key_bag":
+            others.append(bag)
+            continue
+        algorithm, ciphertext = _pbe_3des(bag["bag_value"].untag().dump(), password_bmp, iterations)
+        info = asn1_keys.EncryptedPrivateKeyInfo(
+            {"encryption_algorithm": algorithm, "encrypted_data": ciphertext}
+        )
+        shrouded.append(
+            asn1_pkcs12.SafeBag(
+                {
+                    "bag_id": "pkcs8_shrouded_key_bag",
+                    "bag_value": info,
+                    "bag_attributes": bag["bag_attributes"],
+                }
+            )
+        )
+    result: list[Any] = []
+    if others:
+        algorithm, ciphertext = _pbe_3des(
+            asn1_pkcs12.SafeContents(others).dump(), password_bmp, iterations
+        )
+        result.append(
+            {
+                "content_type": "encrypted_data",
+                "content": {
+                    "version": "v0",
+                    "encrypted_content_info": {
+                        "content_type": "data",
+                        "content_encryption_algorithm": algorithm,
+                        "encrypted_content": ciphertext,
+                    },
+                },
+            }
+        )
+    result.append({"content_type": "data", "content": asn1_pkcs12.SafeContents(shrouded).dump()})
+    return result
+
+
+def _pbe_3des(plain: bytes, password_bmp: bytes, iterations: int) -> tuple[dict[str, Any], bytes]:
+    """pbeWithSHAAnd3-KeyTripleDES-CBC (RFC 7292 appendix C): the AlgorithmIdentifier and the
+    ciphertext; key and IV come from the native PKCS#12 KDF."""
+    salt = os.urandom(8)  # as openssl and cryptography write it
+    key = pkcs12_kdf("sha1", password_bmp, salt, ID_KEY, iterations, 24)
+    iv = pkcs12_kdf("sha1", password_bmp, salt, ID_IV, iterations, 8)
+    padder = padding.PKCS7(64).padder()
+    encryptor = Cipher(TripleDES(key), modes.CBC(iv)).encryptor()
+    ciphertext = encryptor.update(padder.update(plain) + padder.finalize()) + encryptor.finalize()
+    algorithm = {
+        "algorithm": "pkcs12_sha1_tripledes_3key",
+        "parameters": {"salt": salt, "iterations": iterations},
+    }
+    return algorithm, ciphertext
 
 
 def _with_mac(contents: Sequence[Any], passphrase: str, hash_name: str, iterations: int) -> bytes:

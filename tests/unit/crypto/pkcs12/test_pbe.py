@@ -156,10 +156,14 @@ def test_reading_and_writing_run_the_native_kdf(vectors, monkeypatch):
     assert read_pkcs12(vectors.data("p256-legacy.p12"), "vector-pass-1234").entries
     assert sorted(calls) == [1, 1, 2, 2, 3]
     calls.clear()
-    # Our MAC over a written file, at the file's own iteration count.
+    # Our MAC over a written file, at the file's own iteration count; for the legacy type the
+    # 3DES key and IV of the certificates' EncryptedData and of the key bag too.
     key, cert = vectors.key("p256"), vectors.cert("p256")
     write_pkcs12(key, cert, [], "pw-1234", EncryptionType.AES256_SHA256, 2048, None)
     assert calls == [3]
+    calls.clear()
+    write_pkcs12(key, cert, [], "pw-1234", EncryptionType.TRIPLEDES_SHA1, 2048, None)
+    assert sorted(calls) == [1, 1, 2, 2, 3]
 
 
 @pytest.mark.parametrize(
