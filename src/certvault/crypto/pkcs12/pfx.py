@@ -12,12 +12,25 @@ from typing import Any
 from asn1crypto import algos
 from asn1crypto import pkcs12 as asn1_pkcs12
 
+from certvault.crypto.ber import BerError, check_structure
 from certvault.crypto.pkcs12.limits import Budget
 from certvault.crypto.pkcs12.pbe import kdf_work
 from certvault.errors import P12Malformed
 
 # asn1crypto parses lazily, so malformed input surfaces as any of these, wherever a field is read.
-ASN1_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError)
+# RecursionError too, should anything deep slip past check_shape.
+ASN1_ERRORS = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    RecursionError,
+)
+# The blobs of the files in tests/vectors/p12 (PFX, SafeContents, keys, certificates) nest at
+# most 10 deep; 32 leaves room for any real certificate, far below where recursion gives out.
+MAX_DEPTH = 32
 
 _HASHES = frozenset({"sha1", "sha224", "sha256", "sha384", "sha512"})
 _PBMAC1_OID = "1.2.840.113549.1.5.14"
@@ -86,6 +99,18 @@ class Encrypted:
 
 def malformed(what: str) -> P12Malformed:
     return P12Malformed(f"The file is not a readable PKCS#12 file ({what}).")
+
+
+def check_shape(der: bytes) -> None:
+    """Refuse, before any parser recurses into it, a blob nested too deeply or badly delimited.
+
+    Run on every blob that is parsed on its own: the PFX, the AuthenticatedSafe and each
+    SafeContents inside OCTET STRINGs, decrypted content, keys and certificates.
+    """
+    try:
+        check_structure(der, max_depth=MAX_DEPTH)
+    except BerError as exc:
+        raise malformed(f"ASN.1 {exc}") from None
 
 
 def _count(value: Any, what: str) -> int:
@@ -218,6 +243,7 @@ def _collect_bags(contents: Any, budget: Budget, out: list[Bag], depth: int = 0)
 
 
 def parse_safe_contents(der: bytes, budget: Budget) -> list[Bag]:
+    check_shape(der)
     bags: list[Bag] = []
     try:
         _collect_bags(asn1_pkcs12.SafeContents.load(der, strict=True), budget, bags)
@@ -228,6 +254,7 @@ def parse_safe_contents(der: bytes, budget: Budget) -> list[Bag]:
 
 def parse_pfx(data: bytes, budget: Budget) -> tuple[bytes, Mac | None, list[list[Bag] | Encrypted]]:
     """The authenticated octets, the MAC, and the sections in file order (plain ones parsed)."""
+    check_shape(data)
     try:
         pfx = asn1_pkcs12.Pfx.load(data, strict=True)
         if pfx["version"].native != "v3":
@@ -238,6 +265,7 @@ def parse_pfx(data: bytes, budget: Budget) -> tuple[bytes, Mac | None, list[list
         auth_octets = bytes(auth_safe["content"])
         mac = None if pfx["mac_data"].native is None else _parse_mac(pfx["mac_data"])
         sections: list[list[Bag] | Encrypted] = []
+        check_shape(auth_octets)
         for info in asn1_pkcs12.AuthenticatedSafe.load(auth_octets, strict=True):
             kind = info["content_type"].native
             if kind == "data":

@@ -37,6 +37,7 @@ from certvault.crypto.pkcs12.pfx import (
     Encrypted,
     Mac,
     Pbe,
+    check_shape,
     malformed,
     parse_pfx,
     parse_safe_contents,
@@ -167,6 +168,7 @@ def _open(
 
 
 def _load_key(der: bytes, *, validate: bool) -> PrivateKey:
+    check_shape(der)
     try:
         return keys.load_pkcs8_der(der, validate=validate)
     except UnsupportedKey as exc:
@@ -176,6 +178,7 @@ def _load_key(der: bytes, *, validate: bool) -> PrivateKey:
 
 
 def _load_certificate(der: bytes) -> x509.Certificate:
+    check_shape(der)
     try:
         # cryptography only warns about a serial number below 1 today and will refuse it in a
         # later release; refusing now keeps the vault from holding certificates an upgrade
@@ -200,7 +203,15 @@ def read_pkcs12(data: bytes, password: str, limits: P12Limits = DEFAULT_LIMITS) 
     """
     if len(data) > limits.max_bytes:
         raise P12TooLarge()
-    budget = Budget(limits)
+    try:
+        return _read(data, password, Budget(limits))
+    except RecursionError as exc:
+        # check_shape keeps deep nesting from every parser; should one still recurse too far,
+        # the file is refused like any other malformed one, never with a server error.
+        raise malformed("nested too deeply") from exc
+
+
+def _read(data: bytes, password: str, budget: Budget) -> P12Contents:
     auth_octets, mac, sections = parse_pfx(data, budget)
 
     # Price everything visible before any KDF runs: the MAC, each EncryptedData, and the

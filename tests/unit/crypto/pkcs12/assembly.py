@@ -6,13 +6,14 @@ import hmac
 import os
 
 from asn1crypto import algos
+from asn1crypto import core as asn1_core
 from asn1crypto import keys as asn1_keys
 from asn1crypto import pkcs12 as asn1_pkcs12
 from cryptography import x509
 from cryptography.hazmat.primitives import padding, serialization
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from certvault.crypto.pkcs12.pbe import pbkdf2
+from certvault.crypto.pkcs12.pbe import ID_MAC, pbkdf2, pkcs12_kdf
 
 PBMAC1_OID = "1.2.840.113549.1.5.14"
 
@@ -43,13 +44,28 @@ def p12_from_bags(bags) -> bytes:
     return pfx_from_sections([{"content_type": "data", "content": contents}])
 
 
-def vector_bags(vectors, name: str) -> list:
-    """The SafeBags of an openssl ``-nomac`` vector, whose sections are all unencrypted."""
+def plain_bags(p12: bytes) -> list:
+    """The SafeBags of a file whose sections are all unencrypted (an openssl ``-nomac`` export)."""
     bags = []
-    for info in asn1_pkcs12.Pfx.load(vectors.data(name)).authenticated_safe:
+    for info in asn1_pkcs12.Pfx.load(p12).authenticated_safe:
         assert info["content_type"].native == "data"
         bags.extend(asn1_pkcs12.SafeContents.load(bytes(info["content"])))
     return bags
+
+
+def vector_bags(vectors, name: str) -> list:
+    return plain_bags(vectors.data(name))
+
+
+def with_attribute(bags, value: bytes) -> bytes:
+    """A SafeContents of ``bags`` in which the first certificate bag carries an attribute of
+    unknown type whose value is ``value`` (raw BER, which asn1crypto would not build)."""
+    attribute = tlv(0x30, asn1_core.ObjectIdentifier("1.2.3.4").dump() + tlv(0x31, value))
+    first = next(i for i, bag in enumerate(bags) if bag["bag_id"].native == "cert_bag")
+    out = [bag.dump() for bag in bags]
+    fields = bags[first]["bag_id"].dump() + bags[first]["bag_value"].dump()
+    out[first] = tlv(0x30, fields + tlv(0x31, attribute))
+    return tlv(0x30, b"".join(out))
 
 
 def pbes2_encrypt(
@@ -133,6 +149,47 @@ def pbmac1(
             },
             "mac_salt": b"NOT USED",
             "iterations": 1,
+        }
+    )
+    return with_mac(p12, mac)
+
+
+def tlv(tag: int, content: bytes) -> bytes:
+    """One DER value: a one-byte tag, the definite length, the content."""
+    n = len(content)
+    length = (
+        bytes([n])
+        if n < 0x80
+        else bytes([0x80 | (n.bit_length() + 7) // 8])
+        + n.to_bytes((n.bit_length() + 7) // 8, "big")
+    )
+    return bytes([tag]) + length + content
+
+
+def nested(depth: int, *, indefinite: bool = False) -> bytes:
+    """A NULL inside ``depth`` SEQUENCEs, with definite or indefinite lengths."""
+    if indefinite:
+        return b"\x30\x80" * depth + b"\x05\x00" + b"\x00\x00" * depth
+    value = b"\x05\x00"
+    for _ in range(depth):
+        value = tlv(0x30, value)
+    return value
+
+
+def pkcs12_mac(p12: bytes, password_bmp: bytes, *, iterations: int = 2048) -> bytes:
+    """``p12`` under a classic SHA-256 MacData (PKCS#12 KDF, id 3), keyed by a password given
+    as BMPString (``bmp_password``) or as no bytes at all."""
+    auth = bytes(asn1_pkcs12.Pfx.load(p12)["auth_safe"]["content"])
+    salt = os.urandom(16)
+    key = pkcs12_kdf("sha256", password_bmp, salt, ID_MAC, iterations, 32)
+    mac = asn1_pkcs12.MacData(
+        {
+            "mac": {
+                "digest_algorithm": {"algorithm": "sha256"},
+                "digest": hmac.new(key, auth, "sha256").digest(),
+            },
+            "mac_salt": salt,
+            "iterations": iterations,
         }
     )
     return with_mac(p12, mac)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import hmac
 import random
 
 import pytest
@@ -21,7 +20,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from certvault.crypto.pkcs12.limits import P12Limits
-from certvault.crypto.pkcs12.pbe import pkcs12_kdf
 from certvault.crypto.pkcs12.reader import read_pkcs12
 from certvault.errors import (
     P12Error,
@@ -35,7 +33,13 @@ from certvault.errors import (
     UnsupportedKey,
 )
 from tests.unit.crypto.conftest import VECTOR_DIR
-from tests.unit.crypto.pkcs12.assembly import der, p12_from_bags, vector_bags, with_mac
+from tests.unit.crypto.pkcs12.assembly import (
+    der,
+    p12_from_bags,
+    pkcs12_mac,
+    vector_bags,
+    with_mac,
+)
 
 PW = "vector-pass-1234"
 KEY_TYPES = ["rsa2048", "rsa4096", "p256", "p384", "p521", "ed25519"]
@@ -230,20 +234,7 @@ def test_pbmac1_key_length_is_bounded(vectors):
 def test_empty_password_also_tried_as_absent(vectors):
     # Some tools MAC an empty password as no bytes at all instead of an empty BMPString.
     data = vectors.data("ed25519-noenc.p12")  # unencrypted bags: only the MAC needs the password
-    auth = bytes(asn1_pkcs12.Pfx.load(data)["auth_safe"]["content"])
-    salt = bytes(range(8))
-    mac_key = pkcs12_kdf("sha256", b"", salt, 3, 2048, 32)
-    mac = asn1_pkcs12.MacData(
-        {
-            "mac": {
-                "digest_algorithm": {"algorithm": "sha256"},
-                "digest": hmac.new(mac_key, auth, "sha256").digest(),
-            },
-            "mac_salt": salt,
-            "iterations": 2048,
-        }
-    )
-    blob = with_mac(data, mac)
+    blob = pkcs12_mac(data, b"")
 
     assert len(read_pkcs12(blob, "").entries) == 1
     with pytest.raises(P12WrongPassword):
