@@ -15,6 +15,7 @@ from asn1crypto import pkcs12 as asn1_pkcs12
 from certvault.crypto.ber import BerError, check_structure
 from certvault.crypto.pkcs12.limits import Budget
 from certvault.crypto.pkcs12.pbe import kdf_work
+from certvault.crypto.text import safe_text
 from certvault.errors import P12Malformed
 
 # asn1crypto parses lazily, so malformed input surfaces as any of these, wherever a field is read.
@@ -85,7 +86,7 @@ class Bag:
     is_key: bool
     der: bytes  # PKCS#8 PrivateKeyInfo, encrypted PKCS#8 ciphertext, or certificate
     pbe: Pbe | None
-    friendly_name: str | None
+    friendly_name: str | None  # as safe_text leaves it
     local_key_id: bytes | None
 
 
@@ -216,7 +217,7 @@ def _attributes(bag: Any) -> tuple[str | None, bytes | None]:
     for attribute in bag["bag_attributes"]:
         kind, values = attribute["type"].native, attribute["values"]
         if kind == "friendly_name" and len(values) and name is None:
-            name = values[0].native
+            name = safe_text(values[0].native)
         elif kind == "local_key_id" and len(values) and local_key_id is None:
             local_key_id = bytes(values[0])
     return name, local_key_id

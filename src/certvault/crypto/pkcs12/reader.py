@@ -60,7 +60,8 @@ T = TypeVar("T")
 class P12Entry:
     key: PrivateKey  # loaded with full validation: this is the way into the vault
     certificate: x509.Certificate  # its public key is the key's public key
-    friendly_name: str | None  # of the key bag, else of the certificate bag
+    # Of the key bag, else of the certificate bag; cleaned by safe_text (None if unsafe).
+    friendly_name: str | None
 
 
 @dataclass(frozen=True)

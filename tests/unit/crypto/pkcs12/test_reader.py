@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from certvault.crypto.pkcs12.limits import P12Limits
 from certvault.crypto.pkcs12.reader import read_pkcs12
+from certvault.crypto.pkcs12.writer import EncryptionType, write_pkcs12
 from certvault.errors import (
     P12Error,
     P12Malformed,
@@ -239,6 +240,44 @@ def test_empty_password_also_tried_as_absent(vectors):
     assert len(read_pkcs12(blob, "").entries) == 1
     with pytest.raises(P12WrongPassword):
         read_pkcs12(blob, PW)
+
+
+def named_bags(vectors, key_name: str | None, cert_name: str | None) -> bytes:
+    """The p256 key and certificate, their bags carrying these friendly names."""
+    bags = []
+    for bag in vector_bags(vectors, "p256-nomac.p12"):
+        name = cert_name if bag["bag_id"].native == "cert_bag" else key_name
+        attributes = [] if name is None else [{"type": "friendly_name", "values": [name]}]
+        bags.append(
+            asn1_pkcs12.SafeBag(
+                {
+                    "bag_id": bag["bag_id"].native,
+                    "bag_value": bag["bag_value"],
+                    "bag_attributes": attributes,
+                }
+            )
+        )
+    return p12_from_bags(bags)
+
+
+def test_a_nul_terminated_friendly_name_loses_its_nul(vectors):
+    # As in pyca's no-password.p12: '6BC162DA\x00', a C string written with its terminator.
+    contents = read_pkcs12(named_bags(vectors, "6BC162DA\x00", None), PW)
+    assert contents.entries[0].friendly_name == "6BC162DA"
+
+
+def test_a_written_nul_terminated_name_comes_back_clean(vectors):
+    key, cert = vectors.key("p256"), vectors.cert("p256")
+    blob = write_pkcs12(key, cert, [], "pw-1234", EncryptionType.AES256_SHA256, 2048, "n\x00")
+    assert read_pkcs12(blob, "pw-1234").entries[0].friendly_name == "n"
+
+
+@pytest.mark.parametrize("unsafe", ["\x1b[2J\x1b[Hadmin", "a\nb", "evil\u202egnp.exe", "a\x00b"])
+def test_a_friendly_name_with_control_characters_is_dropped(vectors, unsafe):
+    assert read_pkcs12(named_bags(vectors, unsafe, None), PW).entries[0].friendly_name is None
+    # The certificate bag's clean name takes its place.
+    contents = read_pkcs12(named_bags(vectors, unsafe, "alice"), PW)
+    assert contents.entries[0].friendly_name == "alice"
 
 
 def test_empty_mac_salt_is_malformed(vectors):
