@@ -33,6 +33,7 @@ bench: setup
 	$(BIN)/python bench/release.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/enroll.py
+	$(BIN)/python bench/kdf.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from certvault.crypto import keys as keylib
-from certvault.crypto.pkcs12 import read_pkcs12
+from certvault.crypto.pkcs12.reader import read_pkcs12
 from certvault.services.pki import ca
 from tests.browser.serving import serving
 from tests.conftest import TEST_OPERATOR

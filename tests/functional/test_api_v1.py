@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import select
 
 from certvault.crypto import keys as keylib
-from certvault.crypto.pkcs12 import read_pkcs12
+from certvault.crypto.pkcs12.reader import read_pkcs12
 from certvault.db.models import Account, AuditEvent
 from certvault.services.pki import crl
 from certvault.services.vault.archive import ALREADY_EXISTS, IMPORTED

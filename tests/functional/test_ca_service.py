@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event, func, select
 
 from certvault.crypto import keys as keylib
-from certvault.crypto.pkcs12 import read_pkcs12
+from certvault.crypto.pkcs12.reader import read_pkcs12
 from certvault.crypto.profiles import PROFILES, KeyType, get_profile
 from certvault.db.models import Base, CertificateAuthority, EscrowedKey, ServiceKey
 from certvault.errors import CaInvalid, Conflict, P12NoCertificate, P12WrongPassword

@@ -23,7 +23,7 @@ from aiosmtpd.smtp import AuthResult
 from sqlalchemy import create_engine, inspect, text
 
 from certvault.crypto.passphrase import check_passphrase
-from certvault.crypto.pkcs12 import EncryptionType
+from certvault.crypto.pkcs12.writer import EncryptionType
 from certvault.errors import CertvaultError
 from certvault.masterkey.shares import combine_shares, split_secret
 from certvault.services.access import admins

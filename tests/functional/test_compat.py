@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import NoEncryption, pkcs12
 from sqlalchemy import select
 
 from certvault.crypto import keys as keylib
-from certvault.crypto.pkcs12 import read_pkcs12
+from certvault.crypto.pkcs12.reader import read_pkcs12
 from certvault.db.models import Admin, AuditEvent, Certificate
 from certvault.services.access import tokens
 from certvault.services.kernel.ratelimit import Limit

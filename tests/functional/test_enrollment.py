@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from certvault.crypto import keys as keylib
 from certvault.crypto.passphrase import PassphraseRejected
-from certvault.crypto.pkcs12 import read_pkcs12
+from certvault.crypto.pkcs12.reader import read_pkcs12
 from certvault.db.models import (
     Certificate,
     EnrollmentCode,

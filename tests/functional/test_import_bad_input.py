@@ -13,6 +13,7 @@ from certvault.errors import CertvaultError
 from certvault.services.vault.archive import IMPORTED
 from certvault.services.vault.imports import import_p12
 from tests.functional.helpers import counts, events
+from tests.unit.crypto.pkcs12.assembly import nested, pfx_from_sections, plain_bags, with_attribute
 
 VECTORS = Path(__file__).parents[1] / "vectors" / "p12"
 P = "vector-pass-1234"
@@ -20,6 +21,12 @@ P = "vector-pass-1234"
 
 def _data(name: str) -> bytes:
     return (VECTORS / name).read_bytes()
+
+
+def _deeply_nested() -> bytes:
+    # asn1crypto recursed through this until RecursionError: a server error, not a refusal.
+    contents = with_attribute(plain_bags(_data("p256-nomac.p12")), nested(3000))
+    return pfx_from_sections([{"content_type": "data", "content": contents}])
 
 
 BAD = [
@@ -34,6 +41,7 @@ BAD = [
     ("100 million key-bag iterations", _data("iter-key-100m.p12"), P, "p12_kdf_too_expensive"),
     ("nested 100 million iterations", _data("iter-nested-100m.p12"), P, "p12_kdf_too_expensive"),
     ("over the size limit", b"\x30\x84" + os.urandom(1024 * 1024 + 10), P, "p12_too_large"),
+    ("3,000 nested SEQUENCEs in a bag attribute", _deeply_nested(), P, "p12_malformed"),
 ]
 
 
@@ -71,7 +79,7 @@ def test_non_ascii_password(ports, operator, account):
 
 
 def test_chain_is_kept_for_release(ports, operator, account):
-    from certvault.crypto.pkcs12 import read_pkcs12
+    from certvault.crypto.pkcs12.reader import read_pkcs12
     from certvault.services.vault.release import release_key
 
     [entry] = import_p12(ports, operator, "acme", _data("rsa2048-chain.p12"), P)

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from certvault.crypto import keys as keylib
-from certvault.crypto.pkcs12 import EncryptionType, read_pkcs12
+from certvault.crypto.pkcs12.reader import read_pkcs12
+from certvault.crypto.pkcs12.writer import EncryptionType
 from certvault.errors import CertvaultError, Forbidden, KeyMismatch, NotFound
 from certvault.services.access import admins
 from certvault.services.directory import accounts

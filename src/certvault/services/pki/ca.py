@@ -25,7 +25,9 @@ from sqlalchemy.orm import Session
 from certvault.crypto import ca as calib
 from certvault.crypto import keys as keylib
 from certvault.crypto.passphrase import generate_passphrase
-from certvault.crypto.pkcs12 import EncryptionType, P12Limits, read_pkcs12, write_pkcs12
+from certvault.crypto.pkcs12.limits import P12Limits
+from certvault.crypto.pkcs12.reader import read_pkcs12
+from certvault.crypto.pkcs12.writer import EncryptionType, write_pkcs12
 from certvault.crypto.profiles import KeyType, generate_key
 from certvault.db.models import Account, CertificateAuthority, ServiceKey
 from certvault.errors import CaInvalid, Conflict, InvalidInput

@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session
 
 from certvault.crypto.keys import PrivateKey
 from certvault.crypto.passphrase import check_passphrase, generate_passphrase
-from certvault.crypto.pkcs12 import EncryptionType, KeyAndCertificate, write_pkcs12_entries
+from certvault.crypto.pkcs12.writer import EncryptionType, KeyAndCertificate, write_pkcs12_entries
 from certvault.crypto.profiles import (
     KeyType,
     generate_key,

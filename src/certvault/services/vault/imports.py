@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives import hashes
 from sqlalchemy.orm import Session
 
-from certvault.crypto.pkcs12 import P12Contents, P12Limits, read_pkcs12
+from certvault.crypto.pkcs12.limits import P12Limits
+from certvault.crypto.pkcs12.reader import P12Contents, read_pkcs12
 from certvault.db.models import Account
 from certvault.errors import CertvaultError, InvalidInput
 from certvault.services.audit import log as audit

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from certvault import timing
 from certvault.crypto import keys as keylib
 from certvault.crypto.passphrase import check_passphrase, generate_passphrase
-from certvault.crypto.pkcs12 import EncryptionType, write_pkcs12
+from certvault.crypto.pkcs12.writer import EncryptionType, write_pkcs12
 from certvault.db.models import Account, Certificate, EscrowedKey, Person
 from certvault.errors import CertvaultError, InvalidInput, NotFound
 from certvault.services.audit import log as audit

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from certvault.config import Settings
 from certvault.crypto import keys as keylib
-from certvault.crypto.pkcs12 import P12Entry, read_pkcs12
+from certvault.crypto.pkcs12.reader import P12Entry, read_pkcs12
 from certvault.db.models import Account, EscrowedKey, KeyVaultSettings, ServiceKey
 from certvault.errors import Forbidden, InvalidInput
 from certvault.services.audit import log as audit

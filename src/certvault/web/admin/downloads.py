@@ -16,7 +16,7 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from certvault.crypto.passphrase import check_passphrase, generate_passphrase
-from certvault.crypto.pkcs12 import EncryptionType
+from certvault.crypto.pkcs12.writer import EncryptionType
 from certvault.db.models import Account, Certificate
 from certvault.errors import CertvaultError, Forbidden, InvalidInput
 from certvault.services.access import form_nonces, web_sessions

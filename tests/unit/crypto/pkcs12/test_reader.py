@@ -1,13 +1,9 @@
-"""PKCS#12 reading (vectors made by openssl) and writing (checked by openssl)."""
+"""Reading PKCS#12: vectors made by openssl and friends, and hostile or broken input."""
 
 from __future__ import annotations
 
 import datetime
-import hmac
 import random
-import re
-import subprocess
-from pathlib import Path
 
 import pytest
 from asn1crypto import algos
@@ -16,26 +12,17 @@ from asn1crypto import keys as asn1_keys
 from asn1crypto import pkcs12 as asn1_pkcs12
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.hazmat.decrepit.ciphers.algorithms import RC2
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from cryptography.hazmat.primitives.serialization import pkcs12 as crypto_pkcs12
 from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from certvault.crypto import pkcs12 as p12mod
-from certvault.crypto.pbe import pkcs12_kdf, rc2_cbc_decrypt
-from certvault.crypto.pkcs12 import (
-    EncryptionType,
-    P12Limits,
-    read_pkcs12,
-    write_pkcs12,
-)
+from certvault.crypto.pkcs12.limits import P12Limits
+from certvault.crypto.pkcs12.reader import read_pkcs12
+from certvault.crypto.pkcs12.writer import EncryptionType, write_pkcs12
 from certvault.errors import (
-    InvalidInput,
-    KeyMismatch,
     P12Error,
     P12Malformed,
     P12NoCertificate,
@@ -44,11 +31,17 @@ from certvault.errors import (
     P12TooLarge,
     P12UnsupportedKey,
     P12WrongPassword,
-    UnsupportedEncryption,
     UnsupportedKey,
 )
+from tests.unit.crypto.conftest import VECTOR_DIR
+from tests.unit.crypto.pkcs12.assembly import (
+    der,
+    p12_from_bags,
+    pkcs12_mac,
+    vector_bags,
+    with_mac,
+)
 
-VECTOR_DIR = Path(__file__).resolve().parents[2] / "vectors" / "p12"
 PW = "vector-pass-1234"
 KEY_TYPES = ["rsa2048", "rsa4096", "p256", "p384", "p521", "ed25519"]
 
@@ -82,36 +75,6 @@ HOSTILE_VECTORS = [
     "iter-legacy-key-100m.p12",
     "iter-nested-100m.p12",
 ]
-
-
-def der(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.DER)
-
-
-def with_mac(p12: bytes, mac_data: asn1_pkcs12.MacData | None) -> bytes:
-    pfx = asn1_pkcs12.Pfx.load(p12)
-    value = {"version": "v3", "auth_safe": pfx["auth_safe"]}
-    if mac_data is not None:
-        value["mac_data"] = mac_data
-    return asn1_pkcs12.Pfx(value).dump()
-
-
-def p12_from_bags(bags) -> bytes:
-    """An unencrypted PFX without MAC holding ``bags`` in one SafeContents."""
-    contents = asn1_pkcs12.SafeContents(bags).dump()
-    auth_safe = asn1_pkcs12.AuthenticatedSafe([{"content_type": "data", "content": contents}])
-    return asn1_pkcs12.Pfx(
-        {"version": "v3", "auth_safe": {"content_type": "data", "content": auth_safe.dump()}}
-    ).dump()
-
-
-def vector_bags(vectors, name: str) -> list:
-    """The SafeBags of an openssl ``-nomac`` vector, whose sections are all unencrypted."""
-    bags = []
-    for info in asn1_pkcs12.Pfx.load(vectors.data(name)).authenticated_safe:
-        assert info["content_type"].native == "data"
-        bags.extend(asn1_pkcs12.SafeContents.load(bytes(info["content"])))
-    return bags
 
 
 # --- reading the vectors ------------------------------------------------------------------------
@@ -194,49 +157,16 @@ def test_key_with_another_keys_certificate_is_refused(vectors):
 
 
 @pytest.mark.parametrize("name", HOSTILE_VECTORS)
-def test_100_million_iterations_refused_before_running(vectors, name, monkeypatch):
-    runs: list[int] = []
-    real_pkcs12_kdf, real_pbkdf2 = p12mod.pkcs12_kdf, p12mod.pbkdf2
-
-    def spy_pkcs12_kdf(*args):
-        runs.append(args[4])
-        return real_pkcs12_kdf(*args)
-
-    def spy_pbkdf2(*args):
-        runs.append(args[3])
-        return real_pbkdf2(*args)
-
-    monkeypatch.setattr(p12mod, "pkcs12_kdf", spy_pkcs12_kdf)
-    monkeypatch.setattr(p12mod, "pbkdf2", spy_pbkdf2)
-
+def test_100_million_iterations_refused_before_running(vectors, name, kdf_runs):
     with pytest.raises(P12TooExpensive):
         read_pkcs12(vectors.data(name), PW)
 
     if name == "iter-nested-100m.p12":
         # The hostile count is only visible after decrypting the section that hides it; only
         # the two EncryptedData sections (2048 rounds each) ran, never the key bag.
-        assert runs == [2048, 2048]
+        assert kdf_runs == [2048, 2048]
     else:
-        assert runs == []
-
-
-def test_total_iterations_are_capped(vectors):
-    data = vectors.data("p256.p12")  # MAC, certificates and key: 2048 rounds each
-    assert read_pkcs12(data, PW, P12Limits(max_total_iterations=3 * 2048)).entries
-    with pytest.raises(P12TooExpensive):
-        read_pkcs12(data, PW, P12Limits(max_total_iterations=3 * 2048 - 1))
-
-
-def test_iterations_per_kdf_are_capped(vectors):
-    with pytest.raises(P12TooExpensive):
-        read_pkcs12(vectors.data("p256.p12"), PW, P12Limits(max_iterations=2047))
-
-
-def test_bag_count_is_capped(vectors):
-    data = vectors.data("rsa2048-chain.p12")  # EncryptedData with two certificates, one key bag
-    assert read_pkcs12(data, PW, P12Limits(max_bags=4)).entries
-    with pytest.raises(P12TooExpensive):
-        read_pkcs12(data, PW, P12Limits(max_bags=3))
+        assert kdf_runs == []
 
 
 def test_oversize_is_refused():
@@ -305,24 +235,57 @@ def test_pbmac1_key_length_is_bounded(vectors):
 def test_empty_password_also_tried_as_absent(vectors):
     # Some tools MAC an empty password as no bytes at all instead of an empty BMPString.
     data = vectors.data("ed25519-noenc.p12")  # unencrypted bags: only the MAC needs the password
-    auth = bytes(asn1_pkcs12.Pfx.load(data)["auth_safe"]["content"])
-    salt = bytes(range(8))
-    mac_key = pkcs12_kdf("sha256", b"", salt, 3, 2048, 32)
-    mac = asn1_pkcs12.MacData(
-        {
-            "mac": {
-                "digest_algorithm": {"algorithm": "sha256"},
-                "digest": hmac.new(mac_key, auth, "sha256").digest(),
-            },
-            "mac_salt": salt,
-            "iterations": 2048,
-        }
-    )
-    blob = with_mac(data, mac)
+    blob = pkcs12_mac(data, b"")
 
     assert len(read_pkcs12(blob, "").entries) == 1
     with pytest.raises(P12WrongPassword):
         read_pkcs12(blob, PW)
+
+
+def named_bags(vectors, key_name: str | None, cert_name: str | None) -> bytes:
+    """The p256 key and certificate, their bags carrying these friendly names."""
+    bags = []
+    for bag in vector_bags(vectors, "p256-nomac.p12"):
+        name = cert_name if bag["bag_id"].native == "cert_bag" else key_name
+        attributes = [] if name is None else [{"type": "friendly_name", "values": [name]}]
+        bags.append(
+            asn1_pkcs12.SafeBag(
+                {
+                    "bag_id": bag["bag_id"].native,
+                    "bag_value": bag["bag_value"],
+                    "bag_attributes": attributes,
+                }
+            )
+        )
+    return p12_from_bags(bags)
+
+
+def test_a_nul_terminated_friendly_name_loses_its_nul(vectors):
+    # As in pyca's no-password.p12: '6BC162DA\x00', a C string written with its terminator.
+    contents = read_pkcs12(named_bags(vectors, "6BC162DA\x00", None), PW)
+    assert contents.entries[0].friendly_name == "6BC162DA"
+
+
+def test_a_written_nul_terminated_name_comes_back_clean(vectors):
+    key, cert = vectors.key("p256"), vectors.cert("p256")
+    blob = write_pkcs12(key, cert, [], "pw-1234", EncryptionType.AES256_SHA256, 2048, "n\x00")
+    assert read_pkcs12(blob, "pw-1234").entries[0].friendly_name == "n"
+
+
+@pytest.mark.parametrize("unsafe", ["\x1b[2J\x1b[Hadmin", "a\nb", "evil\u202egnp.exe", "a\x00b"])
+def test_a_friendly_name_with_control_characters_is_dropped(vectors, unsafe):
+    assert read_pkcs12(named_bags(vectors, unsafe, None), PW).entries[0].friendly_name is None
+    # The certificate bag's clean name takes its place.
+    contents = read_pkcs12(named_bags(vectors, unsafe, "alice"), PW)
+    assert contents.entries[0].friendly_name == "alice"
+
+
+def test_empty_mac_salt_is_malformed(vectors):
+    # With the empty password tried as no bytes at all, the KDF would have no input.
+    pfx = asn1_pkcs12.Pfx.load(vectors.data("p256-emptypass.p12"))
+    pfx["mac_data"]["mac_salt"] = b""
+    with pytest.raises(P12Malformed, match="salt"):
+        read_pkcs12(pfx.dump(force=True), "")
 
 
 def _self_signed_p12(key) -> bytes:
@@ -501,295 +464,3 @@ def test_garbage_only_ever_raises_p12_errors(blob):
         read_pkcs12(blob, PW)
     except P12Error:
         pass
-
-
-# --- primitives ---------------------------------------------------------------------------------
-
-
-def _bmp(s: str) -> bytes:
-    return s.encode("utf-16-be") + b"\x00\x00"
-
-
-@pytest.mark.parametrize(
-    ("hash_name", "password", "salt", "iterations", "id_byte", "n", "expected"),
-    [
-        # Known answers from `openssl kdf -kdfopt digest:... -kdfopt hexpass:<BMPString> PKCS12KDF`.
-        (
-            "sha1",
-            _bmp("sesame"),
-            "ffffffffffffffff",
-            2048,
-            1,
-            24,
-            "7cd9fd3e2b3be7691a44e3bef0f9ea0fb9b897d4e325d9d1",
-        ),
-        (
-            "sha256",
-            _bmp("pässwörd-Ω-12345"),
-            "000102030405060708090a0b0c0d0e0f",
-            1000,
-            3,
-            32,
-            "acfbb9270178282d12a64430a1013bcebd5d84341e330f73500fa1f548c9ab4c",
-        ),
-        (
-            "sha512",
-            b"\x00\x00",
-            "0102030405060708",
-            3,
-            2,
-            200,
-            "ba9d5caea584523419843707b5faa7bfecf87767bde44dd8f6aec47be3e1cdb5"
-            "6518becd3e8b48262e3519e34b4b200b3eb01524b27d82f943bf9a51ae928ee1"
-            "eeac7352cf9776d84fa39ea8b4bec72745029eeb21407f1ad6628ee25410da2b"
-            "7195bf663bee4e3abb38afe1e2bf21a4020891e45f2df9bb437a7e821cc5ae2c"
-            "4c3c0a024cb8e07a502734fc255ac543048584cc6bd945cff150eaaae700cb7d"
-            "9da907c584d72b0d0d9a674c71e52bcc4094abee34a7b320fd64737b93534a55"
-            "74cb78b49020131c",
-        ),
-        (
-            "sha1",
-            _bmp("x" * 70),
-            bytes(range(100)).hex(),
-            5,
-            1,
-            50,
-            "3b96dda44485f45eb161a6c2fc07a469a071a936a6c644a171edac092e7cfe75"
-            "4cdba622714441fd6c9f196d941442137e32",
-        ),
-        (
-            "sha384",
-            _bmp("🔑 emoji"),
-            "a1a2a3a4a5a6a7a8",
-            7,
-            3,
-            48,
-            "db23a6a739f81800692ff647d6ec629e2161a9cc65a61f1256af44004eb75381"
-            "086e35e832c1085d2b070e86671baf14",
-        ),
-    ],
-)
-def test_pkcs12_kdf_known_answers(hash_name, password, salt, iterations, id_byte, n, expected):
-    got = pkcs12_kdf(hash_name, password, bytes.fromhex(salt), id_byte, iterations, n)
-    assert got.hex() == expected
-
-
-@pytest.mark.parametrize(
-    ("key", "bits", "plain", "cipher"),
-    [  # RFC 2268 section 5
-        ("0000000000000000", 63, "0000000000000000", "ebb773f993278eff"),
-        ("ffffffffffffffff", 64, "ffffffffffffffff", "278b27e42e2f0d49"),
-        ("3000000000000000", 64, "1000000000000001", "30649edf9be7d2c2"),
-        ("88bca90e90875a", 64, "0000000000000000", "6ccf4308974c267f"),
-        ("88bca90e90875a7f0f79c384627bafb2", 64, "0000000000000000", "1a807d272bbe5db1"),
-        ("88bca90e90875a7f0f79c384627bafb2", 128, "0000000000000000", "2269552ab0f85ca6"),
-        (
-            "88bca90e90875a7f0f79c384627bafb216f80a6f85920584c42fceb0be255daf1e",
-            129,
-            "0000000000000000",
-            "5b78d3a43dfff1f1",
-        ),
-    ],
-)
-def test_rc2_known_answers(key, bits, plain, cipher):
-    # One CBC block with a zero IV is a plain block decryption.
-    got = rc2_cbc_decrypt(bytes.fromhex(key), bits, bytes(8), bytes.fromhex(cipher))
-    assert got.hex() == plain
-
-
-def test_rc2_cbc_agrees_with_cryptography_for_128_bit_keys():
-    rng = random.Random(7)
-    key, iv, plain = rng.randbytes(16), rng.randbytes(8), rng.randbytes(8 * 40)
-    encryptor = Cipher(RC2(key), modes.CBC(iv)).encryptor()
-    ciphertext = encryptor.update(plain) + encryptor.finalize()
-    assert rc2_cbc_decrypt(key, 128, iv, ciphertext) == plain
-
-
-# --- writing ------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("encryption", list(EncryptionType))
-@pytest.mark.parametrize("key_name", KEY_TYPES)
-def test_round_trip(vectors, key_name, encryption):
-    key, cert, ca = vectors.key(key_name), vectors.cert(key_name), vectors.cert("ca")
-
-    blob = write_pkcs12(key, cert, [ca], "round-trip-ü", encryption, 2048, f"name {key_name}")
-    contents = read_pkcs12(blob, "round-trip-ü")
-
-    (entry,) = contents.entries
-    assert vectors.pkcs8(entry.key) == vectors.pkcs8(key)
-    assert der(entry.certificate) == der(cert)
-    assert entry.friendly_name == f"name {key_name}"
-    assert [der(c) for c in contents.extra_certificates] == [der(ca)]
-
-
-def test_round_trip_without_chain_or_name(vectors):
-    key, cert = vectors.key("p256"), vectors.cert("p256")
-    blob = write_pkcs12(key, cert, [], "pw-1234", EncryptionType.AES256_SHA256, 2048, None)
-    contents = read_pkcs12(blob, "pw-1234")
-    assert contents.entries[0].friendly_name is None
-    assert contents.extra_certificates == []
-
-
-def _openssl(tmp_path: Path, blob: bytes, passphrase: str, *args: str) -> str:
-    p12 = tmp_path / "out.p12"
-    p12.write_bytes(blob)
-    pass_file = tmp_path / "pass.txt"
-    pass_file.write_text(passphrase + "\n", encoding="utf-8")
-    result = subprocess.run(
-        ["openssl", "pkcs12", "-in", str(p12), "-passin", f"file:{pass_file}", *args],
-        capture_output=True,
-        check=False,
-    )
-    output = (result.stdout + result.stderr).decode("utf-8", "replace")
-    assert result.returncode == 0, output
-    return output
-
-
-@pytest.mark.parametrize(
-    ("encryption", "mac_line", "bag_pattern"),
-    [
-        (
-            EncryptionType.AES256_SHA256,
-            "MAC: sha256, Iteration 3000",
-            r"PBES2, PBKDF2, AES-256-CBC, Iteration (\d+), PRF hmacWithSHA256",
-        ),
-        (
-            EncryptionType.TRIPLEDES_SHA1,
-            "MAC: sha1, Iteration 3000",
-            r"pbeWithSHA1And3-KeyTripleDES-CBC, Iteration (\d+)",
-        ),
-    ],
-)
-@pytest.mark.parametrize("passphrase", ["plain-ascii-1234", "pässwörd-Ω-12345"])
-def test_openssl_sees_mac_as_strong_as_bags(
-    vectors, tmp_path, encryption, mac_line, bag_pattern, passphrase
-):
-    key, cert = vectors.key("p256"), vectors.cert("p256")
-    blob = write_pkcs12(key, cert, [vectors.cert("ca")], passphrase, encryption, 3000, "alice")
-
-    info = _openssl(tmp_path, blob, passphrase, "-info", "-nokeys")
-
-    assert mac_line in info
-    bag_counts = re.findall(bag_pattern, info)
-    assert len(bag_counts) == 2  # the certificates' EncryptedData and the key bag
-    assert set(bag_counts) == {"3000"}
-
-
-@pytest.mark.parametrize("encryption", list(EncryptionType))
-@pytest.mark.parametrize("key_name", ["rsa2048", "p256", "ed25519"])
-def test_openssl_extracts_the_same_key(vectors, tmp_path, key_name, encryption):
-    key, cert = vectors.key(key_name), vectors.cert(key_name)
-    passphrase = "pässwörd-Ω-12345"
-    blob = write_pkcs12(key, cert, [], passphrase, encryption, 2048, None)
-
-    pem = _openssl(tmp_path, blob, passphrase, "-nocerts", "-nodes")
-
-    block = pem[pem.index("-----BEGIN PRIVATE KEY-----") :]
-    extracted = serialization.load_pem_private_key(block.encode(), None)
-    assert vectors.pkcs8(extracted) == vectors.pkcs8(key)
-
-
-def test_openssl_refuses_a_wrong_passphrase_for_our_mac(vectors, tmp_path):
-    blob = write_pkcs12(
-        vectors.key("p256"),
-        vectors.cert("p256"),
-        [],
-        "right-passphrase",
-        EncryptionType.AES256_SHA256,
-        2048,
-        None,
-    )
-    (tmp_path / "out.p12").write_bytes(blob)
-    result = subprocess.run(
-        ["openssl", "pkcs12", "-in", str(tmp_path / "out.p12"), "-passin", "pass:wrong"],
-        capture_output=True,
-        check=False,
-    )
-    assert result.returncode != 0
-    assert b"mac verify" in result.stderr.lower()
-
-
-def test_written_mac_uses_the_requested_iterations(vectors):
-    blob = write_pkcs12(
-        vectors.key("p384"),
-        vectors.cert("p384"),
-        [],
-        "pw",
-        EncryptionType.AES256_SHA256,
-        4321,
-        None,
-    )
-    mac = asn1_pkcs12.Pfx.load(blob)["mac_data"]
-    assert mac["iterations"].native == 4321
-    assert len(mac["mac_salt"].native) == 16
-
-
-@pytest.mark.parametrize(
-    ("passphrase", "friendly_name"), [("", None), ("\ud800", None), ("pw", "\udfff")]
-)
-def test_unusable_passphrase_or_name_refused(vectors, passphrase, friendly_name):
-    with pytest.raises(InvalidInput) as refused:
-        write_pkcs12(
-            vectors.key("p256"),
-            vectors.cert("p256"),
-            [],
-            passphrase,
-            EncryptionType.AES256_SHA256,
-            2048,
-            friendly_name,
-        )
-    if passphrase:
-        assert passphrase not in refused.value.message
-
-
-@pytest.mark.parametrize("iterations", [0, -1, 10_000_001])
-def test_iterations_out_of_range_refused(vectors, iterations):
-    with pytest.raises(InvalidInput):
-        write_pkcs12(
-            vectors.key("p256"),
-            vectors.cert("p256"),
-            [],
-            "pw",
-            EncryptionType.AES256_SHA256,
-            iterations,
-            None,
-        )
-
-
-def test_key_not_matching_certificate_refused(vectors):
-    with pytest.raises(KeyMismatch):
-        write_pkcs12(
-            vectors.key("p256"),
-            vectors.cert("p384"),
-            [],
-            "pw",
-            EncryptionType.AES256_SHA256,
-            2048,
-            None,
-        )
-
-
-# --- EncryptionType -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (None, EncryptionType.AES256_SHA256),
-        ("AES256-SHA256", EncryptionType.AES256_SHA256),
-        ("aes256-sha256", EncryptionType.AES256_SHA256),
-        (" TripleDES-SHA1 ", EncryptionType.TRIPLEDES_SHA1),
-    ],
-)
-def test_encryption_type_parse(value, expected):
-    assert EncryptionType.parse(value) is expected
-
-
-@pytest.mark.parametrize("value", ["", "AES128", "x" * 10_000])
-def test_encryption_type_unknown_is_not_echoed(value):
-    with pytest.raises(UnsupportedEncryption) as info:
-        EncryptionType.parse(value)
-    assert len(info.value.message) < 200
-    if value:
-        assert value not in info.value.message

@@ -1,0 +1,47 @@
+"""The benchmarks still run: each at a tiny size, as a subprocess, printing its ratios.
+
+Only that they run and report is checked here; the numbers are for people (DESIGN §9).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# benchmark, tiny-size arguments, the ratios it must print
+BENCHMARKS = [
+    (
+        "kdf.py",
+        ["--rounds", "50", "--budget", "700", "--repeat", "1"],
+        [
+            "Python/native",
+            "two native KDFs on two threads / one after the other",
+            "certvault/openssl",
+            "certvault/openssl",
+            "legacy/PBES2 cost at the same budget",
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(("script", "args", "ratios"), BENCHMARKS, ids=[b[0] for b in BENCHMARKS])
+def test_benchmark_runs_at_a_tiny_size(script, args, ratios):
+    # The benchmark imports certvault from the same source tree the tests run on.
+    path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": path},
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    printed = re.findall(r"([\w#/ .-]+?) = \d+\.\d+x", result.stdout)
+    assert [name.strip() for name in printed] == ratios, result.stdout
