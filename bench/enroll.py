@@ -80,7 +80,7 @@ TIMED = {
     "keygen": (enrollment, "generate_key"),
     "sign": (calib, "issue_certificate"),
     "p12": (enrollment, "write_pkcs12_entries"),
-    "form": (enrollment, "_form_state"),
+    "form": (enrollment, "form_state"),
     "limits": (enrollment, "enforce"),
     "code": (enrollment, "_verify_code"),
     "issue tx": (enrollment, "_issue"),
