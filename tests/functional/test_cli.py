@@ -324,6 +324,37 @@ def test_export_writes_a_p12_openssl_opens_with_an_honest_mac(cli, tmp_path):
     assert json.loads(releases[2][1])["reason"] == "reason_required"
 
 
+@pytest.mark.parametrize("encryption", ["AES256-SHA256", "TripleDES-SHA1"])
+def test_export_refuses_an_own_passphrase_easy_to_guess(cli, tmp_path, encryption):
+    cli.bootstrap()
+    cert_id = _import_one(cli, new_key("ec256"), "gail@example.org")
+    weak = write_secret(tmp_path / "weak", "iloveyou12345678")
+    out = tmp_path / "out.p12"
+    done = cli.run(
+        "export",
+        str(cert_id),
+        "--account",
+        "acme",
+        "--out",
+        out,
+        "--reason",
+        "new phone",
+        "--passphrase-file",
+        weak,
+        "--encryption",
+        encryption,
+    )
+    assert done.returncode == 1, done.stderr
+    said = text(done)
+    assert "[weak_passphrase]" in said and "too easy to guess: a commonly used password" in said
+    assert "iloveyou" not in said
+    assert not out.exists()
+    releases = cli.sql(
+        "SELECT outcome, details FROM audit_events WHERE action = ? ORDER BY id", ["key.release"]
+    )
+    assert [(o, json.loads(d)["reason"]) for o, d in releases] == [("refused", "weak_passphrase")]
+
+
 # --- verify and audit ----------------------------------------------------------------------------
 
 
