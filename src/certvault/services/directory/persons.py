@@ -20,7 +20,8 @@ from certvault.services.kernel.passwords import is_text, password_hasher
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.tenancy import default_organization, get_account
 
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
+# No white space and no control characters: a NUL alone fails a PostgreSQL transaction.
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]{1,255}$")
 VALIDATION_TYPES = ("STANDARD", "HIGH")
 MAX_SEARCH = 200
 MIN_SECRET_ID, MAX_SECRET_ID = 4, 128
