@@ -102,3 +102,116 @@ def make_p12(
         .build(password.encode())
     )
     return pkcs12.serialize_key_and_certificates(name, key, cert, list(chain), enc)
+
+
+# --- keys no certificate may carry (S/MIME BR 6.1.5, 6.1.6) -----------------------------------
+
+
+@cache
+def rsa_key_with_exponent(e: int, base: str = "rsa2048-2"):  # type: ignore[no-untyped-def]
+    """The primes of a pool key under the public exponent ``e`` (which must be invertible)."""
+    numbers = pool_key(base).private_numbers()
+    p, q = numbers.p, numbers.q
+    d = pow(e, -1, (p - 1) * (q - 1))
+    return rsa.RSAPrivateNumbers(
+        p,
+        q,
+        d,
+        rsa.rsa_crt_dmp1(d, p),
+        rsa.rsa_crt_dmq1(d, q),
+        rsa.rsa_crt_iqmp(p, q),
+        rsa.RSAPublicNumbers(e, p * q),
+    ).private_key(unsafe_skip_rsa_key_validation=True)
+
+
+@cache
+def small_rsa_key():  # type: ignore[no-untyped-def]
+    return rsa.generate_private_key(65537, 1024)
+
+
+def csr_der(key, name: str = "x") -> bytes:  # type: ignore[no-untyped-def]
+    """A CSR signed by ``key`` (any key cryptography signs with), DER."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
+    return builder.sign(key, _sign_hash(key)).public_bytes(serialization.Encoding.DER)
+
+
+def csr_with_spki(csr: bytes, spki: bytes) -> bytes:
+    """``csr`` with its SubjectPublicKeyInfo replaced by ``spki`` (its signature no longer fits)."""
+    from asn1crypto import csr as asn1_csr
+    from asn1crypto import keys as asn1_keys
+
+    request = asn1_csr.CertificationRequest.load(csr)
+    info = request["certification_request_info"]
+    replaced = asn1_csr.CertificationRequestInfo(
+        {
+            "version": info["version"],
+            "subject": info["subject"],
+            "subject_pk_info": asn1_keys.PublicKeyInfo.load(spki),
+            "attributes": info["attributes"],
+        }
+    )
+    return asn1_csr.CertificationRequest(
+        {
+            "certification_request_info": replaced,
+            "signature_algorithm": request["signature_algorithm"],
+            "signature": request["signature"],
+        }
+    ).dump()
+
+
+def rsa_spki(n: int, e: int) -> bytes:
+    """A SubjectPublicKeyInfo of any RSA numbers, even ones cryptography refuses to load."""
+    from asn1crypto import keys as asn1_keys
+
+    return asn1_keys.PublicKeyInfo(
+        {
+            "algorithm": {"algorithm": "rsa"},
+            "public_key": asn1_keys.RSAPublicKey({"modulus": n, "public_exponent": e}),
+        }
+    ).dump()
+
+
+@cache
+def explicit_p256_csr() -> bytes:
+    """A CSR (DER) whose P-256 key openssl wrote with explicit curve parameters."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        key, csr = Path(folder) / "explicit.key.pem", Path(folder) / "explicit.csr"
+        for out, args in (
+            (
+                key,
+                ["ecparam", "-name", "prime256v1", "-param_enc", "explicit", "-genkey", "-noout"],
+            ),
+            (csr, ["req", "-new", "-key", str(key), "-subj", "/CN=explicit", "-outform", "DER"]),
+        ):
+            subprocess.run(["openssl", *args, "-out", str(out)], check=True, capture_output=True)
+        return csr.read_bytes()
+
+
+def custom_curve_spki(explicit_csr: bytes) -> bytes:
+    """The explicit P-256 key of ``explicit_csr`` with another generator: a curve of its own."""
+    from asn1crypto import csr as asn1_csr
+    from asn1crypto import keys as asn1_keys
+
+    spki = asn1_csr.CertificationRequest.load(explicit_csr)["certification_request_info"][
+        "subject_pk_info"
+    ]
+    params = spki["algorithm"]["parameters"].chosen
+    domain = asn1_keys.SpecifiedECDomain(
+        {
+            **{f: params[f] for f in ("version", "field_id", "curve", "order", "cofactor")},
+            "base": asn1_keys.ECPoint(spki["public_key"].native),
+        }
+    )
+    return asn1_keys.PublicKeyInfo(
+        {
+            "algorithm": {
+                "algorithm": "ec",
+                "parameters": asn1_keys.ECDomainParameters(name="specified", value=domain),
+            },
+            "public_key": spki["public_key"],
+        }
+    ).dump()

@@ -147,6 +147,12 @@ class P12UnsupportedKey(P12Error, UnsupportedKey):
     code = "p12_unsupported_key"
 
 
+class CertificateEmailInvalid(InvalidInput):
+    """The certificate names an email address with control characters or white space."""
+
+    code = "certificate_email_invalid"
+
+
 class CsrInvalid(InvalidInput):
     """The certificate signing request is not acceptable."""
 

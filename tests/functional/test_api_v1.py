@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from certvault.crypto import keys as keylib
 from certvault.crypto.pkcs12.reader import read_pkcs12
-from certvault.db.models import Account, AuditEvent
+from certvault.db.models import Account, AuditEvent, Certificate
 from certvault.services.pki import crl
 from certvault.services.vault.archive import ALREADY_EXISTS, IMPORTED
 from tests.factories import make_cert, make_p12, new_key
@@ -139,6 +139,43 @@ def test_person_create_get_update_and_list(api):
     assert created.status_code == 201, created.text
     audited = [json.loads(e.details) for e in events(api.ports, "person.create")]
     assert [d["email"] for d in audited] == ["bob@acme.example", "sue@acme.example"]
+
+
+def _file_certificates_of(api, person_id: int, organization_id: int) -> None:
+    """Put every certificate of a person in another organization (the person stays where it is)."""
+    with api.ports.db.transaction() as s:
+        for cert in s.scalars(select(Certificate).where(Certificate.person_id == person_id)):
+            cert.organization_id = organization_id
+
+
+def test_an_email_change_needs_the_download_privilege_where_the_keys_are(api):
+    """The sales administrator may download keys in Sales, where sam is; sam's escrowed
+    certificate is in the default organization. Moving sam's address moves where recovery
+    codes and release notices for that key go: refused."""
+    sam = api.sam.person_id
+    path = f"{V1}/persons/{sam}"
+    # Where sam's key is in Sales, the sales administrator may change the address.
+    r = api.patch("sales", path, json={"email": "samuel@acme.example"})
+    assert r.status_code == 200, r.text
+
+    _file_certificates_of(api, sam, api.orgs["default"])
+    mailed = len(mails(api.ports))
+    r = api.patch("sales", path, json={"email": "mallory@evil.example"})
+    assert r.status_code == 403, r.text
+    assert r.json()["code"] == "forbidden" and "key_vault_download" in r.json()["description"]
+    assert api.get("sales", path).json()["email"] == "samuel@acme.example"
+    assert len(mails(api.ports)) == mailed
+    # Names are not gated: only the address is.
+    assert api.patch("sales", path, json={"phone": "+1 555 0199"}).status_code == 200
+    refused = [
+        (json.loads(e.details)["reason"], e.target_id, e.actor.split(" ")[0])
+        for e in events(api.ports, "person.update")
+        if e.outcome == "refused"
+    ]
+    assert refused == [("forbidden", str(sam), "admin:sales")]
+    # An administrator with the privilege in both organizations may.
+    r = api.patch("keys", path, json={"email": "sam.new@acme.example"})
+    assert r.status_code == 200, r.text
 
 
 def test_person_paging_with_cursors(api):

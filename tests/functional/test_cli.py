@@ -231,6 +231,55 @@ def test_import_folder_reports_every_file_and_manifest_takes_a_password_per_file
     assert "m1@example.org" not in persons  # the manifest named the owner
 
 
+def test_import_one_bad_file_never_stops_the_others(cli, tmp_path):
+    """A file whose key is named '6BC162DA\x00' (as in pyca's no-password.p12), one whose
+    certificate names an address with a NUL, and two good ones, in one call and one batch: the
+    good ones and the cleaned name are stored, the address is refused, the exit code says so."""
+    cli.bootstrap()
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    password = write_secret(tmp_path / "pw", "import-pass-1")
+    made = {
+        "a-good.p12": ("good1@example.org", b"good"),
+        "b-nul-name.p12": ("nulname@example.org", b"6BC162DA\x00"),
+        "c-nul-address.p12": ("mallory\x00@example.org", b"evil"),
+        "d-good.p12": ("good2@example.org", b"good"),
+    }
+    for file, (email, name) in made.items():
+        key = new_key("ec256")
+        data = make_p12(key, make_cert(key, email), "import-pass-1", name=name)
+        (folder / file).write_bytes(data)
+    done = cli.run("import", "--account", "acme", folder, "--password-file", password, "--json")
+    assert done.returncode == 1, done.stderr
+    assert "[internal]" not in text(done)
+    rows = {Path(row["file"]).name: row for row in json.loads(done.stdout)}
+    assert [rows[f]["message"] for f in ("a-good.p12", "b-nul-name.p12", "d-good.p12")] == [
+        IMPORTED
+    ] * 3
+    assert rows["b-nul-name.p12"]["alias"] == "6BC162DA"
+    assert rows["c-nul-address.p12"]["clientCertId"] is None
+    assert "files: 4, imported: 3, already there: 0, failed: 1" in text(done)
+    assert "[certificate_email_invalid]" in text(done)
+    assert cli.sql("SELECT count(*) FROM escrowed_keys") == [(3,)]
+    assert sorted(e for (e,) in cli.sql("SELECT emails FROM certificates")) == [
+        "good1@example.org",
+        "good2@example.org",
+        "nulname@example.org",
+    ]
+
+    del made["c-nul-address.p12"]
+    for file in made:
+        (folder / file).unlink()
+    key = new_key("ec256")
+    (folder / "e-nul-name.p12").write_bytes(
+        make_p12(key, make_cert(key, "e@example.org"), "import-pass-1", name=b"E\x00")
+    )
+    (folder / "c-nul-address.p12").unlink()
+    clean = cli.run("import", "--account", "acme", folder, "--password-file", password)
+    assert clean.returncode == 0, clean.stderr  # everything was imported
+    assert "files: 1, imported: 1, already there: 0, failed: 0" in text(clean)
+
+
 # --- export --------------------------------------------------------------------------------------
 
 
@@ -322,6 +371,37 @@ def test_export_writes_a_p12_openssl_opens_with_an_honest_mac(cli, tmp_path):
     assert [o for o, _ in releases] == ["success", "success", "refused"]
     assert json.loads(releases[0][1])["reason"] == "ticket 42"
     assert json.loads(releases[2][1])["reason"] == "reason_required"
+
+
+@pytest.mark.parametrize("encryption", ["AES256-SHA256", "TripleDES-SHA1"])
+def test_export_refuses_an_own_passphrase_easy_to_guess(cli, tmp_path, encryption):
+    cli.bootstrap()
+    cert_id = _import_one(cli, new_key("ec256"), "gail@example.org")
+    weak = write_secret(tmp_path / "weak", "iloveyou12345678")
+    out = tmp_path / "out.p12"
+    done = cli.run(
+        "export",
+        str(cert_id),
+        "--account",
+        "acme",
+        "--out",
+        out,
+        "--reason",
+        "new phone",
+        "--passphrase-file",
+        weak,
+        "--encryption",
+        encryption,
+    )
+    assert done.returncode == 1, done.stderr
+    said = text(done)
+    assert "[weak_passphrase]" in said and "too easy to guess: a commonly used password" in said
+    assert "iloveyou" not in said
+    assert not out.exists()
+    releases = cli.sql(
+        "SELECT outcome, details FROM audit_events WHERE action = ? ORDER BY id", ["key.release"]
+    )
+    assert [(o, json.loads(d)["reason"]) for o, d in releases] == [("refused", "weak_passphrase")]
 
 
 # --- verify and audit ----------------------------------------------------------------------------

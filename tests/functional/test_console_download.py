@@ -249,6 +249,24 @@ def test_own_passphrase_twice(console, tmp_path):
     assert details(event)["generated_passphrase"] is False
 
 
+@pytest.mark.parametrize("encryption", ["AES256-SHA256", "TripleDES-SHA1"])
+def test_an_own_passphrase_easy_to_guess_is_refused(console, encryption):
+    boss = console.sign_in("boss")
+    form = Form(boss, cert_path(console.world.alice.cert_ids[1]))
+    weak = "aaaaaaaaaaaaaaaa"
+    answer = form.post(
+        passphrase_choice="own",
+        own_passphrase=weak,
+        own_passphrase_confirm=weak,
+        encryption=encryption,
+    )
+    assert answer.status_code == 400
+    assert "too easy to guess: repeated characters" in answer.text
+    assert weak not in answer.text and weak[:8] not in answer.text
+    assert_nothing_released(console)
+    assert [code_of(e) for e in refusals(console)] == ["weak_passphrase"]
+
+
 def test_own_passphrase_refused_when_the_account_does_not_allow_it(console):
     with console.ports.db.transaction() as s:
         s.execute(update(Account).where(Account.slug == "acme").values(allow_own_passphrase=False))

@@ -11,7 +11,7 @@ import pytest
 from argon2 import PasswordHasher
 from sqlalchemy import select
 
-from certvault.db.models import AuditEvent, Person
+from certvault.db.models import AuditEvent, Certificate, Person
 from certvault.services.directory import persons
 from certvault.web.admin import persons as persons_page
 from tests.conftest import TEST_OPERATOR
@@ -325,6 +325,31 @@ def test_boss_changes_the_email_and_the_old_address_is_told(console):
     assert mail.subject == "Your email address in certvault was changed"
     [done] = [e for e in events(console.ports, persons.UPDATE) if e.outcome == "success"]
     assert _details(done) == {"email": {"old": world.alice.email, "new": "alice.new@acme.example"}}
+
+
+def test_an_email_change_needs_the_download_privilege_where_the_keys_are(console):
+    """salesboss may download keys in Sales only; sam is in Sales, his escrowed certificate in
+    the default organization: his address stays."""
+    world = console.world
+    sam = world.sam.person_id
+    with console.ports.db.transaction() as s:
+        default = s.get_one(Person, world.alice.person_id).organization_id
+        for cert in s.scalars(select(Certificate).where(Certificate.person_id == sam)):
+            cert.organization_id = default
+    path = f"/admin/persons/{sam}"
+    mailed = len(mails(console.ports))
+    fields = {n: getattr(_person(console, sam), n) for n in persons_page.EDITABLE}
+    answer = console.sign_in("salesboss").post(
+        path, fields | {"email": "mallory@evil.example"}, csrf_from=path
+    )
+    assert answer.status_code == 403, answer.text
+    assert "key_vault_download" in answer.text
+    assert _person(console, sam).email == world.sam.email
+    assert _new_mails(console, mailed) == []
+    refused = [e for e in events(console.ports, persons.UPDATE) if e.outcome == "refused"]
+    assert [(_details(e)["reason"], e.target_id, e.actor.split(" ")[0]) for e in refused] == [
+        ("forbidden", str(sam), "admin:salesboss")
+    ]
 
 
 def test_an_email_change_of_a_person_without_keys_sends_no_mail(console):

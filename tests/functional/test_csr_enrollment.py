@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import select
 
@@ -27,7 +28,17 @@ from certvault.services.kernel.ports import Ports
 from certvault.services.pki import csr_enrollment
 from certvault.services.pki.ca import init_ca
 from certvault.services.pki.issuance import Issued, IssueRequest
-from tests.factories import new_key, pool_key
+from tests.factories import (
+    csr_der,
+    csr_with_spki,
+    custom_curve_spki,
+    explicit_p256_csr,
+    new_key,
+    pool_key,
+    rsa_key_with_exponent,
+    rsa_spki,
+    small_rsa_key,
+)
 from tests.functional.api_fixtures import ApiWorld, api_fixture  # noqa: F401 - `api`
 from tests.functional.compat_fixtures import ScmWorld, scm_world  # noqa: F401 - `scm`
 from tests.functional.helpers import counts, events, mails
@@ -203,7 +214,7 @@ def test_enroll_for_a_person_and_their_secondary_address(api_ca: ApiWorld) -> No
     assert certificate_row(api.ports, body["id"]).profile == "smime-signing"
 
 
-def refused(api: ApiWorld, token: str, status: int, code: str, **fields: Any) -> None:
+def refused(api: ApiWorld, token: str, status: int, code: str, **fields: Any) -> str:
     body = {"csr": csr_pem(new_key("ec256")), "profile": "smime", "email": "dave@acme.example"}
     before = counts(api.ports)
     r = api.post(token, f"{V1}/certificates/enroll", json=body | fields)
@@ -211,6 +222,7 @@ def refused(api: ApiWorld, token: str, status: int, code: str, **fields: Any) ->
     assert r.json()["code"] == code
     assert counts(api.ports) == before  # no certificate, no person, no key, no mail
     assert enroll_events(api.ports, "refused")[-1]["reason"] == code
+    return str(r.json()["description"])
 
 
 @pytest.fixture
@@ -267,6 +279,75 @@ def test_bad_requests_change_nothing(api_ca: ApiWorld, restricted_profile: str) 
     r = api.get("keys", f"{V1}/certificates/enroll")
     assert (r.status_code, r.headers["Allow"]) == (405, "POST")
     assert r.json()["code"] == "method_not_allowed"
+
+
+# Keys no certificate may carry (S/MIME BR 6.1.5, 6.1.6): the rule each breaks, as its code.
+# cryptography does not load an even exponent or a curve of its own at all: unreadable keys.
+KEYS_OUTSIDE_THE_RULES = {
+    "e=3": (lambda: csr_der(pool_key("rsa2048-e3")), "rsa_exponent_not_allowed"),
+    "a 2,041-bit e": (
+        lambda: csr_der(rsa_key_with_exponent(2**2040 + 1)),
+        "rsa_exponent_not_allowed",
+    ),
+    "an even e": (
+        lambda: csr_with_spki(
+            csr_der(pool_key("rsa2048-2")),
+            rsa_spki(pool_key("rsa2048-2").public_key().public_numbers().n, 65538),
+        ),
+        "csr_unsupported_key",
+    ),
+    "RSA-1024": (lambda: csr_der(small_rsa_key()), "rsa_modulus_not_allowed"),
+    "secp256k1": (lambda: csr_der(ec.generate_private_key(ec.SECP256K1())), "ec_curve_not_allowed"),
+    "explicit parameters of a curve of its own": (
+        lambda: csr_with_spki(explicit_p256_csr(), custom_curve_spki(explicit_p256_csr())),
+        "csr_unsupported_key",
+    ),
+}
+
+
+# What each refusal's description names: the rule, never the key.
+RULE_WORDS = {
+    "rsa_exponent_not_allowed": "exponent must be odd and from 2^16+1 to 2^256-1",
+    "rsa_modulus_not_allowed": "2048 to 8192 bits, a multiple of 8",
+    "ec_curve_not_allowed": "named curves P-256, P-384 or P-521",
+    "csr_unsupported_key": "public key cannot be read",
+}
+
+
+def test_keys_outside_the_baseline_requirements_are_refused(api_ca: ApiWorld) -> None:
+    api = api_ca
+    for label, (make, code) in KEYS_OUTSIDE_THE_RULES.items():
+        data = base64.b64encode(make()).decode()
+        description = refused(api, "keys", 422, code, csr=data)
+        assert RULE_WORDS[code] in description, label
+        assert data[60:100] not in description, label
+    # The same key as the 2,041-bit e, with e = 65537, is certified.
+    r = api.post(
+        "keys",
+        f"{V1}/certificates/enroll",
+        json={"csr": csr_pem(pool_key("rsa2048-2")), "profile": "smime", "email": "d@acme.example"},
+    )
+    assert r.status_code == 201, r.text
+
+
+def test_explicit_p256_parameters_are_certified_under_the_curve_s_name(api_ca: ApiWorld) -> None:
+    api = api_ca
+    data = explicit_p256_csr()
+    r = api.post(
+        "keys",
+        f"{V1}/certificates/enroll",
+        json={
+            "csr": base64.b64encode(data).decode(),
+            "profile": "smime",
+            "email": "e@acme.example",
+        },
+    )
+    assert r.status_code == 201, r.text
+    leaf = x509.load_der_x509_certificate(certificate_row(api.ports, r.json()["id"]).der)
+    text = openssl(
+        "x509", "-inform", "DER", "-noout", "-text", data=leaf.public_bytes(Encoding.DER)
+    )
+    assert "ASN1 OID: prime256v1" in text and "Field Type: prime-field" not in text
 
 
 def test_tenants_privileges_and_scopes(api_ca: ApiWorld) -> None:
@@ -481,6 +562,19 @@ def test_scm_refusals(scm_ca: ScmWorld) -> None:
         "not_found",
         "not_found",
     ]
+
+
+def test_scm_refuses_keys_outside_the_baseline_requirements(scm_ca: ScmWorld) -> None:
+    scm = scm_ca
+    before = counts(scm.ports)
+    for label, (make, code) in KEYS_OUTSIDE_THE_RULES.items():
+        description = scm_error(
+            scm_enroll(scm, "bearer", csr=base64.b64encode(make()).decode()), 422
+        )
+        assert RULE_WORDS[code] in description, label
+    assert counts(scm.ports) == before
+    reasons = [e["reason"] for e in enroll_events(scm.ports, "refused")]
+    assert reasons == [code for _, code in KEYS_OUTSIDE_THE_RULES.values()]
 
 
 def test_scm_person_mismatch_and_missing_privilege(scm_ca: ScmWorld, operator: Actor) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import re
+import subprocess
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -284,6 +286,35 @@ def test_bad_choices_leave_the_code_usable(ports, acme, smtp_server, kw, error):
         do_enroll(ports, code, **kw)
     assert certificates(ports) == [] and code_rows(ports)[0].used_at is None
     assert do_enroll(ports, code).certificate_ids
+
+
+def test_an_own_passphrase_easy_to_guess_is_refused_and_audited(ports, acme, smtp_server):
+    send(ports)
+    code = last_code(smtp_server)
+    weak = "abcdefghijklmnop"
+    with pytest.raises(PassphraseRejected) as refused:
+        do_enroll(ports, code, passphrase=weak, passphrase_confirm=weak)
+    assert "too easy to guess: a run of characters" in refused.value.message
+    assert weak[:6] not in refused.value.message
+    assert certificates(ports) == [] and code_rows(ports)[0].used_at is None
+    [event] = [e for e in events(ports, enrollment.ENROLL) if e.outcome == "refused"]
+    assert json.loads(event.details)["reason"] == "weak_passphrase"
+    assert weak[:6] not in event.details
+
+
+def test_an_own_passphrase_is_used_exactly_as_typed(ports, acme, smtp_server, tmp_path):
+    send(ports)
+    nfd = "Cafe\u0301-au-lait-sans-sucre-42"
+    result = do_enroll(ports, last_code(smtp_server), passphrase=nfd, passphrase_confirm=nfd)
+    p12, typed = tmp_path / "enrolled.p12", tmp_path / "typed"
+    p12.write_bytes(result.p12)
+    typed.write_bytes(nfd.encode() + b"\n")
+    done = subprocess.run(
+        ["openssl", "pkcs12", "-in", str(p12), "-nokeys", "-passin", f"file:{typed}"],
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 0 and b"BEGIN CERTIFICATE" in done.stdout, done.stderr
 
 
 def test_key_type_the_form_forbids(ports, operator, acme, smtp_server):

@@ -1,5 +1,5 @@
 """Hostile and broken PKCS#12 uploads through the service layer: a clear error, nothing changed,
-and the refusal in the audit log."""
+and the refusal in the audit log; in a batch, one bad file or entry never stops the others."""
 
 from __future__ import annotations
 
@@ -8,10 +8,17 @@ import os
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
+from certvault.db.models import Certificate, Person
 from certvault.errors import CertvaultError
+from certvault.services.audit import log as audit
+from certvault.services.directory import certificates
+from certvault.services.vault import archive
 from certvault.services.vault.archive import IMPORTED
-from certvault.services.vault.imports import import_p12
+from certvault.services.vault.imports import ImportItem, import_files, import_p12
+from tests.factories import make_cert, make_p12, new_key
 from tests.functional.helpers import counts, events
 from tests.unit.crypto.pkcs12.assembly import nested, pfx_from_sections, plain_bags, with_attribute
 
@@ -91,3 +98,148 @@ def test_chain_is_kept_for_release(ports, operator, account):
     from cryptography import x509
 
     assert back.extra_certificates == [x509.load_pem_x509_certificate(ca)]
+
+
+# --- text from the file, and one entry's database error, never sink the others ------------------
+
+
+def _item(name: str, data: bytes, password: str = P) -> ImportItem:
+    return ImportItem(name=name, load=lambda: data, password=password)
+
+
+def _p12(email: str, *, name: bytes | None = b"alias", cn: str | None = None) -> bytes:
+    key = new_key("ec256")
+    return make_p12(key, make_cert(key, email, cn=cn), P, name=name)
+
+
+def _between_good_files(bad: ImportItem) -> list[ImportItem]:
+    return [
+        _item("good-1.p12", _p12("good1@example.org")),
+        bad,
+        _item("good-2.p12", _p12("good2@example.org")),
+    ]
+
+
+def _refusal_reasons(ports) -> list[str]:
+    archived = events(ports, "key.archive")
+    return [json.loads(e.details)["reason"] for e in archived if e.outcome == "refused"]
+
+
+def _rows(ports) -> dict[str, Certificate]:
+    with ports.db.read() as s:
+        return {c.emails: c for c in s.scalars(select(Certificate))}
+
+
+def test_control_characters_in_names_are_stored_cleaned_in_a_batch(ports, operator, account):
+    """pyca's no-password.p12 names its key '6BC162DA\\x00'; on PostgreSQL one such name used to
+    fail the whole batch, the good files with it."""
+    items = [
+        _item("good-1.p12", _p12("good1@example.org")),
+        _item("nul.p12", _p12("nul@example.org", name=b"6BC162DA\x00", cn="Nul\x00Name\x01")),
+        _item("inner.p12", _p12("inner@example.org", name=b"ad\x00min\x1b[2J")),
+        _item("good-2.p12", _p12("good2@example.org")),
+    ]
+    results = import_files(ports, operator, "acme", items)
+    assert [r.ok for r in results] == [True] * 4
+    assert [e.message for r in results for e in r.entries] == [IMPORTED] * 4
+    assert [e.alias for e in results[1].entries + results[2].entries] == [
+        "6BC162DA",
+        "ad\ufffdmin\ufffd[2J",
+    ]
+    rows = _rows(ports)
+    assert set(rows) == {f"{n}@example.org" for n in ("good1", "nul", "inner", "good2")}
+    assert rows["nul@example.org"].friendly_name == "6BC162DA"
+    assert rows["inner@example.org"].friendly_name == "ad\ufffdmin\ufffd[2J"
+    assert rows["nul@example.org"].subject == "CN=Nul\\00Name\ufffd"
+    for row in rows.values():
+        for value in (row.subject, row.issuer, row.friendly_name or ""):
+            assert value.isprintable(), value
+    assert counts(ports)["keys"] == 4
+    assert audit.verify_chains(ports).ok
+
+
+def test_an_address_that_is_not_text_refuses_only_its_entry(ports, operator, account):
+    items = [
+        _item("good-1.p12", _p12("good1@example.org")),
+        _item("nul-address.p12", _p12("mallory\x00@example.org")),
+        _item("spaced-address.p12", _p12("alice bob@example.org")),
+        _item("good-2.p12", _p12("good2@example.org")),
+    ]
+    results = import_files(ports, operator, "acme", items)
+    assert [r.ok for r in results] == [True, False, False, True]
+    for result in results[1:3]:
+        [entry] = result.entries
+        assert entry.code == "certificate_email_invalid" and entry.client_cert_id is None
+    assert set(_rows(ports)) == {"good1@example.org", "good2@example.org"}
+    with ports.db.read() as s:
+        assert not any("\x00" in e or " " in e for e in s.scalars(select(Person.email)))
+    assert _refusal_reasons(ports) == ["certificate_email_invalid"] * 2
+    assert audit.verify_chains(ports).ok
+
+
+def _poison_entries(monkeypatch, error: type[DBAPIError]) -> list[int]:
+    """Make the database refuse every entry whose friendly name is 'poison', as PostgreSQL
+    refuses a value it cannot store; the list counts the refusals."""
+    refusals: list[int] = []
+    real = archive.add_certificate
+
+    def add_certificate(session, account, cert, chain, **kw):  # type: ignore[no-untyped-def]
+        if kw.get("friendly_name") == "poison":
+            refusals.append(1)
+            raise error("INSERT INTO certificates ...", {}, Exception("refused"))
+        return real(session, account, cert, chain, **kw)
+
+    monkeypatch.setattr(archive, "add_certificate", add_certificate)
+    return refusals
+
+
+def test_a_database_error_in_one_entry_leaves_the_others_stored(
+    ports, operator, account, monkeypatch
+):
+    refusals = _poison_entries(monkeypatch, DataError)
+    items = _between_good_files(_item("poison.p12", _p12("poison@example.org", name=b"poison")))
+    results = import_files(ports, operator, "acme", items)
+    assert [r.ok for r in results] == [True, False, True]
+    [entry] = results[1].entries
+    assert (entry.code, entry.alias, entry.client_cert_id) == ("entry_not_stored", "poison", None)
+    assert len(refusals) == 1  # refused in its savepoint, not by running the batch again
+    assert set(_rows(ports)) == {"good1@example.org", "good2@example.org"}
+    with ports.db.read() as s:  # nothing of the refused entry: not even its owner
+        assert "poison@example.org" not in set(s.scalars(select(Person.email)))
+    assert _refusal_reasons(ports) == ["entry_not_stored"]
+    assert audit.verify_chains(ports).ok
+
+
+def test_a_batch_that_keeps_failing_is_stored_file_by_file(ports, operator, account, monkeypatch):
+    """A 'retryable' error that every retry meets again: the batch falls back to a transaction
+    per file, and only the file that fails is lost."""
+    refusals = _poison_entries(monkeypatch, IntegrityError)
+    items = _between_good_files(_item("poison.p12", _p12("poison@example.org", name=b"poison")))
+    results = import_files(ports, operator, "acme", items)
+    assert [r.ok for r in results] == [True, False, True]
+    assert [e.code for e in results[1].entries] == ["entry_not_stored"]
+    assert len(refusals) > 1  # the batch was retried before it was split
+    assert set(_rows(ports)) == {"good1@example.org", "good2@example.org"}
+    archived = [e for e in events(ports, "key.archive")]
+    assert [e.outcome for e in archived].count("success") == 2
+    assert [json.loads(e.details)["reason"] for e in archived if e.outcome == "refused"] == [
+        "entry_not_stored"
+    ]
+    assert audit.verify_chains(ports).ok
+
+
+def test_a_nul_the_cleaning_missed_fails_its_entry_alone(ports, operator, account, monkeypatch):
+    """Were a column ever filled without column_text, PostgreSQL's real refusal of a NUL stays
+    inside its entry (SQLite stores it)."""
+    monkeypatch.setattr(certificates, "column_text", lambda value, limit=None: value[:limit])
+    items = _between_good_files(_item("nul.p12", _p12("nul@example.org", name=b"6BC162DA\x00")))
+    results = import_files(ports, operator, "acme", items)
+    stored = set(_rows(ports))
+    assert {"good1@example.org", "good2@example.org"} <= stored
+    if ports.db.is_sqlite:
+        assert [r.ok for r in results] == [True, True, True] and "nul@example.org" in stored
+    else:
+        assert [r.ok for r in results] == [True, False, True]
+        assert [e.code for e in results[1].entries] == ["entry_not_stored"]
+        assert "nul@example.org" not in stored
+    assert audit.verify_chains(ports).ok

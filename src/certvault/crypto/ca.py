@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import NameOID
 
+from certvault.crypto.keypolicy import check_public_key
 from certvault.crypto.keys import PrivateKey, key_matches_certificate, supported_key
 from certvault.crypto.profiles import KeyType, Profile, key_type_of
 from certvault.errors import (
@@ -206,6 +207,7 @@ def issue_certificate(
     """A certificate of ``profile`` for ``public_key``, naming ``email`` (and ``extra_emails``)."""
     now = _utc(now)
     ca_key = _ca_pair(ca_key, ca_cert)
+    check_public_key(public_key)
     kind = key_type_of(public_key)
     if kind is None or kind not in profile.allowed_key_types:
         allowed = ", ".join(sorted(profile.allowed_key_types))
@@ -278,7 +280,11 @@ def check_csr(csr: x509.CertificateSigningRequest) -> None:
     try:
         public_key = csr.public_key()
     except (ValueError, UnsupportedAlgorithm):
-        raise CsrUnsupportedKey("The CSR's public key cannot be read.") from None
+        raise CsrUnsupportedKey(
+            "The CSR's public key cannot be read: it is malformed, or on a curve of its own."
+        ) from None
+    # Before the signature: a key no certificate may carry is refused for what it is.
+    check_public_key(public_key)
     if key_type_of(public_key) is None:
         allowed = ", ".join(KeyType)
         raise CsrUnsupportedKey(f"The CSR's key must be one of these types: {allowed}.")

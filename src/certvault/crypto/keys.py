@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509.oid import NameOID
 
-from certvault.errors import CryptoError, InvalidInput, UnsupportedKey
+from certvault.errors import CertificateEmailInvalid, CryptoError, InvalidInput, UnsupportedKey
 
 PrivateKey: TypeAlias = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -93,7 +93,12 @@ def certificate_emails(cert: x509.Certificate) -> list[str]:
     for attribute in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
         if isinstance(attribute.value, str):
             found.append(attribute.value)
-    return list(dict.fromkeys(address.lower() for address in found if address))
+    addresses = list(dict.fromkeys(address.lower() for address in found if address))
+    if any(not a.isprintable() or any(c.isspace() for c in a) for a in addresses):
+        # Recovery codes go to these addresses (DESIGN §5.8), and they are stored space-separated:
+        # one with a NUL, a control character or a space is refused, never cleaned into another.
+        raise CertificateEmailInvalid("The certificate names an email address that is not text.")
+    return addresses
 
 
 def to_pkcs8_der(key: PrivateKey) -> bytes:

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from certvault.crypto.keypolicy import check_public_key
 from certvault.crypto.keys import PrivateKey
 from certvault.errors import InvalidInput, UnsupportedKey
 
@@ -47,9 +48,14 @@ def parse_key_type(text: str) -> KeyType:
 
 def generate_key(kind: KeyType) -> PrivateKey:
     """A fresh private key of ``kind`` (RSA-4096 takes seconds: run it off the event loop)."""
+    key: PrivateKey
     if kind in _RSA_BITS:
-        return rsa.generate_private_key(public_exponent=65537, key_size=_RSA_BITS[kind])
-    return ec.generate_private_key(_EC_CURVES[kind])
+        key = rsa.generate_private_key(public_exponent=65537, key_size=_RSA_BITS[kind])
+    else:
+        key = ec.generate_private_key(_EC_CURVES[kind])
+    # Held to the same rules as a client's key, so that a change here cannot slip past them.
+    check_public_key(key.public_key())
+    return key
 
 
 def key_type_of(public_key: PublicKeyTypes) -> KeyType | None:

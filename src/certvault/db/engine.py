@@ -19,7 +19,8 @@ T = TypeVar("T")
 _RETRYABLE_PG = {"40001", "40P01"}  # serialization failure, deadlock detected
 
 
-def _is_retryable(exc: DBAPIError) -> bool:
+def is_retryable(exc: DBAPIError) -> bool:
+    """Whether running the whole unit of work again may succeed (a race, a lost connection)."""
     # A unique-key race (two writers creating the same person or key) is settled by running the
     # whole unit of work again: the second run finds the row the first one committed.
     if isinstance(exc, IntegrityError):
@@ -80,7 +81,7 @@ class Database:
                 with self.transaction() as session:
                     return work(session)
             except DBAPIError as exc:
-                if attempt == attempts or not _is_retryable(exc):
+                if attempt == attempts or not is_retryable(exc):
                     raise
                 time.sleep(0.01 * attempt)
         raise AssertionError("unreachable")

@@ -20,6 +20,7 @@ from certvault.services.kernel import keyring
 from certvault.services.kernel.actors import Actor, Privilege, Scope
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.tenancy import get_account
+from certvault.services.kernel.text import column_text
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -150,7 +151,7 @@ def add_trusted_issuer(ports: Ports, actor: Actor, slug: str, issuer: x509.Certi
                 account_id=account.id,
                 der=der,
                 sha256=digest,
-                subject=issuer.subject.rfc4514_string(),
+                subject=column_text(issuer.subject.rfc4514_string()),
             )
         )
         audit.record(

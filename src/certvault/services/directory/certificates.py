@@ -20,6 +20,7 @@ from certvault.services.kernel.actors import Actor, Scope
 from certvault.services.kernel.paging import Page, check_limit, decode_cursor, page_of
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.tenancy import get_account
+from certvault.services.kernel.text import column_text
 
 STATUSES = ("issued", "expired", "revoked")
 # RFC 5280 CRLReason names that make sense for a client certificate.
@@ -49,7 +50,8 @@ def add_certificate(
     """Record a certificate certvault does not hold yet, inside the caller's transaction.
 
     The caller has checked who may add it and that no other certificate has its issuer and
-    serial number; ``chain`` runs from the issuer up to the root.
+    serial number; ``chain`` runs from the issuer up to the root. Names from the certificate and
+    the file go in through :func:`column_text`; addresses that are not text are refused.
     """
     der = cert.public_bytes(Encoding.DER)
     row = Certificate(
@@ -63,9 +65,9 @@ def add_certificate(
         sha1_hex=hashlib.sha1(der).hexdigest(),  # noqa: S324 - an identifier for the SCM API
         md5_hex=hashlib.md5(der).hexdigest(),  # noqa: S324
         serial=format(cert.serial_number, "x"),
-        issuer=cert.issuer.rfc4514_string(),
+        issuer=column_text(cert.issuer.rfc4514_string()),
         issuer_sha256=hashlib.sha256(cert.issuer.public_bytes()).digest(),
-        subject=cert.subject.rfc4514_string(),
+        subject=column_text(cert.subject.rfc4514_string()),
         emails=" ".join(keylib.certificate_emails(cert)),
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
@@ -74,7 +76,7 @@ def add_certificate(
         profile=profile,
         ca_id=ca_id,
         trusted_issuer=trusted_issuer,
-        friendly_name=friendly_name[:200] if friendly_name else None,
+        friendly_name=column_text(friendly_name or "", 200) or None,
     )
     session.add(row)
     session.flush()

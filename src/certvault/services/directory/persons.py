@@ -11,7 +11,7 @@ from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.orm import Session
 
 from certvault.db.models import Account, Certificate, Organization, Person
-from certvault.errors import Conflict, InvalidInput, NotFound
+from certvault.errors import Conflict, Forbidden, InvalidInput, NotFound
 from certvault.services.audit import log as audit
 from certvault.services.kernel import notify
 from certvault.services.kernel.actors import Actor, Privilege, Scope
@@ -20,7 +20,8 @@ from certvault.services.kernel.passwords import is_text, password_hasher
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.tenancy import default_organization, get_account
 
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
+# No white space and no control characters: a NUL alone fails a PostgreSQL transaction.
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]{1,255}$")
 VALIDATION_TYPES = ("STANDARD", "HIGH")
 MAX_SEARCH = 200
 MIN_SECRET_ID, MAX_SECRET_ID = 4, 128
@@ -266,12 +267,9 @@ def update_person(
             other = find_by_email(session, account, data.email)
             if other is not None:
                 raise Conflict("A person with this email exists in this account.")
-            if _has_escrowed_keys(session, person):
-                # Whoever controls the address may later recover the keys: the same power as
-                # downloading them, and the old address is told.
-                actor.require(Privilege.KEY_VAULT_DOWNLOAD, account.id, person.organization_id)
+            _require_download_of_keys(session, actor, account, person)
         changed = _apply(session, account, person, data)
-        if "email" in changed and _has_escrowed_keys(session, person):
+        if "email" in changed and _escrow_organizations(session, person):
             notify.queue_mail(
                 session,
                 account,
@@ -387,12 +385,36 @@ def delete_person(ports: Ports, actor: Actor, account_slug: str, person_id: int)
     ports.db.run(work)
 
 
-def _has_escrowed_keys(session: Session, person: Person) -> bool:
-    return (
+def _escrow_organizations(session: Session, person: Person) -> set[int]:
+    """The organizations holding a certificate of ``person`` whose key is in the vault."""
+    return set(
         session.scalars(
-            select(Certificate.id)
+            select(Certificate.organization_id)
             .where(Certificate.person_id == person.id, Certificate.escrowed_key_id.is_not(None))
-            .limit(1)
-        ).first()
-        is not None
+            .distinct()
+        )
     )
+
+
+def _require_download_of_keys(
+    session: Session, actor: Actor, account: Account, person: Person
+) -> None:
+    """Whoever controls a person's address may later recover their keys and is told of every
+    release of them: the same power as downloading the keys, wherever their certificates are.
+
+    So an address change needs key_vault_download in the person's organization and in every
+    organization holding one of their escrowed keys (a certificate may sit in another
+    organization than its owner)."""
+    holders = _escrow_organizations(session, person)
+    if not holders:
+        return
+    for organization_id in sorted(holders | {person.organization_id}):
+        try:
+            actor.require(Privilege.KEY_VAULT_DOWNLOAD, account.id, organization_id)
+        except (NotFound, Forbidden):
+            # The person is visible, so a hidden organization is a missing privilege, not a
+            # missing person.
+            raise Forbidden(
+                "Changing the address of a person with escrowed keys needs the privilege "
+                "key_vault_download in every organization holding one of their certificates."
+            ) from None

@@ -13,6 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from sqlalchemy.orm import Session
 
+from certvault.crypto.keypolicy import check_public_key
 from certvault.crypto.profiles import Profile
 from certvault.db.models import Account
 
@@ -24,6 +25,11 @@ class IssueRequest:
     email: str
     common_name: str | None = None
     extra_emails: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # At the seam, whatever the issuer: no request over a key that no certificate may carry
+        # exists, however it came (client CSR, generated key, agent request).
+        check_public_key(self.public_key)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from certvault.services.kernel import keyring, notify
 from certvault.services.kernel.actors import Actor, Privilege
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.tenancy import default_organization, find_organization
+from certvault.services.kernel.text import column_text
 
 ARCHIVE = "key.archive"
 IMPORTED = "Imported successfully"
@@ -135,17 +136,22 @@ class EntryResult:
 
 
 def _alias(req: EscrowRequest, emails: list[str]) -> str:
-    if req.friendly_name:
-        return req.friendly_name[:200]
+    name = column_text(req.friendly_name or "", 200)
+    if name:
+        return name
     if emails:
         return emails[0]
-    return req.certificate.subject.rfc4514_string()[:200]
+    return column_text(req.certificate.subject.rfc4514_string(), 200)
 
 
 def failed_entry(req: EscrowRequest, exc: CertvaultError) -> EntryResult:
     cert = req.certificate
+    try:
+        emails = keylib.certificate_emails(cert)
+    except CertvaultError:
+        emails = []  # the refusal may be about these very addresses
     return EntryResult(
-        alias=_alias(req, keylib.certificate_emails(cert)),
+        alias=_alias(req, emails),
         client_cert_id=None,
         md5=cert.fingerprint(hashes.MD5()).hex(),  # noqa: S303
         sha1=cert.fingerprint(hashes.SHA1()).hex(),  # noqa: S303

@@ -4,14 +4,17 @@ imports commit in batches (DESIGN.md §10)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import hashes
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from certvault.crypto.pkcs12.limits import P12Limits
 from certvault.crypto.pkcs12.reader import P12Contents, read_pkcs12
+from certvault.db.engine import is_retryable
 from certvault.db.models import Account
 from certvault.errors import CertvaultError, InvalidInput
 from certvault.services.audit import log as audit
@@ -27,11 +30,19 @@ from certvault.services.vault.archive import (
     failed_entry,
 )
 
+log = logging.getLogger("certvault.import")
+
 
 class UnreadableFile(InvalidInput):
     """The file could not be read."""
 
     code = "unreadable"
+
+
+class EntryNotStored(InvalidInput):
+    """The database refused this entry; nothing of it was stored, the other entries were."""
+
+    code = "entry_not_stored"
 
 
 @dataclass
@@ -57,6 +68,9 @@ class FileResult:
     @property
     def ok(self) -> bool:
         return self.error is None and all(e.ok for e in self.entries)
+
+
+_Batch = list[tuple[ImportItem, FileResult, P12Contents | None]]
 
 
 def upload_limits(ports: Ports) -> P12Limits:
@@ -109,13 +123,13 @@ def import_files(
         )
         raise KeyVaultDisabled()
     results: list[FileResult] = []
-    batch: list[tuple[ImportItem, FileResult, P12Contents | None]] = []
+    batch: _Batch = []
     size = 0
 
     def flush() -> None:
         nonlocal size
         if batch:
-            ports.db.run(lambda s: _archive_batch(s, ports, account_id, actor, batch))
+            _store(ports, account_id, actor, batch)
             for _, result, _ in batch:
                 results.append(result)
                 if on_file:
@@ -133,12 +147,51 @@ def import_files(
     return results
 
 
+def _store(ports: Ports, account_id: int, actor: Actor, batch: _Batch) -> None:
+    """Archive ``batch`` in one transaction. Should the transaction fail as a whole (a database
+    error that neither the entry's savepoint nor a retry cures), each file is stored again in a
+    transaction of its own, so that one file never takes the others down with it."""
+    try:
+        ports.db.run(lambda s: _archive_batch(s, ports, account_id, actor, batch))
+        return
+    except DBAPIError as exc:
+        if len(batch) > 1:
+            for one in batch:
+                _store(ports, account_id, actor, [one])
+            return
+        log.warning("import of one file failed in the database: %s", type(exc).__name__)
+    [(item, result, contents)] = batch
+    refusal = EntryNotStored()
+    result.entries = [failed_entry(req, refusal) for req in _requests(item, contents)]
+    audit.record_refusal(
+        ports,
+        account_id=account_id,
+        actor=actor,
+        action=ARCHIVE,
+        reason_code=refusal.code,
+        details={"file": item.name[-200:]},
+    )
+
+
+def _requests(item: ImportItem, contents: P12Contents | None) -> list[EscrowRequest]:
+    if contents is None:
+        return []
+    return [
+        EscrowRequest(
+            key=entry.key,
+            certificate=entry.certificate,
+            chain=contents.extra_certificates,
+            friendly_name=entry.friendly_name,
+            person_email=item.person_email,
+            organization=item.organization,
+            person_id=item.person_id,
+        )
+        for entry in contents.entries
+    ]
+
+
 def _archive_batch(
-    session: Session,
-    ports: Ports,
-    account_id: int,
-    actor: Actor,
-    batch: list[tuple[ImportItem, FileResult, P12Contents | None]],
+    session: Session, ports: Ports, account_id: int, actor: Actor, batch: _Batch
 ) -> None:
     account = session.get_one(Account, account_id)
     for item, result, contents in batch:
@@ -154,35 +207,35 @@ def _archive_batch(
                 details={"reason": result.error_code, "file": item.name[-200:]},
             )
             continue
-        for entry in contents.entries:
-            req = EscrowRequest(
-                key=entry.key,
-                certificate=entry.certificate,
-                chain=contents.extra_certificates,
-                friendly_name=entry.friendly_name,
-                person_email=item.person_email,
-                organization=item.organization,
-                person_id=item.person_id,
-            )
+        for req in _requests(item, contents):
             try:
                 with session.begin_nested():
                     result.entries.append(archive_entry(session, ports, account, actor, req))
+                continue
             except CertvaultError as exc:
-                # The savepoint undid the entry's work; the refusal is recorded in the batch.
-                result.entries.append(failed_entry(req, exc))
-                audit.record(
-                    session,
-                    ports,
-                    account=account,
-                    actor=actor,
-                    action=ARCHIVE,
-                    outcome="refused",
-                    target_type="certificate",
-                    details={
-                        "reason": exc.code,
-                        "certificate_sha256": entry.certificate.fingerprint(hashes.SHA256()).hex(),
-                    },
-                )
+                refusal = exc
+            except DBAPIError as exc:
+                if is_retryable(exc):
+                    raise  # a race: the whole batch runs again and finds what the other wrote
+                # Say, a value the database will not take. Only the type is logged: the
+                # statement's text and parameters may carry what the file held.
+                log.warning("an import entry failed in the database: %s", type(exc).__name__)
+                refusal = EntryNotStored()
+            # The savepoint undid the entry's work; the refusal is recorded in the batch.
+            result.entries.append(failed_entry(req, refusal))
+            audit.record(
+                session,
+                ports,
+                account=account,
+                actor=actor,
+                action=ARCHIVE,
+                outcome="refused",
+                target_type="certificate",
+                details={
+                    "reason": refusal.code,
+                    "certificate_sha256": req.certificate.fingerprint(hashes.SHA256()).hex(),
+                },
+            )
 
 
 def import_p12(

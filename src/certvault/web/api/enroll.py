@@ -87,10 +87,14 @@ with `email` (created when there is none). The person is told by mail that a cer
 their address was issued. Needs the privilege certificates_manage and the token scope `manage`;
 audited as `certificate.enroll`, refusals too.
 
-A CSR that does not parse or whose signature does not verify answers 422 `csr_invalid`; a key
-type certvault does not certify 422 `csr_unsupported_key`, one the profile does not allow 422
-`key_type_not_allowed`; an address of another person 422 `person_mismatch`. An account without
-an issuing CA answers 409 `no_issuing_ca`."""
+A CSR that does not parse or whose signature does not verify answers 422 `csr_invalid`. A key
+no certificate may carry under the S/MIME Baseline Requirements (6.1.5, 6.1.6) answers 422 with
+the rule it breaks: `rsa_modulus_not_allowed` (2048 to 8192 bits, a multiple of 8, no small
+factors), `rsa_exponent_not_allowed` (odd, 2^16+1 to 2^256-1), `ec_curve_not_allowed` (P-256,
+P-384, P-521) or `key_algorithm_not_allowed`. A key type certvault does not certify answers 422
+`csr_unsupported_key`, one the profile does not allow 422 `key_type_not_allowed`; an address of
+another person 422 `person_mismatch`. An account without an issuing CA answers 409
+`no_issuing_ca`."""
 
 
 @_own_path.post(

@@ -202,7 +202,10 @@ class KeyDownload(StrictBody):
     )
 
     passphrase: str | None = Field(
-        default=None, description="Protects the PKCS#12 file; the account's policy applies"
+        default=None,
+        description="Protects the PKCS#12 file, used exactly as given (no Unicode "
+        "normalisation); the account's minimum length applies and it must be hard to guess "
+        "(422 `weak_passphrase` says why not)",
     )
     generate_passphrase: bool = Field(
         default=False,

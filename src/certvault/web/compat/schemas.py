@@ -127,7 +127,10 @@ class ImportKeyResponse(ScmModel):
 class KeystoreRequest(ScmModel):
     """`P12DownloadRequest`."""
 
-    passphrase: str = Field(description="Protects the PKCS#12 file; the account's policy applies")
+    passphrase: str = Field(
+        description="Protects the PKCS#12 file, used exactly as given; the account's minimum "
+        "length applies and it must be hard to guess"
+    )
     encryption_type: str | None = Field(
         default=None,
         description="`AES256-SHA256` (the default) or `TripleDES-SHA1` (old devices only)",
