@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from certvault.services.paging import MAX_ID, MAX_LIMIT
 
@@ -221,7 +222,10 @@ class KeyDownload(StrictBody):
     @model_validator(mode="after")
     def _one_passphrase(self) -> KeyDownload:
         if (self.passphrase is None) == (not self.generate_passphrase):
-            raise ValueError("give a passphrase or set generate_passphrase to true, not both")
+            raise PydanticCustomError(
+                "passphrase_choice",
+                "give a passphrase or set generate_passphrase to true, not both",
+            )
         return self
 
 
