@@ -342,8 +342,9 @@ def _enums(spec: dict[str, Any], schema: dict[str, Any]) -> bool:
 
 def _client_chosen_names(w: World, send: Sender) -> int:
     """The canary where the client chooses a name or a value of a fixed set: as a key of the
-    body, as a key where a field's value belongs, as a query parameter's name, as every value
-    of an enumeration. A validation error may name our own fields; none of these."""
+    body, as a key where a field's value belongs, as a query parameter's name (plain, and with
+    a control character, which is refused), as every value of an enumeration. A validation
+    error may name our own fields; none of these."""
     spec, root = w.spec, _bearer(w.root)
     driven = 0
     for op in _operations(spec):
@@ -364,6 +365,15 @@ def _client_chosen_names(w: World, send: Sender) -> int:
             expect,
             headers=narrow,
             params={CANARY: CANARY},
+            **json_kw,
+        )
+        send(
+            f"{label} query name control",
+            op.method,
+            visible,
+            {422},
+            headers=narrow,
+            params={CANARY + "\x1b": CANARY},
             **json_kw,
         )
         for param in op.params:
@@ -566,9 +576,11 @@ def _handcrafted(w: World, send: Sender) -> None:
         path = f"/enroll/acme/staff/{step}"
         send("page without csrf", "POST", path, {403}, data=secrets)
         send("page", "POST", path, {403, 422}, data={**secrets, "csrf_token": token.group(1)})
-        # The canary as the name of a field the page does not have.
-        fields = {**secrets, CANARY: CANARY, "csrf_token": token.group(1)}
-        send("page field name", "POST", path, {403, 422}, data=fields)
+        # The canary as the name of a field the page does not have; with a control character
+        # in that name, the page refuses the form.
+        for name, expect in ((CANARY, {403, 422}), (CANARY + "\x1b", {422})):
+            fields = {**secrets, name: CANARY, "csrf_token": token.group(1)}
+            send("page field name", "POST", path, expect, data=fields)
         missing = f"/enroll/acme/no-such-form/{step}"
         send(
             "page unknown form",

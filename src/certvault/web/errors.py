@@ -168,8 +168,16 @@ def _is_console(request: Request) -> bool:
     return request.url.path.startswith("/admin/")
 
 
-async def _console_error(request: Request, status: int, message: str) -> Response:
-    from certvault.web.admin.console import error_page  # the console imports this package
+def _is_enrollment(request: Request) -> bool:
+    return request.url.path.startswith("/enroll/")
+
+
+async def _page_error(request: Request, status: int, message: str) -> Response:
+    """The error page of the console or of the enrollment pages (they import this package)."""
+    if _is_console(request):
+        from certvault.web.admin.console import error_page
+    else:
+        from certvault.web.enroll.pages import error_page
 
     return await run_in_threadpool(error_page, request, status, message)
 
@@ -184,11 +192,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        if _is_console(request):
-            # A console id that is not a number names nothing: the page of a missing object.
+        if _is_console(request) or _is_enrollment(request):
+            # A console id that is not a number names nothing, and neither does a path with
+            # control characters: the page of a missing object.
             in_path = any(tuple(e.get("loc", ()))[:1] == ("path",) for e in exc.errors())
             status, message = (404, "Not found.") if in_path else (400, "The request is not valid.")
-            return await _console_error(request, status, message)
+            return await _page_error(request, status, message)
         known = _known_names(app)
         # The input itself (err["input"]) is never used.
         problems = dict.fromkeys(describe(err, known) for err in exc.errors()[:10])
@@ -196,9 +205,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if _is_console(request) and exc.status_code in (404, 405):
+        if (_is_console(request) or _is_enrollment(request)) and exc.status_code in (404, 405):
             message = "Not found." if exc.status_code == 404 else "Method not allowed."
-            return await _console_error(request, exc.status_code, message)
+            return await _page_error(request, exc.status_code, message)
         if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
             # FastAPI answers a body that is not UTF-8 with a bare 400; it is JSON that does not
             # parse (RFC 8259 §8.1), so it gets the same answer as any other.

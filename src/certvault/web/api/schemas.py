@@ -10,15 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from certvault.services.paging import MAX_ID, MAX_LIMIT
+from certvault.web.control_characters import MULTI_LINE, CheckedBody
 
 
 class Error(BaseModel):
     code: str
     description: str
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 ERRORS = {
@@ -72,7 +69,8 @@ Cursor = Annotated[
 ]
 
 
-# --- request bodies of the own API: unknown fields, nulls and wrong types are refused ----------
+# --- request bodies of the own API: unknown fields, nulls, wrong types and control characters --
+# --- are refused ------------------------------------------------------------------------------
 
 
 def _no_default(schema: dict[str, Any]) -> None:
@@ -84,7 +82,7 @@ def optional(**constraints: Any) -> Any:
     return Field(default=None, json_schema_extra=_no_default, **constraints)
 
 
-class StrictBody(Strict):
+class StrictBody(CheckedBody):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
@@ -160,7 +158,9 @@ class Count(BaseModel):
 
 
 class KeyUpload(StrictBody):
-    p12: str = Field(min_length=1, description="The PKCS#12 file, base64 (line breaks allowed)")
+    p12: Annotated[str, MULTI_LINE] = Field(
+        min_length=1, description="The PKCS#12 file, base64 (line breaks allowed)"
+    )
     password: str = Field(description="The PKCS#12 file's password (may be empty)")
 
 
@@ -213,7 +213,7 @@ class KeyDownload(StrictBody):
     encryption_type: Literal["AES256-SHA256", "TripleDES-SHA1"] = Field(
         default="AES256-SHA256", description="TripleDES-SHA1 only for old devices"
     )
-    reason: str | None = Field(
+    reason: Annotated[str | None, MULTI_LINE] = Field(
         default=None,
         max_length=500,
         description="Recorded and sent to the owner; an account can make it mandatory",
