@@ -337,6 +337,85 @@ def _drive_every_operation(w: World, send: Sender) -> int:
     return driven
 
 
+def _enums(spec: dict[str, Any], schema: dict[str, Any]) -> bool:
+    resolved = _resolve(spec, schema)
+    return "enum" in resolved or "const" in resolved
+
+
+def _client_chosen_names(w: World, send: Sender) -> int:
+    """The canary where the client chooses a name or a value of a fixed set: as a key of the
+    body, as a key where a field's value belongs, as a query parameter's name (plain, and with
+    a control character, which is refused), as every value of an enumeration. A validation
+    error may name our own fields; none of these."""
+    spec, root = w.spec, _bearer(w.root)
+    driven = 0
+    for op in _operations(spec):
+        if not op.authenticated:
+            continue
+        driven += 1
+        visible, label = _path(w, op, VISIBLE), op.label
+        body = _canary_value(spec, op.body) if op.body else None
+        json_kw = {"json": body} if body is not None else {}
+        # Under a token without the operation's scope, as for 403 above: a body that gets past
+        # validation (the SCM API ignores unknown fields) is refused before it does anything.
+        narrow = _bearer(w.read_only if _is_upload(op) else w.upload_only)
+        expect = {403} if op.method in ("GET", "HEAD") else {403, 422}
+        send(
+            f"{label} query name",
+            op.method,
+            visible,
+            expect,
+            headers=narrow,
+            params={CANARY: CANARY},
+            **json_kw,
+        )
+        send(
+            f"{label} query name control",
+            op.method,
+            visible,
+            {422},
+            headers=narrow,
+            params={CANARY + "\x1b": CANARY},
+            **json_kw,
+        )
+        for param in op.params:
+            if param["in"] == "query" and _enums(spec, param.get("schema", {})):
+                send(
+                    f"{label} query enum",
+                    op.method,
+                    visible,
+                    {422},
+                    headers=root,
+                    params={param["name"]: CANARY},
+                )
+        if not isinstance(body, dict):
+            continue
+        own = op.path.startswith("/api/v1/")
+        send(
+            f"{label} body key",
+            op.method,
+            visible,
+            {422} if own else expect,
+            headers=narrow,
+            json={**body, CANARY: CANARY, "x" + CANARY: {CANARY: [CANARY]}},
+        )
+        nested = {name: {CANARY: {CANARY: CANARY}} for name in body}
+        send(f"{label} nested key", op.method, visible, {422}, headers=root, json=nested)
+        schema = _resolve(spec, op.body)
+        for name, sub in schema.get("properties", {}).items():
+            options = [_resolve(spec, o) for o in sub.get("anyOf", [sub])]
+            if any(_enums(spec, o) for o in options):
+                send(
+                    f"{label} enum {name}",
+                    op.method,
+                    visible,
+                    {422},
+                    headers=root,
+                    json={**body, name: CANARY},
+                )
+    return driven
+
+
 def _is_upload(op: Operation) -> bool:
     return op.method == "POST" and op.path.endswith(("/keys", "/import-key"))
 
@@ -499,6 +578,11 @@ def _handcrafted(w: World, send: Sender) -> None:
         path = f"/enroll/acme/staff/{step}"
         send("page without csrf", "POST", path, {403}, data=secrets)
         send("page", "POST", path, {403, 422}, data={**secrets, "csrf_token": token.group(1)})
+        # The canary as the name of a field the page does not have; with a control character
+        # in that name, the page refuses the form.
+        for name, expect in ((CANARY, {403, 422}), (CANARY + "\x1b", {422})):
+            fields = {**secrets, name: CANARY, "csrf_token": token.group(1)}
+            send("page field name", "POST", path, expect, data=fields)
         missing = f"/enroll/acme/no-such-form/{step}"
         send(
             "page unknown form",
@@ -561,6 +645,7 @@ def test_no_error_path_of_any_endpoint_echoes_the_canary(
 
     driven = _drive_every_operation(w, send)
     assert driven == sum(1 for op in _operations(w.spec) if op.authenticated) > 40
+    assert _client_chosen_names(w, send) == driven
     _handcrafted(w, send)
     _forced_errors(w, send, monkeypatch)
 

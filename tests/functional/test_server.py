@@ -361,6 +361,35 @@ def test_metrics_add_up_every_worker(cli, tmp_path):
         assert {int(p.stem.split("_")[-1]) for p in metrics_dir.iterdir()} >= pids
 
 
+def test_chunked_bodies_over_the_cap_answer_413(cli, tmp_path):
+    """A body that announces no size (Transfer-Encoding: chunked) and passes the 64 KiB cap:
+    413 in the area's error shape, as when Content-Length announces it."""
+    cli.bootstrap()
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(5):
+            yield b"A" * 16 * 1024
+
+    areas = [
+        ("/api/v1/persons", "application/json", "too_large"),
+        ("/api/person/v1", "application/json", -413),
+        ("/admin/login", "application/x-www-form-urlencoded", "too_large"),
+        ("/enroll/acme/staff/code", "application/x-www-form-urlencoded", "too_large"),
+    ]
+    with serving(cli, tmp_path) as server:
+        for path, content_type, code in areas:
+            with server.client() as http:
+                r = http.post(path, content=chunks(), headers={"Content-Type": content_type})
+            assert r.request.headers["transfer-encoding"] == "chunked"
+            assert "content-length" not in r.request.headers
+            assert r.status_code == 413, (path, r.status_code, r.text)
+            assert r.json() == {
+                "code": code,
+                "description": "The request body is larger than 65536 bytes.",
+            }
+        assert {a["status"] for a in server.access_lines() if a["method"] == "POST"} == {413}
+
+
 def test_forwarded_addresses_believed_from_trusted_proxies(cli, tmp_path):
     cli.bootstrap()
     env = {"CERTVAULT_TRUSTED_PROXIES": "127.0.0.1"}

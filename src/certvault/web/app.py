@@ -11,7 +11,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from certvault import __version__
@@ -21,6 +21,7 @@ from certvault.services.kernel import notify
 from certvault.services.kernel.ports import Ports, open_ports
 from certvault.services.kernel.ratelimit import RateLimiter, rate_limiter
 from certvault.web import errors, metrics, timing
+from certvault.web.control_characters import refuse_in_parameters
 from certvault.web.deps import client_ip
 from certvault.web.middleware import AccessLog, BodyLimit, Shield
 
@@ -79,8 +80,12 @@ def create_app(
         version=__version__,
         description="Key escrow vault for the private keys of client certificates. "
         "The own API lives under /api/v1; the SCM-compatible endpoints under /api/person, "
-        "/api/smime and /api/organization.",
+        "/api/smime and /api/organization. Text refuses control characters (NUL, escapes, "
+        "C1 controls) in every field and parameter; only `csr`, `p12`, `reason` and `comments` "
+        "may hold line breaks and tabs.",
         lifespan=lifespan,
+        # Before any route reads its parameters: a NUL must never reach a query.
+        dependencies=[Depends(refuse_in_parameters)],
     )
     app.state.ports = ports
     app.state.limiter = limiter

@@ -1,13 +1,16 @@
 """One place maps certvault errors to HTTP: the own API's string codes, the SCM API's numbers.
 
-Validation errors name the field and the rule, never the submitted value (FastAPI's default 422
-body echoes the input, which may be a password or a p12). Unexpected errors answer 500 with no
-detail at all; their type goes to the log, their message does not.
+Validation errors name the field and the rule, never anything the client chose: not the submitted
+value (FastAPI's default 422 body echoes the input, which may be a password or a p12), not the name
+of an unknown field or query parameter, not a key of a mapping. Unexpected errors answer 500 with
+no detail at all; their type goes to the log, their message does not.
 """
 
 from __future__ import annotations
 
 import logging
+import typing
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,6 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import iter_route_contexts
+from pydantic_core.core_schema import ErrorType
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import Scope
@@ -52,17 +56,128 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _field(loc: tuple[Any, ...] | list[Any]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+# pydantic's own error types whose messages are made of the rule and of our schema alone (a
+# length, a bound, the allowed values, a pattern): never of the input. Every other type of
+# pydantic's may put input into its message (value_error and assertion_error carry whatever a
+# validator raised; uuid_parsing quotes a character; union_tag_invalid the tag sent) and is
+# answered with UNSPECIFIED instead. A PydanticCustomError raised by our own validators carries
+# a message written here and is shown as it is.
+SAFE_TYPES = frozenset(
+    {
+        "missing",
+        "none_required",
+        "model_type",
+        "model_attributes_type",
+        "dataclass_type",
+        "greater_than",
+        "greater_than_equal",
+        "less_than",
+        "less_than_equal",
+        "multiple_of",
+        "finite_number",
+        "too_short",
+        "too_long",
+        "iterable_type",
+        "string_type",
+        "string_unicode",
+        "string_too_short",
+        "string_too_long",
+        "string_pattern_mismatch",
+        "string_not_ascii",
+        "enum",
+        "literal_error",
+        "dict_type",
+        "list_type",
+        "tuple_type",
+        "set_type",
+        "frozen_set_type",
+        "bool_type",
+        "bool_parsing",
+        "int_type",
+        "int_parsing",
+        "int_parsing_size",
+        "int_from_float",
+        "float_type",
+        "float_parsing",
+        "date_type",
+        "date_parsing",
+        "date_from_datetime_parsing",
+        "date_from_datetime_inexact",
+        "datetime_type",
+        "datetime_parsing",
+        "datetime_from_date_parsing",
+        "time_type",
+        "time_parsing",
+        "timezone_naive",
+        "timezone_aware",
+    }
+)
+PYDANTIC_TYPES = frozenset(typing.get_args(ErrorType))
+UNSPECIFIED = "the value is not valid"
+UNKNOWN_FIELD = "unknown field"
+_LOCATIONS = ("body", "query", "path", "header", "cookie")
+
+
+def _names(node: Any) -> Iterator[str]:
+    """Every property and parameter name of an OpenAPI document."""
+    if isinstance(node, dict):
+        properties = node.get("properties")
+        if isinstance(properties, dict):
+            yield from properties
+        if node.get("in") in _LOCATIONS and isinstance(node.get("name"), str):
+            yield node["name"]  # a parameter object
+        for value in node.values():
+            yield from _names(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _names(value)
+
+
+def _known_names(app: FastAPI) -> frozenset[str]:
+    """The field and parameter names of our own schema: the only words of a location that an
+    answer repeats."""
+    known: frozenset[str] | None = getattr(app.state, "known_names", None)
+    if known is None:
+        known = app.state.known_names = frozenset(_names(app.openapi()))
+    return known
+
+
+def _field(loc: tuple[Any, ...] | list[Any], known: frozenset[str]) -> str:
+    """The location as our names and list positions; a word we did not define (the key of a
+    mapping, an unknown parameter, the name of a union member) is left out."""
+    parts = [str(p) for p in loc if isinstance(p, int) or (p in known and p not in _LOCATIONS)]
     return ".".join(parts) or "request"
+
+
+def describe(err: dict[str, Any], known: frozenset[str]) -> str:
+    """One validation error as "<field>: <rule>", with nothing in it that the client chose."""
+    kind = str(err.get("type", ""))
+    loc = tuple(err.get("loc", ()))
+    if kind == "json_invalid":
+        return NOT_JSON
+    if kind == "extra_forbidden":
+        # The last step of the location is the unknown name itself.
+        where, rule = _field(loc[:-1], known), UNKNOWN_FIELD
+    else:
+        safe = kind in SAFE_TYPES or kind not in PYDANTIC_TYPES
+        where, rule = _field(loc, known), str(err.get("msg", "")) if safe else UNSPECIFIED
+    return f"{where}: {rule}"
 
 
 def _is_console(request: Request) -> bool:
     return request.url.path.startswith("/admin/")
 
 
-async def _console_error(request: Request, status: int, message: str) -> Response:
-    from certvault.web.admin.console import error_page  # the console imports this package
+def _is_enrollment(request: Request) -> bool:
+    return request.url.path.startswith("/enroll/")
+
+
+async def _page_error(request: Request, status: int, message: str) -> Response:
+    """The error page of the console or of the enrollment pages (they import this package)."""
+    if _is_console(request):
+        from certvault.web.admin.console import error_page
+    else:
+        from certvault.web.enroll.pages import error_page
 
     return await run_in_threadpool(error_page, request, status, message)
 
@@ -77,27 +192,22 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        if _is_console(request):
-            # A console id that is not a number names nothing: the page of a missing object.
+        if _is_console(request) or _is_enrollment(request):
+            # A console id that is not a number names nothing, and neither does a path with
+            # control characters: the page of a missing object.
             in_path = any(tuple(e.get("loc", ()))[:1] == ("path",) for e in exc.errors())
             status, message = (404, "Not found.") if in_path else (400, "The request is not valid.")
-            return await _console_error(request, status, message)
-        problems = []
-        for err in exc.errors()[:10]:
-            kind = err.get("type", "invalid")
-            if kind == "json_invalid":
-                problems.append(NOT_JSON)
-            else:
-                # pydantic's messages state the rule ("Input should be a valid integer"), not
-                # the input; the input itself (err["input"]) is never used.
-                problems.append(f"{_field(err.get('loc', ()))}: {err.get('msg', kind)}")
+            return await _page_error(request, status, message)
+        known = _known_names(app)
+        # The input itself (err["input"]) is never used.
+        problems = dict.fromkeys(describe(err, known) for err in exc.errors()[:10])
         return error_response(request, 422, "validation_error", "; ".join(problems))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if _is_console(request) and exc.status_code in (404, 405):
+        if (_is_console(request) or _is_enrollment(request)) and exc.status_code in (404, 405):
             message = "Not found." if exc.status_code == 404 else "Method not allowed."
-            return await _console_error(request, exc.status_code, message)
+            return await _page_error(request, exc.status_code, message)
         if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
             # FastAPI answers a body that is not UTF-8 with a bare 400; it is JSON that does not
             # parse (RFC 8259 §8.1), so it gets the same answer as any other.

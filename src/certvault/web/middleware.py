@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from certvault.web import metrics
@@ -50,12 +51,23 @@ class ResponseWatch:
         await self._send(message)
 
 
-class _TooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """A body over the cap, found while the application reads it (chunked, or longer than its
+    Content-Length claimed). An HTTPException, because FastAPI turns any other exception raised
+    while it reads a body into a 400 "error parsing the body"; the application's handler for
+    HTTP errors answers it with 413 in the area's error shape."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, too_large_message(limit))
+
+
+def too_large_message(limit: int) -> str:
+    return f"The request body is larger than {limit} bytes."
 
 
 class BodyLimit:
-    """Refuse bodies over a per-path cap with 413, before the application reads them."""
+    """Refuse bodies over a per-path cap with 413: at once when Content-Length says so, and as
+    soon as the bytes read pass the cap when it does not (Transfer-Encoding: chunked)."""
 
     def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
         self.app = app
@@ -66,6 +78,10 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         limit = self.limit_for(scope["path"])
+
+        async def refuse() -> None:
+            await _send_json(send, scope["path"], 413, "too_large", too_large_message(limit))
+
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
@@ -73,13 +89,7 @@ class BodyLimit:
                 except ValueError:
                     too_big = True
                 if too_big:
-                    await _send_json(
-                        send,
-                        scope["path"],
-                        413,
-                        "too_large",
-                        f"The request body is larger than {limit} bytes.",
-                    )
+                    await refuse()
                     return
         seen = 0
 
@@ -89,21 +99,16 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise _TooLarge()
+                    raise BodyTooLarge(limit)
             return message
 
         watch = ResponseWatch(send)
         try:
             await self.app(scope, counting_receive, watch)
-        except _TooLarge:
+        except BodyTooLarge:
+            # Read where no handler of the application answers for it.
             if not watch.started:
-                await _send_json(
-                    send,
-                    scope["path"],
-                    413,
-                    "too_large",
-                    f"The request body is larger than {limit} bytes.",
-                )
+                await refuse()
 
 
 class Shield:

@@ -3,24 +3,45 @@ with its CSRF token and the security headers every page carries (web/security.py
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.datastructures import FormData
+from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from certvault.errors import CertvaultError, InvalidInput
+from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.ratelimit import RateLimited
+from certvault.web.control_characters import refuse_in_form
 from certvault.web.security import (
     CONTENT_SECURITY_POLICY,
     CSRF_FIELD,
     Csrf,
     apply_page_headers,
+    check_csrf,
 )
 
 MAX_FIELD = 1024
+
+
+async def read_form(
+    ports: Ports,
+    request: Request,
+    *,
+    max_fields: int,
+    max_files: int = 0,
+    multiline: Collection[str] = (),
+) -> FormData:
+    """The fields of a posted page form: its CSRF token checked first, then every field against
+    the control-character rule (only the fields named in ``multiline`` may hold line breaks).
+    Every page reads its forms here, so a new field is checked without asking."""
+    form = await request.form(max_files=max_files, max_fields=max_fields)
+    check_csrf(ports, request, form)
+    refuse_in_form(form, multiline)
+    return form
 
 
 def form_field(form: FormData, name: str) -> str:

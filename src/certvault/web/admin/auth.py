@@ -25,8 +25,8 @@ from certvault.web.admin.console import (
 )
 from certvault.web.admin.console import redirect as _redirect
 from certvault.web.deps import client_ip, get_limiter, get_ports
-from certvault.web.pages import error_headers, form_field, stylesheet_response
-from certvault.web.security import Csrf, check_csrf
+from certvault.web.pages import error_headers, form_field, read_form, stylesheet_response
+from certvault.web.security import Csrf
 
 router = APIRouter(include_in_schema=False)
 MAX_FIELDS = 8
@@ -44,9 +44,7 @@ def _clear_session(response: Response) -> None:
 
 async def _checked_form(request: Request) -> FormData:
     """The POST's fields, its CSRF token checked first: before sessions, limits or passwords."""
-    form = await request.form(max_files=0, max_fields=MAX_FIELDS)
-    check_csrf(get_ports(request), request, form)
-    return form
+    return await read_form(get_ports(request), request, max_fields=MAX_FIELDS)
 
 
 @router.get(STYLESHEET_PATH)

@@ -9,7 +9,7 @@ of a stale form) when the request cannot go on, and the caller returns it as it 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,14 +25,10 @@ from certvault.services.access import web_sessions
 from certvault.services.access.web_sessions import SESSION_COOKIE, ConsoleSession, SessionInvalid
 from certvault.services.kernel.actors import Actor, Privilege, Role
 from certvault.services.kernel.ports import Ports
+from certvault.web.control_characters import ControlCharacters
 from certvault.web.deps import client_ip, get_ports
-from certvault.web.pages import Pages, error_headers
-from certvault.web.security import (
-    CONSOLE_CONTENT_SECURITY_POLICY,
-    Csrf,
-    apply_page_headers,
-    check_csrf,
-)
+from certvault.web.pages import Pages, error_headers, read_form
+from certvault.web.security import CONSOLE_CONTENT_SECURITY_POLICY, Csrf, apply_page_headers
 
 STATIC = Path(__file__).parent / "static"
 STYLESHEET_PATH = "/admin/static/admin.css"
@@ -145,15 +141,25 @@ def open_console(request: Request) -> Console | Response:
 
 
 async def post_console(
-    request: Request, *, max_fields: int = MAX_FIELDS, max_files: int = 0
+    request: Request,
+    *,
+    max_fields: int = MAX_FIELDS,
+    max_files: int = 0,
+    multiline: Collection[str] = (),
 ) -> tuple[Console, FormData] | Response:
     """The signed-in console of a POST and its fields. The CSRF token is checked first, before
-    the session is looked up; a stale or forged form gets the error page (403)."""
+    the session is looked up; a stale or forged form gets the error page (403), a field with
+    control characters too (422; only the fields in ``multiline`` may hold line breaks)."""
     ports = get_ports(request)
     csrf = Csrf(ports, request)
     try:
-        form = await request.form(max_files=max_files, max_fields=max_fields)
-        check_csrf(ports, request, form)
+        form = await read_form(
+            ports, request, max_fields=max_fields, max_files=max_files, multiline=multiline
+        )
+    except ControlCharacters as exc:
+        # A good form with a bad field: the signed-in administrator's error page.
+        console = _session(request, ports, csrf)
+        return pages.error(csrf, exc) if console is None else console.error(exc)
     except CertvaultError as exc:
         return pages.error(csrf, exc)
     console = _session(request, ports, csrf)

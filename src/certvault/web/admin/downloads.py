@@ -39,6 +39,7 @@ router = APIRouter(include_in_schema=False)
 PRIVILEGE = Privilege.KEY_VAULT_DOWNLOAD
 CHANNEL = "console"
 MAX_FIELDS = 12
+MULTILINE = ("reason",)  # a textarea
 ENCRYPTIONS: tuple[tuple[str, str], ...] = (
     (EncryptionType.AES256_SHA256.value, "AES256-SHA256 (default)"),
     (
@@ -296,7 +297,7 @@ def _load_for_release(
 async def _download(
     request: Request, load: Callable[[Console, int], Target], target_id: int
 ) -> Response:
-    posted = await post_console(request, max_fields=MAX_FIELDS)
+    posted = await post_console(request, max_fields=MAX_FIELDS, multiline=MULTILINE)
     if isinstance(posted, Response):
         return posted
     console, form = posted

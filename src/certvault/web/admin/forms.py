@@ -21,6 +21,7 @@ from certvault.web.pages import MAX_FIELD, form_field
 
 router = APIRouter(include_in_schema=False)
 MAX_FIELDS = 24
+MULTILINE = ("domains",)  # a textarea, one domain a line
 _SEPARATORS = re.compile(r"[\s,;]+")
 
 NOTICES.update(
@@ -153,7 +154,7 @@ async def forms_page(request: Request) -> Response:
 
 @router.post("/admin/forms")
 async def create_form(request: Request) -> Response:
-    posted = await post_console(request, max_fields=MAX_FIELDS)
+    posted = await post_console(request, max_fields=MAX_FIELDS, multiline=MULTILINE)
     if isinstance(posted, Response):
         return posted
     console, form = posted
@@ -191,7 +192,7 @@ async def form_page(request: Request, form_id: int) -> Response:
 
 @router.post("/admin/forms/{form_id}")
 async def update_form(request: Request, form_id: int) -> Response:
-    posted = await post_console(request, max_fields=MAX_FIELDS)
+    posted = await post_console(request, max_fields=MAX_FIELDS, multiline=MULTILINE)
     if isinstance(posted, Response):
         return posted
     console, form = posted

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
 
 from certvault.services.audit import reading as audit_reading
 from certvault.web.api.schemas import ERRORS, AuditEventOut, AuditEventPage, Cursor, Limit
@@ -23,7 +24,7 @@ def _not_a_number(value: object) -> object:
             float(value)
         except ValueError:
             return value
-        raise ValueError("expected an ISO 8601 date-time")
+        raise PydanticCustomError("datetime_format", "expected an ISO 8601 date-time")
     return value
 
 

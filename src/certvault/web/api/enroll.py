@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
@@ -25,6 +25,7 @@ from certvault.web.api.schemas import (
     StrictBody,
     optional,
 )
+from certvault.web.control_characters import MULTI_LINE
 from certvault.web.deps import PortsDep, TokenCaller
 from certvault.web.errors import error_response
 
@@ -57,7 +58,7 @@ _own_path = APIRouter(route_class=PathOfItsOwn)
 
 
 class EnrollRequest(StrictBody):
-    csr: str = Field(
+    csr: Annotated[str, MULTI_LINE] = Field(
         min_length=1,
         max_length=MAX_CSR_TEXT,
         description="The PKCS#10 request: PEM, or its DER in base64. Only its public key is "

@@ -7,17 +7,15 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from certvault.services.kernel.paging import MAX_ID, MAX_LIMIT
+from certvault.web.control_characters import MULTI_LINE, CheckedBody
 
 
 class Error(BaseModel):
     code: str
     description: str
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 ERRORS = {
@@ -71,7 +69,8 @@ Cursor = Annotated[
 ]
 
 
-# --- request bodies of the own API: unknown fields, nulls and wrong types are refused ----------
+# --- request bodies of the own API: unknown fields, nulls, wrong types and control characters --
+# --- are refused ------------------------------------------------------------------------------
 
 
 def _no_default(schema: dict[str, Any]) -> None:
@@ -83,7 +82,7 @@ def optional(**constraints: Any) -> Any:
     return Field(default=None, json_schema_extra=_no_default, **constraints)
 
 
-class StrictBody(Strict):
+class StrictBody(CheckedBody):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
@@ -159,7 +158,9 @@ class Count(BaseModel):
 
 
 class KeyUpload(StrictBody):
-    p12: str = Field(min_length=1, description="The PKCS#12 file, base64 (line breaks allowed)")
+    p12: Annotated[str, MULTI_LINE] = Field(
+        min_length=1, description="The PKCS#12 file, base64 (line breaks allowed)"
+    )
     password: str = Field(description="The PKCS#12 file's password (may be empty)")
 
 
@@ -215,7 +216,7 @@ class KeyDownload(StrictBody):
     encryption_type: Literal["AES256-SHA256", "TripleDES-SHA1"] = Field(
         default="AES256-SHA256", description="TripleDES-SHA1 only for old devices"
     )
-    reason: str | None = Field(
+    reason: Annotated[str | None, MULTI_LINE] = Field(
         default=None,
         max_length=500,
         description="Recorded and sent to the owner; an account can make it mandatory",
@@ -224,7 +225,10 @@ class KeyDownload(StrictBody):
     @model_validator(mode="after")
     def _one_passphrase(self) -> KeyDownload:
         if (self.passphrase is None) == (not self.generate_passphrase):
-            raise ValueError("give a passphrase or set generate_passphrase to true, not both")
+            raise PydanticCustomError(
+                "passphrase_choice",
+                "give a passphrase or set generate_passphrase to true, not both",
+            )
         return self
 
 

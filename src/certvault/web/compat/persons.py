@@ -28,7 +28,6 @@ from certvault.web.compat.schemas import (
     Responses,
     ScmPerson,
     Size,
-    Text,
     decode_p12,
     on_versions,
 )
@@ -116,7 +115,7 @@ def _fields(body: PersonRequest) -> PersonFields:
 def list_persons(
     caller: ScmCaller,
     ports: PortsDep,
-    email: Annotated[Text | None, Query(max_length=320)] = None,
+    email: Annotated[str | None, Query(max_length=320)] = None,
     organization_id: Annotated[int | None, Query(alias="organizationId", ge=1, le=MAX_ID)] = None,
     size: Size = 200,
     position: Position = 0,

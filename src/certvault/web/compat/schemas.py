@@ -1,8 +1,8 @@
 """Bodies of the SCM-compatible API, in the commercial API's camelCase names.
 
 Requests are lenient the way existing scripts need: unknown fields are ignored, every optional
-field may be sent as null, and numbers may come as strings. Strings carrying a NUL character
-are refused here (PostgreSQL cannot store them, and no real name or address has one).
+field may be sent as null, and numbers may come as strings. Text with control characters is
+refused, as everywhere (web/control_characters.py).
 """
 
 from __future__ import annotations
@@ -13,26 +13,19 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Path, Query
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from certvault.errors import InvalidInput
 from certvault.services.kernel.paging import MAX_LIMIT
+from certvault.web.control_characters import MULTI_LINE, CheckedBody
 
 MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
 Responses = dict[int | str, dict[str, Any]]  # OpenAPI responses of an operation
 
-
-def _no_nul(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
-
-
-Text = Annotated[str, AfterValidator(_no_nul)]
 PersonId = Annotated[int, Path(alias="personId", ge=1, le=MAX_ID)]
 CertId = Annotated[int, Path(alias="certId", ge=1, le=MAX_ID)]
-EmailPath = Annotated[Text, Path(max_length=320)]
+EmailPath = Annotated[str, Path(max_length=320)]
 Size = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size (SCM paging)")]
 Position = Annotated[int, Query(ge=0, le=MAX_ID, description="Offset of the first item")]
 
@@ -54,6 +47,10 @@ def on_versions(router: APIRouter, method: str, path: str, **options: Any) -> Ca
 
 class ScmModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class ScmRequest(ScmModel, CheckedBody):
+    """Base of every request body: text with control characters is refused."""
 
 
 class ScmError(BaseModel):
@@ -82,15 +79,17 @@ TOO_LARGE: Responses = {413: {"model": ScmError, "description": "The request bod
 # --- Key Vault ----------------------------------------------------------------------------------
 
 
-class CustomField(ScmModel):
-    name: Text | None = None
-    value: Text | None = None
+class CustomField(ScmRequest):
+    name: str | None = None
+    value: str | None = None
 
 
-class ImportKeyRequest(ScmModel):
+class ImportKeyRequest(ScmRequest):
     """`PKCS12Request`: a base64 PKCS#12 file for one person."""
 
-    p12: str = Field(min_length=1, description="The PKCS#12 file, base64 (line breaks allowed)")
+    p12: Annotated[str, MULTI_LINE] = Field(
+        min_length=1, description="The PKCS#12 file, base64 (line breaks allowed)"
+    )
     password: str | None = Field(
         default=None, max_length=1024, description="The file's password; null or absent: none"
     )
@@ -124,7 +123,7 @@ class ImportKeyResponse(ScmModel):
     entries: list[ImportEntry]
 
 
-class KeystoreRequest(ScmModel):
+class KeystoreRequest(ScmRequest):
     """`P12DownloadRequest`."""
 
     passphrase: str = Field(
@@ -136,15 +135,15 @@ class KeystoreRequest(ScmModel):
         description="`AES256-SHA256` (the default) or `TripleDES-SHA1` (old devices only)",
         examples=["AES256-SHA256", "TripleDES-SHA1"],
     )
-    reason: Text | None = Field(
+    reason: Annotated[str | None, MULTI_LINE] = Field(
         default=None,
         max_length=500,
         description="certvault extension: the release reason, for accounts that require one",
     )
 
 
-class RevokeRequest(ScmModel):
-    reason: Text | None = Field(
+class RevokeRequest(ScmRequest):
+    reason: Annotated[str | None, MULTI_LINE] = Field(
         default=None,
         max_length=512,
         description="Free text. An RFC 5280 reason name (e.g. `keyCompromise`) is recorded as "
@@ -177,28 +176,28 @@ class ScmCertificate(ScmModel):
 # --- persons and organizations ------------------------------------------------------------------
 
 
-class PersonRequest(ScmModel):
+class PersonRequest(ScmRequest):
     """A person's fields; null or absent leaves a field as it is."""
 
-    email: Text | None = Field(default=None, max_length=320)
-    first_name: Text | None = Field(default=None, max_length=200)
-    middle_name: Text | None = Field(default=None, max_length=200)
-    last_name: Text | None = Field(default=None, max_length=200)
-    common_name: Text | None = Field(default=None, max_length=200)
-    phone: Text | None = Field(default=None, max_length=64)
-    secondary_emails: list[Annotated[Text, Field(max_length=320)]] | None = Field(
+    email: str | None = Field(default=None, max_length=320)
+    first_name: str | None = Field(default=None, max_length=200)
+    middle_name: str | None = Field(default=None, max_length=200)
+    last_name: str | None = Field(default=None, max_length=200)
+    common_name: str | None = Field(default=None, max_length=200)
+    phone: str | None = Field(default=None, max_length=64)
+    secondary_emails: list[Annotated[str, Field(max_length=320)]] | None = Field(
         default=None, max_length=20
     )
-    validation_type: Text | None = Field(default=None, description="STANDARD or HIGH")
-    eppn: Text | None = Field(default=None, max_length=320)
-    upn: Text | None = Field(default=None, max_length=320)
+    validation_type: str | None = Field(default=None, description="STANDARD or HIGH")
+    eppn: str | None = Field(default=None, max_length=320)
+    upn: str | None = Field(default=None, max_length=320)
     organization_id: int | None = Field(
         default=None, ge=1, le=MAX_ID, description="Absent or null: the default organization"
     )
 
 
 class PersonCreateRequest(PersonRequest):
-    email: Text = Field(max_length=320)
+    email: str = Field(max_length=320)
 
 
 class ScmPerson(ScmModel):

@@ -33,10 +33,11 @@ from certvault.web.compat.schemas import (
     RevokeRequest,
     ScmCertificate,
     ScmModel,
+    ScmRequest,
     Size,
-    Text,
     on_versions,
 )
+from certvault.web.control_characters import MULTI_LINE
 from certvault.web.deps import PortsDep, ScmCaller
 from certvault.web.limits import enforce_download_limits
 
@@ -49,9 +50,9 @@ def certificate_filter(
         Query(alias="keyVault", description="true: only certificates whose key is in the vault"),
     ] = None,
     person_id: Annotated[int | None, Query(alias="personId", ge=1, le=MAX_ID)] = None,
-    email: Annotated[Text | None, Query(max_length=320)] = None,
+    email: Annotated[str | None, Query(max_length=320)] = None,
     state: Annotated[
-        Text | None, Query(max_length=32, description="issued, expired or revoked")
+        str | None, Query(max_length=32, description="issued, expired or revoked")
     ] = None,
 ) -> CertificateFilter:
     return CertificateFilter(
@@ -240,7 +241,7 @@ def revoke_certificate(
 CERT_TYPES = {1: "smime", 2: "smime-encryption", 3: "smime-signing", 4: "client-auth"}
 
 
-class ClientEnrollRequest(ScmModel):
+class ClientEnrollRequest(ScmRequest):
     """`ClientEnrollRequest`: a CSR the client made (it keeps the key; nothing is escrowed)."""
 
     org_id: int | None = Field(
@@ -250,10 +251,10 @@ class ClientEnrollRequest(ScmModel):
         description="Where a person certvault creates goes (null: the default organization); "
         "for an existing person it must be theirs",
     )
-    csr: Text = Field(
+    csr: Annotated[str, MULTI_LINE] = Field(
         min_length=1, max_length=32 * 1024, description="The PKCS#10 request, PEM or base64 DER"
     )
-    cert_type: int | Text = Field(
+    cert_type: int | str = Field(
         description="A profile: its name ("
         + ", ".join(CERT_TYPES.values())
         + ") or its id ("
@@ -266,23 +267,25 @@ class ClientEnrollRequest(ScmModel):
         le=MAX_ID,
         description="Validity in days, at most the profile's (null: the profile's)",
     )
-    email: Text = Field(max_length=320)
-    phone: Text | None = Field(default=None, max_length=64)
-    secondary_emails: list[Annotated[Text, Field(max_length=320)]] | None = Field(
+    email: str = Field(max_length=320)
+    phone: str | None = Field(default=None, max_length=64)
+    secondary_emails: list[Annotated[str, Field(max_length=320)]] | None = Field(
         default=None, max_length=20, description="Also certified; they must be the person's"
     )
-    first_name: Text | None = Field(default=None, max_length=200)
-    middle_name: Text | None = Field(default=None, max_length=200)
-    last_name: Text | None = Field(default=None, max_length=200)
-    common_name: Text | None = Field(
+    first_name: str | None = Field(default=None, max_length=200)
+    middle_name: str | None = Field(default=None, max_length=200)
+    last_name: str | None = Field(default=None, max_length=200)
+    common_name: str | None = Field(
         default=None, min_length=1, max_length=64, description="The subject CN"
     )
-    eppn: Text | None = Field(default=None, max_length=320)
-    upn: Text | None = Field(default=None, max_length=320)
+    eppn: str | None = Field(default=None, max_length=320)
+    upn: str | None = Field(default=None, max_length=320)
     custom_fields: list[CustomField] | None = Field(
         default=None, max_length=50, description="Accepted and ignored (certvault has none)"
     )
-    comments: Text | None = Field(default=None, max_length=500, description="Kept in the audit log")
+    comments: Annotated[str | None, MULTI_LINE] = Field(
+        default=None, max_length=500, description="Kept in the audit log"
+    )
 
 
 class ClientEnrollResponse(ScmModel):

@@ -20,8 +20,8 @@ from starlette.responses import Response
 from certvault.errors import CertvaultError
 from certvault.services.pki import enrollment, enrollment_forms
 from certvault.web.deps import client_ip, get_limiter, get_ports
-from certvault.web.pages import Pages, error_headers, form_field, stylesheet_response
-from certvault.web.security import Csrf, check_csrf
+from certvault.web.pages import Pages, error_headers, form_field, read_form, stylesheet_response
+from certvault.web.security import Csrf
 
 router = APIRouter(include_in_schema=False)
 STYLESHEET = Path(__file__).parent / "static" / "enroll.css"
@@ -38,14 +38,15 @@ pages.templates.globals["key_labels"] = {
 MAX_FIELDS = 16
 
 
-async def _read_form(request: Request) -> FormData:
-    # No file parts: nothing on these pages uploads a file.
-    return await request.form(max_files=0, max_fields=MAX_FIELDS)
-
-
 @router.get(STYLESHEET_PATH)
 def stylesheet() -> Response:
     return stylesheet_response(STYLESHEET)
+
+
+def error_page(request: Request, status: int, message: str) -> Response:
+    """The error page for what the framework refuses before a page handler runs (a path or
+    query with control characters, an unknown path): HTML like every other answer here."""
+    return pages.render(Csrf(get_ports(request), request), "error.html", status, message=message)
 
 
 @router.get("/enroll/{account_slug}/{form_slug}")
@@ -68,8 +69,8 @@ async def _posted(
     ports = get_ports(request)
     csrf = Csrf(ports, request)
     try:
-        data = await _read_form(request)
-        check_csrf(ports, request, data)
+        # No file parts: nothing on these pages uploads a file.
+        data = await read_form(ports, request, max_fields=MAX_FIELDS)
         form = await run_in_threadpool(
             enrollment_forms.get_form_public, ports, account_slug, form_slug
         )
