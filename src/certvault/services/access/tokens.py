@@ -116,7 +116,7 @@ def authenticate(ports: Ports, token: str, ip: str = "") -> tuple[Actor, str]:
         # One round trip for token, administrator, account and the administrator's organizations:
         # this runs before every API request.
         found = session.execute(
-            select(ApiToken, Admin, Account.slug)
+            select(ApiToken, Admin, Account)
             .join(Admin, Admin.id == ApiToken.admin_id)
             .join(Account, Account.id == Admin.account_id)
             .options(selectinload(Admin.organizations))
@@ -125,7 +125,8 @@ def authenticate(ports: Ports, token: str, ip: str = "") -> tuple[Actor, str]:
         # compare_digest keeps the final check constant-time even though the lookup is indexed.
         if found is None or not hmac.compare_digest(found[0].token_sha256, digest):
             raise Unauthenticated()
-        row, admin, account = found
+        row, admin, account_row = found
+        account = account_row.slug
         if (
             row.revoked_at is not None
             or (row.expires_at is not None and row.expires_at <= now)
