@@ -68,6 +68,8 @@ def init() -> None:
             out.print(f"master key: created in {s.effective_master_key_dir}")
         else:
             out.print("master key: present (never overwritten)")
+        if result.sealed_rows:
+            out.print(f"row seals: {result.sealed_rows} rows of the earlier version sealed")
         if not result.shares_exported:
             err.print(
                 "[bold yellow]WARNING[/]: the master key exists in ONE file only. If that file is "

@@ -60,6 +60,13 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+def sealed_by_mac(mac: object) -> dict[str, object]:
+    """Mapper arguments of a sealed table (services/kernel/seals.py): its MAC is also its version,
+    so an UPDATE or DELETE that meets a row someone else changed since it was read fails
+    (StaleDataError) instead of sealing values it never saw."""
+    return {"version_id_col": mac, "version_id_generator": False}
+
+
 class Installation(Base):
     """One row: facts about this installation that are not per account."""
 
@@ -91,6 +98,8 @@ class Account(Base):
     mac: Mapped[str | None] = mapped_column(String(64))
 
     organizations: Mapped[list[Organization]] = relationship(back_populates="account")
+
+    __mapper_args__ = sealed_by_mac(mac)
 
 
 class Organization(Base):
@@ -128,6 +137,8 @@ class Person(Base):
     secret_id_hash: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     mac: Mapped[str | None] = mapped_column(String(64))
+
+    __mapper_args__ = sealed_by_mac(mac)
 
 
 class EscrowedKey(Base):
@@ -194,6 +205,8 @@ class Certificate(Base):
     escrowed_key: Mapped[EscrowedKey | None] = relationship()
     person: Mapped[Person | None] = relationship()
 
+    __mapper_args__ = sealed_by_mac(mac)
+
 
 class TrustedIssuer(Base):
     """Issuer certificates an account trusts for the certificates it escrows."""
@@ -210,6 +223,8 @@ class TrustedIssuer(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     grant_generation: Mapped[int] = mapped_column(Integer, default=0)
     mac: Mapped[str | None] = mapped_column(String(64))
+
+    __mapper_args__ = sealed_by_mac(mac)
 
 
 class AccountKey(Base):
@@ -268,6 +283,8 @@ class Admin(Base):
     mac: Mapped[str | None] = mapped_column(String(64))
 
     organizations: Mapped[list[Organization]] = relationship(secondary="admin_organizations")
+
+    __mapper_args__ = sealed_by_mac(mac)
 
 
 class AdminOrganization(Base):
@@ -348,6 +365,8 @@ class ApiToken(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     grant_generation: Mapped[int] = mapped_column(Integer, default=0)
     mac: Mapped[str | None] = mapped_column(String(64))
+
+    __mapper_args__ = sealed_by_mac(mac)
 
 
 class RateLimitCounter(Base):
@@ -439,6 +458,8 @@ class WebSession(Base):
     grant_generation: Mapped[int] = mapped_column(Integer, default=0)
     mac: Mapped[str | None] = mapped_column(String(64))
 
+    __mapper_args__ = sealed_by_mac(mac)
+
 
 class KeyVaultSettings(Base):
     """The account's Key Vault recovery options (the Key Vault page). One row per account; an
@@ -461,6 +482,8 @@ class KeyVaultSettings(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     grant_generation: Mapped[int] = mapped_column(Integer, default=0)
     mac: Mapped[str | None] = mapped_column(String(64))
+
+    __mapper_args__ = sealed_by_mac(mac)
 
 
 class FormNonce(Base):
