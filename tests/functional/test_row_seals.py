@@ -33,6 +33,7 @@ from certvault.services.vault import settings as kv_settings
 from certvault.services.vault.release import release_key
 from tests.conftest import TEST_OPERATOR
 from tests.factories import make_ca, make_cert, make_p12, new_key
+from tests.functional import cli_env
 from tests.functional.api_fixtures import P12_PASSWORD, ApiWorld, api_fixture  # noqa: F401
 from tests.functional.console_fixtures import (  # noqa: F401 - `console`
     PASSWORD,
@@ -504,7 +505,7 @@ def test_sign_in_and_out_through_certvault_keeps_every_row_sealed(console):
     assert seals.check_rows(console.ports).ok
 
 
-# --- upgrading, and what is bound ---------------------------------------------
+# --- upgrading, `certvault verify`, and what is bound ---------------------------------------------
 
 
 def test_an_installation_from_before_seals_is_sealed_once_by_init(ports, operator):
@@ -543,6 +544,32 @@ def test_an_installation_from_before_seals_is_sealed_once_by_init(ports, operato
         assert _reported(upgraded) == {("api_tokens", forged["uuid"]): _reason("altered")}
     finally:
         upgraded.close()
+
+
+@pytest.fixture
+def cli(backend, tmp_path):
+    yield from cli_env.cli_for(backend, tmp_path)
+
+
+def test_certvault_verify_names_a_tampered_row(cli):
+    cli.bootstrap()
+    ports = cli.ports()
+    try:
+        admins.create_admin(ports, TEST_OPERATOR, "acme", "boss", privileges=["persons_manage"])
+    finally:
+        ports.close()
+    ok = cli.run("verify")
+    assert ok.returncode == 0, cli_env.text(ok)
+    assert "sealed rows checked: 2, failures: 0" in ok.stdout
+
+    cli.sql("UPDATE admins SET privileges = 'key_vault_download persons_manage'")
+    [(admin_uuid,)] = cli.sql("SELECT uuid FROM admins")
+    broken = cli.run("verify")
+    assert broken.returncode == 1
+    said = cli_env.text(broken)
+    assert f"TAMPERED admins row {admin_uuid}: MAC does not match" in said
+    assert "key_vault_download" not in said  # the row's contents are never shown
+    assert "keys checked" not in said
 
 
 def test_every_column_of_a_sealed_table_is_bound_or_said_why_not():
