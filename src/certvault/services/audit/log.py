@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -72,10 +71,7 @@ def _event_bytes(e: AuditEvent) -> bytes:
 
 
 def create_audit_key(session: Session, ports: Ports) -> None:
-    if session.scalar(select(ServiceKey.id).where(ServiceKey.purpose == AUDIT_KEY_PURPOSE)) is None:
-        keyring.create_service_key(
-            session, ports, purpose=AUDIT_KEY_PURPOSE, material=os.urandom(32)
-        )
+    keyring.ensure_service_secret(session, ports, AUDIT_KEY_PURPOSE)
 
 
 def _audit_key(session: Session, ports: Ports) -> bytes:

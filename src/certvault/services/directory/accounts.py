@@ -62,7 +62,8 @@ def initialize(ports: Ports, actor: Actor) -> InitResult:
             audit.create_audit_key(session, ports)
             audit.ensure_chain(session, audit.INSTALLATION_CHAIN)
             audit.record(session, ports, account=None, actor=actor, action="installation.init")
-        seals.create_seal_key(session, ports)  # also for an installation made before seals
+        # Also for an installation made before seals (seals.seal_existing, below).
+        keyring.ensure_service_secret(session, ports, seals.SEAL_KEY_PURPOSE)
         return row.shares_exported_at is not None
 
     shares = ports.db.run(work)

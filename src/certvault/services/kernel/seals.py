@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -217,14 +216,6 @@ def _mac(key: bytes, spec: SealedTable, values: Mapping[Any, Any], account_uuid:
         ensure_ascii=True,
     )
     return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
-
-
-def create_seal_key(session: Session, ports: Ports) -> None:
-    """The service key of row seals (made once, by `certvault init`)."""
-    if session.scalar(select(ServiceKey.id).where(ServiceKey.purpose == SEAL_KEY_PURPOSE)) is None:
-        keyring.create_service_key(
-            session, ports, purpose=SEAL_KEY_PURPOSE, material=os.urandom(32)
-        )
 
 
 def _key(connection: Connection, ports: Ports) -> bytes:
