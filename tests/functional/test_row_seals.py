@@ -29,6 +29,7 @@ from certvault.services.directory import accounts, persons
 from certvault.services.kernel import seals
 from certvault.services.kernel.passwords import password_hasher
 from certvault.services.kernel.ports import open_ports
+from certvault.services.kernel.witness import AuditHeadStore
 from certvault.services.vault import settings as kv_settings
 from certvault.services.vault.release import release_key
 from tests.conftest import TEST_OPERATOR
@@ -591,3 +592,17 @@ def test_bulk_writes_to_sealed_tables_are_refused(ports):
         ):
             with pytest.raises(ConfigurationError, match="through the ORM"):
                 s.execute(statement)
+
+
+def test_the_witness_generation_moves_forward_only(tmp_path):
+    store = AuditHeadStore(tmp_path / "heads")
+    account = str(uuid.uuid4())
+    assert store.generation(account) == 0
+    store.advance_generation(account, 3)
+    store.advance_generation(account, 2)  # a writer that finished late
+    assert store.generation(account) == 3
+    path = store.directory / f"{account}.generation"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in store.directory.iterdir() if p.name != ".lock"] == [path.name]
+    with pytest.raises(ValueError):
+        store.generation("../escape")

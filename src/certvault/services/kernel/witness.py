@@ -102,17 +102,22 @@ class AuditHeadStore:
         lock_fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            if self.generation(account_uuid) >= generation:
-                return
-            tmp = path.with_name(path.name + ".tmp")
-            data = json.dumps({"account": account_uuid, "generation": generation})
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, data.encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
+            if self.generation(account_uuid) < generation:
+                data = {"account": account_uuid, "generation": generation}
+                _replace_durably(path, json.dumps(data))
         finally:
             fcntl.flock(lock_fd, fcntl.LOCK_UN)
             os.close(lock_fd)
+
+
+def _replace_durably(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a synced temporary file and an atomic rename: a crash
+    leaves the old content or the new, never a torn file (advance writes heads the same way)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
