@@ -519,6 +519,10 @@ def test_an_installation_from_before_seals_is_sealed_once_by_init(ports, operato
         _sql(ports, f"UPDATE {spec.table} SET mac = NULL")
     _sql(ports, "DELETE FROM service_keys WHERE purpose = :p", p=seals.SEAL_KEY_PURPOSE)
     (ports.audit_heads.directory / f"{seals.INSTALLATION}.generation").unlink()
+    # A generation the witness already holds (as a table sealed by a later version would meet):
+    # rows are sealed at it, never below it.
+    account_uuid = _row(ports, "accounts", "slug = 'acme'")["uuid"]
+    ports.audit_heads.advance_generation(account_uuid, 4)
 
     upgraded = open_ports(ports.settings)
     try:
@@ -528,6 +532,7 @@ def test_an_installation_from_before_seals_is_sealed_once_by_init(ports, operato
         assert result.sealed_rows == seals.check_rows(upgraded).rows == 3  # account, admin, token
         actor, slug = tokens.authenticate(upgraded, made.token)
         assert slug == "acme" and actor.organization_ids == {1}
+        assert _row(upgraded, "api_tokens", "id = :id", id=made.token_id)["grant_generation"] == 4
 
         # Sealed once: a row without a MAC from now on is refused, and init leaves it so.
         chosen = tokens.PREFIX + "inserted-after-the-upgrade-0123456789abcdef"

@@ -50,9 +50,10 @@ from certvault.services.kernel import keyring
 from certvault.services.kernel.ports import PORTS_INFO, Ports
 
 SEAL_KEY_PURPOSE = "row-seal"
-# Written beside the witness once the rows of an installation are sealed: from then on a row
-# without a MAC is refused, and `certvault init` never seals such a row again.
+# Beside the witness: the SEALS version whose tables `certvault init` has sealed. The rows of a
+# table are sealed once, when init first meets it; from then on a row without a MAC is refused.
 INSTALLATION = "installation"
+SEALS = 1  # raised by a version that seals another table (SealedTable.since)
 # Refused rows of the session, for audit/log.py to record after the transaction.
 REFUSED = "certvault_refused_rows"
 _BUMPED = "certvault_grant_bumped"  # account id -> the generation this transaction set
@@ -88,6 +89,8 @@ class SealedTable:
     revocable: bool = False
     # Columns not bound, and why; everything the table has is bound or named here.
     unbound: Mapping[str, str] = field(default_factory=dict)
+    # The SEALS version that began to seal this table.
+    since: int = 1
 
     @property
     def table(self) -> str:
@@ -469,19 +472,20 @@ def _key_columns(spec: SealedTable) -> list[Any]:
 
 
 def seal_existing(ports: Ports) -> int:
-    """Seal the rows of an installation that has none sealed yet (an upgrade from a version
-    without seals; `certvault init` runs it). Done once: afterwards, marked beside the witness,
-    a row without a MAC is refused, and this never seals one again."""
-    if ports.audit_heads.generation(INSTALLATION) > 0:
+    """Seal the rows of tables this installation has not sealed before (an upgrade from a
+    version that did not seal them; `certvault init` runs it). Done once per table: afterwards,
+    marked beside the witness, a row without a MAC is refused and this never seals one."""
+    sealed_up_to = ports.audit_heads.generation(INSTALLATION)
+    if sealed_up_to >= SEALS:
         return 0
     sealed = 0
-    for spec in SEALED:
+    for spec in [spec for spec in SEALED if spec.since > sealed_up_to]:
         while True:
-            done = ports.db.run(partial(_seal_batch, ports=ports, spec=spec))
-            sealed += done
-            if done < _BATCH:
+            count = ports.db.run(partial(_seal_batch, ports=ports, spec=spec))
+            sealed += count
+            if count < _BATCH:
                 break
-    ports.audit_heads.advance_generation(INSTALLATION, 1)
+    ports.audit_heads.advance_generation(INSTALLATION, SEALS)
     return sealed
 
 
@@ -495,10 +499,16 @@ def _seal_batch(session: Session, ports: Ports, spec: SealedTable) -> int:
     ).mappings()
     count = 0
     for row in rows.all():
-        mac = _mac(key, spec, row, _account_uuid(connection, ports, spec, row))
-        connection.execute(
-            update(table).where(*(column == row[column.key] for column in keys)).values(mac=mac)
-        )
+        values = dict(row)
+        account_uuid = _account_uuid(connection, ports, spec, row)
+        written: dict[str, Any] = {}
+        if spec.grant:  # at the account's generation, never below it
+            witness = _witness(session, ports, account_uuid)
+            values["grant_generation"] = max(values["grant_generation"], witness)
+            written["grant_generation"] = values["grant_generation"]
+        written["mac"] = _mac(key, spec, values, account_uuid)
+        where = (column == row[column.key] for column in keys)
+        connection.execute(update(table).where(*where).values(**written))
         count += 1
     return count
 
