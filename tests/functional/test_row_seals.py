@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import delete, insert, text, update
+from sqlalchemy import delete, insert, select, text, update
 
-from certvault.db.models import Admin, ApiToken, Person
+from certvault.db.models import Admin, ApiToken, Organization, Person
 from certvault.errors import ConfigurationError
 from certvault.services.access import admins, tokens, web_sessions
 from certvault.services.audit import log as audit
@@ -425,6 +425,24 @@ def test_a_crash_before_the_witness_write_locks_nobody_out(api, monkeypatch, cra
     assert store.generation(account_uuid) == before + 1  # and the witness caught up
     assert seals.check_rows(api.ports).ok
     assert _refused(api.ports) == []
+
+
+def test_a_read_that_overlaps_a_bump_is_not_taken_for_an_old_copy(api):
+    """A read whose snapshot began before a bump committed, and which meets the moved witness
+    after it, holds rows one generation behind: it is told to try again, and nothing is refused
+    or audited as tampering."""
+    with api.ports.db.read() as s:
+        s.scalars(select(Organization)).all()  # on SQLite the read's snapshot begins here
+        tokens.revoke_token(api.ports, TEST_OPERATOR, "acme", api.token_ids["keys_read"])
+        try:
+            row = s.get(ApiToken, api.token_ids["keys"])
+        except seals.RowChanged:
+            assert api.ports.db.is_sqlite  # the snapshot is older than the bump
+        else:
+            assert not api.ports.db.is_sqlite  # READ COMMITTED: this statement sees the bump
+            assert row is not None and row.revoked_at is None
+    assert _refused(api.ports) == []
+    assert api.get("keys", f"{V1}/certificates").status_code == 200
 
 
 # --- console sessions, passwords and TOTP ---------------------------------------------------------

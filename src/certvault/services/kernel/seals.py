@@ -31,6 +31,7 @@ from typing import Any
 
 from sqlalchemy import Boolean, Connection, Integer, LargeBinary, inspect, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
 
 from certvault.db.models import (
     Account,
@@ -69,6 +70,16 @@ class TamperedRow(CertvaultError):
     code = "row_tampered"
     # Not 403: the caller did nothing wrong and is not told "forbidden". Not 500, which is a bug.
     # The service cannot be given until an operator has looked at the stored data: 503.
+    status = 503
+
+
+class RowChanged(CertvaultError, StaleDataError):
+    """The data changed while it was read; try again."""
+
+    # A grant row read just before its account's generation moved, and checked just after: an
+    # outdated read, not an old copy put back. Database.run starts the work again (it is a
+    # StaleDataError); a request that only reads answers 503 with this code.
+    code = "row_changed"
     status = 503
 
 
@@ -394,13 +405,30 @@ def _row_values(spec: SealedTable, obj: Any) -> dict[str, Any]:
     return {name: state.dict.get(name) for name in names}
 
 
+def _outdated(ports: Ports, spec: SealedTable, values: Mapping[Any, Any]) -> bool:
+    """Whether a grant row that reads as an old copy is only a read that began before a bump
+    committed: in a fresh read (its own connection, so its own snapshot) the row is no longer
+    the one read. A row put back from an older copy is still there."""
+    table = spec.model.__table__
+    keys = _key_columns(spec)
+    with ports.db.engine.execution_options(certvault_read_only=True).connect() as connection:
+        now = connection.execute(
+            select(table.c.mac).where(*(column == values[column.key] for column in keys))
+        ).first()
+    return now is None or now[0] != values["mac"]
+
+
 def check_loaded(obj: Any, session: Session) -> None:
     """Refuse a row the ORM has just read unless it verifies."""
     spec = _BY_MODEL[type(obj)]
     ports = ports_of(session)
-    reason = _problem(session, session.connection(), ports, spec, _row_values(spec, obj))
+    values = _row_values(spec, obj)
+    reason = _problem(session, session.connection(), ports, spec, values)
     if reason is None:
         return
+    if reason == "replayed" and _outdated(ports, spec, values):
+        session.expunge(obj)
+        raise RowChanged()
     refused = RefusedRow(spec.table, str(obj.uuid), account_id_of(spec, obj), reason)
     session.info.setdefault(REFUSED, []).append(refused)
     lenient: set[Any] | None = session.info.get(_LENIENT)
@@ -549,6 +577,8 @@ def check_rows(ports: Ports) -> RowsReport:
             for row in rows:
                 report.rows += 1
                 reason = _problem(None, connection, ports, spec, row)
+                if reason == "replayed" and _outdated(ports, spec, row):
+                    continue  # sealed again by a bump while this check ran
                 if reason is not None:
                     report.problems.append(
                         RowProblem(spec.table, str(row["uuid"]), _REASONS[reason])
