@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from playwright.sync_api import Page, expect
-from sqlalchemy import update
+from sqlalchemy import select
 
 from certvault.db.models import WebSession
 from tests.browser.console_server import ConsoleServer, console_server_fixture  # noqa: F401
@@ -23,7 +23,8 @@ def _forget_reauthentication(server: ConsoleServer) -> None:
     ports = server.cli.ports()
     try:
         with ports.db.transaction() as s:
-            s.execute(update(WebSession).values(reauthenticated_at=None))
+            for row in s.scalars(select(WebSession)):  # row by row: each is sealed again
+                row.reauthenticated_at = None
     finally:
         ports.close()
 

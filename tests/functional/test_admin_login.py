@@ -9,6 +9,7 @@ import argon2
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from certvault.db.models import Admin, AuditEvent, WebSession
 from certvault.services.access import admins, web_sessions
@@ -316,11 +317,16 @@ def cli(backend, tmp_path):
 def test_reset_totp_cli(cli):
     cli.bootstrap()
     ports = cli.ports()
+
+    def set_up_totp(session: Session) -> None:
+        admin = session.scalars(select(Admin).where(Admin.login == "alice")).one()
+        admin.totp_secret, admin.totp_last_step = "x", 5
+
     try:
         admins.create_admin(ports, cli_env.TEST_OPERATOR, "acme", "alice", password=PASSWORD)
+        ports.db.run(set_up_totp)  # through certvault: a row changed by SQL is refused
     finally:
         ports.close()
-    cli.sql("UPDATE admins SET totp_secret = 'x', totp_last_step = 5")
     proc = cli.run("admin", "reset-totp", "--account", "acme", "alice")
     assert proc.returncode == 0, cli_env.text(proc)
     assert cli.sql("SELECT totp_secret, totp_last_step FROM admins") == [(None, None)]

@@ -16,8 +16,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select, update
 
-from certvault.db.models import Account, FormNonce, WebSession
-from certvault.services.directory import persons
+from certvault.db.models import FormNonce, WebSession
+from certvault.services.directory import accounts, persons
+from tests.conftest import TEST_OPERATOR
 from tests.functional.cli_env import openssl
 from tests.functional.console_fixtures import (  # noqa: F401
     PASSWORD,
@@ -80,7 +81,8 @@ def refusals(console, action: str = "key.release"):
 def forget_reauthentication(console) -> None:
     """As if the last password-and-code confirmation were long ago."""
     with console.ports.db.transaction() as s:
-        s.execute(update(WebSession).values(reauthenticated_at=None))
+        for row in s.scalars(select(WebSession)):  # row by row: each is sealed again
+            row.reauthenticated_at = None
 
 
 def open_p12(tmp_path: Path, data: bytes, passphrase: str, legacy: bool = False):
@@ -268,8 +270,7 @@ def test_an_own_passphrase_easy_to_guess_is_refused(console, encryption):
 
 
 def test_own_passphrase_refused_when_the_account_does_not_allow_it(console):
-    with console.ports.db.transaction() as s:
-        s.execute(update(Account).where(Account.slug == "acme").values(allow_own_passphrase=False))
+    accounts.set_release_policy(console.ports, TEST_OPERATOR, "acme", allow_own_passphrase=False)
     boss = console.sign_in("boss")
     form = Form(boss, cert_path(console.world.alice.cert_ids[1]))
     assert 'value="own"' not in form.html and "own_passphrase" not in form.html
@@ -361,8 +362,7 @@ def test_reauthentication_is_rate_limited_like_sign_in(console):
 
 
 def test_reason_required_by_the_account(console):
-    with console.ports.db.transaction() as s:
-        s.execute(update(Account).where(Account.slug == "acme").values(reason_required=True))
+    accounts.set_release_policy(console.ports, TEST_OPERATOR, "acme", reason_required=True)
     boss = console.sign_in("boss")
     form = Form(boss, cert_path(console.world.alice.cert_ids[1]))
     assert "Reason (required)" in form.html and re.search(r"<textarea[^>]* required", form.html)

@@ -37,10 +37,30 @@ def _upgrade_with_data(db: Database) -> None:
                 " VALUES (1, 1, 1, 'p@example.org', 'P', 'Q', CURRENT_TIMESTAMP)"
             )
         )
+        conn.execute(text("INSERT INTO organizations VALUES (2, 1, 'B', false, CURRENT_TIMESTAMP)"))
+        for admin_id, role in ((1, "organization"), (2, "account")):
+            conn.execute(
+                text(
+                    "INSERT INTO admins (id, account_id, login, password_hash, role, privileges,"
+                    " api_only, active, created_at)"
+                    " VALUES (:id, 1, :login, 'h', :role, '', false, true, CURRENT_TIMESTAMP)"
+                ),
+                {"id": admin_id, "login": f"admin{admin_id}", "role": role},
+            )
+        conn.execute(text("INSERT INTO admin_organizations VALUES (1, 2), (1, 1)"))
     command.upgrade(cfg, "head")
     with db.engine.connect() as conn:
         row = conn.execute(text("SELECT email, validation_type, middle_name FROM persons")).one()
-    assert tuple(row) == ("p@example.org", "STANDARD", "")
+        assert tuple(row) == ("p@example.org", "STANDARD", "")
+        # 0006: a uuid for every row that had none, admins' organizations copied beside them,
+        # and no MAC yet (`certvault init` seals the rows; it holds the master key).
+        [(person_uuid, person_mac)] = conn.execute(text("SELECT uuid, mac FROM persons")).all()
+        assert len(person_uuid) == 36 and person_mac is None
+        admins = conn.execute(
+            text("SELECT uuid, organization_ids, grant_generation FROM admins ORDER BY id")
+        ).all()
+    assert [(ids, generation) for _, ids, generation in admins] == [("1 2", 0), ("", 0)]
+    assert len({u for u, _, _ in admins}) == 2
 
 
 def test_upgrade_keeps_rows_sqlite(tmp_path):

@@ -19,7 +19,7 @@ from certvault.services.access import admins, tokens
 from certvault.services.audit import checks as audit_checks
 from certvault.services.audit import log as audit
 from certvault.services.directory import accounts
-from certvault.services.kernel import notify, tenancy
+from certvault.services.kernel import notify, seals, tenancy
 from certvault.services.vault.verification import verify_escrow
 
 app = typer.Typer(
@@ -69,6 +69,8 @@ def init() -> None:
             out.print(f"master key: created in {s.effective_master_key_dir}")
         else:
             out.print("master key: present (never overwritten)")
+        if result.sealed_rows:
+            out.print(f"row seals: {result.sealed_rows} rows of the earlier version sealed")
         if not result.shares_exported:
             err.print(
                 "[bold yellow]WARNING[/]: the master key exists in ONE file only. If that file is "
@@ -346,8 +348,16 @@ def mail_send() -> None:
 
 @app.command()
 def verify(account: Annotated[str | None, typer.Option(help="Only this account.")] = None) -> None:
-    """Decrypt every escrowed key in memory, validate it and check it against its certificates."""
+    """Check the seal of every row that grants access or decides policy, then decrypt every
+    escrowed key in memory, validate it and check it against its certificates."""
     with ports_for_command() as ports:
+        rows = guarded(lambda: seals.check_rows(ports))
+        for p in rows.problems:
+            err.print(f"TAMPERED {p.table} row {p.uuid}: {p.reason}", markup=False)
+        out.print(f"sealed rows checked: {rows.rows}, failures: {len(rows.problems)}")
+        if not rows.ok:
+            # The drill would stop at the first refused row; the rows above come first.
+            raise SystemExit(1)
         report = guarded(lambda: verify_escrow(ports, operator(), account))
         for f in report.failures:
             err.print(f"FAILED {f.account} key {f.escrowed_key_uuid}: {f.reason}", markup=False)

@@ -13,6 +13,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
 
 T = TypeVar("T")
 
@@ -53,9 +54,13 @@ class Database:
             # No pre-ping (a round trip per checkout): a connection found dead is invalidated by
             # SQLAlchemy and `run` starts the unit of work again on a fresh one.
             self.engine = create_engine(self.url, echo=echo, hide_parameters=True)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Copied into every session's ``info`` (the services put their ports here).
+        self.session_info: dict[str, Any] = {}
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False, info=self.session_info)
         self._read_sessions = sessionmaker(
-            self.engine.execution_options(certvault_read_only=True), expire_on_commit=False
+            self.engine.execution_options(certvault_read_only=True),
+            expire_on_commit=False,
+            info=self.session_info,
         )
 
     @contextmanager
@@ -75,13 +80,14 @@ class Database:
             yield session
 
     def run(self, work: Callable[[Session], T], *, attempts: int = 4) -> T:
-        """Run ``work`` in a transaction, again from the start after a retryable conflict."""
+        """Run ``work`` in a transaction, again from the start after a retryable conflict (a
+        sealed row that someone else changed since it was read is one: StaleDataError)."""
         for attempt in range(1, attempts + 1):
             try:
                 with self.transaction() as session:
                     return work(session)
-            except DBAPIError as exc:
-                if attempt == attempts or not is_retryable(exc):
+            except (DBAPIError, StaleDataError) as exc:
+                if attempt == attempts or (isinstance(exc, DBAPIError) and not is_retryable(exc)):
                     raise
                 time.sleep(0.01 * attempt)
         raise AssertionError("unreachable")

@@ -60,6 +60,13 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+def sealed_by_mac(mac: object) -> dict[str, object]:
+    """Mapper arguments of a sealed table (services/kernel/seals.py): its MAC is also its version,
+    so an UPDATE or DELETE that meets a row someone else changed since it was read fails
+    (StaleDataError) instead of sealing values it never saw."""
+    return {"version_id_col": mac, "version_id_generator": False}
+
+
 class Installation(Base):
     """One row: facts about this installation that are not per account."""
 
@@ -87,8 +94,12 @@ class Account(Base):
     # Whether an administrator may choose the passphrase of a release instead of a generated one.
     allow_own_passphrase: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    grant_generation: Mapped[int] = mapped_column(Integer, default=0)
+    mac: Mapped[str | None] = mapped_column(String(64))
 
     organizations: Mapped[list[Organization]] = relationship(back_populates="account")
+
+    __mapper_args__ = sealed_by_mac(mac)
 
 
 class Organization(Base):
@@ -109,6 +120,7 @@ class Person(Base):
     __table_args__ = (UniqueConstraint("account_id", "email"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), default=new_uuid, index=True, unique=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
     organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), index=True)
     # Stored lower-cased: emails are compared case-insensitively within an account.
@@ -124,6 +136,9 @@ class Person(Base):
     upn: Mapped[str] = mapped_column(String(320), default="")
     secret_id_hash: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    mac: Mapped[str | None] = mapped_column(String(64))
+
+    __mapper_args__ = sealed_by_mac(mac)
 
 
 class EscrowedKey(Base):
@@ -185,9 +200,12 @@ class Certificate(Base):
     trusted_issuer: Mapped[bool] = mapped_column(Boolean, default=False)
     friendly_name: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    mac: Mapped[str | None] = mapped_column(String(64))
 
     escrowed_key: Mapped[EscrowedKey | None] = relationship()
     person: Mapped[Person | None] = relationship()
+
+    __mapper_args__ = sealed_by_mac(mac)
 
 
 class TrustedIssuer(Base):
@@ -197,11 +215,16 @@ class TrustedIssuer(Base):
     __table_args__ = (UniqueConstraint("account_id", "sha256"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), default=new_uuid, index=True, unique=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
     der: Mapped[bytes] = mapped_column(LargeBinary)
     sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
     subject: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    grant_generation: Mapped[int] = mapped_column(Integer, default=0)
+    mac: Mapped[str | None] = mapped_column(String(64))
+
+    __mapper_args__ = sealed_by_mac(mac)
 
 
 class AccountKey(Base):
@@ -238,12 +261,16 @@ class Admin(Base):
     __table_args__ = (UniqueConstraint("account_id", "login"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), default=new_uuid, index=True, unique=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
     login: Mapped[str] = mapped_column(String(200))
     email: Mapped[str | None] = mapped_column(String(320))
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16))  # "account" | "organization"
     privileges: Mapped[str] = mapped_column(Text, default="")  # space-separated, sorted
+    # The ids of ``organizations``, space-separated and sorted: the sealed copy that access is
+    # decided by (rows of admin_organizations carry no MAC of their own).
+    organization_ids: Mapped[str] = mapped_column(Text, default="")
     api_only: Mapped[bool] = mapped_column(Boolean, default=False)
     # Space-separated addresses or networks allowed to use header authentication; empty: any.
     allowed_ips: Mapped[str] = mapped_column(Text, default="")
@@ -252,8 +279,12 @@ class Admin(Base):
     # The last TOTP time step accepted: a code is good once (replay protection).
     totp_last_step: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    grant_generation: Mapped[int] = mapped_column(Integer, default=0)
+    mac: Mapped[str | None] = mapped_column(String(64))
 
     organizations: Mapped[list[Organization]] = relationship(secondary="admin_organizations")
+
+    __mapper_args__ = sealed_by_mac(mac)
 
 
 class AdminOrganization(Base):
@@ -322,6 +353,7 @@ class ApiToken(Base):
     __tablename__ = "api_tokens"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), default=new_uuid, index=True, unique=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
     admin_id: Mapped[int] = mapped_column(ForeignKey("admins.id"), index=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
@@ -331,6 +363,10 @@ class ApiToken(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    grant_generation: Mapped[int] = mapped_column(Integer, default=0)
+    mac: Mapped[str | None] = mapped_column(String(64))
+
+    __mapper_args__ = sealed_by_mac(mac)
 
 
 class RateLimitCounter(Base):
@@ -409,6 +445,7 @@ class WebSession(Base):
     __tablename__ = "web_sessions"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), default=new_uuid, index=True, unique=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
     admin_id: Mapped[int] = mapped_column(ForeignKey("admins.id"), index=True)
     stage: Mapped[str] = mapped_column(String(16))  # "totp_enroll" | "signed_in"
@@ -418,6 +455,10 @@ class WebSession(Base):
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
     reauthenticated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    grant_generation: Mapped[int] = mapped_column(Integer, default=0)
+    mac: Mapped[str | None] = mapped_column(String(64))
+
+    __mapper_args__ = sealed_by_mac(mac)
 
 
 class KeyVaultSettings(Base):
@@ -427,6 +468,7 @@ class KeyVaultSettings(Base):
     __tablename__ = "key_vault_settings"
 
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), default=new_uuid, index=True, unique=True)
     # "disabled" (administrators only) | "email_code" | "email_code_and_secret" | "admin_approval"
     recovery_method: Mapped[str] = mapped_column(String(32), default="disabled")
     sign_profiles: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -438,6 +480,10 @@ class KeyVaultSettings(Base):
     exchange_past_days: Mapped[int] = mapped_column(Integer, default=7)
     exchange_prevent_move: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    grant_generation: Mapped[int] = mapped_column(Integer, default=0)
+    mac: Mapped[str | None] = mapped_column(String(64))
+
+    __mapper_args__ = sealed_by_mac(mac)
 
 
 class FormNonce(Base):

@@ -6,14 +6,15 @@ import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from certvault.db.models import Account, Admin, ApiToken, WebSession
 from certvault.errors import Conflict, Forbidden, InvalidInput, NotFound
 from certvault.services.audit import log as audit
-from certvault.services.kernel import notify
+from certvault.services.kernel import notify, seals
 from certvault.services.kernel.actors import Actor, Privilege, Role
 from certvault.services.kernel.paging import MAX_ID
 from certvault.services.kernel.passwords import password_hasher
@@ -243,12 +244,13 @@ class AdminView:
 
 
 def _view(admin: Admin) -> AdminView:
+    sealed = seals.admin_organization_ids(admin)
     return AdminView(
         id=admin.id,
         login=admin.login,
         email=admin.email,
         role=Role(admin.role),
-        organizations=tuple(sorted((o.id, o.name) for o in admin.organizations)),
+        organizations=tuple(sorted((o.id, o.name) for o in admin.organizations if o.id in sealed)),
         privileges=frozenset(Privilege(p) for p in admin.privileges.split() if p),
         api_only=admin.api_only,
         totp_set_up=admin.totp_secret is not None,
@@ -366,20 +368,11 @@ def deactivate_admin(ports: Ports, actor: Actor, account_slug: str, admin_id: in
         _require_covers(actor, _view(admin).privileges)
         if not admin.active:
             return _view(admin)
-        now = ports.clock()
         admin.active = False
-        sessions = session.execute(
-            update(WebSession)
-            .where(WebSession.admin_id == admin.id, WebSession.revoked_at.is_(None))
-            .values(revoked_at=now)
-        )
+        sessions = _revoke_live(session, ports, WebSession, admin)
         # Tokens stop working with an inactive administrator anyway; revoked, they stay dead
         # should the administrator come back.
-        tokens = session.execute(
-            update(ApiToken)
-            .where(ApiToken.admin_id == admin.id, ApiToken.revoked_at.is_(None))
-            .values(revoked_at=now)
-        )
+        tokens = _revoke_live(session, ports, ApiToken, admin)
         audit.record(
             session,
             ports,
@@ -392,8 +385,8 @@ def deactivate_admin(ports: Ports, actor: Actor, account_slug: str, admin_id: in
                 "login": admin.login,
                 "old": {"active": True},
                 "new": {"active": False},
-                "sessions_ended": getattr(sessions, "rowcount", 0),
-                "tokens_revoked": getattr(tokens, "rowcount", 0),
+                "sessions_ended": sessions,
+                "tokens_revoked": tokens,
             },
         )
         return _view(admin)
@@ -414,11 +407,7 @@ def reset_totp(ports: Ports, actor: Actor, account_slug: str, login: str) -> Non
             raise NotFound("No such administrator in this account.")
         admin.totp_secret = None
         admin.totp_last_step = None
-        session.execute(
-            update(WebSession)
-            .where(WebSession.admin_id == admin.id, WebSession.revoked_at.is_(None))
-            .values(revoked_at=ports.clock())
-        )
+        _revoke_live(session, ports, WebSession, admin)
         audit.record(
             session,
             ports,
@@ -430,6 +419,19 @@ def reset_totp(ports: Ports, actor: Actor, account_slug: str, login: str) -> Non
         )
 
     ports.db.run(work)
+
+
+def _revoke_live(
+    session: Session, ports: Ports, kind: type[WebSession] | type[ApiToken], admin: Admin
+) -> int:
+    """Revoke the administrator's live sessions or tokens; how many. Row by row, through the
+    ORM: each row is sealed again (a bulk UPDATE would leave it failing its seal)."""
+    query = select(kind).where(kind.admin_id == admin.id, kind.revoked_at.is_(None))
+    rows = cast(Sequence[WebSession | ApiToken], session.scalars(query).all())
+    now = ports.clock()
+    for row in rows:
+        row.revoked_at = now
+    return len(rows)
 
 
 def reset_admin_totp(ports: Ports, actor: Actor, account_slug: str, admin_id: int) -> AdminView:
@@ -451,6 +453,6 @@ def actor_for(admin: Admin, ip: str = "") -> Actor:
         admin_id=admin.id,
         role=Role(admin.role),
         privileges=frozenset(Privilege(p) for p in admin.privileges.split() if p),
-        organization_ids=frozenset(o.id for o in admin.organizations),
+        organization_ids=seals.admin_organization_ids(admin),
         ip=ip,
     )

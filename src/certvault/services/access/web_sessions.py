@@ -30,6 +30,7 @@ from certvault.services.audit import log as audit
 from certvault.services.kernel.actors import Actor
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.ratelimit import Limit, RateLimiter, enforce
+from certvault.services.kernel.seal_events import UNBOUND_ONLY
 
 SESSION_COOKIE = "__Host-certvault_session"
 IDLE_TIMEOUT = timedelta(minutes=30)
@@ -246,6 +247,7 @@ def _claim_step(session: Session, admin_id: int, step: int) -> bool:
             or_(Admin.totp_last_step.is_(None), Admin.totp_last_step < step),
         )
         .values(totp_last_step=step)
+        .execution_options(**{UNBOUND_ONLY: True})  # the seal does not bind totp_last_step
     )
     return bool(getattr(result, "rowcount", 0))
 

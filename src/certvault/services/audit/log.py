@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
+import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from sqlalchemy import event, select
@@ -27,7 +28,7 @@ from certvault.errors import (
     CertvaultError,
     ConfigurationError,
 )
-from certvault.services.kernel import keyring
+from certvault.services.kernel import keyring, seals
 from certvault.services.kernel.actors import Actor
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.witness import ChainHead
@@ -39,6 +40,10 @@ AUDIT_KEY_PURPOSE = "audit-mac"
 _PENDING = "certvault_audit_heads"
 LOCKED = "certvault_locked_heads"
 _HOOKED = "certvault_audit_hooked"
+ROW_REFUSED = "integrity.row_refused"
+_SYSTEM = Actor(name="certvault", kind="system")
+_recording_row_refusals: ContextVar[bool] = ContextVar("certvault_row_refusals", default=False)
+log = logging.getLogger("certvault.audit")
 
 
 class AuditChainBroken(CertvaultError):
@@ -80,10 +85,7 @@ def _event_bytes(e: AuditEvent) -> bytes:
 
 
 def create_audit_key(session: Session, ports: Ports) -> None:
-    if session.scalar(select(ServiceKey.id).where(ServiceKey.purpose == AUDIT_KEY_PURPOSE)) is None:
-        keyring.create_service_key(
-            session, ports, purpose=AUDIT_KEY_PURPOSE, material=os.urandom(32)
-        )
+    keyring.ensure_service_secret(session, ports, AUDIT_KEY_PURPOSE)
 
 
 def audit_key(session: Session, ports: Ports) -> bytes:
@@ -357,3 +359,43 @@ def refusals_audited(
             details=details,
         )
         raise
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _record_refused_rows(session: Session, transaction: SessionTransaction) -> None:
+    """Audit the sealed rows a unit of work refused (seals.TamperedRow) once it is over, each in
+    a transaction of its own: on its account's chain, or on the installation's when the account's
+    own row is the one that does not verify. Never the row's contents: its table and uuid."""
+    if transaction.parent is not None:
+        return
+    refused = seals.refused_rows(session)
+    if not refused or _recording_row_refusals.get():
+        return
+    ports = seals.ports_of(session)
+    recording = _recording_row_refusals.set(True)
+    try:
+        for row in refused:
+            details: dict[str, Any] = {"table": row.table, "uuid": row.uuid, "problem": row.reason}
+            try:
+                _record_refused_row(ports, row.account_id, row, details)
+            except seals.TamperedRow:
+                _record_refused_row(ports, None, row, {**details, "account_id": row.account_id})
+    except Exception as exc:  # noqa: BLE001 - the refusal itself stands; the caller gets it
+        log.error("could not audit a refused row: %s", type(exc).__name__)
+    finally:
+        _recording_row_refusals.reset(recording)
+
+
+def _record_refused_row(
+    ports: Ports, account_id: int | None, row: seals.RefusedRow, details: dict[str, Any]
+) -> None:
+    record_refusal(
+        ports,
+        account_id=account_id,
+        actor=_SYSTEM,
+        action=ROW_REFUSED,
+        reason_code=seals.TamperedRow.code,
+        target_type=row.table,
+        target_id=row.uuid,
+        details=details,
+    )

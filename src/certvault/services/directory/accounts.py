@@ -16,7 +16,7 @@ from certvault.db.models import Account, Installation, Organization, TrustedIssu
 from certvault.errors import Conflict, InvalidInput
 from certvault.masterkey.file import FileMasterKeyProvider, MasterKeyMissing
 from certvault.services.audit import log as audit
-from certvault.services.kernel import keyring
+from certvault.services.kernel import keyring, seals
 from certvault.services.kernel.actors import Actor, Privilege, Scope
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.tenancy import get_account
@@ -30,6 +30,7 @@ class InitResult:
     created_database: bool
     created_master_key: bool
     shares_exported: bool
+    sealed_rows: int = 0  # rows of an older version sealed by this run
 
 
 def initialize(ports: Ports, actor: Actor) -> InitResult:
@@ -62,10 +63,13 @@ def initialize(ports: Ports, actor: Actor) -> InitResult:
             audit.create_audit_key(session, ports)
             audit.ensure_chain(session, audit.INSTALLATION_CHAIN)
             audit.record(session, ports, account=None, actor=actor, action="installation.init")
+        # Also for an installation made before seals (seals.seal_existing, below).
+        keyring.ensure_service_secret(session, ports, seals.SEAL_KEY_PURPOSE)
         return row.shares_exported_at is not None
 
     shares = ports.db.run(work)
-    return InitResult(created_db, created_key, shares)
+    sealed = seals.seal_existing(ports)
+    return InitResult(created_db, created_key, shares, sealed)
 
 
 def _master_key_present(ports: Ports) -> bool:

@@ -180,6 +180,12 @@ def service_public_keys(session: Session) -> set[bytes]:
     return found
 
 
+def ensure_service_secret(session: Session, ports: Ports, purpose: str) -> None:
+    """Make the 256-bit secret kept for ``purpose`` (a MAC key) unless one is kept already."""
+    if not _secret_rows(session, purpose):
+        create_service_key(session, ports, purpose=purpose, material=envelope.new_key())
+
+
 def service_secrets(ports: Ports, purpose: str) -> list[bytes]:
     """The 256-bit secrets kept for ``purpose`` (MAC keys), oldest first; one is made if none is.
 
@@ -189,12 +195,7 @@ def service_secrets(ports: Ports, purpose: str) -> list[bytes]:
     with ports.db.read() as session:
         rows = _secret_rows(session, purpose)
     if not rows:
-
-        def create(session: Session) -> None:
-            if not _secret_rows(session, purpose):
-                create_service_key(session, ports, purpose=purpose, material=envelope.new_key())
-
-        ports.db.run(create)
+        ports.db.run(lambda session: ensure_service_secret(session, ports, purpose))
         with ports.db.read() as session:
             rows = _secret_rows(session, purpose)
     secrets = []

@@ -16,6 +16,9 @@ from certvault.masterkey import MasterKeyProvider
 from certvault.masterkey.file import FileMasterKeyProvider
 from certvault.services.kernel.witness import AuditHeadStore
 
+# Where a session finds the ports it was opened with (row seals need the master key and witness).
+PORTS_INFO = "certvault_ports"
+
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
@@ -32,6 +35,11 @@ class Ports:
     cache: dict[str, bytes] = field(default_factory=dict, repr=False)
     # Service keys certvault signs with, validated once (CA keys); never released.
     signing_keys: dict[str, PrivateKey] = field(default_factory=dict, repr=False)
+    # Account ids to uuids, for row seals (an account's uuid never changes).
+    account_uuids: dict[int, str] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.db.session_info[PORTS_INFO] = self
 
     def close(self) -> None:
         self.db.dispose()

@@ -95,3 +95,47 @@ class AuditHeadStore:
             return []
         heads = (self.read(p.stem) for p in sorted(self.directory.glob("*.head")))
         return [h for h in heads if h is not None]
+
+    # --- grant generations ----------------------------------------------------------------------
+    # Beside each account's chain head: the account's grant generation. A row that grants access
+    # is sealed with the generation it was written at; a row older than this is a replay.
+
+    def _generation_path(self, account_uuid: str) -> Path:
+        if not _CHAIN.match(account_uuid):
+            raise ValueError("bad account id")
+        return self.directory / f"{account_uuid}.generation"
+
+    def generation(self, account_uuid: str) -> int:
+        """The account's grant generation; 0 when none was written."""
+        try:
+            raw = json.loads(self._generation_path(account_uuid).read_text())
+        except FileNotFoundError:
+            return 0
+        return int(raw["generation"])
+
+    def advance_generation(self, account_uuid: str, generation: int) -> None:
+        """Record the account's grant generation; it only ever moves forward."""
+        path = self._generation_path(account_uuid)
+        self.ensure_directory()
+        lock_fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            if self.generation(account_uuid) < generation:
+                data = {"account": account_uuid, "generation": generation}
+                _replace_durably(path, json.dumps(data))
+        finally:
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+            os.close(lock_fd)
+
+
+def _replace_durably(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a synced temporary file and an atomic rename: a crash
+    leaves the old content or the new, never a torn file (advance writes heads the same way)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)

@@ -45,8 +45,8 @@ class PublishedCrl:
 def regenerate_crl(session: Session, ports: Ports, ca: CertificateAuthority) -> bytes:
     """Sign and store the CA's next CRL, listing its revoked certificates, in the caller's
     transaction."""
-    revoked = session.execute(
-        select(Certificate.serial, Certificate.revoked_at, Certificate.revocation_reason)
+    revoked = session.scalars(
+        select(Certificate)
         .where(
             Certificate.account_id == ca.account_id,
             Certificate.ca_id == ca.id,
@@ -59,8 +59,10 @@ def regenerate_crl(session: Session, ports: Ports, ca: CertificateAuthority) -> 
         signing_key(session, ports, ca),
         ca_certificate(ca),
         [
-            calib.RevokedEntry(int(serial, 16), revoked_at or now, reason or "unspecified")
-            for serial, revoked_at, reason in revoked
+            calib.RevokedEntry(
+                int(c.serial, 16), c.revoked_at or now, c.revocation_reason or "unspecified"
+            )
+            for c in revoked
         ],
         crl_number=ca.crl_number + 1,
         this_update=now,

@@ -178,9 +178,9 @@ class _ArchiveCache:
             cache = cls(
                 account.id,
                 [
-                    x509.load_der_x509_certificate(der)
-                    for der in session.scalars(
-                        select(TrustedIssuer.der).where(TrustedIssuer.account_id == account.id)
+                    x509.load_der_x509_certificate(issuer.der)
+                    for issuer in session.scalars(
+                        select(TrustedIssuer).where(TrustedIssuer.account_id == account.id)
                     )
                 ],
                 default_organization(session, account),

@@ -190,21 +190,21 @@ def _plan(
     items = []
     for certificate_id in certificate_ids:
         row = session.execute(
-            select(Certificate, EscrowedKey, Person.email)
+            select(Certificate, EscrowedKey, Person)
             .outerjoin(EscrowedKey, EscrowedKey.id == Certificate.escrowed_key_id)
             .outerjoin(Person, Person.id == Certificate.person_id)
             .where(Certificate.id == certificate_id, Certificate.account_id == account.id)
         ).first()
         if row is None:
             raise NotFound("Certificate not found.")
-        cert, key_row, owner_email = row
+        cert, key_row, owner = row
         # Out of the actor's organizations answers exactly like a missing certificate.
         actor.require_visible(account.id, cert.organization_id, "Certificate")
         actor.require(Privilege.KEY_VAULT_DOWNLOAD, account.id, cert.organization_id)
         if key_row is None or key_row.destroyed_at is not None:
             raise NoEscrowedKey()
         chain = x509.load_pem_x509_certificates(cert.chain_pem.encode()) if cert.chain_pem else []
-        recipients = cert.emails.split() or ([owner_email] if owner_email else [])
+        recipients = cert.emails.split() or ([owner.email] if owner is not None else [])
         items.append(_Item(cert, key_row, chain, recipients))
     if not account.key_vault_enabled:
         raise KeyVaultDisabled()
