@@ -17,6 +17,10 @@ class Settings(BaseSettings):
     master_key_provider: str = "file"
     master_key_dir: Path | None = None
     audit_head_dir: Path | None = None
+    # The audit witness for several nodes: a Redis the database's credentials cannot write.
+    audit_witness_url: str | None = None
+    # Keys under this prefix: installations sharing one Redis each need their own.
+    audit_witness_prefix: str = Field(default="certvault:witness:", min_length=1, max_length=100)
     public_url: str = "http://127.0.0.1:8080"
     port: int = 8080
 

@@ -14,7 +14,7 @@ from certvault.db.engine import Database
 from certvault.errors import ConfigurationError
 from certvault.masterkey import MasterKeyProvider
 from certvault.masterkey.file import FileMasterKeyProvider
-from certvault.services.kernel.witness import AuditHeadStore
+from certvault.services.kernel.witness import AuditHeadStore, Witness
 
 # Where a session finds the ports it was opened with (row seals need the master key and witness).
 PORTS_INFO = "certvault_ports"
@@ -29,7 +29,7 @@ class Ports:
     settings: Settings
     db: Database
     master_key: MasterKeyProvider
-    audit_heads: AuditHeadStore
+    audit_heads: Witness
     clock: Callable[[], datetime] = _utcnow
     # The audit MAC key is unwrapped once per process; it never leaves memory.
     cache: dict[str, bytes] = field(default_factory=dict, repr=False)
@@ -62,6 +62,15 @@ def master_key_provider(settings: Settings) -> MasterKeyProvider:
     return FileMasterKeyProvider(key_dir)
 
 
+def witness_store(settings: Settings) -> Witness:
+    """The file store under the home for one machine; Redis for several nodes (DESIGN.md §8)."""
+    if settings.audit_witness_url:
+        from certvault.services.kernel.witness_redis import RedisWitness
+
+        return RedisWitness(settings.audit_witness_url, settings.audit_witness_prefix)
+    return AuditHeadStore(settings.effective_audit_head_dir)
+
+
 def open_ports(settings: Settings) -> Ports:
     # The home holds the database, the master key and the audit heads: private before anything.
     settings.home_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -69,7 +78,7 @@ def open_ports(settings: Settings) -> Ports:
         settings=settings,
         db=Database(settings.effective_database_url),
         master_key=master_key_provider(settings),
-        audit_heads=AuditHeadStore(settings.effective_audit_head_dir),
+        audit_heads=witness_store(settings),
     )
 
 

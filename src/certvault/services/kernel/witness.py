@@ -16,7 +16,8 @@ import fcntl
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -32,13 +33,20 @@ class ChainHead:
 
 
 class Witness(Protocol):
-    """Where chain heads are witnessed outside the database: read one, move some forward."""
+    """Where chain heads and grant generations are witnessed outside the database: each is read,
+    and only ever moved forward."""
+
+    def ensure_directory(self) -> None: ...
 
     def read(self, chain: str) -> ChainHead | None: ...
 
     def advance(self, heads: Sequence[ChainHead]) -> None: ...
 
     def all(self) -> list[ChainHead]: ...
+
+    def generation(self, account_uuid: str) -> int: ...
+
+    def advance_generation(self, account_uuid: str, generation: int) -> None: ...
 
 
 class AuditHeadStore:
@@ -61,24 +69,21 @@ class AuditHeadStore:
                 newest[head.chain] = head
         if not newest:
             return
+        with self._locked():
+            for head in newest.values():
+                current = self.read(head.chain)
+                if current is None or current.seq < head.seq:
+                    data = {"chain": head.chain, "seq": head.seq, "mac": head.mac}
+                    _replace_durably(self._path(head.chain), json.dumps(data))
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One writer at a time across processes: the forward-only check and the write."""
         self.ensure_directory()
         lock_fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            for head in newest.values():
-                current = self.read(head.chain)
-                if current is not None and current.seq >= head.seq:
-                    continue
-                path = self._path(head.chain)
-                tmp = path.with_suffix(".tmp")
-                data = json.dumps({"chain": head.chain, "seq": head.seq, "mac": head.mac})
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                try:
-                    os.write(fd, data.encode())
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, path)
+            yield
         finally:
             fcntl.flock(lock_fd, fcntl.LOCK_UN)
             os.close(lock_fd)
@@ -116,21 +121,15 @@ class AuditHeadStore:
     def advance_generation(self, account_uuid: str, generation: int) -> None:
         """Record the account's grant generation; it only ever moves forward."""
         path = self._generation_path(account_uuid)
-        self.ensure_directory()
-        lock_fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        with self._locked():
             if self.generation(account_uuid) < generation:
                 data = {"account": account_uuid, "generation": generation}
                 _replace_durably(path, json.dumps(data))
-        finally:
-            fcntl.flock(lock_fd, fcntl.LOCK_UN)
-            os.close(lock_fd)
 
 
 def _replace_durably(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a synced temporary file and an atomic rename: a crash
-    leaves the old content or the new, never a torn file (advance writes heads the same way)."""
+    leaves the old content or the new, never a torn file."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
