@@ -3,6 +3,7 @@ lockout, CSRF, audit."""
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 
 import argon2
@@ -19,6 +20,7 @@ from certvault.web.app import create_app
 from tests.conftest import make_settings
 from tests.functional import cli_env
 from tests.functional.console_fixtures import CSRF_RE, SECRET_RE, Clock, code_for
+from tests.functional.helpers import count_argon2
 
 PASSWORD = "console-password-0123"
 LOGIN_LIMIT = 3
@@ -204,6 +206,22 @@ def test_lockout_after_failures_without_argon2(ports, console, clock, monkeypatc
     assert len(calls) == LOGIN_LIMIT - 1  # refused before argon2 ran
     assert SESSION_COOKIE not in console.cookies
     assert reasons(ports)[-1] == '{"method":"console","reason":"rate_limited"}'
+
+
+@pytest.mark.parametrize(
+    ("slug", "login"), [("acme", "alice"), ("acme", "nobody"), ("no-such-account", "alice")]
+)
+def test_sign_in_costs_one_argon2_check_known_login_or_not(
+    ports, console, clock, monkeypatch, slug, login
+):
+    """A wrong password for a known login and any password for an unknown login (or account)
+    cost the same: one argon2 check against a hash made before (the dummy, once per process)."""
+    calls = count_argon2(monkeypatch)
+    for _ in range(2):
+        page = post_login(console, account=slug, login=login, password="wrong-password-123")
+        assert page.status_code == 401
+    assert calls == Counter(verify=2)
+    assert [r.split('"reason":')[1] for r in reasons(ports)] == ['"bad_credentials"}'] * 2
 
 
 def test_idle_timeout(ports, console, clock):

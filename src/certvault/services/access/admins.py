@@ -16,7 +16,7 @@ from certvault.services.audit import log as audit
 from certvault.services.kernel import notify
 from certvault.services.kernel.actors import Actor, Privilege, Role
 from certvault.services.kernel.paging import MAX_ID
-from certvault.services.kernel.passwords import password_hasher
+from certvault.services.kernel.passwords import hash_password
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.tenancy import find_organization, get_account
 
@@ -154,7 +154,7 @@ def create_admin(
         generated = password = secrets.token_urlsafe(18)
     elif len(password) < MIN_PASSWORD:
         raise InvalidInput(f"A password needs at least {MIN_PASSWORD} characters.")
-    password_hash = password_hasher(ports).hash(password)
+    password_hash = hash_password(ports, password)
 
     def work(session: Session) -> CreatedAdmin:
         account = get_account(session, account_slug)

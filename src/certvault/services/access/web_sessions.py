@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session
 from certvault.db.models import Account, Admin, WebSession
 from certvault.errors import CertvaultError
 from certvault.services.access.admins import actor_for
-from certvault.services.access.credentials import verify_password
 from certvault.services.access.tokens import Unauthenticated
 from certvault.services.access.totp import (
     matching_step,
@@ -28,6 +27,7 @@ from certvault.services.access.totp import (
 )
 from certvault.services.audit import log as audit
 from certvault.services.kernel.actors import Actor
+from certvault.services.kernel.passwords import verify_password
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.ratelimit import Limit, RateLimiter, enforce
 
