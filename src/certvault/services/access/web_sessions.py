@@ -117,7 +117,9 @@ def _new_session(
             pending_totp=pending,
             created_at=now,
             last_seen_at=now,
-            reauthenticated_at=now if stage == STAGE_SIGNED_IN else None,
+            # A sign-in is not a re-authentication: a download (or a grant of a privilege that
+            # releases keys) right after it asks for the password and a fresh code again.
+            reauthenticated_at=None,
         )
     )
     return token

@@ -29,7 +29,7 @@ from certvault.services.vault.archive import KeyVaultDisabled
 from certvault.services.vault.release import MAX_REASON, RELEASE, NoEscrowedKey, ReasonRequired
 from certvault.web.admin.console import Console, open_console, post_console
 from certvault.web.api.keys import person_keys_zip
-from certvault.web.deps import Caller, get_limiter
+from certvault.web.deps import Caller
 from certvault.web.limits import download_counter
 from certvault.web.pages import error_headers, form_field
 from certvault.web.security import CONSOLE_CONTENT_SECURITY_POLICY, apply_page_headers
@@ -331,21 +331,12 @@ async def _download(
         encryption=_kept(form, "encryption", 32),
         choice=_kept(form, "passphrase_choice", 16) or GENERATED,
     )
-    if not await console.call(web_sessions.reauthenticated_recently, ports, sid):
-        try:
-            await console.call(
-                web_sessions.reauthenticate,
-                ports,
-                get_limiter(request),
-                sid,
-                form_field(form, "password"),
-                form_field(form, "code").strip(),
-                console.actor.ip,
-            )
-        except CertvaultError as exc:
-            # The form stays good: nothing was released, the same passphrase still applies.
-            view = replace(view, ask_reauthentication=True)
-            return _render(console, target, view, exc.status, exc)
+    try:
+        await console.reauthenticate(form)
+    except CertvaultError as exc:
+        # The form stays good: nothing was released, the same passphrase still applies.
+        view = replace(view, ask_reauthentication=True)
+        return _render(console, target, view, exc.status, exc)
     try:
         choices = await console.call(_checked_choices, console, target, form, account)
     except CertvaultError as exc:
