@@ -391,6 +391,23 @@ def test_reauthentication_is_rate_limited_like_sign_in(console):
     assert code_of(refusals(console, "admin.reauthenticate")[-1]) == "rate_limited"
 
 
+def test_console_downloads_are_rate_limited_once_authorized(console):
+    """The limits count a download the console could make, and only that: a clerk's forged
+    posts (no privilege) use up nothing of the address's quota."""
+    console.ports.settings.downloads_per_hour_ip = 1
+    clerk = console.sign_in("clerk")
+    for _ in range(3):
+        forged = clerk.post(cert_path(console.world.alice.cert_ids[1]), {"form_token": "f" * 43})
+        assert forged.status_code == 403
+    boss = console.sign_in("boss")
+    first = Form(boss, cert_path(console.world.alice.cert_ids[1]))
+    assert first.post(**confirmed(boss)).status_code == 200
+    second = Form(boss, cert_path(console.world.alice.cert_ids[0])).post()
+    assert second.status_code == 429 and int(second.headers["retry-after"]) >= 1
+    assert len(releases(console)) == 1
+    assert [code_of(e) for e in refusals(console)][-1] == "rate_limited"
+
+
 # --- reason ---------------------------------------------------------------------------------
 
 
