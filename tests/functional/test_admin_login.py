@@ -17,6 +17,7 @@ from certvault.services.access.web_sessions import SESSION_COOKIE
 from certvault.services.directory import accounts
 from certvault.services.kernel.ratelimit import DatabaseRateLimiter
 from certvault.web.app import create_app
+from certvault.web.security import CSRF_COOKIE
 from tests.conftest import make_settings
 from tests.functional import cli_env
 from tests.functional.console_fixtures import CSRF_RE, SECRET_RE, Clock, code_for
@@ -123,11 +124,14 @@ def test_login_page_headers_and_cookie_attributes(ports, console, clock):
     assert page.headers["cache-control"] == "no-store"
     answer = post_login(console, follow_redirects=False)
     assert answer.status_code == 303
-    cookie = next(c for c in answer.headers.get_list("set-cookie") if SESSION_COOKIE in c)
-    lowered = cookie.lower()
-    for attribute in ("secure", "httponly", "samesite=strict", "path=/"):
-        assert attribute in lowered
-    assert "domain=" not in lowered
+    csrf_cookie = next(c for c in page.headers.get_list("set-cookie") if CSRF_COOKIE in c)
+    session = next(c for c in answer.headers.get_list("set-cookie") if SESSION_COOKIE in c)
+    for cookie, name in ((csrf_cookie, CSRF_COOKIE), (session, SESSION_COOKIE)):
+        assert name.startswith("__Host-") and cookie.startswith(name + "=")
+        lowered = cookie.lower()
+        for attribute in ("secure", "httponly", "samesite=strict", "path=/"):
+            assert attribute in lowered
+        assert "domain=" not in lowered
 
 
 def test_unenrolled_session_reaches_only_the_enrollment_page(ports, console, clock):
@@ -287,6 +291,34 @@ def test_missing_or_forged_csrf_is_refused_first(ports, console, clock, monkeypa
     assert calls == [] and len(reasons(ports)) == audited
     assert console.get("/admin/").url.path == "/admin/"  # the session was not touched
     assert console.cookies[SESSION_COOKIE] == session_before
+
+
+def test_csrf_token_is_bound_to_the_session(ports, operator, console, clock):
+    """A token fetched with one session, or from the sign-in page with its own cookie, is refused
+    with another session's cookie: a planted CSRF cookie no longer carries a forged form."""
+    admins.create_admin(ports, operator, "acme", "bob", password=PASSWORD)
+    enroll(console, clock)
+    bob = TestClient(console.app, base_url="https://testserver")
+    enroll(bob, clock, "bob")
+    alices_token = csrf(console, "/admin/")
+    stranger = TestClient(console.app, base_url="https://testserver")
+    strangers_token = csrf(stranger)  # and its cookie, from the sign-in page
+    # Bob's browser, with a CSRF cookie planted from the stranger's sign-in page.
+    victim = TestClient(console.app, base_url="https://testserver")
+    victim.cookies.set(SESSION_COOKIE, bob.cookies[SESSION_COOKIE])
+    victim.cookies.set(CSRF_COOKIE, stranger.cookies[CSRF_COOKIE])
+    assert "Welcome, bob" in victim.get("/admin/").text  # the cookies are sent
+    for client, token in ((bob, alices_token), (victim, strangers_token), (victim, alices_token)):
+        answer = client.post("/admin/logout", data={"csrf_token": token})
+        assert answer.status_code == 403 and "did not come from this site" in answer.text
+    assert bob.get("/admin/").url.path == "/admin/"  # still signed in
+    assert events(ports, "admin.sign_out") == []
+    # Bob's own page's token goes through; after signing out the sign-in page's token is bound
+    # to the CSRF cookie again.
+    assert bob.post("/admin/logout", data={"csrf_token": csrf(bob, "/admin/")}).status_code == 200
+    assert [e.outcome for e in events(ports, "admin.sign_out")] == ["success"]
+    assert csrf(bob) != alices_token
+    assert post_login(bob, login="bob", code="000000").status_code == 401  # checked, not forged
 
 
 def test_session_of_another_account_stays_in_it(ports, operator, console, clock):
