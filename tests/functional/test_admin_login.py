@@ -15,6 +15,7 @@ from certvault.db.models import Admin, AuditEvent, WebSession
 from certvault.services.access import admins, web_sessions
 from certvault.services.access.web_sessions import SESSION_COOKIE
 from certvault.services.directory import accounts
+from certvault.services.kernel.passwords import PasswordChecksBusy, PasswordHashing
 from certvault.services.kernel.ratelimit import DatabaseRateLimiter
 from certvault.web.app import create_app
 from certvault.web.security import CSRF_COOKIE
@@ -226,6 +227,24 @@ def test_sign_in_costs_one_argon2_check_known_login_or_not(
         assert page.status_code == 401
     assert calls == Counter(verify=2)
     assert [r.split('"reason":')[1] for r in reasons(ports)] == ['"bad_credentials"}'] * 2
+
+
+def test_sign_in_refused_at_once_while_the_password_checks_are_busy(ports, console, monkeypatch):
+    """Past the process's few argon2 slots a sign-in is refused at once, with Retry-After, and
+    audited like any refused sign-in."""
+    tried: list[int] = []
+
+    def busy(self, secret_hash, secret):  # every slot taken by others
+        tried.append(1)
+        raise PasswordChecksBusy()
+
+    monkeypatch.setattr(PasswordHashing, "verify", busy)
+    page = post_login(console, password="any-password-1234")
+    assert tried == [1]
+    assert page.status_code == 429 and int(page.headers["retry-after"]) >= 1
+    assert PasswordChecksBusy.__doc__ in page.text
+    assert reasons(ports) == ['{"method":"console","reason":"busy"}']
+    assert SESSION_COOKIE not in console.cookies
 
 
 def test_idle_timeout(ports, console, clock):

@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 
 from certvault.db.models import Account, FormNonce, WebSession
 from certvault.services.directory import persons
+from certvault.services.kernel.passwords import PasswordChecksBusy, PasswordHashing
 from tests.functional.cli_env import openssl
 from tests.functional.console_fixtures import (  # noqa: F401
     PASSWORD,
@@ -376,6 +377,22 @@ def test_reauthentication_costs_one_argon2_check(console, monkeypatch):
     assert form.post(password="wrong-password-123", code=boss.next_code()).status_code == 401
     assert form.post(**confirmed(boss)).status_code == 200
     assert calls == Counter(verify=2)
+
+
+def test_reauthentication_refused_at_once_while_the_password_checks_are_busy(console, monkeypatch):
+    def busy(self, secret_hash, secret):  # every argon2 slot of the process taken by others
+        raise PasswordChecksBusy()
+
+    boss = console.sign_in("boss")
+    form = Form(boss, cert_path(console.world.alice.cert_ids[1]))
+    monkeypatch.setattr(PasswordHashing, "verify", busy)
+    answer = form.post(**confirmed(boss))
+    assert answer.status_code == 429 and int(answer.headers["retry-after"]) >= 1
+    assert 'name="password"' in answer.text
+    assert_nothing_released(console)
+    assert code_of(refusals(console, "admin.reauthenticate")[-1]) == "busy"
+    monkeypatch.undo()
+    assert form.post(**confirmed(boss)).status_code == 200  # the form stayed good
 
 
 def test_reauthentication_is_rate_limited_like_sign_in(console):

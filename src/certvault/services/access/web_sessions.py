@@ -27,7 +27,7 @@ from certvault.services.access.totp import (
 )
 from certvault.services.audit import log as audit
 from certvault.services.kernel.actors import Actor
-from certvault.services.kernel.passwords import verify_password
+from certvault.services.kernel.passwords import PasswordChecksBusy, verify_password
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.ratelimit import Limit, RateLimiter, enforce
 
@@ -162,6 +162,9 @@ def sign_in(
     except _Refused as refused:
         _refuse(ports, login, ip, refused.reason, refused.account_id)
         raise SignInFailed() from None
+    except PasswordChecksBusy as exc:
+        _refuse(ports, login, ip, exc.code, None)
+        raise
 
 
 def _sign_in(
@@ -465,7 +468,12 @@ def reauthenticate(
     except CertvaultError as exc:
         refuse(exc.code)
         raise
-    if not verify_password(ports, admin.password_hash, password):
+    try:
+        matches = verify_password(ports, admin.password_hash, password)
+    except PasswordChecksBusy as exc:
+        refuse(exc.code)
+        raise
+    if not matches:
         refuse("bad_credentials")
         raise ReauthenticationFailed()
     secret = open_secret(ports, admin.id, admin.totp_secret) if admin.totp_secret else None
