@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     # argon2 parameters for administrator passwords (RFC 9106 low-memory profile by default).
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
+    # argon2 runs at once per process, and how many more may wait briefly for a turn: each run
+    # holds argon2_memory_kib, so a burst of guesses is refused (429 busy) instead of queued.
+    password_checks_at_once: int = Field(default=2, ge=1, le=64)
+    password_checks_waiting: int = Field(default=4, ge=0, le=256)
 
     def public_url_for(self, path: str) -> str:
         """The absolute URL of ``path`` (starting with "/") under CERTVAULT_PUBLIC_URL: what every

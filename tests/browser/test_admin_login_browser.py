@@ -87,8 +87,11 @@ def test_sign_in_with_totp_and_sign_out(page: Page, server: str, backend: str) -
     expect(page.get_by_role("heading", level=1)).to_have_text("Welcome, alice")
     expect(page.locator("#who")).to_contain_text("Acme Corp")
     cookies = {c["name"]: c for c in page.context.cookies()}
-    session = cookies["__Host-certvault_session"]
-    assert session["secure"] and session["httpOnly"] and session["sameSite"] == "Strict"
+    # Chromium keeps the __Host- cookies (Secure, Path=/, no Domain) on http://127.0.0.1 too.
+    for name in ("__Host-certvault_session", "__Host-certvault_csrf"):
+        cookie = cookies[name]
+        assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert cookie["path"] == "/" and cookie["domain"] == "127.0.0.1"
     _shot(page, f"{shots}-3-landing")
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Sign in")

@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from certvault.db.models import Admin, EnrollmentForm, MailMessage
 from tests.browser.console_server import console_server_fixture  # noqa: F401
+from tests.functional.console_fixtures import PASSWORD
 
 
 def _read(console_server, query):
@@ -53,6 +54,14 @@ def test_admins_page_creates_an_admin_with_key_download(page: Page, console_serv
     form.get_by_label("Account administrator", exact=False).check()
     form.get_by_label("Allow download keys from Key Vault").check()
     form.get_by_label("Manage persons").check()
+    form.get_by_role("button", name="Add administrator").click()
+    # A privilege that releases keys: the password and a fresh code first, as for a download.
+    expect(page.locator("#error")).to_contain_text("Confirm your password")
+    console_server.shot(page, "admin-create-reauthenticate")
+    form = page.locator("#create-admin")
+    expect(form.get_by_label("Allow download keys from Key Vault")).to_be_checked()
+    form.get_by_label("Your password").fill(PASSWORD)
+    form.get_by_label("Your authenticator code").fill(console_server.next_code("boss"))
     form.get_by_role("button", name="Add administrator").click()
 
     expect(page.locator("#created")).to_contain_text("The administrator vaulter was created.")

@@ -199,7 +199,8 @@ def build_world(ports: Ports, operator: Actor) -> ApiWorld:
     keyless = _keyless_certificate(ports, alice, ca)
     return ApiWorld(
         ports=ports,
-        client=TestClient(create_app(ports)),
+        # Over https, as a deployment serves it: the pages' CSRF cookie is Secure.
+        client=TestClient(create_app(ports), base_url="https://testserver"),
         tokens={name: t.token for name, t in made.items()},
         token_ids={name: t.token_id for name, t in made.items()},
         orgs=orgs,

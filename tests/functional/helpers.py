@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from typing import Any
+
+import argon2
+import pytest
 from sqlalchemy import func, select
 
 from certvault.db.models import AuditEvent, Certificate, EscrowedKey, MailMessage, Person
@@ -29,3 +34,17 @@ def events(ports: Ports, action: str | None = None) -> list[AuditEvent]:
 def mails(ports: Ports) -> list[MailMessage]:
     with ports.db.read() as s:
         return list(s.scalars(select(MailMessage).order_by(MailMessage.id)))
+
+
+def count_argon2(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Count every argon2 ``hash`` and ``verify`` from now on (they still run)."""
+    calls: Counter[str] = Counter()
+    for name in ("hash", "verify"):
+        real = getattr(argon2.PasswordHasher, name)
+
+        def counting(self: Any, *args: Any, _n: str = name, _f: Any = real) -> Any:
+            calls[_n] += 1
+            return _f(self, *args)
+
+        monkeypatch.setattr(argon2.PasswordHasher, name, counting)
+    return calls

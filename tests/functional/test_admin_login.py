@@ -3,6 +3,7 @@ lockout, CSRF, audit."""
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 
 import argon2
@@ -15,11 +16,14 @@ from certvault.db.models import Admin, AuditEvent, WebSession
 from certvault.services.access import admins, web_sessions
 from certvault.services.access.web_sessions import SESSION_COOKIE
 from certvault.services.directory import accounts
+from certvault.services.kernel.passwords import PasswordChecksBusy, PasswordHashing
 from certvault.services.kernel.ratelimit import DatabaseRateLimiter
 from certvault.web.app import create_app
+from certvault.web.security import CSRF_COOKIE
 from tests.conftest import make_settings
 from tests.functional import cli_env
 from tests.functional.console_fixtures import CSRF_RE, SECRET_RE, Clock, code_for
+from tests.functional.helpers import count_argon2
 
 PASSWORD = "console-password-0123"
 LOGIN_LIMIT = 3
@@ -122,11 +126,14 @@ def test_login_page_headers_and_cookie_attributes(ports, console, clock):
     assert page.headers["cache-control"] == "no-store"
     answer = post_login(console, follow_redirects=False)
     assert answer.status_code == 303
-    cookie = next(c for c in answer.headers.get_list("set-cookie") if SESSION_COOKIE in c)
-    lowered = cookie.lower()
-    for attribute in ("secure", "httponly", "samesite=strict", "path=/"):
-        assert attribute in lowered
-    assert "domain=" not in lowered
+    csrf_cookie = next(c for c in page.headers.get_list("set-cookie") if CSRF_COOKIE in c)
+    session = next(c for c in answer.headers.get_list("set-cookie") if SESSION_COOKIE in c)
+    for cookie, name in ((csrf_cookie, CSRF_COOKIE), (session, SESSION_COOKIE)):
+        assert name.startswith("__Host-") and cookie.startswith(name + "=")
+        lowered = cookie.lower()
+        for attribute in ("secure", "httponly", "samesite=strict", "path=/"):
+            assert attribute in lowered
+        assert "domain=" not in lowered
 
 
 def test_unenrolled_session_reaches_only_the_enrollment_page(ports, console, clock):
@@ -207,6 +214,40 @@ def test_lockout_after_failures_without_argon2(ports, console, clock, monkeypatc
     assert reasons(ports)[-1] == '{"method":"console","reason":"rate_limited"}'
 
 
+@pytest.mark.parametrize(
+    ("slug", "login"), [("acme", "alice"), ("acme", "nobody"), ("no-such-account", "alice")]
+)
+def test_sign_in_costs_one_argon2_check_known_login_or_not(
+    ports, console, clock, monkeypatch, slug, login
+):
+    """A wrong password for a known login and any password for an unknown login (or account)
+    cost the same: one argon2 check against a hash made before (the dummy, once per process)."""
+    calls = count_argon2(monkeypatch)
+    for _ in range(2):
+        page = post_login(console, account=slug, login=login, password="wrong-password-123")
+        assert page.status_code == 401
+    assert calls == Counter(verify=2)
+    assert [r.split('"reason":')[1] for r in reasons(ports)] == ['"bad_credentials"}'] * 2
+
+
+def test_sign_in_refused_at_once_while_the_password_checks_are_busy(ports, console, monkeypatch):
+    """Past the process's few argon2 slots a sign-in is refused at once, with Retry-After, and
+    audited like any refused sign-in."""
+    tried: list[int] = []
+
+    def busy(self, secret_hash, secret):  # every slot taken by others
+        tried.append(1)
+        raise PasswordChecksBusy()
+
+    monkeypatch.setattr(PasswordHashing, "verify", busy)
+    page = post_login(console, password="any-password-1234")
+    assert tried == [1]
+    assert page.status_code == 429 and int(page.headers["retry-after"]) >= 1
+    assert PasswordChecksBusy.__doc__ in page.text
+    assert reasons(ports) == ['{"method":"console","reason":"busy"}']
+    assert SESSION_COOKIE not in console.cookies
+
+
 def test_idle_timeout(ports, console, clock):
     enroll(console, clock)
     clock.advance(minutes=29)
@@ -270,6 +311,34 @@ def test_missing_or_forged_csrf_is_refused_first(ports, console, clock, monkeypa
     assert calls == [] and len(reasons(ports)) == audited
     assert console.get("/admin/").url.path == "/admin/"  # the session was not touched
     assert console.cookies[SESSION_COOKIE] == session_before
+
+
+def test_csrf_token_is_bound_to_the_session(ports, operator, console, clock):
+    """A token fetched with one session, or from the sign-in page with its own cookie, is refused
+    with another session's cookie: a planted CSRF cookie no longer carries a forged form."""
+    admins.create_admin(ports, operator, "acme", "bob", password=PASSWORD)
+    enroll(console, clock)
+    bob = TestClient(console.app, base_url="https://testserver")
+    enroll(bob, clock, "bob")
+    alices_token = csrf(console, "/admin/")
+    stranger = TestClient(console.app, base_url="https://testserver")
+    strangers_token = csrf(stranger)  # and its cookie, from the sign-in page
+    # Bob's browser, with a CSRF cookie planted from the stranger's sign-in page.
+    victim = TestClient(console.app, base_url="https://testserver")
+    victim.cookies.set(SESSION_COOKIE, bob.cookies[SESSION_COOKIE])
+    victim.cookies.set(CSRF_COOKIE, stranger.cookies[CSRF_COOKIE])
+    assert "Welcome, bob" in victim.get("/admin/").text  # the cookies are sent
+    for client, token in ((bob, alices_token), (victim, strangers_token), (victim, alices_token)):
+        answer = client.post("/admin/logout", data={"csrf_token": token})
+        assert answer.status_code == 403 and "did not come from this site" in answer.text
+    assert bob.get("/admin/").url.path == "/admin/"  # still signed in
+    assert events(ports, "admin.sign_out") == []
+    # Bob's own page's token goes through; after signing out the sign-in page's token is bound
+    # to the CSRF cookie again.
+    assert bob.post("/admin/logout", data={"csrf_token": csrf(bob, "/admin/")}).status_code == 200
+    assert [e.outcome for e in events(ports, "admin.sign_out")] == ["success"]
+    assert csrf(bob) != alices_token
+    assert post_login(bob, login="bob", code="000000").status_code == 401  # checked, not forged
 
 
 def test_session_of_another_account_stays_in_it(ports, operator, console, clock):

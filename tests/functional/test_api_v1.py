@@ -730,13 +730,32 @@ def test_downloads_are_rate_limited(api, limit):
     r = api.post("keys", person_zip, json={"passphrase": PASSPHRASE})
     assert r.status_code == 429
     assert len(_released(api.ports)) == 3  # nothing released past the limit
+    # Refused by the release itself, like any refusal it makes: targets are the certificates.
     assert [d["target"] for d in _refusals(api.ports, "rate_limited")] == [
         str(new),
-        str(api.alice.person_id),
+        ",".join(str(i) for i in api.alice.cert_ids),
     ]
     # Another administrator from the same address is held only by the address limit.
     other = _download(api, "sales", api.sam.cert_ids[0])
     assert other.status_code == (429 if limit == "ip" else 200)
+
+
+def test_refused_downloads_use_up_no_quota(api):
+    """Calls that could not release a key count against no limit: a read-only token of the
+    administrator, an administrator without the privilege, a certificate out of sight. The
+    administrator's keys:download token still downloads afterwards, up to its limit."""
+    for limit in ("admin", "token", "ip"):
+        setattr(api.ports.settings, f"downloads_per_hour_{limit}", 3)
+    new = api.alice.cert_ids[1]
+    person_zip = f"{V1}/persons/{api.alice.person_id}/keys/download"
+    for _ in range(20):
+        assert _download(api, "keys_read", new).status_code == 403
+        assert api.post("keys_read", person_zip, json={"passphrase": PASSPHRASE}).status_code == 403
+        assert _download(api, "reader", new).status_code == 403
+        assert _download(api, "keys", api.olga.cert_ids[0]).status_code == 404
+        assert _download(api, "keys", new, passphrase="short").status_code == 422
+    assert [_download(api, "keys", new).status_code for _ in range(4)] == [200, 200, 200, 429]
+    assert len(_released(api.ports)) == 3
 
 
 # --- audit log ----------------------------------------------------------------------------------

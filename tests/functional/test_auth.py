@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 
 import pytest
 from sqlalchemy import select
@@ -13,6 +14,7 @@ from certvault.services.access import admins, tokens
 from certvault.services.access.credentials import CredentialCache, authenticate_password
 from certvault.services.access.tokens import Unauthenticated
 from certvault.services.kernel.actors import Scope
+from certvault.services.kernel.passwords import password_hashing
 from certvault.services.kernel.ratelimit import (
     DatabaseRateLimiter,
     Limit,
@@ -20,6 +22,7 @@ from certvault.services.kernel.ratelimit import (
     RedisRateLimiter,
     enforce,
 )
+from tests.functional.helpers import count_argon2
 
 PASSWORD = "api-password-0123456789"
 
@@ -102,6 +105,32 @@ def test_header_credentials_only_for_api_only_admins(ports, operator, api_admin)
         refusals = s.scalars(select(AuditEvent).where(AuditEvent.action == "auth.login")).all()
     assert len(refusals) == 4
     assert all(PASSWORD not in e.details and "wrong-password" not in e.details for e in refusals)
+
+
+@pytest.mark.parametrize(
+    ("account_slug", "login"),
+    [("acme", "robot"), ("acme", "ghost"), ("no-such-account", "robot")],
+)
+def test_header_login_costs_one_argon2_check_known_or_not(
+    ports, operator, api_admin, monkeypatch, account_slug, login
+):
+    """A known login with a wrong password and an unknown one (or account) cost the same: one
+    argon2 check each, never a hash made on the way."""
+    limiter, cache = DatabaseRateLimiter(ports.db), CredentialCache()
+    password_hashing(ports.settings).dummy_hash()  # made when the application starts
+    calls = count_argon2(monkeypatch)
+    for _ in range(2):
+        with pytest.raises(Unauthenticated):
+            authenticate_password(
+                ports,
+                limiter,
+                cache,
+                account_slug=account_slug,
+                login=login,
+                password="wrong-password-xx",
+                ip="10.0.0.1",
+            )
+    assert calls == Counter(verify=2)
 
 
 def test_header_login_attempts_are_limited_before_argon2(ports, operator, api_admin, monkeypatch):

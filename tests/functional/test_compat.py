@@ -308,6 +308,24 @@ def test_token_scopes_hold_on_scm_paths(scm: ScmWorld, operator) -> None:  # typ
     assert [d["reason"] for d in refused(scm, RELEASE)] == ["insufficient_scope"]
 
 
+def test_refused_keystore_calls_use_up_no_quota(scm: ScmWorld, operator) -> None:  # type: ignore[no-untyped-def]
+    bearer = scm.auth("bearer")
+    _, cert_id, _ = upload(scm, bearer, "alice@acme.example")
+    reader = {
+        "Authorization": "Bearer "
+        + tokens.create_token(scm.ports, operator, "acme", "robot", scopes=["read"]).token
+    }
+    path = f"/api/smime/v2/keystore/{cert_id}"
+    for _ in range(12):  # downloads_per_hour_* = 5
+        scm_error(scm.client.post(path, json={"passphrase": PASSPHRASE}, headers=reader), 403)
+        scm_error(scm.client.post(path, json={"passphrase": "short"}, headers=bearer), 422)
+    downloads = [
+        scm.client.post(path, json={"passphrase": PASSPHRASE}, headers=bearer).status_code
+        for _ in range(6)
+    ]
+    assert downloads == [200] * 5 + [429]
+
+
 # --- bad input ------------------------------------------------------------------------------
 
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from sqlalchemy import select
 
 from certvault.db.models import Admin, ApiToken, WebSession
 from certvault.services.access import tokens
 from tests.conftest import TEST_OPERATOR
 from tests.functional.console_fixtures import (  # noqa: F401
+    PASSWORD,
     SECRET_RE,
+    ConsoleClient,
     code_for,
     console_fixture,
     csrf_of,
@@ -42,6 +45,18 @@ def _admin(ports, login: str, account_id: int | None = None) -> Admin | None:
 def _create(boss, **fields):
     data = {"role": "account", "password_choice": "generate", **fields}
     return boss.post("/admin/admins", data, csrf_from="/admin/admins")
+
+
+def _confirmed(client: ConsoleClient) -> dict[str, str]:
+    """The administrator's own password and a fresh code, in the forms' re-authentication
+    fields (a grant of a privilege that releases keys asks for them)."""
+    return {"current_password": PASSWORD, "current_code": client.next_code()}
+
+
+def _refusal_reasons(ports, action: str) -> list[str]:
+    return [
+        json.loads(e.details)["reason"] for e in events(ports, action) if e.outcome == "refused"
+    ]
 
 
 def test_created_admin_gets_a_password_shown_once_and_signs_in_with_it(console):
@@ -92,7 +107,7 @@ def test_chosen_password_is_used_and_never_shown(console):
 
 def test_granting_key_download_mails_every_active_account_admin(console):
     boss = console.sign_in("boss")
-    answer = _create(boss, login="vaulter", role="account", privilege=[KVD])
+    answer = _create(boss, login="vaulter", role="account", privilege=[KVD], **_confirmed(boss))
     assert answer.status_code == 200
     sent = _grant_mails(console.ports)
     assert sorted(m.to_addr for m in sent) == ["boss@acme.example", "clerk@acme.example"]
@@ -107,7 +122,7 @@ def test_granting_key_download_by_edit_mails_only_active_account_admins(console)
     reader = _admin(console.ports, "reader")
     answer = boss.post(
         f"/admin/admins/{reader.id}",
-        {"role": "account", "privilege": [KVD, "persons_manage"], "email": ""},
+        {"role": "account", "privilege": [KVD, "persons_manage"], "email": "", **_confirmed(boss)},
     )
     assert answer.status_code == 200 and answer.url.path == f"/admin/admins/{reader.id}"
     assert "The administrator was changed." in answer.text
@@ -125,6 +140,83 @@ def test_granting_key_download_by_edit_mails_only_active_account_admins(console)
         {"role": "account", "privilege": [KVD, "persons_manage"], "email": ""},
     )
     assert len(_grant_mails(console.ports)) == 1 and len(events(console.ports, "admin.update")) == 1
+
+
+@pytest.mark.parametrize("privilege", [KVD, "recovery_approve"])
+def test_creating_an_admin_who_releases_keys_needs_reauthentication(console, privilege):
+    """A session taken over (a sign-in is not a re-authentication) cannot mint an administrator
+    who releases keys: that takes the password and a fresh code, as a download does."""
+    boss = console.sign_in("boss")
+    page = boss.get("/admin/admins").text
+    assert 'id="reauthenticate"' in page and 'name="current_password"' in page
+    chosen = {"password_choice": "choose", "password": "minted-password-0123"}
+    refused = _create(boss, login="minter", privilege=[privilege], **chosen)
+    assert refused.status_code == 403 and "Confirm your password" in refused.text
+    assert 'name="current_code"' in refused.text and "minted-password-0123" not in refused.text
+    wrong = _create(
+        boss,
+        login="minter",
+        privilege=[privilege],
+        current_password="not-the-password",
+        current_code=boss.next_code(),
+        **chosen,
+    )
+    assert wrong.status_code == 401
+    assert _admin(console.ports, "minter") is None and _grant_mails(console.ports) == []
+    assert _refusal_reasons(console.ports, "admin.create") == ["reauthentication_required"]
+    assert _refusal_reasons(console.ports, "admin.reauthenticate") == ["bad_credentials"]
+    # What releases no key needs no re-authentication.
+    helper = _create(boss, login="helper", privilege=["persons_manage", "settings_manage"])
+    assert helper.status_code == 200
+
+    made = _create(boss, login="minter", privilege=[privilege], **chosen, **_confirmed(boss))
+    assert made.status_code == 200 and _admin(console.ports, "minter").privileges == privilege
+    # Confirmed a moment ago: not asked again for five minutes, then asked again.
+    assert 'id="reauthenticate"' not in boss.get("/admin/admins").text
+    assert _create(boss, login="second", privilege=[privilege]).status_code == 200
+    console.clock.advance(minutes=6)
+    assert _create(boss, login="third", privilege=[privilege]).status_code == 403
+    assert _admin(console.ports, "third") is None
+
+
+def test_widening_what_an_admin_may_release_needs_reauthentication(console):
+    boss = console.sign_in("boss")
+    reader = _admin(console.ports, "reader")
+    sales_id = console.admin_ids["salesboss"]  # organization Sales, every privilege
+    orgs = console.world.orgs
+    everything = ["key_vault_download", "certificates_manage", "persons_manage"]
+    everything += ["settings_manage", "recovery_approve"]
+    widening = [
+        (reader.id, {"role": "account", "privilege": [KVD]}),  # granted
+        (sales_id, {"role": "account", "privilege": everything}),  # every organization
+        (
+            sales_id,
+            {
+                "role": "organization",
+                "organization": [str(orgs["sales"]), str(orgs["default"])],
+                "privilege": everything,
+            },
+        ),  # one more organization
+    ]
+    for admin_id, fields in widening:
+        answer = boss.post(f"/admin/admins/{admin_id}", fields)
+        assert answer.status_code == 403 and "Confirm your password" in answer.text, fields
+        assert 'name="current_password"' in answer.text
+    assert _admin(console.ports, "reader").privileges == ""
+    sales = _admin(console.ports, "salesboss")
+    assert sales.role == "organization" and [o.id for o in sales.organizations] == [orgs["sales"]]
+    assert _refusal_reasons(console.ports, "admin.update") == ["reauthentication_required"] * 3
+    assert _grant_mails(console.ports) == []
+    # Narrowing needs none: a privilege taken away.
+    narrowed = {"role": "organization", "organization": [str(orgs["sales"])]}
+    answer = boss.post(f"/admin/admins/{sales_id}", {**narrowed, "privilege": ["persons_manage"]})
+    assert answer.status_code == 200
+    assert _admin(console.ports, "salesboss").privileges == "persons_manage"
+    # With the password and a fresh code, the grant goes through.
+    answer = boss.post(
+        f"/admin/admins/{reader.id}", {"role": "account", "privilege": [KVD], **_confirmed(boss)}
+    )
+    assert answer.status_code == 200 and _admin(console.ports, "reader").privileges == KVD
 
 
 def test_no_one_grants_a_privilege_they_do_not_hold(console):

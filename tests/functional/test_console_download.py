@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import zipfile
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,16 +19,18 @@ from sqlalchemy import select, update
 
 from certvault.db.models import FormNonce, WebSession
 from certvault.services.directory import accounts, persons
+from certvault.services.kernel.passwords import PasswordChecksBusy, PasswordHashing
 from tests.conftest import TEST_OPERATOR
 from tests.functional.cli_env import openssl
 from tests.functional.console_fixtures import (  # noqa: F401
     PASSWORD,
+    SECRET_RE,
     ConsoleClient,
     code_for,
     console_fixture,
     csrf_of,
 )
-from tests.functional.helpers import events, mails
+from tests.functional.helpers import count_argon2, events, mails
 
 PASSPHRASE_RE = re.compile(r'id="passphrase">([a-z0-9-]+)<')
 TOKEN_RE = re.compile(r'name="form_token" value="([^"]+)"')
@@ -76,6 +79,11 @@ def releases(console, outcome: str = "success"):
 
 def refusals(console, action: str = "key.release"):
     return [e for e in events(console.ports, action) if e.outcome == "refused"]
+
+
+def confirmed(client: ConsoleClient) -> dict[str, str]:
+    """The password and a fresh code: the first download form after a sign-in asks for them."""
+    return {"password": PASSWORD, "code": client.next_code()}
 
 
 def forget_reauthentication(console) -> None:
@@ -133,7 +141,7 @@ def test_boss_downloads_the_newest_key(console, tmp_path, encryption):
     boss = console.sign_in("boss")
     form = Form(boss, cert_path(new))
     assert LEGACY in form.html and 'value="AES256-SHA256" selected' in form.html
-    answer = form.post(encryption=encryption, reason="laptop lost")
+    answer = form.post(encryption=encryption, reason="laptop lost", **confirmed(boss))
     assert answer.status_code == 200
     assert answer.headers["content-type"] == "application/x-pkcs12"
     assert answer.headers["content-disposition"] == f'attachment; filename="{new}.p12"'
@@ -186,7 +194,7 @@ def test_download_all_keys_of_a_person_gives_every_generation(console, tmp_path)
     assert "Download all keys" in form.html and alice.email in form.html
     for cert_id in alice.cert_ids:
         assert f"<td>{cert_id}</td>" in form.html
-    answer = form.post(reason="mailbox migration", encryption="AES256-SHA256")
+    answer = form.post(reason="mailbox migration", encryption="AES256-SHA256", **confirmed(boss))
     assert answer.status_code == 200
     assert answer.headers["content-type"] == "application/zip"
     assert (
@@ -230,7 +238,10 @@ def test_own_passphrase_twice(console, tmp_path):
     form = Form(boss, cert_path(alice.cert_ids[0]))
     assert 'value="own"' in form.html
     mismatch = form.post(
-        passphrase_choice="own", own_passphrase=own, own_passphrase_confirm=own + "x"
+        passphrase_choice="own",
+        own_passphrase=own,
+        own_passphrase_confirm=own + "x",
+        **confirmed(boss),
     )
     assert mismatch.status_code == 400 and "not the same" in mismatch.text
     assert own not in mismatch.text
@@ -275,7 +286,9 @@ def test_own_passphrase_refused_when_the_account_does_not_allow_it(console):
     form = Form(boss, cert_path(console.world.alice.cert_ids[1]))
     assert 'value="own"' not in form.html and "own_passphrase" not in form.html
     own = "forged own passphrase 123"
-    forged = form.post(passphrase_choice="own", own_passphrase=own, own_passphrase_confirm=own)
+    forged = form.post(
+        passphrase_choice="own", own_passphrase=own, own_passphrase_confirm=own, **confirmed(boss)
+    )
     assert forged.status_code == 400
     assert "does not allow" in forged.text
     assert_nothing_released(console)
@@ -327,10 +340,11 @@ def test_reauthentication_refusals_release_nothing(console):
 def test_reauthentication_lasts_five_minutes(console):
     alice = console.world.alice
     boss = console.sign_in("boss")
-    # Just signed in: the password and code were confirmed a moment ago.
+    # Just signed in, and asked all the same: a sign-in is not a re-authentication.
     first = Form(boss, cert_path(alice.cert_ids[1]))
-    assert 'name="password"' not in first.html
-    assert first.post().status_code == 200
+    assert 'name="password"' in first.html and 'name="code"' in first.html
+    assert first.post().status_code == 401
+    assert first.post(**confirmed(boss)).status_code == 200
     console.clock.advance(minutes=4)
     second = Form(boss, cert_path(alice.cert_ids[1]))
     assert 'name="password"' not in second.html
@@ -343,6 +357,61 @@ def test_reauthentication_lasts_five_minutes(console):
     assert third.post(password=PASSWORD, code=boss.next_code()).status_code == 200
     assert second.post().status_code == 200
     assert len(releases(console)) == 3
+
+
+def test_a_new_downloaders_first_sign_in_is_no_reauthentication(console):
+    """An administrator just made with the download privilege (say, by a session taken over) is
+    asked for the password and a fresh code at the first download, as anyone is."""
+    boss = console.sign_in("boss")
+    fields = {
+        "login": "minter",
+        "role": "account",
+        "privilege": ["key_vault_download"],
+        "password_choice": "choose",
+        "password": "minted-password-0123",
+        "current_password": PASSWORD,
+        "current_code": boss.next_code(),
+    }
+    assert boss.post("/admin/admins", fields, csrf_from="/admin/admins").status_code == 200
+    client, landed = console.password_step("acme", "minter", "minted-password-0123")
+    secret = SECRET_RE.search(landed.text).group(1)
+    done = client.post(
+        "/admin/totp",
+        data={"csrf_token": csrf_of(landed.text), "code": code_for(secret, console.clock.now)},
+    )
+    assert done.url.path == "/admin/"
+    minter = ConsoleClient(client, console.clock, "minter", secret)
+    form = Form(minter, cert_path(console.world.alice.cert_ids[1]))
+    assert 'name="password"' in form.html and 'name="code"' in form.html
+    assert form.post(reason="straight after sign-in").status_code == 401
+    assert_nothing_released(console)
+    answer = form.post(password="minted-password-0123", code=minter.next_code())
+    assert answer.status_code == 200 and len(releases(console)) == 1
+
+
+def test_reauthentication_costs_one_argon2_check(console, monkeypatch):
+    boss = console.sign_in("boss")
+    form = Form(boss, cert_path(console.world.alice.cert_ids[1]))
+    calls = count_argon2(monkeypatch)
+    assert form.post(password="wrong-password-123", code=boss.next_code()).status_code == 401
+    assert form.post(**confirmed(boss)).status_code == 200
+    assert calls == Counter(verify=2)
+
+
+def test_reauthentication_refused_at_once_while_the_password_checks_are_busy(console, monkeypatch):
+    def busy(self, secret_hash, secret):  # every argon2 slot of the process taken by others
+        raise PasswordChecksBusy()
+
+    boss = console.sign_in("boss")
+    form = Form(boss, cert_path(console.world.alice.cert_ids[1]))
+    monkeypatch.setattr(PasswordHashing, "verify", busy)
+    answer = form.post(**confirmed(boss))
+    assert answer.status_code == 429 and int(answer.headers["retry-after"]) >= 1
+    assert 'name="password"' in answer.text
+    assert_nothing_released(console)
+    assert code_of(refusals(console, "admin.reauthenticate")[-1]) == "busy"
+    monkeypatch.undo()
+    assert form.post(**confirmed(boss)).status_code == 200  # the form stayed good
 
 
 def test_reauthentication_is_rate_limited_like_sign_in(console):
@@ -358,6 +427,23 @@ def test_reauthentication_is_rate_limited_like_sign_in(console):
     assert code_of(refusals(console, "admin.reauthenticate")[-1]) == "rate_limited"
 
 
+def test_console_downloads_are_rate_limited_once_authorized(console):
+    """The limits count a download the console could make, and only that: a clerk's forged
+    posts (no privilege) use up nothing of the address's quota."""
+    console.ports.settings.downloads_per_hour_ip = 1
+    clerk = console.sign_in("clerk")
+    for _ in range(3):
+        forged = clerk.post(cert_path(console.world.alice.cert_ids[1]), {"form_token": "f" * 43})
+        assert forged.status_code == 403
+    boss = console.sign_in("boss")
+    first = Form(boss, cert_path(console.world.alice.cert_ids[1]))
+    assert first.post(**confirmed(boss)).status_code == 200
+    second = Form(boss, cert_path(console.world.alice.cert_ids[0])).post()
+    assert second.status_code == 429 and int(second.headers["retry-after"]) >= 1
+    assert len(releases(console)) == 1
+    assert [code_of(e) for e in refusals(console)][-1] == "rate_limited"
+
+
 # --- reason ---------------------------------------------------------------------------------
 
 
@@ -366,7 +452,7 @@ def test_reason_required_by_the_account(console):
     boss = console.sign_in("boss")
     form = Form(boss, cert_path(console.world.alice.cert_ids[1]))
     assert "Reason (required)" in form.html and re.search(r"<textarea[^>]* required", form.html)
-    missing = form.post(reason="   ")
+    missing = form.post(reason="   ", **confirmed(boss))
     assert missing.status_code == 400 and "reason" in missing.text
     assert_nothing_released(console)
     assert [code_of(e) for e in refusals(console)] == ["reason_required"]
@@ -397,7 +483,7 @@ def test_reason_with_markup_is_shown_escaped_and_stored_as_text(console):
 def test_unknown_encryption_type_is_refused(console):
     boss = console.sign_in("boss")
     form = Form(boss, cert_path(console.world.alice.cert_ids[1]))
-    answer = form.post(encryption="RC2-40")
+    answer = form.post(encryption="RC2-40", **confirmed(boss))
     assert answer.status_code == 400 and "Unknown encryption type" in answer.text
     assert_nothing_released(console)
 
@@ -408,7 +494,7 @@ def test_unknown_encryption_type_is_refused(console):
 def test_double_submit_releases_once(console):
     boss = console.sign_in("boss")
     form = Form(boss, cert_path(console.world.alice.cert_ids[1]))
-    first = form.post(reason="once")
+    first = form.post(reason="once", **confirmed(boss))
     assert first.status_code == 200
     second = form.post(reason="once")
     assert second.status_code == 409
@@ -464,7 +550,7 @@ def test_forged_or_missing_csrf_changes_nothing(console, csrf):
     with console.ports.db.read() as s:
         assert s.scalars(select(FormNonce.used_at)).one() is None
     # The form is still good.
-    assert form.post().status_code == 200
+    assert form.post(**confirmed(boss)).status_code == 200
 
 
 # --- who may ---------------------------------------------------------------------------------
@@ -500,7 +586,7 @@ def test_other_organization_or_account_answers_not_found(console):
     assert sales.get(person_path(alice.person_id)).status_code == 404
     assert sales.post(cert_path(alice.cert_ids[1]), {"form_token": "f" * 43}).status_code == 404
     # Their own organization's works.
-    assert Form(sales, cert_path(sam.cert_ids[0])).post().status_code == 200
+    assert Form(sales, cert_path(sam.cert_ids[0])).post(**confirmed(sales)).status_code == 200
     foreign = console.sign_in("foreignboss")
     assert foreign.get(cert_path(alice.cert_ids[1])).status_code == 404
     assert foreign.get(person_path(alice.person_id)).status_code == 404
@@ -537,4 +623,4 @@ def test_old_form_tokens_are_swept(console):
             f"download:certificate:{console.world.alice.cert_ids[1]}"
         ]
     assert old.post().status_code == 409
-    assert new.post().status_code == 200
+    assert new.post(**confirmed(boss)).status_code == 200

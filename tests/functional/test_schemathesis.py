@@ -43,6 +43,15 @@ MAX_EXAMPLES_ANONYMOUS = 5  # every answer is the same 401 there
 # authentication, unsupported methods.
 EXCLUDED = [positive_data_acceptance]
 
+# Bodies that get past the account's policy, for operations whose generated bodies seldom do (a
+# passphrase of 12 characters or more). Which bodies are generated depends on the constants
+# schemathesis finds in certvault's source, so any change of the source may shift them; these
+# cases run beside the generated ones, so that the work behind the operation is reached anyway.
+WORKING_BODIES: dict[str, Any] = {
+    f"POST /api/smime/{v}/keystore/{{certId}}": {"passphrase": "a-passphrase-long-enough"}
+    for v in ("v1", "v2")
+}
+
 
 @pytest.fixture
 def world(api: ApiWorld) -> ApiWorld:
@@ -134,6 +143,12 @@ def _drive(
             fixed = {name: known[name] for name in names}
             strategy = operation.as_strategy(GenerationMode.POSITIVE, path_parameters=fixed)
             runs.append(fuzz(given(case=strategy)(check)))
+            if operation.label in WORKING_BODIES:
+                body = WORKING_BODIES[operation.label]
+                strategy = operation.as_strategy(
+                    GenerationMode.POSITIVE, path_parameters=fixed, body=body
+                )
+                runs.append(fuzz(given(case=strategy)(check)))
         for run in runs:
             try:
                 run()

@@ -20,9 +20,12 @@ import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import zipfile
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,7 @@ import pytest
 
 from certvault.cli.serve import is_loopback
 from certvault.services.kernel import notify
+from certvault.services.kernel.passwords import PasswordChecksBusy
 from certvault.web.logging import JsonFormatter
 from tests.factories import make_ca, make_cert, pool_key
 from tests.functional import cli_env
@@ -388,6 +392,71 @@ def test_chunked_bodies_over_the_cap_answer_413(cli, tmp_path):
                 "description": "The request body is larger than 65536 bytes.",
             }
         assert {a["status"] for a in server.access_lines() if a["method"] == "POST"} == {413}
+
+
+def _peak_memory_mib(pid: int) -> float:
+    """The most memory the process ever held (VmHWM, its peak resident set)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for process {pid}")
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # a bound per process, whatever the database
+def test_a_burst_of_bad_logins_is_bounded_while_health_answers(cli, tmp_path):
+    """Bad header logins from everywhere at once (no address or login limit stops them): each
+    worker runs a few argon2 checks of 64 MiB at a time, refuses the rest at once (429, Retry-
+    After), and /healthz keeps answering while the burst is under way."""
+    cli.bootstrap()
+    env = {
+        "CERTVAULT_ARGON2_TIME_COST": "3",  # the production parameters: 64 MiB per check
+        "CERTVAULT_ARGON2_MEMORY_KIB": "65536",
+        "CERTVAULT_LOGINS_PER_MINUTE_IP": "100000",
+        "CERTVAULT_LOGINS_PER_MINUTE_LOGIN": "100000",
+    }
+    burst = 64
+    in_flight = threading.Event()
+    stop = threading.Event()
+    health_during: list[int] = []
+
+    def watch_health(server: Server) -> None:
+        with server.client() as c:
+            while not stop.is_set():
+                status = c.get("/healthz").status_code
+                if in_flight.is_set():
+                    health_during.append(status)
+
+    def bad_login(server: Server, i: int) -> httpx.Response:
+        headers = {"login": f"ghost-{i}", "password": "wrong-password", "customerUri": "acme"}
+        with server.client() as c:  # a connection of its own, as from another client
+            return c.get("/api/person/v1", headers=headers)
+
+    with serving(cli, tmp_path, env=env) as server:
+        watcher = threading.Thread(target=watch_health, args=(server,))
+        watcher.start()
+        try:
+            in_flight.set()
+            with ThreadPoolExecutor(burst) as pool:
+                answers = list(pool.map(lambda i: bad_login(server, i), range(burst)))
+            in_flight.clear()
+        finally:
+            stop.set()
+            watcher.join()
+        workers = {int(ln["pid"]) for ln in server.access_lines()}
+        peaks = {pid: _peak_memory_mib(pid) for pid in workers}
+
+    statuses = Counter(a.status_code for a in answers)
+    assert set(statuses) <= {401, 429}, statuses
+    refused = [a for a in answers if a.status_code == 429]
+    assert refused and statuses[401] >= 1, statuses
+    for answer in refused:
+        assert answer.json() == {"code": -429, "description": PasswordChecksBusy.__doc__}
+        assert int(answer.headers["Retry-After"]) >= 1
+    # Health answered, every time, while the burst was under way.
+    assert len(health_during) >= 3 and set(health_during) == {200}, health_during
+    # Two checks of 64 MiB at a time per worker (and the dummy hash made at start), not one
+    # per thread of the pool (40 threads would be 2.5 GiB).
+    assert workers and all(peak < 768 for peak in peaks.values()), peaks
 
 
 def test_forwarded_addresses_believed_from_trusted_proxies(cli, tmp_path):

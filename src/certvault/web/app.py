@@ -18,6 +18,7 @@ from certvault import __version__
 from certvault.config import Settings
 from certvault.services.access.credentials import CredentialCache
 from certvault.services.kernel import notify
+from certvault.services.kernel.passwords import password_hashing
 from certvault.services.kernel.ports import Ports, open_ports
 from certvault.services.kernel.ratelimit import RateLimiter, rate_limiter
 from certvault.web import errors, metrics, timing
@@ -66,6 +67,8 @@ def create_app(
     ports = ports or open_ports(Settings())
     limiter = limiter or rate_limiter(ports.settings, ports.db)
     sender = MailSender(ports) if send_mail and ports.settings.smtp_host else None
+    # Made now, so that no sign-in with an unknown login pays for it (and takes longer).
+    password_hashing(ports.settings).dummy_hash()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -104,8 +107,10 @@ def create_app(
     app.include_router(crl_router)
     app.include_router(admin_router)
 
+    # On the event loop, not in the thread pool: it answers while every worker thread is busy
+    # (with password checks, say).
     @app.get("/healthz", tags=["operations"])
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["operations"], responses={503: {"description": "Not ready"}})

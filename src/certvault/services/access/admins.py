@@ -17,11 +17,18 @@ from certvault.services.audit import log as audit
 from certvault.services.kernel import notify, seals
 from certvault.services.kernel.actors import Actor, Privilege, Role
 from certvault.services.kernel.paging import MAX_ID
-from certvault.services.kernel.passwords import password_hasher
+from certvault.services.kernel.passwords import hash_password
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.tenancy import find_organization, get_account
 
 MIN_PASSWORD = 12
+
+
+class ReauthenticationRequired(Forbidden):
+    """Confirm your password and a code from your authenticator to grant a privilege that
+    releases keys."""
+
+    code = "reauthentication_required"
 
 
 class SelfLockout(Conflict):
@@ -45,6 +52,11 @@ PRIVILEGE_LABELS: dict[Privilege, str] = {
     Privilege.RECOVERY_APPROVE: "Approve key recovery requests",
 }
 MAX_EMAIL = 320
+# Privileges that release keys (recovery approval will hand keys to their owners too). Granting
+# one, or widening where its holder may use it, takes a fresh re-authentication in the console:
+# a session taken over must not mint an administrator who downloads keys. settings_manage is not
+# among them: it changes policy, which its holder may do without re-authenticating anyway.
+RELEASE_PRIVILEGES = frozenset({Privilege.KEY_VAULT_DOWNLOAD, Privilege.RECOVERY_APPROVE})
 
 
 def _check_login(login: str) -> str:
@@ -109,6 +121,24 @@ def _require_covers(actor: Actor, held: frozenset[Privilege]) -> None:
         )
 
 
+def _widens_release(before: AdminView | None, after: AdminView) -> bool:
+    """Whether the change lets the administrator release keys they could not release before: a
+    privilege of RELEASE_PRIVILEGES newly held, or one held over more organizations."""
+    held = after.privileges & RELEASE_PRIVILEGES
+    if not held:
+        return False
+    if before is None or held - before.privileges:
+        return True
+    if before.role == Role.ACCOUNT:
+        return False
+    return after.role == Role.ACCOUNT or bool(after.organization_ids - before.organization_ids)
+
+
+def _require_reauthenticated(actor: Actor, reauthenticated: bool) -> None:
+    if not actor.is_operator and not reauthenticated:
+        raise ReauthenticationRequired()
+
+
 def _privileges_text(privileges: frozenset[Privilege]) -> str:
     return " ".join(sorted(p.value for p in privileges))
 
@@ -143,7 +173,10 @@ def create_admin(
     api_only: bool = False,
     password: str | None = None,
     email: str | None = None,
+    reauthenticated: bool = False,
 ) -> CreatedAdmin:
+    """Create an administrator. Granting a privilege of RELEASE_PRIVILEGES needs
+    ``reauthenticated``: the console session confirmed its password and a code just now."""
     login = _check_login(login)
     email = _check_email(email)
     role_value, granted = _parse_role_and_privileges(role, privileges)
@@ -155,7 +188,7 @@ def create_admin(
         generated = password = secrets.token_urlsafe(18)
     elif len(password) < MIN_PASSWORD:
         raise InvalidInput(f"A password needs at least {MIN_PASSWORD} characters.")
-    password_hash = password_hasher(ports).hash(password)
+    password_hash = hash_password(ports, password)
 
     def work(session: Session) -> CreatedAdmin:
         account = get_account(session, account_slug)
@@ -178,6 +211,8 @@ def create_admin(
         )
         session.add(admin)
         session.flush()
+        if _widens_release(None, _view(admin)):
+            _require_reauthenticated(actor, reauthenticated)
         audit.record(
             session,
             ports,
@@ -303,9 +338,11 @@ def update_admin(
     organizations: Sequence[str],
     privileges: Sequence[str],
     email: str | None,
+    reauthenticated: bool = False,
 ) -> AdminView:
     """Set an administrator's role, organizations, privileges and address; audited with the old
-    and the new values. An account administrator's organizations are not kept (they see all)."""
+    and the new values. An account administrator's organizations are not kept (they see all).
+    A change that widens what they may release needs ``reauthenticated``, as create_admin."""
     role_value, wanted = _parse_role_and_privileges(role, privileges)
     email = _check_email(email)
     if role_value == Role.ORGANIZATION and not organizations:
@@ -332,6 +369,8 @@ def update_admin(
         admin.email = email
         session.flush()
         after = _view(admin)
+        if _widens_release(before, after):
+            _require_reauthenticated(actor, reauthenticated)
         old, new = _audit_state(before), _audit_state(after)
         if old != new:
             audit.record(

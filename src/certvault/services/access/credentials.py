@@ -12,7 +12,6 @@ import ipaddress
 import threading
 import time
 
-from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 
 from certvault.db.models import Account, Admin
@@ -20,12 +19,9 @@ from certvault.services.access.admins import actor_for
 from certvault.services.access.tokens import Unauthenticated
 from certvault.services.audit import log as audit
 from certvault.services.kernel.actors import Actor
-from certvault.services.kernel.passwords import password_hasher
+from certvault.services.kernel.passwords import verify_password
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.ratelimit import Limit, RateLimiter, enforce
-
-# A real argon2 hash verified when the login is unknown, so that both paths cost the same.
-_DUMMY: dict[str, str] = {}
 
 
 class CredentialCache:
@@ -112,18 +108,3 @@ def authenticate_password(
     cache.put(key, actor.admin_id or 0, s.credential_cache_seconds)
     return actor
 
-
-def verify_password(ports: Ports, password_hash: str | None, password: str) -> bool:
-    """Check a password with argon2; an unknown login (no hash) costs the same check."""
-    hasher = password_hasher(ports)
-    if password_hash is None:
-        dummy = _DUMMY.setdefault("hash", hasher.hash("certvault-dummy-password"))
-        try:
-            hasher.verify(dummy, password)
-        except (VerificationError, InvalidHashError):
-            pass
-        return False
-    try:
-        return hasher.verify(password_hash, password)
-    except (VerificationError, InvalidHashError):
-        return False

@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session
 from certvault.db.models import Account, Admin, WebSession
 from certvault.errors import CertvaultError
 from certvault.services.access.admins import actor_for
-from certvault.services.access.credentials import verify_password
 from certvault.services.access.tokens import Unauthenticated
 from certvault.services.access.totp import (
     matching_step,
@@ -28,6 +27,7 @@ from certvault.services.access.totp import (
 )
 from certvault.services.audit import log as audit
 from certvault.services.kernel.actors import Actor
+from certvault.services.kernel.passwords import PasswordChecksBusy, verify_password
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.ratelimit import Limit, RateLimiter, enforce
 from certvault.services.kernel.seal_events import UNBOUND_ONLY
@@ -118,7 +118,9 @@ def _new_session(
             pending_totp=pending,
             created_at=now,
             last_seen_at=now,
-            reauthenticated_at=now if stage == STAGE_SIGNED_IN else None,
+            # A sign-in is not a re-authentication: a download (or a grant of a privilege that
+            # releases keys) right after it asks for the password and a fresh code again.
+            reauthenticated_at=None,
         )
     )
     return token
@@ -161,6 +163,9 @@ def sign_in(
     except _Refused as refused:
         _refuse(ports, login, ip, refused.reason, refused.account_id)
         raise SignInFailed() from None
+    except PasswordChecksBusy as exc:
+        _refuse(ports, login, ip, exc.code, None)
+        raise
 
 
 def _sign_in(
@@ -465,7 +470,12 @@ def reauthenticate(
     except CertvaultError as exc:
         refuse(exc.code)
         raise
-    if not verify_password(ports, admin.password_hash, password):
+    try:
+        matches = verify_password(ports, admin.password_hash, password)
+    except PasswordChecksBusy as exc:
+        refuse(exc.code)
+        raise
+    if not matches:
         refuse("bad_credentials")
         raise ReauthenticationFailed()
     secret = open_secret(ports, admin.id, admin.totp_secret) if admin.totp_secret else None

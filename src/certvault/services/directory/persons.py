@@ -16,7 +16,7 @@ from certvault.services.audit import log as audit
 from certvault.services.kernel import notify
 from certvault.services.kernel.actors import Actor, Privilege, Scope
 from certvault.services.kernel.paging import Page, check_limit, decode_cursor, page_of
-from certvault.services.kernel.passwords import is_text, password_hasher
+from certvault.services.kernel.passwords import hash_password, is_text
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.tenancy import default_organization, get_account
 
@@ -323,7 +323,7 @@ def check_secret_id(secret_id: str) -> str:
 
 def hash_secret_id(ports: Ports, secret_id: str) -> str:
     """The stored form of a Secret ID (argon2id, like administrator passwords)."""
-    return password_hasher(ports).hash(check_secret_id(secret_id))
+    return hash_password(ports, check_secret_id(secret_id))
 
 
 def set_secret_id(

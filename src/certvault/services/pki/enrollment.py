@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from hashlib import sha256
 
-from argon2.exceptions import InvalidHashError, VerificationError
 from cryptography import x509
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -54,7 +53,7 @@ from certvault.services.directory import persons
 from certvault.services.directory.certificates import add_certificate
 from certvault.services.kernel import keyring, notify
 from certvault.services.kernel.actors import Actor, Privilege, Role
-from certvault.services.kernel.passwords import password_hasher
+from certvault.services.kernel.passwords import verify_password
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.ratelimit import Limit, RateLimiter, enforce, rate_limiter
 from certvault.services.pki.enrollment_forms import (
@@ -159,10 +158,8 @@ def _check_domain(state: FormState, address: str) -> None:
 def _check_access_code(ports: Ports, state: FormState, access_code: str | None) -> None:
     if state.access_code_hash is None:
         return
-    try:
-        password_hasher(ports).verify(state.access_code_hash, access_code or "")
-    except (VerificationError, InvalidHashError, UnicodeEncodeError):
-        raise AccessCodeInvalid() from None
+    if not verify_password(ports, state.access_code_hash, access_code or ""):
+        raise AccessCodeInvalid()
 
 
 def _code_mac(key: bytes, state: FormState, address: str, code: str) -> str:

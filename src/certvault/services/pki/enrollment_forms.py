@@ -24,7 +24,7 @@ from certvault.services.audit import log as audit
 from certvault.services.directory.accounts import SLUG
 from certvault.services.kernel.actors import Actor, Privilege, Scope
 from certvault.services.kernel.paging import MAX_ID
-from certvault.services.kernel.passwords import is_text, password_hasher
+from certvault.services.kernel.passwords import hash_password, is_text
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.tenancy import default_organization, find_organization, get_account
 
@@ -96,7 +96,7 @@ def _access_code_hash(ports: Ports, access_code: str) -> str:
         raise InvalidInput(
             f"An access code needs {MIN_ACCESS_CODE} to {MAX_ACCESS_CODE} characters."
         )
-    return password_hasher(ports).hash(access_code)
+    return hash_password(ports, access_code)
 
 
 def _name(name: str) -> str:

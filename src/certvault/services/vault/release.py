@@ -1,14 +1,15 @@
 """The one way out: every decrypted escrowed key leaves certvault through :func:`release_keys`.
 
 In order, as every release path must: authorization per certificate, policy (Key Vault enabled,
-reason, passphrase), then the audit event and the owner's notification in one transaction. The
-PKCS#12 is built before that transaction (the KDF is slow and must not hold the write lock) and
-handed out only once the transaction has committed.
+reason, passphrase), the caller's rate limits (``admit``: only an attempt that could release a
+key counts against them), then the audit event and the owner's notification in one transaction.
+The PKCS#12 is built before that transaction (the KDF is slow and must not hold the write lock)
+and handed out only once the transaction has committed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from cryptography import x509
@@ -70,6 +71,7 @@ def release_key(
     reason: str | None = None,
     channel: str = "cli",
     passphrase_generated: bool = False,
+    admit: Callable[[], None] | None = None,
 ) -> ReleaseBatch:
     return release_keys(
         ports,
@@ -81,6 +83,7 @@ def release_key(
         reason=reason,
         channel=channel,
         passphrase_generated=passphrase_generated,
+        admit=admit,
     )
 
 
@@ -95,12 +98,15 @@ def release_keys(
     reason: str | None = None,
     channel: str = "cli",
     passphrase_generated: bool = False,
+    admit: Callable[[], None] | None = None,
 ) -> ReleaseBatch:
     """Release the keys of ``certificate_ids`` as PKCS#12 files under one passphrase.
 
     ``passphrase_generated``: ``passphrase`` was made by generate_passphrase and shown to the
     caller before (the console shows it with the download form), so no policy check applies and
-    the batch does not hand it out again.
+    the batch does not hand it out again. ``admit`` counts the attempt against the caller's rate
+    limits (raising RateLimited over one): called once the release is authorized and its policy
+    checked, before any key is opened, so that a refused attempt uses up nobody's quota.
     """
     account_id: int | None = None
     target = ",".join(str(i) for i in certificate_ids)[:64]
@@ -120,6 +126,8 @@ def release_keys(
                 reason,
                 passphrase_generated,
             )
+            if admit is not None:
+                admit()
             rounds = ports.settings.p12_kdf_rounds
             releases = []
             for item in plan.items:
@@ -306,6 +314,7 @@ def release_person_keys(
     reason: str | None = None,
     channel: str = "api",
     passphrase_generated: bool = False,
+    admit: Callable[[], None] | None = None,
 ) -> ReleaseBatch:
     """Release every key of a person, current and old (old mail needs old keys), under one
     passphrase, as files named ``<certificate id>-<serial>.p12``: one release event per key.
@@ -344,6 +353,7 @@ def release_person_keys(
         reason=reason,
         channel=channel,
         passphrase_generated=passphrase_generated,
+        admit=admit,
     )
     return ReleaseBatch(
         [replace(r, filename=names[r.certificate_id]) for r in batch.releases],

@@ -1,6 +1,7 @@
 """Admins page (account administrators only): create administrators, set their role,
 organizations, privileges and address, reset their TOTP, deactivate them. The rules (who may
-manage, no escalation, no self-lockout) live in services/admins.py."""
+manage, no escalation, no self-lockout, re-authentication before a privilege that releases keys)
+live in services/admins.py."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from certvault.web.pages import MAX_FIELD, form_field
 router = APIRouter(include_in_schema=False)
 MAX_FIELDS = 60  # csrf, login, email, role, password fields, and a checkbox per org and privilege
 MAX_LIST = 40
+# The re-authentication fields: the form's own "password" is the new administrator's.
+REAUTH_PREFIX = "current_"
 
 NOTICES.update(
     {
@@ -63,6 +66,25 @@ def _privileges() -> dict[str, Any]:
     return {"labels": admins.PRIVILEGE_LABELS, "privileges": list(Privilege)}
 
 
+async def _reauthentication(console: Console) -> dict[str, Any]:
+    """Whether the forms ask for the password and a code (for a grant that releases keys)."""
+    return {
+        "ask_reauthentication": not await console.reauthenticated(),
+        "reauth_prefix": REAUTH_PREFIX,
+        "release_labels": [
+            admins.PRIVILEGE_LABELS[p] for p in Privilege if p in admins.RELEASE_PRIVILEGES
+        ],
+    }
+
+
+async def _confirmed(console: Console, form: FormData) -> bool:
+    """Confirm the password and code when the form carries them (the session did not lately);
+    whether the session is freshly re-authenticated now. The service decides if it must be."""
+    if form_field(form, REAUTH_PREFIX + "password") or form_field(form, REAUTH_PREFIX + "code"):
+        await console.reauthenticate(form, REAUTH_PREFIX)
+    return await console.reauthenticated()
+
+
 async def _list_page(
     console: Console, status: int = 200, entered: dict[str, Any] | None = None, **context: Any
 ) -> Response:
@@ -81,6 +103,7 @@ async def _list_page(
         organizations=orgs,
         entered=entered or {"role": "account", "organizations": [], "privileges": []},
         **_privileges(),
+        **await _reauthentication(console),
         **context,
     )
 
@@ -102,6 +125,7 @@ async def _admin_page(
         admin=view,
         organizations=orgs,
         **_privileges(),
+        **await _reauthentication(console),
         **context,
     )
 
@@ -128,6 +152,7 @@ async def create_admin(request: Request) -> Response:
         if chosen and not password:
             raise InvalidInput("Type a password, or let certvault generate one.")
         role = entered["role"]
+        reauthenticated = await _confirmed(console, form)
         created = await console.call(
             admins.create_admin,
             console.ports,
@@ -139,6 +164,7 @@ async def create_admin(request: Request) -> Response:
             privileges=entered["privileges"],
             password=password,
             email=entered["email"] or None,
+            reauthenticated=reauthenticated,
         )
     except CertvaultError as exc:
         return await _list_page(console, exc.status, entered, error=exc.message)
@@ -165,6 +191,7 @@ async def update_admin(request: Request, admin_id: int) -> Response:
     try:
         entered = _entered(form)
         role = entered["role"]
+        reauthenticated = await _confirmed(console, form)
         await console.call(
             admins.update_admin,
             console.ports,
@@ -175,6 +202,7 @@ async def update_admin(request: Request, admin_id: int) -> Response:
             organizations=entered["organizations"] if role == "organization" else (),
             privileges=entered["privileges"],
             email=entered["email"] or None,
+            reauthenticated=reauthenticated,
         )
     except CertvaultError as exc:
         # A missing administrator gets the error page; anything else the form with its message.

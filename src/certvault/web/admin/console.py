@@ -26,9 +26,13 @@ from certvault.services.access.web_sessions import SESSION_COOKIE, ConsoleSessio
 from certvault.services.kernel.actors import Actor, Privilege, Role
 from certvault.services.kernel.ports import Ports
 from certvault.web.control_characters import ControlCharacters
-from certvault.web.deps import client_ip, get_ports
-from certvault.web.pages import Pages, error_headers, read_form
-from certvault.web.security import CONSOLE_CONTENT_SECURITY_POLICY, Csrf, apply_page_headers
+from certvault.web.deps import client_ip, get_limiter, get_ports
+from certvault.web.pages import Pages, error_headers, form_field, read_form
+from certvault.web.security import (
+    CONSOLE_CONTENT_SECURITY_POLICY,
+    Csrf,
+    apply_page_headers,
+)
 
 STATIC = Path(__file__).parent / "static"
 STYLESHEET_PATH = "/admin/static/admin.css"
@@ -120,6 +124,28 @@ class Console:
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a service call (blocking database and crypto work) off the event loop."""
         return await run_in_threadpool(fn, *args, **kwargs)
+
+    async def reauthenticated(self) -> bool:
+        """Whether this session confirmed its password and a code within the last minutes (a
+        sign-in does not count)."""
+        sid = self.session.session_id
+        return await self.call(web_sessions.reauthenticated_recently, self.ports, sid)
+
+    async def reauthenticate(self, form: FormData, prefix: str = "") -> None:
+        """Confirm the password and code posted in ``form`` (fields ``<prefix>password`` and
+        ``<prefix>code``), unless the session did lately; raises ReauthenticationFailed or
+        RateLimited (audited) when they are not right."""
+        if await self.reauthenticated():
+            return
+        await self.call(
+            web_sessions.reauthenticate,
+            self.ports,
+            get_limiter(self.request),
+            self.session.session_id,
+            form_field(form, prefix + "password"),
+            form_field(form, prefix + "code").strip(),
+            self.actor.ip,
+        )
 
 
 def _session(request: Request, ports: Ports, csrf: Csrf) -> Console | None:

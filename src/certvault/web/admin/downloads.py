@@ -29,8 +29,8 @@ from certvault.services.vault.archive import KeyVaultDisabled
 from certvault.services.vault.release import MAX_REASON, RELEASE, NoEscrowedKey, ReasonRequired
 from certvault.web.admin.console import Console, open_console, post_console
 from certvault.web.api.keys import person_keys_zip
-from certvault.web.deps import Caller, get_limiter
-from certvault.web.limits import enforce_download_limits
+from certvault.web.deps import Caller
+from certvault.web.limits import download_counter
 from certvault.web.pages import error_headers, form_field
 from certvault.web.security import CONSOLE_CONTENT_SECURITY_POLICY, apply_page_headers
 
@@ -250,6 +250,7 @@ def _release(
     passphrase: str | None,
     choices: _Choices | None,
     generated: bool = False,
+    admit: Callable[[], None] | None = None,
 ) -> release.ReleaseBatch:
     release_target = (
         release.release_key if target.kind == "certificate" else release.release_person_keys
@@ -264,6 +265,7 @@ def _release(
         reason=choices.reason if choices else None,
         channel=CHANNEL,
         passphrase_generated=generated,
+        admit=admit,
     )
 
 
@@ -330,33 +332,17 @@ async def _download(
         encryption=_kept(form, "encryption", 32),
         choice=_kept(form, "passphrase_choice", 16) or GENERATED,
     )
-    if not await console.call(web_sessions.reauthenticated_recently, ports, sid):
-        try:
-            await console.call(
-                web_sessions.reauthenticate,
-                ports,
-                get_limiter(request),
-                sid,
-                form_field(form, "password"),
-                form_field(form, "code").strip(),
-                console.actor.ip,
-            )
-        except CertvaultError as exc:
-            # The form stays good: nothing was released, the same passphrase still applies.
-            view = replace(view, ask_reauthentication=True)
-            return _render(console, target, view, exc.status, exc)
+    try:
+        await console.reauthenticate(form)
+    except CertvaultError as exc:
+        # The form stays good: nothing was released, the same passphrase still applies.
+        view = replace(view, ask_reauthentication=True)
+        return _render(console, target, view, exc.status, exc)
     try:
         choices = await console.call(_checked_choices, console, target, form, account)
     except CertvaultError as exc:
         return _render(console, target, view, 400, exc)
     try:
-        await console.call(
-            enforce_download_limits,
-            request,
-            Caller(console.actor, console.account_slug),
-            target_type=target.kind,
-            target_id=target.id,
-        )
         generated = await console.call(
             form_nonces.consume, ports, sid, target.purpose, token, target.audit_as(console)
         )
@@ -364,7 +350,13 @@ async def _download(
         if passphrase is None:
             raise form_nonces.FormInvalid()
         batch = await console.call(
-            _release, console, target, passphrase, choices, choices.own_passphrase is None
+            _release,
+            console,
+            target,
+            passphrase,
+            choices,
+            choices.own_passphrase is None,
+            download_counter(request, Caller(console.actor, console.account_slug)),
         )
     except CertvaultError as exc:
         return console.error(exc, section=section)

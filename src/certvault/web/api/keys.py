@@ -26,7 +26,7 @@ from certvault.web.api.schemas import (
     KeyUpload,
 )
 from certvault.web.deps import PortsDep, TokenCaller
-from certvault.web.limits import enforce_download_limits
+from certvault.web.limits import download_counter
 
 router = APIRouter(tags=["keys"], responses=ERRORS)  # type: ignore[arg-type]
 
@@ -102,8 +102,9 @@ in the `X-Certvault-Passphrase` header. The release is audited and the owner is 
 needs the privilege key_vault_download and the token scope `keys:download`.
 
 Rate limits per administrator, per token and per client address (`CERTVAULT_DOWNLOADS_PER_HOUR_*`)
-are checked before anything is released: **a request counts as one download**, also a zip of
-several keys. Over a limit: 429 with `Retry-After`."""
+are checked before anything is released, once the request is authorized: **a request that could
+release a key counts as one download**, also a zip of several keys; one refused for its token
+scope, privilege or an unknown certificate counts nothing. Over a limit: 429 with `Retry-After`."""
 
 
 @router.post(
@@ -162,7 +163,6 @@ def download_key(
     caller: TokenCaller,
     ports: PortsDep,
 ) -> Response:
-    enforce_download_limits(request, caller, target_type="certificate", target_id=certificate_id)
     batch = release.release_keys(
         ports,
         caller.actor,
@@ -172,6 +172,7 @@ def download_key(
         encryption=body.encryption_type,
         reason=body.reason,
         channel="api",
+        admit=download_counter(request, caller),
     )
     [item] = batch.releases
     return _attachment(item.data, "application/x-pkcs12", item.filename, batch.generated_passphrase)
@@ -194,7 +195,6 @@ def download_person_keys(
     caller: TokenCaller,
     ports: PortsDep,
 ) -> Response:
-    enforce_download_limits(request, caller, target_type="person", target_id=person_id)
     batch = release.release_person_keys(
         ports,
         caller.actor,
@@ -204,6 +204,7 @@ def download_person_keys(
         encryption=body.encryption_type,
         reason=body.reason,
         channel="api",
+        admit=download_counter(request, caller),
     )
     data, filename = person_keys_zip(person_id, batch)
     return _attachment(data, "application/zip", filename, batch.generated_passphrase)

@@ -39,7 +39,7 @@ from certvault.web.compat.schemas import (
 )
 from certvault.web.control_characters import MULTI_LINE
 from certvault.web.deps import PortsDep, ScmCaller
-from certvault.web.limits import enforce_download_limits
+from certvault.web.limits import download_counter
 
 router = APIRouter(tags=["SCM-compatible: client certificates"], responses=SCM_ERRORS)
 
@@ -169,7 +169,6 @@ def download_key(
 ) -> Response:
     """Needs the privilege key_vault_download. Every download is audited and told to the
     certificate's owner; downloads are rate-limited per administrator, token and address."""
-    enforce_download_limits(request, caller, target_type="certificate", target_id=cert_id)
     batch = release.release_key(
         ports,
         caller.actor,
@@ -179,6 +178,7 @@ def download_key(
         encryption=body.encryption_type,
         reason=body.reason,
         channel="scm",
+        admit=download_counter(request, caller),
     )
     [released] = batch.releases
     return Response(
