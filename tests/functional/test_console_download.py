@@ -272,6 +272,7 @@ def test_an_own_passphrase_easy_to_guess_is_refused(console, encryption):
         own_passphrase=weak,
         own_passphrase_confirm=weak,
         encryption=encryption,
+        **confirmed(boss),
     )
     assert answer.status_code == 400
     assert "too easy to guess: repeated characters" in answer.text

@@ -27,7 +27,7 @@ from certvault.services.access import admins, tokens, web_sessions
 from certvault.services.audit import log as audit
 from certvault.services.directory import accounts, persons
 from certvault.services.kernel import seals
-from certvault.services.kernel.passwords import password_hasher
+from certvault.services.kernel.passwords import hash_password
 from certvault.services.kernel.ports import open_ports
 from certvault.services.kernel.witness import AuditHeadStore
 from certvault.services.vault import settings as kv_settings
@@ -313,7 +313,7 @@ def test_an_altered_person_is_refused(api):
     _sql(
         api,
         "UPDATE persons SET email = 'mallory@evil.example', secret_id_hash = :h WHERE id = :id",
-        h=password_hasher(api.ports).hash("mallory's secret"),
+        h=hash_password(api.ports, "mallory's secret"),
         id=alice["id"],
     )
     _assert_refused(api.get("keys", f"{V1}/persons/{alice['id']}"))
@@ -493,7 +493,7 @@ def test_a_replaced_password_hash_is_refused(console):
     _sql(
         console.ports,
         "UPDATE admins SET password_hash = :h WHERE id = :id",
-        h=password_hasher(console.ports).hash(chosen),
+        h=hash_password(console.ports, chosen),
         id=admin["id"],
     )
     answer = _password_login(console, "boss", chosen, boss.next_code())
