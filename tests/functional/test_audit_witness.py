@@ -4,18 +4,21 @@ a crash between a commit and its witness write never locks an account. SQLite an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import uuid
 
 import pytest
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 
 from certvault.db.models import Account, AuditEvent, AuditHead, MailMessage
 from certvault.errors import CertvaultError
+from certvault.services.access import tokens
 from certvault.services.audit import checks as audit_checks
 from certvault.services.audit import log as audit
 from certvault.services.audit import reading as audit_reading
@@ -80,6 +83,31 @@ def test_cut_release_then_new_events_is_refused_and_reported(scm: ScmWorld) -> N
     and the owner's mail are rolled back, then failed logins are to paper over the gap."""
     ports, chain = scm.ports, _chain(scm.ports)
     cert_id = _escrow(scm, "victim@acme.example")
+    # Step 1 as reproduced: a token row inserted with the SHA-256 of a token the attacker chose.
+    chosen = tokens.PREFIX + "chosen-by-the-attacker-0123456789abcdefghij"
+    with ports.db.transaction() as s:
+        real = dict(
+            s.execute(text("SELECT * FROM api_tokens WHERE id = :id"), {"id": scm.token_id})
+            .mappings()
+            .one()
+        )
+        forged = {k: v for k, v in real.items() if k != "id"}
+        forged.update(
+            uuid=str(uuid.uuid4()),
+            token_sha256=hashlib.sha256(chosen.encode()).hexdigest(),
+            prefix=chosen[:12],
+        )
+        columns = ", ".join(forged)
+        s.execute(
+            text(f"INSERT INTO api_tokens ({columns}) VALUES (:{', :'.join(forged)})"), forged
+        )
+    refused = scm.client.post(
+        f"/api/smime/v2/keystore/{cert_id}",
+        json={"passphrase": "Attacker-chosen-pass-1"},
+        headers={"Authorization": f"Bearer {chosen}"},
+    )
+    assert refused.status_code == 503 and "PKCS" not in refused.headers.get("content-type", "")
+    # The rest as if the attacker held a real token: the cut must still show.
     got = scm.client.post(
         f"/api/smime/v2/keystore/{cert_id}",
         json={"passphrase": "Attacker-chosen-pass-1"},
