@@ -4,18 +4,21 @@ a crash between a commit and its witness write never locks an account. SQLite an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import uuid
 
 import pytest
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 
 from certvault.db.models import Account, AuditEvent, AuditHead, MailMessage
 from certvault.errors import CertvaultError
+from certvault.services.access import tokens
 from certvault.services.audit import checks as audit_checks
 from certvault.services.audit import log as audit
 from certvault.services.audit import reading as audit_reading
@@ -80,6 +83,31 @@ def test_cut_release_then_new_events_is_refused_and_reported(scm: ScmWorld) -> N
     and the owner's mail are rolled back, then failed logins are to paper over the gap."""
     ports, chain = scm.ports, _chain(scm.ports)
     cert_id = _escrow(scm, "victim@acme.example")
+    # Step 1 as reproduced: a token row inserted with the SHA-256 of a token the attacker chose.
+    chosen = tokens.PREFIX + "chosen-by-the-attacker-0123456789abcdefghij"
+    with ports.db.transaction() as s:
+        real = dict(
+            s.execute(text("SELECT * FROM api_tokens WHERE id = :id"), {"id": scm.token_id})
+            .mappings()
+            .one()
+        )
+        forged = {k: v for k, v in real.items() if k != "id"}
+        forged.update(
+            uuid=str(uuid.uuid4()),
+            token_sha256=hashlib.sha256(chosen.encode()).hexdigest(),
+            prefix=chosen[:12],
+        )
+        columns = ", ".join(forged)
+        s.execute(
+            text(f"INSERT INTO api_tokens ({columns}) VALUES (:{', :'.join(forged)})"), forged
+        )
+    refused = scm.client.post(
+        f"/api/smime/v2/keystore/{cert_id}",
+        json={"passphrase": "Attacker-chosen-pass-1"},
+        headers={"Authorization": f"Bearer {chosen}"},
+    )
+    assert refused.status_code == 503 and "PKCS" not in refused.headers.get("content-type", "")
+    # The rest as if the attacker held a real token: the cut must still show.
     got = scm.client.post(
         f"/api/smime/v2/keystore/{cert_id}",
         json={"passphrase": "Attacker-chosen-pass-1"},
@@ -366,3 +394,70 @@ def test_a_plain_event_after_a_gap_is_not_an_acknowledgement(ports, account) -> 
     assert count == 3
     [problem] = audit_checks.verify_chains(ports).problems
     assert problem.seq == 3 and "event 2 is missing" in problem.reason
+
+
+_RESTORED_TABLES = ("accounts", "admins", "api_tokens", "key_vault_settings")
+
+
+def _snapshot(cli: cli_env.Cli) -> dict[str, list[tuple]]:  # type: ignore[type-arg]
+    """The grant rows as a backup holds them: every column, MAC and generation included."""
+    return {table: cli.sql(f"SELECT * FROM {table} ORDER BY uuid") for table in _RESTORED_TABLES}
+
+
+def _columns(cli: cli_env.Cli, table: str) -> list[str]:
+    if cli.pg_dsn is None:
+        return [row[1] for row in cli.sql(f"PRAGMA table_info({table})")]
+    return [
+        row[0]
+        for row in cli.sql(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+            "ORDER BY ordinal_position",
+            (table,),
+        )
+    ]
+
+
+def _put_back(cli: cli_env.Cli, snapshot: dict[str, list[tuple]]) -> None:  # type: ignore[type-arg]
+    for table, rows in snapshot.items():
+        names = _columns(cli, table)
+        for row in rows:
+            values = dict(zip(names, row, strict=True))
+            sets = ", ".join(f"{name} = ?" for name in names if name != "uuid")
+            params = [v for name, v in values.items() if name != "uuid"]
+            cli.sql(f"UPDATE {table} SET {sets} WHERE uuid = ?", (*params, values["uuid"]))
+
+
+def test_acknowledged_restore_takes_the_restored_grant_rows(cli) -> None:  # type: ignore[no-untyped-def]
+    """A backup taken before a grant was taken away holds grant rows older than the generation
+    outside: refused as replays until the operator acknowledges the restore, then usable again."""
+    from certvault.services.access import admins, tokens
+
+    cli.bootstrap()
+    ports = cli.ports()
+    try:
+        chain = _chain(ports)
+        admins.create_admin(ports, scm_operator(), "acme", "robot", password="robot-password-0123")
+        kept = tokens.create_token(ports, scm_operator(), "acme", "robot")
+        other = tokens.create_token(ports, scm_operator(), "acme", "robot")
+        backup_seq = len(_events(ports, chain))
+        backup = _snapshot(cli)
+
+        tokens.revoke_token(ports, scm_operator(), "acme", other.token_id)  # takes a grant away
+        _older_database(cli, chain, keep=backup_seq)
+        _put_back(cli, backup)
+        ports.close()
+        ports = cli.ports()  # a fresh process: nothing of the newer rows in memory
+        with pytest.raises(CertvaultError):
+            tokens.authenticate(ports, kept.token)
+
+        done = cli.run(
+            "audit", "acknowledge-restore", "--account", "acme", "--reason", "restored backup 9"
+        )
+        assert done.returncode == 0, cli_env.text(done)
+        actor, slug = tokens.authenticate(ports, kept.token)
+        assert slug == "acme" and actor.name.startswith("admin:robot")
+        verify = cli.run("verify")
+        assert verify.returncode == 0, cli_env.text(verify)
+        assert cli.run("audit", "verify").returncode == 0
+    finally:
+        ports.close()

@@ -17,7 +17,6 @@ from certvault.cli.form import form_app
 from certvault.cli.serve import serve
 from certvault.services.access import admins, tokens
 from certvault.services.audit import checks as audit_checks
-from certvault.services.audit import log as audit
 from certvault.services.directory import accounts
 from certvault.services.kernel import notify, seals, tenancy
 from certvault.services.vault.verification import verify_escrow
@@ -319,15 +318,7 @@ def audit_acknowledge_restore(
         err.print("Name one chain: --account SLUG or --installation.")
         raise SystemExit(2)
     with ports_for_command() as ports:
-
-        def chain() -> str:
-            if installation:
-                return audit.INSTALLATION_CHAIN
-            assert account is not None
-            with ports.db.read() as session:
-                return audit.chain_of(tenancy.get_account(session, account))
-
-        name = guarded(chain)
+        name = guarded(lambda: audit_checks.chain_named(ports, account))
         event = guarded(lambda: audit_checks.acknowledge_restore(ports, operator(), name, reason))
         out.print(
             f"chain {name}: restore acknowledged as event #{event.seq}; "

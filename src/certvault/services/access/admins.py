@@ -484,6 +484,20 @@ def reset_admin_totp(ports: Ports, actor: Actor, account_slug: str, admin_id: in
     return get_admin(ports, actor, account_slug, admin_id)
 
 
+def signing_in(
+    session: Session, account_slug: str, login: str
+) -> tuple[Account | None, Admin | None]:
+    """The account and the administrator a sign-in names, either None when unknown (the caller
+    still spends one password check, so that an unknown name costs what a known one does)."""
+    account = session.scalars(select(Account).where(Account.slug == account_slug)).first()
+    if account is None:
+        return None, None
+    admin = session.scalars(
+        select(Admin).where(Admin.account_id == account.id, Admin.login == login)
+    ).first()
+    return account, admin
+
+
 def actor_for(admin: Admin, ip: str = "") -> Actor:
     return Actor(
         name=f"admin:{admin.login}",

@@ -12,10 +12,8 @@ import ipaddress
 import threading
 import time
 
-from sqlalchemy import select
-
-from certvault.db.models import Account, Admin
-from certvault.services.access.admins import actor_for
+from certvault.db.models import Admin
+from certvault.services.access.admins import actor_for, signing_in
 from certvault.services.access.tokens import Unauthenticated
 from certvault.services.audit import log as audit
 from certvault.services.kernel.actors import Actor
@@ -81,12 +79,7 @@ def authenticate_password(
             Limit(f"login:{account_slug}:{login}", s.logins_per_minute_login, 60),
         )
     with ports.db.read() as session:
-        account = session.scalars(select(Account).where(Account.slug == account_slug)).first()
-        admin = None
-        if account is not None:
-            admin = session.scalars(
-                select(Admin).where(Admin.account_id == account.id, Admin.login == login)
-            ).first()
+        account, admin = signing_in(session, account_slug, login)
         if cached is None or admin is None or cached != admin.id:
             if not verify_password(ports, admin.password_hash if admin else None, password):
                 admin = None

@@ -12,12 +12,12 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
 from certvault.db.models import Account, Admin, WebSession
 from certvault.errors import CertvaultError
-from certvault.services.access.admins import actor_for
+from certvault.services.access.admins import actor_for, signing_in
 from certvault.services.access.tokens import Unauthenticated
 from certvault.services.access.totp import (
     matching_step,
@@ -178,12 +178,7 @@ def _sign_in(
     previous_token: str | None,
 ) -> SignedIn:
     with ports.db.read() as session:
-        account = session.scalars(select(Account).where(Account.slug == account_slug)).first()
-        admin = None
-        if account is not None:
-            admin = session.scalars(
-                select(Admin).where(Admin.account_id == account.id, Admin.login == login)
-            ).first()
+        account, admin = signing_in(session, account_slug, login)
         # Built while the session is open: the actor reads the admin's organizations.
         actor = actor_for(admin, ip) if admin is not None else None
     account_id = account.id if account is not None else None

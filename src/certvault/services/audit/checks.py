@@ -27,6 +27,7 @@ from certvault.services.audit.log import (
     record,
 )
 from certvault.services.audit.reading import require_log_reader
+from certvault.services.kernel import seals
 from certvault.services.kernel.actors import Actor, Scope
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.tenancy import get_account
@@ -168,9 +169,23 @@ def _verify_chain(
     return _Walk(problem, walk.events, walk.tip, walk.acknowledged, walk.tip_id)
 
 
+def chain_named(ports: Ports, account_slug: str | None) -> str:
+    """The chain of an account (or, for None, the installation's), found without reading the
+    account's row: after a restore it may be older than the grant generation outside."""
+    if account_slug is None:
+        return INSTALLATION_CHAIN
+    with ports.db.read() as session:
+        chain = session.scalar(select(Account.uuid).where(Account.slug == account_slug))
+    if chain is None:
+        raise NotFound("Account not found.")
+    return chain
+
+
 def acknowledge_restore(ports: Ports, actor: Actor, chain: str, reason: str) -> AuditEvent:
     """After a deliberate restore of an older database: continue the chain past the events the
-    witness saw and the database lost, with an event saying so (the operator's, MAC-bound).
+    witness saw and the database lost, with an event saying so (the operator's, MAC-bound), and
+    take the account's restored grant rows (sealed by certvault, older than its grant generation)
+    by sealing them again at the next generation.
 
     Refused when the database chain is itself broken (a restore does not excuse altered events)
     or when it still holds the witness (nothing was lost).
@@ -182,6 +197,8 @@ def acknowledge_restore(ports: Ports, actor: Actor, chain: str, reason: str) -> 
         raise InvalidInput("Say why the database was restored (--reason).")
 
     def work(session: Session) -> AuditEvent:
+        if chain != INSTALLATION_CHAIN:  # the chain of an account is named by its uuid
+            seals.accept_restored_grants(session, ports, chain)
         key = audit_key(session, ports)
         query = select(AuditHead).where(AuditHead.chain == chain).with_for_update()
         head = session.scalars(query).first()
@@ -204,6 +221,9 @@ def acknowledge_restore(ports: Ports, actor: Actor, chain: str, reason: str) -> 
         account = session.get(Account, owner) if isinstance(owner, int) and owner else None
         head.seq, head.mac = walk.tip.seq, walk.tip.mac
         session.info.setdefault(LOCKED, {})[chain] = head
+        if account is not None:
+            # The restored grant rows are older than the grant generation outside: take them.
+            seals.bump(session, ports, account.id)
         return append_event(
             session,
             ports,

@@ -62,6 +62,7 @@ _CURRENT = "certvault_grant_current"  # account id -> the generation new grant r
 _WITNESSED = "certvault_grant_witness"  # account uuid -> the witness generation, read once
 _ADVANCE = "certvault_grant_advance"  # account uuid -> the generation to record after commit
 _LENIENT = "certvault_seals_lenient"  # a set: refused rows are collected here, not raised
+_RESTORED = "certvault_grant_restored"  # account uuids whose older grant rows the operator took
 
 
 class TamperedRow(CertvaultError):
@@ -355,6 +356,14 @@ def bump(session: Session, ports: Ports, account_id: int) -> None:
     _advance_after_commit(session, account_uuid, generation)
 
 
+def accept_restored_grants(session: Session, ports: Ports, account_uuid: str) -> None:
+    """After the operator acknowledged a deliberate restore of an older database: the account's
+    grant rows, older than the witness but sealed by certvault (their MACs still verify), are
+    taken as they are and sealed again at the next generation, in this transaction. Call it
+    before anything of the account is read; the caller bumps once the account is loaded."""
+    session.info.setdefault(_RESTORED, set()).add(account_uuid)
+
+
 # --- checking -----------------------------------------------------------------------------------
 
 
@@ -388,7 +397,9 @@ def _problem(
             if session is not None
             else ports.audit_heads.generation(account_uuid)
         )
-        if generation < witness and not (spec.revocable and values["revoked_at"] is not None):
+        restored = session is not None and account_uuid in session.info.get(_RESTORED, ())
+        revoked = spec.revocable and values["revoked_at"] is not None
+        if generation < witness and not revoked and not restored:
             return "replayed"
         if generation > witness and session is not None:
             # Sealed by certvault and committed, but the witness write after it never happened.
