@@ -26,6 +26,7 @@ from certvault.services.directory import accounts
 from certvault.services.kernel import tenancy
 from certvault.services.kernel.witness import ChainHead
 from certvault.services.vault.imports import import_p12
+from tests.conftest import TEST_OPERATOR
 from tests.functional import cli_env
 from tests.functional.compat_fixtures import P12_PASSWORD, ScmWorld, scm_world  # noqa: F401
 
@@ -45,21 +46,15 @@ def _events(ports, chain: str) -> list[AuditEvent]:  # type: ignore[no-untyped-d
 
 def _escrow(scm: ScmWorld, email: str) -> int:
     _, _, p12 = scm.p12_for(email)
-    [entry] = import_p12(scm.ports, scm_operator(), "acme", p12, P12_PASSWORD)
+    [entry] = import_p12(scm.ports, TEST_OPERATOR, "acme", p12, P12_PASSWORD)
     assert entry.ok and entry.client_cert_id is not None
     return entry.client_cert_id
-
-
-def scm_operator():  # type: ignore[no-untyped-def]
-    from tests.conftest import TEST_OPERATOR
-
-    return TEST_OPERATOR
 
 
 def _record(ports, slug: str = "acme", action: str = "test.event") -> AuditEvent:  # type: ignore[no-untyped-def]
     def work(s):  # type: ignore[no-untyped-def]
         return audit.record(
-            s, ports, account=tenancy.get_account(s, slug), actor=scm_operator(), action=action
+            s, ports, account=tenancy.get_account(s, slug), actor=TEST_OPERATOR, action=action
         )
 
     return ports.db.run(work)
@@ -261,7 +256,7 @@ def test_kill_9_between_commit_and_witness_write_never_locks(ports, account, set
 
 @pytest.mark.parametrize("moved_to", ["null", "other"])
 def test_an_event_moved_to_another_account_stays_in_its_own_log(ports, account, moved_to) -> None:  # type: ignore[no-untyped-def]
-    accounts.create_account(ports, scm_operator(), "Beta Ltd", "beta", key_vault_enabled=True)
+    accounts.create_account(ports, TEST_OPERATOR, "Beta Ltd", "beta", key_vault_enabled=True)
     chain = _chain(ports)
     secret = _record(ports, action="key.release")
     with ports.db.transaction() as s:
@@ -271,7 +266,7 @@ def test_an_event_moved_to_another_account_stays_in_its_own_log(ports, account, 
             .where(AuditEvent.id == secret.id)
             .values(account_id=None if moved_to == "null" else beta_id)
         )
-    operator = scm_operator()
+    operator = TEST_OPERATOR
     everything = audit_reading.EventFilter()
     acme = audit_reading.list_events(ports, operator, "acme", everything, limit=500).items
     beta = audit_reading.list_events(ports, operator, "beta", everything, limit=500).items
@@ -287,7 +282,7 @@ def test_row_ids_do_not_order_the_log(ports, account) -> None:  # type: ignore[n
     """Paging follows the place in the chain (inside the MAC), not the row id."""
     for _ in range(5):
         _record(ports)
-    operator, everything = scm_operator(), audit_reading.EventFilter()
+    operator, everything = TEST_OPERATOR, audit_reading.EventFilter()
     first = audit_reading.list_events(ports, operator, "acme", everything, limit=2)
     rest = audit_reading.list_events(
         ports, operator, "acme", everything, limit=500, cursor=first.next_cursor
@@ -436,13 +431,13 @@ def test_acknowledged_restore_takes_the_restored_grant_rows(cli) -> None:  # typ
     ports = cli.ports()
     try:
         chain = _chain(ports)
-        admins.create_admin(ports, scm_operator(), "acme", "robot", password="robot-password-0123")
-        kept = tokens.create_token(ports, scm_operator(), "acme", "robot")
-        other = tokens.create_token(ports, scm_operator(), "acme", "robot")
+        admins.create_admin(ports, TEST_OPERATOR, "acme", "robot", password="robot-password-0123")
+        kept = tokens.create_token(ports, TEST_OPERATOR, "acme", "robot")
+        other = tokens.create_token(ports, TEST_OPERATOR, "acme", "robot")
         backup_seq = len(_events(ports, chain))
         backup = _snapshot(cli)
 
-        tokens.revoke_token(ports, scm_operator(), "acme", other.token_id)  # takes a grant away
+        tokens.revoke_token(ports, TEST_OPERATOR, "acme", other.token_id)  # takes a grant away
         _older_database(cli, chain, keep=backup_seq)
         _put_back(cli, backup)
         ports.close()

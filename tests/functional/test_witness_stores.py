@@ -17,7 +17,9 @@ from certvault.services.kernel.witness_redis import RedisWitness
 REDIS_URL = os.environ.get("CERTVAULT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
-def _redis_store() -> Iterator[RedisWitness]:
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A key prefix of this test's own on the real Redis, emptied afterwards."""
     client = redis.Redis.from_url(REDIS_URL)
     try:
         client.ping()
@@ -27,7 +29,7 @@ def _redis_store() -> Iterator[RedisWitness]:
         pytest.skip("Redis is not reachable")
     prefix = f"certvault-test:{uuid.uuid4().hex}:"
     try:
-        yield RedisWitness(REDIS_URL, prefix=prefix)
+        yield prefix
     finally:
         for key in client.scan_iter(match=prefix + "*"):
             client.delete(key)
@@ -38,7 +40,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]:
     if request.param == "file":
         yield AuditHeadStore(tmp_path / "heads")
     else:
-        yield from _redis_store()
+        yield RedisWitness(REDIS_URL, prefix=request.getfixturevalue("redis_prefix"))
 
 
 def test_a_head_only_moves_forward(store) -> None:  # type: ignore[no-untyped-def]
@@ -61,7 +63,9 @@ def test_a_grant_generation_only_moves_forward(store) -> None:  # type: ignore[n
     assert store.generation(account) == 7
 
 
-def test_a_cut_chain_stops_writers_with_the_redis_witness(tmp_path, database_url) -> None:  # type: ignore[no-untyped-def]
+def test_a_cut_chain_stops_writers_with_the_redis_witness(
+    tmp_path, database_url, redis_prefix
+) -> None:  # type: ignore[no-untyped-def]
     """The witness in Redis, as several nodes share it: the cut release is refused as with files."""
     from sqlalchemy import delete, select, update
 
@@ -73,10 +77,11 @@ def test_a_cut_chain_stops_writers_with_the_redis_witness(tmp_path, database_url
     from certvault.services.kernel.ports import open_ports
     from tests.conftest import TEST_OPERATOR, make_settings
 
-    for probe in _redis_store():  # skips or fails like the store tests when Redis is away
-        prefix = probe._prefix
     settings = make_settings(
-        tmp_path / "home", database_url, audit_witness_url=REDIS_URL, audit_witness_prefix=prefix
+        tmp_path / "home",
+        database_url,
+        audit_witness_url=REDIS_URL,
+        audit_witness_prefix=redis_prefix,
     )
     ports = open_ports(settings)
     try:
