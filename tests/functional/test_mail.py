@@ -7,10 +7,12 @@ while the server is down, never lost, and never carries a passphrase or key mate
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
 import threading
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -18,15 +20,17 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from certvault.crypto import keys as keylib
 from certvault.db.models import MailMessage
 from certvault.services.access import admins
+from certvault.services.audit import log as audit
 from certvault.services.directory import accounts
-from certvault.services.kernel import notify, tenancy
+from certvault.services.kernel import notify, seals, tenancy
 from certvault.services.kernel.notify import SendResult, send_pending
 from certvault.services.kernel.ports import Ports, open_ports
+from certvault.services.kernel.seal_events import UNBOUND_ONLY
 from certvault.services.vault.archive import (
     CertificateConflict,
     EscrowRequest,
@@ -37,7 +41,7 @@ from certvault.services.vault.imports import import_p12
 from certvault.services.vault.release import ReasonRequired, release_key
 from tests.conftest import make_settings
 from tests.factories import make_ca, make_cert, make_p12, new_key, pool_key
-from tests.functional.helpers import counts, mails
+from tests.functional.helpers import counts, events, mails
 from tests.functional.smtp_server import SmtpServer, smtp_server  # noqa: F401 - the fixture
 
 PW = "import-password-1"
@@ -292,7 +296,141 @@ def test_two_concurrent_senders_deliver_each_message_exactly_once(mail_ports, sm
     assert all(row.sent_at is not None and row.attempts == 1 for row in mails(mail_ports))
 
 
-# --- 5. no secrets in mail -----------------------------------------------------------------------
+# --- 5. the database is not trusted: no mail redirected ------------------------------------------
+
+
+def _sql(ports: Ports, statement: str, **params: object) -> None:
+    with ports.db.engine.begin() as conn:
+        conn.execute(text(statement), params)
+
+
+def _held(ports: Ports) -> dict[str, str]:
+    """uuid -> problem of every outbox row refused and audited."""
+    found = {}
+    for e in events(ports, audit.ROW_REFUSED):
+        assert e.target_type == "mail_outbox" and e.outcome == "refused"
+        found[e.target_id] = json.loads(e.details)["problem"]
+    return found
+
+
+def test_a_queued_mail_changed_in_the_database_is_held_and_the_others_go_out(
+    mail_ports,
+    operator,
+    smtp_server,  # noqa: F811
+):
+    other = accounts.create_account(mail_ports, operator, "Other Corp", "other")
+    with mail_ports.db.transaction() as s:
+        acme = tenancy.get_account(s, "acme")
+        for i, account in enumerate((acme, None, acme, acme, None, acme)):
+            notify.queue_mail(s, account, f"user{i}@example.org", f"message {i}", f"code {i}\n")
+    rows = {row.subject: row for row in mails(mail_ports)}
+    attacker = "attacker@evil.example"
+    # Redirected, reworded, moved to another tenant, an installation mail given to a tenant, and
+    # one inserted with a MAC copied from a real row: all by SQL, without the master key.
+    _sql(
+        mail_ports,
+        "UPDATE mail_outbox SET to_addr = :a WHERE id = :id",
+        a=attacker,
+        id=rows["message 0"].id,
+    )
+    _sql(
+        mail_ports,
+        "UPDATE mail_outbox SET body = 'click http://evil.example' WHERE id = :id",
+        id=rows["message 2"].id,
+    )
+    _sql(
+        mail_ports,
+        "UPDATE mail_outbox SET account_id = :o WHERE id = :id",
+        o=other.id,
+        id=rows["message 3"].id,
+    )
+    _sql(
+        mail_ports,
+        "UPDATE mail_outbox SET account_id = :a WHERE id = :id",
+        a=acme.id,
+        id=rows["message 4"].id,
+    )
+    copied = rows["message 5"]
+    forged = str(uuid.uuid4())
+    _sql(
+        mail_ports,
+        "INSERT INTO mail_outbox (uuid, account_id, to_addr, subject, body, created_at, attempts,"
+        " next_attempt_at, mac) VALUES (:u, :a, :t, :s, :b, :c, 0, :c, :m)",
+        u=forged,
+        a=acme.id,
+        t=attacker,
+        s=copied.subject,
+        b=copied.body,
+        c=copied.created_at,
+        m=copied.mac,
+    )
+    bad = {rows[f"message {i}"].uuid for i in (0, 2, 3, 4)} | {forged}
+
+    assert send_pending(mail_ports) == SendResult(sent=2, failed=0, pending=0, held=5)
+    assert sorted((m.rcpt_tos, m.subject) for m in smtp_server.messages) == [
+        (("user1@example.org",), "message 1"),
+        (("user5@example.org",), "message 5"),
+    ]
+    assert _held(mail_ports) == dict.fromkeys(bad, "altered")
+    reported = {p.uuid: p.reason for p in seals.check_rows(mail_ports).problems}
+    assert set(reported) == bad
+    for row in mails_raw(mail_ports):
+        if row["uuid"] in bad:
+            assert row["sent_at"] is None and row["last_error"] == notify.HELD
+
+    # Held, not retried: nothing goes out, nothing is refused again on the next runs.
+    assert send_pending(mail_ports) == SendResult(sent=0, failed=0, pending=0, held=0)
+    assert len(smtp_server.messages) == 2 and len(_held(mail_ports)) == 5
+
+
+def mails_raw(ports: Ports) -> list[dict[str, object]]:
+    """The outbox as stored, without the ORM (which refuses a row that fails its seal)."""
+    with ports.db.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(text("SELECT * FROM mail_outbox")).mappings()]
+
+
+def test_a_mail_changed_after_its_claim_is_held(mail_ports, smtp_server, monkeypatch):  # noqa: F811
+    _queue(mail_ports, 2)
+    first, second = mails(mail_ports)
+    real = notify._message
+
+    def change_then_build(settings, row):  # type: ignore[no-untyped-def]
+        if row.id == second.id:
+            raise AssertionError("the changed row must be refused before it is built")
+        # The claim is done and the first message is being built: the attacker changes the
+        # second one now.
+        _sql(
+            mail_ports,
+            "UPDATE mail_outbox SET to_addr = 'x@evil.example' WHERE id = :id",
+            id=second.id,
+        )
+        return real(settings, row)
+
+    monkeypatch.setattr(notify, "_message", change_then_build)
+    assert send_pending(mail_ports) == SendResult(sent=1, failed=0, pending=0, held=1)
+    assert [m.rcpt_tos for m in smtp_server.messages] == [(first.to_addr,)]
+    assert _held(mail_ports) == {second.uuid: "altered"}
+
+
+def test_an_outbox_from_before_its_seal_is_sealed_once_by_init(mail_ports, operator, smtp_server):  # noqa: F811
+    subjects = _queue(mail_ports, 2)
+    # What the version before the outbox was sealed leaves after migration 0007: queued mail
+    # without MACs, the installation sealed up to the first version of the seals.
+    _sql(mail_ports, "UPDATE mail_outbox SET mac = NULL")
+    (mail_ports.audit_heads.directory / f"{seals.INSTALLATION}.generation").unlink()
+    mail_ports.audit_heads.advance_generation(seals.INSTALLATION, 1)
+    upgraded = open_ports(mail_ports.settings)
+    try:
+        assert accounts.initialize(upgraded, operator).sealed_rows == 2  # the mail, nothing else
+        assert seals.check_rows(upgraded).ok
+        assert accounts.initialize(upgraded, operator).sealed_rows == 0
+        assert send_pending(upgraded) == SendResult(sent=2, failed=0, pending=0)
+    finally:
+        upgraded.close()
+    assert sorted(m.subject for m in smtp_server.messages) == subjects
+
+
+# --- 6. no secrets in mail -----------------------------------------------------------------------
 
 
 def _pem_lines(data: bytes) -> list[str]:
@@ -335,9 +473,9 @@ def test_mail_never_carries_a_passphrase_or_key_material(mail_ports, operator, s
     texts = [f"{row.subject}\n{row.body}" for row in mails(mail_ports)]
     texts += [f"{m.subject}\n{m.body}\n{m.raw.decode('latin-1')}" for m in smtp_server.messages]
     assert len(texts) == 10
-    for text in texts:
+    for said in texts:
         for secret in forbidden:
-            assert secret not in text
+            assert secret not in said
 
 
 # --- the CLI -------------------------------------------------------------------------------------
@@ -369,7 +507,11 @@ def test_cli_mail_send(mail_ports, operator, smtp_server, tmp_path):  # noqa: F8
 
     smtp_server.start()
     with mail_ports.db.transaction() as s:  # the backoff has passed
-        s.execute(update(MailMessage).values(next_attempt_at=datetime.now(UTC) - timedelta(1)))
+        s.execute(
+            update(MailMessage)
+            .values(next_attempt_at=datetime.now(UTC) - timedelta(1))
+            .execution_options(**{UNBOUND_ONLY: True})
+        )
     up = run()
     assert up.returncode == 0, up.stderr
     assert "sent 1, failed 0, still pending 0" in up.stdout

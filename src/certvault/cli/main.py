@@ -333,7 +333,13 @@ def mail_send() -> None:
     with ports_for_command() as ports:
         result = guarded(lambda: notify.send_pending(ports))
         out.print(f"sent {result.sent}, failed {result.failed}, still pending {result.pending}")
-        if result.failed:
+        if result.held:
+            out.print(
+                f"HELD {result.held}: changed in the database since they were queued, not sent;"
+                " `certvault verify` names them",
+                markup=False,
+            )
+        if result.failed or result.held:
             raise SystemExit(1)
 
 

@@ -335,6 +335,7 @@ class MailMessage(Base):
     __table_args__ = (Index("ix_mail_outbox_due", "sent_at", "next_attempt_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), default=new_uuid, index=True, unique=True)
     account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), index=True)
     to_addr: Mapped[str] = mapped_column(String(320))
     subject: Mapped[str] = mapped_column(String(300))
@@ -345,6 +346,8 @@ class MailMessage(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(String(500))
+    # Recipient, subject and body are sealed (services/kernel/seals.py).
+    mac: Mapped[str | None] = mapped_column(String(64))
 
 
 class ApiToken(Base):

@@ -56,7 +56,9 @@ class MailSender:
     def _run(self) -> None:
         while not self._stop.wait(self._ports.settings.mail_send_interval):
             try:
-                notify.send_pending(self._ports)
+                result = notify.send_pending(self._ports)
+                if result.held:
+                    log.warning("mail sender: %d message(s) failed their seal; held", result.held)
             except Exception as exc:  # noqa: BLE001 - the sender must outlive a bad moment
                 log.warning("mail sender: %s", type(exc).__name__)
 

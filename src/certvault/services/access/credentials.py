@@ -100,4 +100,3 @@ def authenticate_password(
         raise Unauthenticated()
     cache.put(key, actor.admin_id or 0, s.credential_cache_seconds)
     return actor
-

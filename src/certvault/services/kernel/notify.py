@@ -1,6 +1,8 @@
 """The mail outbox: rows written in the transaction that causes the mail, delivered by a sender.
 
-A message is never deleted: it is marked sent, or retried with backoff until it is.
+A message is never deleted: it is marked sent, or retried with backoff until it is. Recipient,
+subject and body are sealed when queued (seals.py): a message changed in the database is held,
+never sent, and the refusal is audited; the other messages go out as usual.
 """
 
 from __future__ import annotations
@@ -8,20 +10,27 @@ from __future__ import annotations
 import smtplib
 import ssl
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import make_msgid
+from functools import partial
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from certvault.config import Settings
 from certvault.db.models import Account, Admin, MailMessage
 from certvault.errors import CertvaultError, ConfigurationError
+from certvault.services.kernel import seals
 from certvault.services.kernel.ports import Ports
+from certvault.services.kernel.seal_events import UNBOUND_ONLY
 
 CLAIM_FOR = timedelta(minutes=5)
 MAX_BACKOFF = timedelta(hours=1)
+# A message that fails its seal: never due again. `certvault verify` names it until an operator
+# has looked at it and deleted it.
+HELD_UNTIL = datetime(9999, 1, 1, tzinfo=UTC)
+HELD = "held: the stored message failed its integrity check and was not sent"
 
 
 def queue_mail(session: Session, account: Account | None, to: str, subject: str, body: str) -> None:
@@ -56,6 +65,7 @@ class SendResult:
     sent: int = 0
     failed: int = 0
     pending: int = 0
+    held: int = 0  # refused by their seal in this run: not sent, not retried
 
 
 def _connect(settings: Settings) -> smtplib.SMTP:
@@ -122,24 +132,28 @@ def send_pending(ports: Ports, *, limit: int = 100) -> SendResult:
         raise ConfigurationError("No SMTP server is configured (CERTVAULT_SMTP_HOST).")
     now = ports.clock()
 
-    def claim(session: Session) -> list[int]:
-        rows = session.scalars(
-            select(MailMessage)
-            .where(
-                MailMessage.sent_at.is_(None),
-                MailMessage.next_attempt_at <= now,
-                or_(MailMessage.claimed_until.is_(None), MailMessage.claimed_until < now),
-            )
-            .order_by(MailMessage.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        ).all()
-        for row in rows:
+    def claim(session: Session) -> tuple[list[int], int]:
+        with seals.lenient(session) as refused:
+            rows = session.scalars(
+                select(MailMessage)
+                .where(
+                    MailMessage.sent_at.is_(None),
+                    MailMessage.next_attempt_at <= now,
+                    or_(MailMessage.claimed_until.is_(None), MailMessage.claimed_until < now),
+                )
+                .order_by(MailMessage.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            held = [row.id for row in rows if row in refused]
+        _hold(session, held)
+        claimed = [row for row in rows if row.id not in held]
+        for row in claimed:
             row.claimed_until = now + CLAIM_FOR
-        return [row.id for row in rows]
+        return [row.id for row in claimed], len(held)
 
-    ids = ports.db.run(claim)
-    result = SendResult()
+    ids, held = ports.db.run(claim)
+    result = SendResult(held=held)
     if not ids:
         # Nothing is due, but messages waiting for their next attempt are still pending.
         result.pending = _count_pending(ports)
@@ -147,10 +161,15 @@ def send_pending(ports: Ports, *, limit: int = 100) -> SendResult:
     smtp: smtplib.SMTP | None = None
     try:
         for message_id in ids:
-            with ports.db.read() as session:
-                row = session.get(MailMessage, message_id)
-                assert row is not None
-                msg = _message(ports.settings, row)
+            try:
+                with ports.db.read() as session:
+                    row = session.get(MailMessage, message_id)
+                    assert row is not None
+                    msg = _message(ports.settings, row)
+            except seals.TamperedRow:  # changed since it was claimed
+                ports.db.run(partial(_hold, ids=[message_id]))
+                result.held += 1
+                continue
             error: str | None = None
             try:
                 if smtp is None:
@@ -175,25 +194,48 @@ def send_pending(ports: Ports, *, limit: int = 100) -> SendResult:
     return result
 
 
+def _hold(session: Session, ids: list[int]) -> None:
+    """Take messages that failed their seal out of delivery. Only unbound columns are written:
+    the seal stays as it was, so `certvault verify` keeps naming the row."""
+    if ids:
+        session.execute(
+            update(MailMessage)
+            .where(MailMessage.id.in_(ids))
+            .values(next_attempt_at=HELD_UNTIL, claimed_until=None, last_error=HELD)
+            .execution_options(**{UNBOUND_ONLY: True})
+        )
+
+
 def _count_pending(ports: Ports) -> int:
     with ports.db.read() as session:
         return len(
-            session.scalars(select(MailMessage.id).where(MailMessage.sent_at.is_(None))).all()
+            session.scalars(
+                select(MailMessage.id).where(
+                    MailMessage.sent_at.is_(None), MailMessage.next_attempt_at < HELD_UNTIL
+                )
+            ).all()
         )
 
 
 def _finish(ports: Ports, message_id: int, error: str | None) -> None:
     def work(session: Session) -> None:
-        row = session.get(MailMessage, message_id)
-        assert row is not None
+        # Read with Core: the row is not loaded as an object, so it is neither checked nor
+        # sealed again here; it was checked before it was sent, and only unbound columns change.
+        row = session.execute(
+            select(MailMessage.attempts).where(MailMessage.id == message_id)
+        ).one()
         now = ports.clock()
-        row.attempts += 1
-        row.claimed_until = None
+        attempts = row.attempts + 1
+        values: dict[str, object] = {"attempts": attempts, "claimed_until": None}
         if error is None:
-            row.sent_at = now
-            row.last_error = None
+            values.update(sent_at=now, last_error=None)
         else:
-            row.last_error = error[:500]
-            row.next_attempt_at = now + backoff(row.attempts)
+            values.update(last_error=error[:500], next_attempt_at=now + backoff(attempts))
+        session.execute(
+            update(MailMessage)
+            .where(MailMessage.id == message_id)
+            .values(**values)
+            .execution_options(**{UNBOUND_ONLY: True})
+        )
 
     ports.db.run(work)

@@ -40,6 +40,7 @@ from certvault.db.models import (
     ApiToken,
     Certificate,
     KeyVaultSettings,
+    MailMessage,
     Person,
     ServiceKey,
     TrustedIssuer,
@@ -54,7 +55,7 @@ SEAL_KEY_PURPOSE = "row-seal"
 # Beside the witness: the SEALS version whose tables `certvault init` has sealed. The rows of a
 # table are sealed once, when init first meets it; from then on a row without a MAC is refused.
 INSTALLATION = "installation"
-SEALS = 1  # raised by a version that seals another table (SealedTable.since)
+SEALS = 2  # raised by a version that seals another table (SealedTable.since)
 # Refused rows of the session, for audit/log.py to record after the transaction.
 REFUSED = "certvault_refused_rows"
 _BUMPED = "certvault_grant_bumped"  # account id -> the generation this transaction set
@@ -185,6 +186,21 @@ SEALED: tuple[SealedTable, ...] = (
             " friendly_name created_at"
         ),
     ),
+    # Where mail goes, and what it says: a queued message whose recipient, subject or body was
+    # changed in the database is held, never sent (notify.send_pending). Mail of the installation
+    # has no account; its MAC names the installation instead.
+    SealedTable(
+        MailMessage,
+        _columns("id uuid to_addr subject body created_at"),
+        unbound={
+            "attempts": "delivery bookkeeping: an older value only changes the next retry's wait",
+            "next_attempt_at": "delivery bookkeeping: when to try again, never where to",
+            "claimed_until": "delivery bookkeeping: which sender holds the message for a while",
+            "sent_at": "set once delivered; a database writer can suppress mail, never redirect it",
+            "last_error": "the server's short reason for the last failed try",
+        },
+        since=2,
+    ),
 )
 _BY_MODEL: dict[type, SealedTable] = {spec.model: spec for spec in SEALED}
 GRANTS = tuple(spec for spec in SEALED if spec.grant)
@@ -195,7 +211,14 @@ def sealed_table(model: type) -> SealedTable | None:
 
 
 def account_id_of(spec: SealedTable, obj: Any) -> int:
+    """The account of a grant row (every grant row has one)."""
     return int(obj.id if spec.model is Account else obj.account_id)
+
+
+def owner_of(spec: SealedTable, obj: Any) -> int | None:
+    """The account a sealed row belongs to; None for the installation's own (its mail)."""
+    found = obj.id if spec.model is Account else obj.account_id
+    return None if found is None else int(found)
 
 
 # --- the MAC ------------------------------------------------------------------------------------
@@ -255,9 +278,10 @@ def _account_uuid(connection: Connection, ports: Ports, spec: SealedTable, obj: 
     """The uuid of the account a row (an ORM object or a mapping of its values) belongs to."""
     if spec.model is Account:
         return str(obj["uuid"] if isinstance(obj, Mapping) else obj.uuid)
-    return _uuid_of_account(
-        connection, ports, obj["account_id"] if isinstance(obj, Mapping) else obj.account_id
-    )
+    account_id = obj["account_id"] if isinstance(obj, Mapping) else obj.account_id
+    if account_id is None and not spec.grant:
+        return INSTALLATION  # never an account's uuid, so a row cannot be moved between them
+    return _uuid_of_account(connection, ports, account_id)
 
 
 def _uuid_of_account(connection: Connection, ports: Ports, account_id: int) -> str:
@@ -337,7 +361,7 @@ def bump(session: Session, ports: Ports, account_id: int) -> None:
     connection = session.connection()
     connection.execute(select(Account.id).where(Account.id == account_id).with_for_update())
     rows: list[Any] = []
-    with _lenient(session) as refused:
+    with lenient(session) as refused:
         for spec in GRANTS:
             owner = spec.model.id if spec.model is Account else spec.model.account_id
             query = select(spec.model).where(owner == account_id)
@@ -440,7 +464,7 @@ def check_loaded(obj: Any, session: Session) -> None:
     if reason == "replayed" and _outdated(ports, spec, values):
         session.expunge(obj)
         raise RowChanged()
-    refused = RefusedRow(spec.table, str(obj.uuid), account_id_of(spec, obj), reason)
+    refused = RefusedRow(spec.table, str(obj.uuid), owner_of(spec, obj), reason)
     session.info.setdefault(REFUSED, []).append(refused)
     lenient: set[Any] | None = session.info.get(_LENIENT)
     if lenient is not None:
@@ -452,7 +476,7 @@ def check_loaded(obj: Any, session: Session) -> None:
 
 
 @contextmanager
-def _lenient(session: Session) -> Iterator[set[Any]]:
+def lenient(session: Session) -> Iterator[set[Any]]:
     """Rows that do not verify are collected (and still recorded as refused), not raised;
     they are taken out of the session afterwards."""
     refused: set[Any] = set()
