@@ -17,7 +17,7 @@ import pytest
 from argon2 import PasswordHasher
 from cryptography import x509
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from certvault.crypto import keys as keylib
 from certvault.crypto.passphrase import PassphraseRejected
@@ -31,7 +31,9 @@ from certvault.db.models import (
 )
 from certvault.errors import Forbidden, InvalidInput, KeyTypeNotAllowed
 from certvault.services.access import admins, tokens
+from certvault.services.audit import log as audit
 from certvault.services.directory import accounts
+from certvault.services.kernel import seals, tenancy
 from certvault.services.kernel.actors import Actor
 from certvault.services.kernel.notify import MailUnavailable
 from certvault.services.kernel.ports import Ports
@@ -697,3 +699,92 @@ def test_cli_forms(cli, tmp_path):
     assert "\tdisabled\t" in cli.run("form", "list", "--account", "acme").stdout
     missing = cli.run("form", "disable", "nope", "--account", "acme")
     assert missing.returncode == 1 and "form_not_found" in cli_env.text(missing)
+
+
+# --- the database is not trusted: forms, CAs and organizations are sealed ------------------------
+
+
+def _sql(ports: Ports, statement: str, **params: Any) -> None:
+    with ports.db.engine.begin() as conn:
+        conn.execute(text(statement), params)
+
+
+def _stored(ports: Ports, table: str) -> list[dict[str, Any]]:
+    with ports.db.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(text(f"SELECT * FROM {table}")).mappings()]
+
+
+def _reported(ports: Ports) -> dict[tuple[str, str], str]:
+    return {(p.table, p.uuid): p.reason for p in seals.check_rows(ports).problems}
+
+
+def _refused(ports: Ports) -> set[tuple[str, str]]:
+    return {(e.target_type, e.target_id) for e in events(ports, audit.ROW_REFUSED)}
+
+
+def test_an_access_code_or_domain_put_in_by_sql_enrolls_nobody(ports, acme, smtp_server):
+    [form] = _stored(ports, "enrollment_forms")
+    # The attacker's own access code, and every domain: our CA would certify any address for them.
+    chosen = PasswordHasher().hash("the attackers own code")
+    _sql(ports, "UPDATE enrollment_forms SET access_code_hash = :h, domains = ''", h=chosen)
+    for email in ("victim@example.org", "ceo@elsewhere.example"):
+        with pytest.raises(seals.TamperedRow):
+            send(ports, email=email, access="the attackers own code")
+    with pytest.raises(seals.TamperedRow):
+        enrollment_forms.get_form_public(ports, "acme", "staff")
+    assert smtp_server.messages == [] and code_rows(ports) == [] and certificates(ports) == []
+    assert ("enrollment_forms", form["uuid"]) in _refused(ports)
+    assert _reported(ports) == {
+        (
+            "enrollment_forms",
+            form["uuid"],
+        ): "MAC does not match: the row was altered, inserted or moved"
+    }
+
+
+def test_a_disabled_form_put_back_is_refused(ports, operator, acme, smtp_server):
+    [enabled] = _stored(ports, "enrollment_forms")
+    enrollment_forms.disable_form(ports, operator, "acme", "staff")
+    columns = ", ".join(f"{name} = :{name}" for name in enabled if name != "id")
+    _sql(ports, f"UPDATE enrollment_forms SET {columns} WHERE id = :id", **enabled)
+    with pytest.raises(seals.TamperedRow):
+        send(ports)
+    assert smtp_server.messages == []
+    assert _reported(ports) == {
+        (
+            "enrollment_forms",
+            enabled["uuid"],
+        ): "below the account's grant generation: an old copy put back"
+    }
+
+
+def test_a_ca_certificate_swapped_by_sql_issues_nothing(ports, operator, acme, smtp_server):
+    send(ports)
+    code = last_code(smtp_server)
+    issuing = next(r for r in _stored(ports, "certificate_authorities") if r["role"] == "issuing")
+    root = next(r for r in _stored(ports, "certificate_authorities") if r["role"] == "root")
+    # The issuing CA now names the root's certificate: certificates would chain to the wrong CA.
+    _sql(
+        ports,
+        "UPDATE certificate_authorities SET certificate_der = :d WHERE id = :id",
+        d=root["certificate_der"],
+        id=issuing["id"],
+    )
+    with pytest.raises(seals.TamperedRow):
+        do_enroll(ports, code)
+    assert certificates(ports) == [] and escrowed_spkis(ports) == set()
+    assert ("certificate_authorities", issuing["uuid"]) in _refused(ports)
+    assert set(_reported(ports)) == {("certificate_authorities", issuing["uuid"])}
+
+
+def test_an_organization_renamed_by_sql_is_refused(ports, operator, acme):
+    [organization] = _stored(ports, "organizations")
+    _sql(ports, "UPDATE organizations SET name = 'Board' WHERE id = :id", id=organization["id"])
+    with pytest.raises(seals.TamperedRow), ports.db.read() as s:
+        tenancy.default_organization(s, tenancy.get_account(s, "acme"))
+    assert _reported(ports) == {
+        (
+            "organizations",
+            organization["uuid"],
+        ): "MAC does not match: the row was altered, inserted or moved"
+    }

@@ -547,7 +547,8 @@ def test_an_installation_from_before_seals_is_sealed_once_by_init(ports, operato
         with pytest.raises(ConfigurationError, match="certvault init"):
             tokens.authenticate(upgraded, made.token)
         result = accounts.initialize(upgraded, operator)
-        assert result.sealed_rows == seals.check_rows(upgraded).rows == 3  # account, admin, token
+        # The account, its default organization, the admin and the token.
+        assert result.sealed_rows == seals.check_rows(upgraded).rows == 4
         actor, slug = tokens.authenticate(upgraded, made.token)
         assert slug == "acme" and actor.organization_ids == {1}
         assert _row(upgraded, "api_tokens", "id = :id", id=made.token_id)["grant_generation"] == 4
@@ -584,7 +585,7 @@ def test_certvault_verify_names_a_tampered_row(cli):
         ports.close()
     ok = cli.run("verify")
     assert ok.returncode == 0, cli_env.text(ok)
-    assert "sealed rows checked: 2, failures: 0" in ok.stdout
+    assert "sealed rows checked: 3, failures: 0" in ok.stdout  # account, organization, admin
 
     cli.sql("UPDATE admins SET privileges = 'key_vault_download persons_manage'")
     [(admin_uuid,)] = cli.sql("SELECT uuid FROM admins")

@@ -107,10 +107,12 @@ class Organization(Base):
     __table_args__ = (UniqueConstraint("account_id", "name"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), default=new_uuid, index=True, unique=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    mac: Mapped[str | None] = mapped_column(String(64))
 
     account: Mapped[Account] = relationship(back_populates="organizations")
 
@@ -402,6 +404,7 @@ class CertificateAuthority(Base):
     crl_der: Mapped[bytes | None] = mapped_column(LargeBinary)
     crl_next_update: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    mac: Mapped[str | None] = mapped_column(String(64))
 
 
 class EnrollmentForm(Base):
@@ -411,6 +414,7 @@ class EnrollmentForm(Base):
     __table_args__ = (UniqueConstraint("account_id", "slug"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), default=new_uuid, index=True, unique=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
     slug: Mapped[str] = mapped_column(String(63))
     name: Mapped[str] = mapped_column(String(200), default="")
@@ -423,6 +427,8 @@ class EnrollmentForm(Base):
     allow_own_passphrase: Mapped[bool] = mapped_column(Boolean, default=False)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    grant_generation: Mapped[int] = mapped_column(Integer, default=0)
+    mac: Mapped[str | None] = mapped_column(String(64))
 
 
 class EnrollmentCode(Base):

@@ -39,8 +39,11 @@ from certvault.db.models import (
     AdminOrganization,
     ApiToken,
     Certificate,
+    CertificateAuthority,
+    EnrollmentForm,
     KeyVaultSettings,
     MailMessage,
+    Organization,
     Person,
     ServiceKey,
     TrustedIssuer,
@@ -186,6 +189,28 @@ SEALED: tuple[SealedTable, ...] = (
             " friendly_name created_at"
         ),
     ),
+    # Who may enroll, for what: an access code or a domain put in by SQL would have our CA
+    # certify an address for whoever chose them.
+    SealedTable(
+        EnrollmentForm,
+        _columns(
+            "id uuid slug name profile organization_id access_code_hash domains key_types"
+            " dual_key allow_own_passphrase enabled created_at grant_generation"
+        ),
+        grant=True,
+        since=2,
+    ),
+    # Which certificate and key a CA signs with, and the CRL it serves.
+    SealedTable(
+        CertificateAuthority,
+        _columns(
+            "id uuid name role parent_id certificate_der service_key_id active crl_number"
+            " crl_der crl_next_update created_at"
+        ),
+        since=2,
+    ),
+    # Where persons and certificates land, and what administrators of an organization see.
+    SealedTable(Organization, _columns("id uuid name is_default created_at"), since=2),
     # Where mail goes, and what it says: a queued message whose recipient, subject or body was
     # changed in the database is held, never sent (notify.send_pending). Mail of the installation
     # has no account; its MAC names the installation instead.
