@@ -394,7 +394,7 @@ def test_a_mail_changed_after_its_claim_is_held(mail_ports, smtp_server, monkeyp
     first, second = mails(mail_ports)
     real = notify._message
 
-    def change_then_build(settings, row):  # type: ignore[no-untyped-def]
+    def change_then_build(ports, row):  # type: ignore[no-untyped-def]
         if row.id == second.id:
             raise AssertionError("the changed row must be refused before it is built")
         # The claim is done and the first message is being built: the attacker changes the
@@ -404,7 +404,7 @@ def test_a_mail_changed_after_its_claim_is_held(mail_ports, smtp_server, monkeyp
             "UPDATE mail_outbox SET to_addr = 'x@evil.example' WHERE id = :id",
             id=second.id,
         )
-        return real(settings, row)
+        return real(ports, row)
 
     monkeypatch.setattr(notify, "_message", change_then_build)
     assert send_pending(mail_ports) == SendResult(sent=1, failed=0, pending=0, held=1)
@@ -428,6 +428,43 @@ def test_an_outbox_from_before_its_seal_is_sealed_once_by_init(mail_ports, opera
     finally:
         upgraded.close()
     assert sorted(m.subject for m in smtp_server.messages) == subjects
+
+
+def test_a_secret_body_is_sealed_at_rest_and_discarded_or_expired_mail_is_never_sent(
+    mail_ports,
+    smtp_server,  # noqa: F811
+):
+    code = "CODE-83920174"
+    sealed = notify.seal_body(mail_ports, f"Your code is {code}\n")
+    later = datetime.now(UTC) + timedelta(minutes=10)
+    with mail_ports.db.transaction() as s:
+        notify.queue_mail(s, None, "alice@example.org", "your code", sealed, expires_at=later)
+        notify.queue_mail(s, None, "nobody@example.org", "your code", "decoy\n", discard=True)
+        notify.queue_mail(
+            s, None, "late@example.org", "your code", "late\n", expires_at=datetime.now(UTC)
+        )
+    stored = mails_raw(mail_ports)
+    assert not any(code in str(row["body"]) for row in stored)
+    assert [bool(row["body_sealed"]) for row in stored] == [True, False, False]
+
+    assert send_pending(mail_ports) == SendResult(sent=1, dropped=2)
+    [got] = smtp_server.messages
+    assert got.rcpt_tos == ("alice@example.org",) and code in got.body
+    for row in mails(mail_ports):
+        assert row.sent_at is not None
+        assert (row.last_error == notify.DROPPED) == (row.to_addr != "alice@example.org")
+    # A sealed body copied into another message: refused by its seal, held, not sent.
+    with mail_ports.db.transaction() as s:
+        notify.queue_mail(
+            s, None, "bob@example.org", "your code", notify.seal_body(mail_ports, "x")
+        )
+    _sql(
+        mail_ports,
+        "UPDATE mail_outbox SET body = :b WHERE to_addr = 'bob@example.org'",
+        b=stored[0]["body"],
+    )
+    assert send_pending(mail_ports).held == 1
+    assert len(smtp_server.messages) == 1
 
 
 # --- 6. no secrets in mail -----------------------------------------------------------------------

@@ -604,6 +604,37 @@ def test_every_column_of_a_sealed_table_is_bound_or_said_why_not():
         assert set(spec.columns) | set(spec.unbound) | kept_apart >= columns, spec.table
         assert not set(spec.columns) & set(spec.unbound), spec.table
         assert ("grant_generation" in spec.columns) == spec.grant, spec.table
+        assert set(spec.later) <= set(spec.columns), spec.table
+        # The MAC is the row's version: a write over a row changed since it was read fails.
+        assert spec.model.__mapper__.version_id_col is spec.model.__table__.c.mac, spec.table
+
+
+def test_a_column_added_later_keeps_old_seals_and_binds_new_values(ports, operator):
+    """persons.active came after persons were first sealed: a row sealed before still verifies,
+    and an inactive person made active again by SQL is refused."""
+    accounts.create_account(ports, operator, "Acme Corp", "acme", key_vault_enabled=True)
+    with ports.db.transaction() as s:
+        acme = s.scalars(select(Organization)).first()
+        assert acme is not None
+        s.add(Person(account_id=acme.account_id, organization_id=acme.id, email="p@example.org"))
+    spec = seals.sealed_table(Person)
+    assert spec is not None and spec.later == {"active": True}
+    with ports.db.engine.connect() as conn:  # typed, as certvault reads it
+        row = dict(conn.execute(select(Person.__table__)).mappings().one())
+    # The MAC of the row as the version before `active` would have sealed it is the same.
+    before = {k: v for k, v in row.items() if k != "active"}
+    old_spec = seals.SealedTable(Person, tuple(c for c in spec.columns if c != "active"))
+    with ports.db.engine.connect() as conn:
+        key = seals._key(conn, ports)
+        account_uuid = seals._account_uuid(conn, ports, spec, row)
+    assert seals._mac(key, old_spec, before, account_uuid) == row["mac"]
+
+    with ports.db.transaction() as s:
+        person = s.scalars(select(Person)).one()
+        person.active = False
+    assert seals.check_rows(ports).ok
+    _sql(ports, "UPDATE persons SET active = :t", t=True)
+    assert _reported(ports) == {("persons", row["uuid"]): _reason("altered")}
 
 
 def test_bulk_writes_to_sealed_tables_are_refused(ports):

@@ -114,6 +114,8 @@ class Organization(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     mac: Mapped[str | None] = mapped_column(String(64))
 
+    __mapper_args__ = sealed_by_mac(mac)
+
     account: Mapped[Account] = relationship(back_populates="organizations")
 
 
@@ -138,6 +140,8 @@ class Person(Base):
     upn: Mapped[str] = mapped_column(String(320), default="")
     secret_id_hash: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # An inactive person (who left) recovers nothing on their own; administrators still can.
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
     mac: Mapped[str | None] = mapped_column(String(64))
 
     __mapper_args__ = sealed_by_mac(mac)
@@ -255,6 +259,8 @@ class ServiceKey(Base):
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
     wrapped_data_key: Mapped[bytes] = mapped_column(LargeBinary)
     certificate_der: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The certificates between certificate_der and its root (PEM), for a profile-signing key.
+    chain_pem: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -348,8 +354,17 @@ class MailMessage(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(String(500))
-    # Recipient, subject and body are sealed (services/kernel/seals.py).
+    # A message that carries a secret (a one-time code or link): its body is sealed at rest
+    # under a service key (notify.py) and opened only to be sent.
+    body_sealed: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Queued so that the outbox looks the same whatever a request found; never sent.
+    discard: Mapped[bool] = mapped_column(Boolean, default=False)
+    # After this the message is useless (its code has expired): dropped, not sent late.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Recipient, subject, body and the flags above are sealed (services/kernel/seals.py).
     mac: Mapped[str | None] = mapped_column(String(64))
+
+    __mapper_args__ = sealed_by_mac(mac)
 
 
 class ApiToken(Base):
@@ -406,6 +421,8 @@ class CertificateAuthority(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     mac: Mapped[str | None] = mapped_column(String(64))
 
+    __mapper_args__ = sealed_by_mac(mac)
+
 
 class EnrollmentForm(Base):
     """A client-certificate web form with server-side key generation."""
@@ -429,6 +446,8 @@ class EnrollmentForm(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     grant_generation: Mapped[int] = mapped_column(Integer, default=0)
     mac: Mapped[str | None] = mapped_column(String(64))
+
+    __mapper_args__ = sealed_by_mac(mac)
 
 
 class EnrollmentCode(Base):
@@ -488,6 +507,8 @@ class KeyVaultSettings(Base):
     exchange_use_ssl: Mapped[bool] = mapped_column(Boolean, default=True)
     exchange_past_days: Mapped[int] = mapped_column(Integer, default=7)
     exchange_prevent_move: Mapped[bool] = mapped_column(Boolean, default=False)
+    # When the signing identity has expired: deliver profiles unsigned instead of refusing.
+    unsigned_fallback: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     grant_generation: Mapped[int] = mapped_column(Integer, default=0)
     mac: Mapped[str | None] = mapped_column(String(64))
@@ -509,3 +530,38 @@ class FormNonce(Base):
     sealed: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RecoveryRequest(Base):
+    """A person's request at the Private Key Recovery Form (web/recovery): from the address they
+    typed to the download. Codes, links and page tokens are kept as MACs under a service key,
+    the passphrase shown between pages sealed under another; the row itself is sealed."""
+
+    __tablename__ = "recovery_requests"
+    __table_args__ = (Index("ix_recovery_requests_account_status", "account_id", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), default=new_uuid, index=True, unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    email: Mapped[str] = mapped_column(String(320))  # as typed, normalized
+    method: Mapped[str] = mapped_column(String(32))
+    # unmatched | code_sent | pending | approved | rejected | verified | completed | void
+    status: Mapped[str] = mapped_column(String(16))
+    # The vaulted certificates whose DER held the address when it was asked (space-separated).
+    certificate_ids: Mapped[str] = mapped_column(Text, default="")
+    code_mac: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    ip: Mapped[str] = mapped_column(String(45), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)  # of the code, or of the link
+    decided_by: Mapped[str] = mapped_column(String(320), default="")  # the approver's login
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    link_mac: Mapped[str | None] = mapped_column(String(64))
+    # The verified person's page token, and until when it is good.
+    session_mac: Mapped[str | None] = mapped_column(String(64))
+    session_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    passphrase_sealed: Mapped[str | None] = mapped_column(Text)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    mac: Mapped[str | None] = mapped_column(String(64))
+
+    __mapper_args__ = sealed_by_mac(mac)

@@ -7,6 +7,7 @@ never sent, and the refusal is audited; the other messages go out as usual.
 
 from __future__ import annotations
 
+import base64
 import smtplib
 import ssl
 from dataclasses import dataclass
@@ -19,9 +20,10 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from certvault.config import Settings
-from certvault.db.models import Account, Admin, MailMessage
-from certvault.errors import CertvaultError, ConfigurationError
-from certvault.services.kernel import seals
+from certvault.crypto import envelope
+from certvault.db.models import Account, Admin, MailMessage, new_uuid
+from certvault.errors import CertvaultError, ConfigurationError, SealBroken
+from certvault.services.kernel import keyring, seals
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.seal_events import UNBOUND_ONLY
 
@@ -33,12 +35,68 @@ HELD_UNTIL = datetime(9999, 1, 1, tzinfo=UTC)
 HELD = "held: the stored message failed its integrity check and was not sent"
 
 
-def queue_mail(session: Session, account: Account | None, to: str, subject: str, body: str) -> None:
-    session.add(
-        MailMessage(
-            account_id=account.id if account else None, to_addr=to, subject=subject[:300], body=body
-        )
+BODY_KEY_PURPOSE = "mail-body"
+
+
+@dataclass(frozen=True)
+class SealedBody:
+    """The body of a message that carries a secret (a one-time code or link), sealed at rest
+    under a service key and bound to the message's uuid; made before the transaction that
+    queues it (opening the key may need a transaction of its own)."""
+
+    message_uuid: str
+    text: str
+
+
+def _body_aad(message_uuid: str) -> bytes:
+    return f"certvault/mail-body:{message_uuid}".encode()
+
+
+def seal_body(ports: Ports, body: str) -> SealedBody:
+    message_uuid = new_uuid()
+    key = keyring.service_secrets(ports, BODY_KEY_PURPOSE)[0]
+    sealed = envelope.seal(key, body.encode(), _body_aad(message_uuid))
+    return SealedBody(
+        message_uuid, base64.urlsafe_b64encode(sealed.nonce + sealed.ciphertext).decode()
     )
+
+
+def _open_body(ports: Ports, row: MailMessage) -> str:
+    raw = base64.urlsafe_b64decode(row.body)
+    sealed = envelope.Sealed(raw[: envelope.NONCE_BYTES], raw[envelope.NONCE_BYTES :])
+    for key in keyring.service_secrets(ports, BODY_KEY_PURPOSE):
+        try:
+            return envelope.open_sealed(key, sealed, _body_aad(row.uuid)).decode()
+        except SealBroken:
+            continue
+    raise SealBroken("A queued message cannot be opened.")
+
+
+def queue_mail(
+    session: Session,
+    account: Account | None,
+    to: str,
+    subject: str,
+    body: str | SealedBody,
+    *,
+    discard: bool = False,
+    expires_at: datetime | None = None,
+) -> None:
+    """Queue a message in the caller's transaction. ``discard``: a message queued only so that
+    the outbox looks alike whatever a request found; the sender drops it. ``expires_at``: a
+    message not sent by then is dropped (its code is no good any more)."""
+    message = MailMessage(
+        account_id=account.id if account else None,
+        to_addr=to,
+        subject=subject[:300],
+        discard=discard,
+        expires_at=expires_at,
+    )
+    if isinstance(body, SealedBody):
+        message.uuid, message.body, message.body_sealed = body.message_uuid, body.text, True
+    else:
+        message.body = body
+    session.add(message)
 
 
 def queue_for_admins(session: Session, account: Account, subject: str, body: str) -> int:
@@ -66,6 +124,7 @@ class SendResult:
     failed: int = 0
     pending: int = 0
     held: int = 0  # refused by their seal in this run: not sent, not retried
+    dropped: int = 0  # queued to be discarded, or expired before they could go: not sent
 
 
 def _connect(settings: Settings) -> smtplib.SMTP:
@@ -86,8 +145,9 @@ def _connect(settings: Settings) -> smtplib.SMTP:
     return smtp
 
 
-def _message(settings: Settings, row: MailMessage) -> EmailMessage:
-    return _build(settings, row.to_addr, row.subject, row.body)
+def _message(ports: Ports, row: MailMessage) -> EmailMessage:
+    body = _open_body(ports, row) if row.body_sealed else row.body
+    return _build(ports.settings, row.to_addr, row.subject, body)
 
 
 def _build(settings: Settings, to: str, subject: str, body: str) -> EmailMessage:
@@ -165,10 +225,17 @@ def send_pending(ports: Ports, *, limit: int = 100) -> SendResult:
                 with ports.db.read() as session:
                     row = session.get(MailMessage, message_id)
                     assert row is not None
-                    msg = _message(ports.settings, row)
-            except seals.TamperedRow:  # changed since it was claimed
+                    dropped = row.discard or (
+                        row.expires_at is not None and row.expires_at <= ports.clock()
+                    )
+                    msg = None if dropped else _message(ports, row)
+            except (seals.TamperedRow, SealBroken):  # changed since it was claimed
                 ports.db.run(partial(_hold, ids=[message_id]))
                 result.held += 1
+                continue
+            if msg is None:
+                _finish(ports, message_id, None, dropped=True)
+                result.dropped += 1
                 continue
             error: str | None = None
             try:
@@ -217,7 +284,10 @@ def _count_pending(ports: Ports) -> int:
         )
 
 
-def _finish(ports: Ports, message_id: int, error: str | None) -> None:
+DROPPED = "not sent: queued to be discarded, or expired before it could go"
+
+
+def _finish(ports: Ports, message_id: int, error: str | None, *, dropped: bool = False) -> None:
     def work(session: Session) -> None:
         # Read with Core: the row is not loaded as an object, so it is neither checked nor
         # sealed again here; it was checked before it was sent, and only unbound columns change.
@@ -227,7 +297,10 @@ def _finish(ports: Ports, message_id: int, error: str | None) -> None:
         now = ports.clock()
         attempts = row.attempts + 1
         values: dict[str, object] = {"attempts": attempts, "claimed_until": None}
-        if error is None:
+        if dropped:
+            # Off the queue like a sent message, but never delivered.
+            values.update(sent_at=now, last_error=DROPPED, attempts=row.attempts)
+        elif error is None:
             values.update(sent_at=now, last_error=None)
         else:
             values.update(last_error=error[:500], next_attempt_at=now + backoff(attempts))

@@ -45,6 +45,7 @@ from certvault.db.models import (
     MailMessage,
     Organization,
     Person,
+    RecoveryRequest,
     ServiceKey,
     TrustedIssuer,
     UTCDateTime,
@@ -107,6 +108,10 @@ class SealedTable:
     unbound: Mapping[str, str] = field(default_factory=dict)
     # The SEALS version that began to seal this table.
     since: int = 1
+    # Columns added after the table was first sealed, with the value they were added with: bound,
+    # but left out of the MAC while they hold that value, so that rows sealed before they existed
+    # still verify. A row with any other value has the column in its MAC.
+    later: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def table(self) -> str:
@@ -163,9 +168,10 @@ SEALED: tuple[SealedTable, ...] = (
         _columns(
             "uuid recovery_method sign_profiles signing_key_id exchange_enabled exchange_host"
             " exchange_use_ssl exchange_past_days exchange_prevent_move updated_at"
-            " grant_generation"
+            " grant_generation unsigned_fallback"
         ),
         grant=True,
+        later={"unsigned_fallback": False},
     ),
     SealedTable(
         TrustedIssuer,
@@ -177,8 +183,9 @@ SEALED: tuple[SealedTable, ...] = (
         Person,
         _columns(
             "id uuid organization_id email first_name middle_name last_name common_name phone"
-            " secondary_emails validation_type eppn upn secret_id_hash created_at"
+            " secondary_emails validation_type eppn upn secret_id_hash created_at active"
         ),
+        later={"active": True},
     ),
     SealedTable(
         Certificate,
@@ -216,7 +223,7 @@ SEALED: tuple[SealedTable, ...] = (
     # has no account; its MAC names the installation instead.
     SealedTable(
         MailMessage,
-        _columns("id uuid to_addr subject body created_at"),
+        _columns("id uuid to_addr subject body created_at body_sealed discard expires_at"),
         unbound={
             "attempts": "delivery bookkeeping: an older value only changes the next retry's wait",
             "next_attempt_at": "delivery bookkeeping: when to try again, never where to",
@@ -224,6 +231,17 @@ SEALED: tuple[SealedTable, ...] = (
             "sent_at": "set once delivered; a database writer can suppress mail, never redirect it",
             "last_error": "the server's short reason for the last failed try",
         },
+        since=2,
+    ),
+    # A person's recovery at the Private Key Recovery Form: what they may download, and whether
+    # they proved they hold the address.
+    SealedTable(
+        RecoveryRequest,
+        _columns(
+            "id uuid email method status certificate_ids code_mac attempts ip created_at"
+            " expires_at decided_by decided_at link_mac session_mac session_expires_at"
+            " passphrase_sealed completed_at"
+        ),
         since=2,
     ),
 )
@@ -267,13 +285,12 @@ def _canonical(column_type: Any, value: Any) -> Any:
 
 def _mac(key: bytes, spec: SealedTable, values: Mapping[Any, Any], account_uuid: str) -> str:
     types = spec.model.__table__.c
+    row = {name: _canonical(types[name].type, values[name]) for name in spec.columns}
+    for name, added_with in spec.later.items():
+        if row[name] == _canonical(types[name].type, added_with):
+            del row[name]
     message = json.dumps(
-        {
-            "v": 1,
-            "table": spec.table,
-            "account": account_uuid,
-            "row": {name: _canonical(types[name].type, values[name]) for name in spec.columns},
-        },
+        {"v": 1, "table": spec.table, "account": account_uuid, "row": row},
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=True,
