@@ -115,8 +115,8 @@ def test_cut_release_then_new_events_is_refused_and_reported(scm: ScmWorld) -> N
     assert witnessed == ChainHead(chain, release.seq, release.mac)
 
     _cut_newest(ports, chain)
-    with ports.db.transaction() as s:
-        s.execute(delete(MailMessage).where(MailMessage.to_addr == "victim@acme.example"))
+    with ports.db.engine.begin() as conn:  # SQL, as the attacker writes it
+        conn.execute(delete(MailMessage).where(MailMessage.to_addr == "victim@acme.example"))
     kept = len(_events(ports, chain))
 
     attacker = scm.client_from(ATTACKER)
