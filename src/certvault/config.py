@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     enrollment_codes_per_hour_ip: int = Field(default=30, ge=1)
     enrollment_checks_per_hour_email: int = Field(default=20, ge=1)
     enrollment_checks_per_hour_ip: int = Field(default=60, ge=1)
+    # The Private Key Recovery Form (/kv/<account>): requests mail a code or ask an
+    # administrator; checks try a code. Per address, per client address, and per account.
+    recovery_requests_per_hour_email: int = Field(default=5, ge=1)
+    recovery_requests_per_hour_ip: int = Field(default=20, ge=1)
+    recovery_requests_per_hour_account: int = Field(default=500, ge=1)
+    recovery_checks_per_hour_ip: int = Field(default=30, ge=1)
+    recovery_checks_per_hour_account: int = Field(default=1000, ge=1)
 
     trusted_proxies: str = ""  # comma-separated addresses whose X-Forwarded-For is believed
     metrics_token: SecretStr | None = None

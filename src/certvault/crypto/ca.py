@@ -133,6 +133,29 @@ def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
+MAX_CHAIN_DEPTH = 8
+
+
+def chains_to(
+    cert: x509.Certificate,
+    chain: Sequence[x509.Certificate],
+    anchors: Sequence[x509.Certificate],
+) -> bool:
+    """Whether ``cert`` was signed by one of ``anchors``, directly or through ``chain`` (each link
+    checked by its signature, at most MAX_CHAIN_DEPTH deep)."""
+    current = cert
+    for _ in range(MAX_CHAIN_DEPTH):
+        if any(issued_by(current, anchor) for anchor in anchors):
+            return True
+        parent = next(
+            (c for c in chain if c.subject == current.issuer and issued_by(current, c)), None
+        )
+        if parent is None or parent == current:
+            return False
+        current = parent
+    return False
+
+
 def verify_issuing_pair(
     key: PrivateKey, cert: x509.Certificate, *, now: datetime.datetime | None = None
 ) -> None:

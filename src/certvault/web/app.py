@@ -102,10 +102,12 @@ def create_app(
     from certvault.web.compat import router as compat_router
     from certvault.web.crl import router as crl_router
     from certvault.web.enroll import router as enroll_router
+    from certvault.web.recovery import router as recovery_router
 
     app.include_router(api_router)
     app.include_router(compat_router)
     app.include_router(enroll_router)
+    app.include_router(recovery_router)
     app.include_router(crl_router)
     app.include_router(admin_router)
 

@@ -169,7 +169,9 @@ def _is_console(request: Request) -> bool:
 
 
 def _is_enrollment(request: Request) -> bool:
-    return request.url.path.startswith("/enroll/")
+    """The public pages: enrollment forms and the Private Key Recovery Form."""
+    path = request.url.path
+    return path.startswith(("/enroll/", "/kv/")) or path == "/kv"
 
 
 async def _page_error(request: Request, status: int, message: str) -> Response:

@@ -8,7 +8,6 @@ key, bound to the token's id, and cleared when the form is used.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import secrets
 from collections.abc import Mapping
@@ -20,11 +19,10 @@ from typing import Any
 from sqlalchemy import delete, update
 from sqlalchemy.orm import Session
 
-from certvault.crypto import envelope
 from certvault.db.models import FormNonce
-from certvault.errors import Conflict, SealBroken
+from certvault.errors import Conflict
 from certvault.services.audit import log as audit
-from certvault.services.kernel import keyring
+from certvault.services.kernel import held
 from certvault.services.kernel.actors import Actor
 from certvault.services.kernel.ports import Ports
 
@@ -58,26 +56,12 @@ def nonce_id_of(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _aad(nonce_id: str) -> bytes:
-    return f"certvault/form-nonce:{nonce_id}".encode()
-
-
 def _seal(ports: Ports, nonce_id: str, secret: str) -> str:
-    key = keyring.service_secrets(ports, SEAL_PURPOSE)[0]
-    sealed = envelope.seal(key, secret.encode(), _aad(nonce_id))
-    return base64.urlsafe_b64encode(sealed.nonce + sealed.ciphertext).decode()
+    return held.seal(ports, SEAL_PURPOSE, nonce_id, secret)
 
 
 def _open(ports: Ports, nonce_id: str, text: str) -> str:
-    raw = base64.urlsafe_b64decode(text)
-    sealed = envelope.Sealed(raw[: envelope.NONCE_BYTES], raw[envelope.NONCE_BYTES :])
-    # Every key is tried: two processes that met no key at once may each have made one.
-    for key in keyring.service_secrets(ports, SEAL_PURPOSE):
-        try:
-            return envelope.open_sealed(key, sealed, _aad(nonce_id)).decode()
-        except SealBroken:
-            continue
-    raise SealBroken("A stored form secret cannot be opened.")
+    return held.open_held(ports, SEAL_PURPOSE, nonce_id, text)
 
 
 def issue(ports: Ports, session_id: str, purpose: str, secret: str | None = None) -> str:

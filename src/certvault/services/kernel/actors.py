@@ -38,10 +38,11 @@ class Role(StrEnum):
 
 @dataclass(frozen=True)
 class Actor:
-    """An operator (CLI), an administrator, or certvault itself."""
+    """An operator (CLI), an administrator, certvault itself, or a person recovering their own
+    keys at the Private Key Recovery Form."""
 
     name: str
-    kind: str  # "operator" | "admin" | "system"
+    kind: str  # "operator" | "admin" | "system" | "person"
     account_id: int | None = None
     admin_id: int | None = None
     role: Role | None = None
@@ -50,6 +51,14 @@ class Actor:
     ip: str = ""
     scopes: frozenset[Scope] | None = None  # None: not limited (console sessions, operators)
     token_id: int | None = None  # the API token the request came with, if any
+    # A person: the certificates whose keys they proved they may recover, and the address they
+    # proved they hold. Nothing else.
+    certificate_ids: frozenset[int] = field(default_factory=frozenset)
+    address: str = ""
+
+    @property
+    def is_person(self) -> bool:
+        return self.kind == "person"
 
     @classmethod
     def operator(cls, name: str) -> Actor:

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from certvault.crypto import keys as keylib
-from certvault.crypto.ca import issued_by
+from certvault.crypto.ca import chains_to
 from certvault.crypto.profiles import Profile
 from certvault.db.models import (
     Account,
@@ -50,7 +50,6 @@ from certvault.services.kernel.text import column_text
 ARCHIVE = "key.archive"
 IMPORTED = "Imported successfully"
 ALREADY_EXISTS = "Already exists"
-MAX_CHAIN_DEPTH = 8
 
 
 class KeyVaultDisabled(Forbidden):
@@ -193,21 +192,7 @@ class _ArchiveCache:
 def _chains_to_trusted(
     session: Session, account: Account, cert: x509.Certificate, chain: Sequence[x509.Certificate]
 ) -> bool:
-    trusted = _ArchiveCache.of(session, account).trusted_issuers
-    if not trusted:
-        return False
-    current = cert
-    for _ in range(MAX_CHAIN_DEPTH):
-        for anchor in trusted:
-            if issued_by(current, anchor):
-                return True
-        parent = next(
-            (c for c in chain if c.subject == current.issuer and issued_by(current, c)), None
-        )
-        if parent is None or parent == current:
-            return False
-        current = parent
-    return False
+    return chains_to(cert, chain, _ArchiveCache.of(session, account).trusted_issuers)
 
 
 def _owner(

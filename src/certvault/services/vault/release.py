@@ -9,6 +9,8 @@ and handed out only once the transaction has committed.
 
 from __future__ import annotations
 
+import io
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -21,12 +23,13 @@ from certvault.crypto import keys as keylib
 from certvault.crypto.passphrase import check_passphrase, generate_passphrase
 from certvault.crypto.pkcs12.writer import EncryptionType, write_pkcs12
 from certvault.db.models import Account, Certificate, EscrowedKey, Person
-from certvault.errors import CertvaultError, InvalidInput, NotFound
+from certvault.errors import CertvaultError, Forbidden, InvalidInput, NotFound
 from certvault.services.audit import log as audit
 from certvault.services.kernel import keyring, notify
 from certvault.services.kernel.actors import Actor, Privilege, Scope
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.tenancy import get_account
+from certvault.services.vault import recovery_rules
 from certvault.services.vault.archive import KeyVaultDisabled
 
 RELEASE = "key.release"
@@ -37,6 +40,16 @@ class NoEscrowedKey(NotFound):
     """This certificate has no key in the vault."""
 
     code = "no_escrowed_key"
+
+
+class SelfRecoveryRefused(Forbidden):
+    """Recovery of this key is done by the account's administrators; ask them."""
+
+    code = "self_recovery_refused"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.code = reason  # why, for the audit log: person_inactive, key_compromised, ...
 
 
 class ReasonRequired(InvalidInput):
@@ -196,6 +209,8 @@ def _plan(
     if not certificate_ids:
         raise InvalidInput("No certificate was named.")
     items = []
+    # A person recovering their own keys: the certificates they proved, checked again here.
+    trust = recovery_rules.anchors(session, account) if actor.is_person else []
     for certificate_id in certificate_ids:
         row = session.execute(
             select(Certificate, EscrowedKey, Person)
@@ -206,9 +221,12 @@ def _plan(
         if row is None:
             raise NotFound("Certificate not found.")
         cert, key_row, owner = row
-        # Out of the actor's organizations answers exactly like a missing certificate.
-        actor.require_visible(account.id, cert.organization_id, "Certificate")
-        actor.require(Privilege.KEY_VAULT_DOWNLOAD, account.id, cert.organization_id)
+        if actor.is_person:
+            _require_self_recovery(actor, account, cert, owner, trust)
+        else:
+            # Out of the actor's organizations answers exactly like a missing certificate.
+            actor.require_visible(account.id, cert.organization_id, "Certificate")
+            actor.require(Privilege.KEY_VAULT_DOWNLOAD, account.id, cert.organization_id)
         if key_row is None or key_row.destroyed_at is not None:
             raise NoEscrowedKey()
         chain = x509.load_pem_x509_certificates(cert.chain_pem.encode()) if cert.chain_pem else []
@@ -234,6 +252,20 @@ def _plan(
     else:
         passphrase = check_passphrase(passphrase, account.min_passphrase_length)
     return _Plan(items, passphrase, generated, kind, reason)
+
+
+def _require_self_recovery(
+    actor: Actor,
+    account: Account,
+    cert: Certificate,
+    owner: Person | None,
+    trust: list[x509.Certificate],
+) -> None:
+    if actor.account_id != account.id or cert.id not in actor.certificate_ids:
+        raise NotFound("Certificate not found.")
+    why = recovery_rules.refusal(cert, owner, actor.address, trust)
+    if why is not None:
+        raise SelfRecoveryRefused(why)
 
 
 def _commit(
@@ -282,10 +314,27 @@ def _release_notice(account: Account, cert: Certificate, actor: Actor, reason: s
         f"The private key of your certificate was taken out of the key vault of {account.name}.\n\n"
         f"Certificate subject: {cert.subject}\n"
         f"Serial number: {cert.serial}\n"
-        f"Released by: {actor.name}\n"
+        f"Released by: {_released_by(actor)}\n"
         f"Reason: {reason or '(none given)'}\n\n"
         "If you did not expect this, tell your administrator.\n"
     )
+
+
+def _released_by(actor: Actor) -> str:
+    if actor.is_person:
+        return f"you ({actor.address}), at the Private Key Recovery Form"
+    return actor.name
+
+
+def zip_of(batch: ReleaseBatch) -> bytes:
+    """Several released files as one zip (the console, the API and the recovery form hand out
+    the same kind of file)."""
+    buffer = io.BytesIO()
+    # Stored, not deflated: the files are encrypted and would not shrink.
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for item in batch.releases:
+            archive.writestr(item.filename, item.data)
+    return buffer.getvalue()
 
 
 def certificates_of_person(session: Session, account: Account, person_id: int) -> list[Certificate]:

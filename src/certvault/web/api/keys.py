@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import re
-import zipfile
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -213,9 +211,4 @@ def download_person_keys(
 def person_keys_zip(person_id: int, batch: release.ReleaseBatch) -> tuple[bytes, str]:
     """Every key of a person's download as one zip, and the zip's file name (the API and the
     console hand out the same file)."""
-    buffer = io.BytesIO()
-    # Stored, not deflated: PKCS#12 files are encrypted and would not shrink.
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for item in batch.releases:
-            archive.writestr(item.filename, item.data)
-    return buffer.getvalue(), f"person-{person_id}-keys.zip"
+    return release.zip_of(batch), f"person-{person_id}-keys.zip"
