@@ -359,6 +359,38 @@ def set_secret_id(
         return ports.db.run(work)
 
 
+SET_ACTIVE = "person.set_active"
+
+
+def set_active(
+    ports: Ports, actor: Actor, account_slug: str, person_id: int, active: bool
+) -> Person:
+    """Mark a person active or inactive (left the organization). An inactive person recovers
+    nothing at the Private Key Recovery Form; administrators can still release their keys."""
+
+    def work(session: Session) -> Person:
+        account = get_account(session, account_slug)
+        person = _load(session, actor, account, person_id)
+        actor.require(Privilege.PERSONS_MANAGE, account.id, person.organization_id)
+        actor.require_scope(Scope.MANAGE)
+        if person.active != active:
+            person.active = active
+            audit.record(
+                session,
+                ports,
+                account=account,
+                actor=actor,
+                action=SET_ACTIVE,
+                target_type="person",
+                target_id=person.id,
+                details={"active": active},
+            )
+        return person
+
+    with _refusals_audited(ports, actor, SET_ACTIVE, person_id):
+        return ports.db.run(work)
+
+
 def delete_person(ports: Ports, actor: Actor, account_slug: str, person_id: int) -> None:
     def work(session: Session) -> None:
         account = get_account(session, account_slug)

@@ -242,17 +242,22 @@ def _address(email: str) -> str:
     return address
 
 
-def _mac(ports: Ports, *parts: str) -> str:
-    key = keyring.service_secrets(ports, CODE_KEY_PURPOSE)[0]
-    return hmac.new(key, "\x1f".join(parts).encode(), hashlib.sha256).hexdigest()
+def _keys(ports: Ports) -> list[bytes]:
+    """The MAC keys of codes, links and page tokens; read before any transaction (the first
+    call makes one, in a transaction of its own)."""
+    return keyring.service_secrets(ports, CODE_KEY_PURPOSE)
 
 
-def _matches(ports: Ports, stored: str | None, *parts: str) -> bool:
+def _mac(keys: list[bytes], *parts: str) -> str:
+    return hmac.new(keys[0], "\x1f".join(parts).encode(), hashlib.sha256).hexdigest()
+
+
+def _matches(keys: list[bytes], stored: str | None, *parts: str) -> bool:
     """Constant-time comparison with the MAC under every key of the purpose."""
     if stored is None:
         return False
     found = False
-    for key in keyring.service_secrets(ports, CODE_KEY_PURPOSE):
+    for key in keys:
         expected = hmac.new(key, "\x1f".join(parts).encode(), hashlib.sha256).hexdigest()
         found |= hmac.compare_digest(stored, expected)
     return found
@@ -426,7 +431,7 @@ def request_recovery(
         status, expires_at, body = "pending", now + PENDING_LIFETIME, _pending_mail(form)
     else:
         status, expires_at, body = "code_sent", now + CODE_LIFETIME, _code_mail(form, code)
-        code_mac = _mac(ports, request_uuid, address, code)
+        code_mac = _mac(_keys(ports), request_uuid, address, code)
     sealed = notify.seal_body(ports, body)
 
     def work(session: Session) -> None:
@@ -477,12 +482,12 @@ def request_recovery(
 # --- 2. proving the address: a code, or an approved link ------------------------------------------
 
 
-def _grant(ports: Ports, row: RecoveryRequest) -> Grant:
+def _grant(ports: Ports, keys: list[bytes], row: RecoveryRequest) -> Grant:
     """Open the choose-and-download page for a request just proven (in the caller's
     transaction)."""
     secret = secrets.token_urlsafe(32)
     row.status = "verified"
-    row.session_mac = _mac(ports, "page", row.uuid, secret)
+    row.session_mac = _mac(keys, "page", row.uuid, secret)
     row.session_expires_at = ports.clock() + PAGE_LIFETIME
     return Grant(f"{row.uuid}.{secret}", row.session_expires_at)
 
@@ -530,6 +535,7 @@ def verify_code(
             Limit(f"kv-check-account:{account.id}", s.recovery_checks_per_hour_account, HOUR),
         )
         typed = code.strip().replace(" ", "")
+        keys = _keys(ports)
 
         def work(session: Session) -> Grant | Exception:
             row = session.scalars(
@@ -551,7 +557,7 @@ def verify_code(
                 return CodeUsed()
             if row.expires_at <= ports.clock():
                 return CodeExpired()
-            right = _matches(ports, row.code_mac, row.uuid, address, typed)
+            right = _matches(keys, row.code_mac, row.uuid, address, typed)
             if form.asks_secret:
                 right = _secret_ok(ports, session, row, secret_id) and right
             if not right:
@@ -560,7 +566,7 @@ def verify_code(
                     row.status = "void"  # locked out: audited as code_void
                     return CodeVoid()
                 return CodeInvalid()
-            grant = _grant(ports, row)
+            grant = _grant(ports, keys, row)
             audit.record(
                 session,
                 ports,
@@ -599,6 +605,7 @@ def open_link(
         _limited(ports, limiter, Limit(f"kv-check-ip:{ip}", s.recovery_checks_per_hour_ip, HOUR))
         if parts is None:
             raise LinkInvalid()
+        keys = _keys(ports)
 
         def work(session: Session) -> Grant | Exception:
             row = session.scalars(
@@ -610,10 +617,10 @@ def open_link(
                 row is None
                 or row.status != "approved"
                 or row.expires_at <= ports.clock()
-                or not _matches(ports, row.link_mac, "link", row.uuid, parts[1])
+                or not _matches(keys, row.link_mac, "link", row.uuid, parts[1])
             ):
                 return LinkInvalid()
-            grant = _grant(ports, row)
+            grant = _grant(ports, keys, row)
             audit.record(
                 session,
                 ports,
@@ -632,7 +639,9 @@ def open_link(
 # --- 3. choosing and downloading ------------------------------------------------------------------
 
 
-def _page_row(session: Session, ports: Ports, account: Account, token: str) -> RecoveryRequest:
+def _page_row(
+    session: Session, ports: Ports, keys: list[bytes], account: Account, token: str
+) -> RecoveryRequest:
     parts = _split(token)
     if parts is None:
         raise PageExpired()
@@ -646,7 +655,7 @@ def _page_row(session: Session, ports: Ports, account: Account, token: str) -> R
         or row.status != "verified"
         or row.session_expires_at is None
         or row.session_expires_at <= ports.clock()
-        or not _matches(ports, row.session_mac, "page", row.uuid, parts[1])
+        or not _matches(keys, row.session_mac, "page", row.uuid, parts[1])
     ):
         raise PageExpired()
     return row
@@ -669,9 +678,10 @@ def _offered(session: Session, account: Account, row: RecoveryRequest) -> list[C
 def choices(ports: Ports, account_slug: str, token: str) -> Choices:
     """The choose-and-download page, with the passphrase it shows: the same one on every showing
     while the page is good (sealed in the request between showings)."""
+    keys = _keys(ports)
     with ports.db.read() as session:
         account, form = _form(session, account_slug)
-        row = _page_row(session, ports, account, token)
+        row = _page_row(session, ports, keys, account, token)
         offered = _offered(session, account, row)
         sealed, request_uuid = row.passphrase_sealed, row.uuid
         address, approved_by = row.email, row.decided_by
@@ -737,8 +747,9 @@ def download(
     actor = _person(account.id, "", ip, None)
     parts = _split(token)
     with _refused(ports, account.id, actor, release.RELEASE, parts[0] if parts else ""):
+        keys = _keys(ports)
         with ports.db.read() as session:
-            row = _page_row(session, ports, account, token)
+            row = _page_row(session, ports, keys, account, token)
             chosen = _checked(choice, account, _offered(session, account, row))
             sealed, row_uuid, method, approver = (
                 row.passphrase_sealed,
@@ -752,7 +763,7 @@ def download(
             if sealed is None:  # never shown: nothing is released under it
                 raise PageExpired()
             passphrase = held.open_held(ports, PASSPHRASE_PURPOSE, row_uuid, sealed)
-        _use_page(ports, account, token, used=True)
+        _use_page(ports, keys, account, token, used=True)
     reason = f"Private Key Recovery Form, by {METHOD_LABELS.get(method, method)}"
     if approver:
         reason += f", approved by {approver}"
@@ -769,12 +780,12 @@ def download(
             passphrase_generated=choice.own_passphrase is None,
         )
     except Exception:
-        _use_page(ports, account, token, used=False)
+        _use_page(ports, keys, account, token, used=False)
         raise
     return _packaged(batch, row_uuid)
 
 
-def _use_page(ports: Ports, account: Account, token: str, *, used: bool) -> None:
+def _use_page(ports: Ports, keys: list[bytes], account: Account, token: str, *, used: bool) -> None:
     def work(session: Session) -> None:
         parts = _split(token)
         assert parts is not None
@@ -784,7 +795,7 @@ def _use_page(ports: Ports, account: Account, token: str, *, used: bool) -> None
             .with_for_update()
         ).one()
         if used:
-            _page_row(session, ports, account, token)  # still good, under the lock
+            _page_row(session, ports, keys, account, token)  # still good, under the lock
             row.status, row.completed_at = "completed", ports.clock()
         elif row.status == "completed":
             row.status, row.completed_at = "verified", None
@@ -890,9 +901,9 @@ def decide(
         actor.require(Privilege.RECOVERY_APPROVE, account.id, None)
         secret = secrets.token_urlsafe(32)
         link = ports.settings.public_url_for(f"/kv/{account.slug}/link/{request_uuid}.{secret}")
-        sealed = notify.seal_body(
-            ports, _link_mail(form, link) if approve else _rejected_mail(form)
-        )
+        link_mac = _mac(_keys(ports), "link", request_uuid[:36], secret)
+        body = _link_mail(form, link) if approve else _rejected_mail(form)
+        sealed = notify.seal_body(ports, body)
 
         def work(session: Session) -> None:
             row = session.scalars(
@@ -912,7 +923,7 @@ def decide(
             row.decided_by, row.decided_at = actor.name[:320], now
             if approve:
                 row.status, row.expires_at = "approved", now + LINK_LIFETIME
-                row.link_mac = _mac(ports, "link", row.uuid, secret)
+                row.link_mac = link_mac
             else:
                 row.status = "rejected"
             notify.queue_mail(
