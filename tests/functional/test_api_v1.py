@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import logging
+import plistlib
 import zipfile
 
 import pytest
@@ -454,6 +455,52 @@ def test_download_every_key_of_a_person_as_zip(api):
     assert r.status_code == 404 and r.json()["code"] == "no_escrowed_key"
 
 
+def test_download_as_an_ios_configuration_profile(api):
+    old, new = api.alice.cert_ids
+    r = _download(api, "keys", new, format="mobileconfig", reason="new phone")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/x-apple-aspen-config"
+    assert r.headers["content-disposition"] == f'attachment; filename="{new}.mobileconfig"'
+    assert r.headers["cache-control"] == "no-store" and r.headers["pragma"] == "no-cache"
+    profile = plistlib.loads(r.content)  # the account does not sign its profiles
+    assert (
+        profile["PayloadType"] == "Configuration" and profile["PayloadOrganization"] == "Acme Corp"
+    )
+    [payload] = profile["PayloadContent"]
+    assert "Password" not in payload and OID_3DES in payload["PayloadContent"]
+    [entry] = read_pkcs12(payload["PayloadContent"], PASSPHRASE).entries
+    assert _pkcs8(entry.key) == _pkcs8(api.alice.keys[1])
+
+    r = api.post(
+        "keys",
+        f"{V1}/persons/{api.alice.person_id}/keys/download",
+        json={
+            "generate_passphrase": True,
+            "format": "mobileconfig",
+            "encryption_type": "TripleDES-SHA1",
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/x-apple-aspen-config"
+    assert r.headers["content-disposition"] == (
+        f'attachment; filename="person-{api.alice.person_id}-keys.mobileconfig"'
+    )
+    generated = r.headers["x-certvault-passphrase"]
+    payloads = plistlib.loads(r.content)["PayloadContent"]
+    assert [p["PayloadCertificateFileName"] for p in payloads] == [f"{old}.p12", f"{new}.p12"]
+    for payload, key in zip(payloads, api.alice.keys, strict=True):
+        [entry] = read_pkcs12(payload["PayloadContent"], generated).entries
+        assert _pkcs8(entry.key) == _pkcs8(key)
+
+    released = [json.loads(e.details) for e in _released(api.ports)]
+    assert [(d["format"], d["encryption"]) for d in released] == [
+        ("mobileconfig", "TripleDES-SHA1")
+    ] * 3
+    r = _download(api, "keys", new)
+    assert r.headers["content-type"] == "application/x-pkcs12"
+    assert json.loads(_released(api.ports)[-1].details)["format"] == "p12"
+
+
 def test_reason_can_be_made_mandatory(api):
     with api.ports.db.transaction() as s:
         s.scalars(select(Account).where(Account.slug == "acme")).one().reason_required = True
@@ -624,6 +671,18 @@ def test_bad_input_is_422_and_never_echoed(api, caplog):
             "validation_error",
         ),
         (key_path, "post", {"passphrase": CANARY, "reason": 5}, "validation_error"),
+        (key_path, "post", {"passphrase": CANARY, "format": "zip-" + CANARY}, "validation_error"),
+        (key_path, "post", {"passphrase": CANARY, "format": None}, "validation_error"),
+        (
+            key_path,
+            "post",
+            {
+                "passphrase": PASSPHRASE,
+                "format": "mobileconfig",
+                "encryption_type": "AES256-SHA256",
+            },
+            "profile_encryption_fixed",
+        ),
         (key_path, "post", {"passphrase": CANARY, "extra": CANARY}, "validation_error"),
         (key_path, "post", {"passphrase": "canary-Zq7"}, "weak_passphrase"),  # too short
         (key_path, "post", {"passphrase": " " + CANARY}, "weak_passphrase"),
@@ -843,9 +902,11 @@ def test_openapi_documents_every_operation(api):
     download = operations[("post", V1 + "/certificates/{certificate_id}/key")]
     ok = download["responses"]["200"]
     assert "application/x-pkcs12" in ok["content"] and "X-Certvault-Passphrase" in ok["headers"]
+    assert "application/x-apple-aspen-config" in ok["content"]
+    assert "409" in download["responses"]
     assert "Retry-After" in download["responses"]["429"]["headers"]
     zipped = operations[("post", V1 + "/persons/{person_id}/keys/download")]["responses"]["200"]
-    assert "application/zip" in zipped["content"]
+    assert {"application/zip", "application/x-apple-aspen-config"} <= set(zipped["content"])
     upload = operations[("post", V1 + "/persons/{person_id}/keys")]
     assert "413" in upload["responses"] and "every entry is refused" in upload["description"]
     schemas = spec["components"]["schemas"]
@@ -853,6 +914,7 @@ def test_openapi_documents_every_operation(api):
         "passphrase",
         "generate_passphrase",
         "encryption_type",
+        "format",
         "reason",
     }
     assert schemas["PersonPage"]["properties"]["next_cursor"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import plistlib
 import re
 import zipfile
 from collections import Counter
@@ -20,7 +21,9 @@ from sqlalchemy import select, update
 from certvault.db.models import FormNonce, WebSession
 from certvault.services.directory import accounts, persons
 from certvault.services.kernel.passwords import PasswordChecksBusy, PasswordHashing
+from certvault.services.vault import settings as kv_settings
 from tests.conftest import TEST_OPERATOR
+from tests.factories import make_cert, make_p12, new_key
 from tests.functional.cli_env import openssl
 from tests.functional.console_fixtures import (  # noqa: F401
     PASSWORD,
@@ -35,6 +38,7 @@ from tests.functional.helpers import count_argon2, events, mails
 PASSPHRASE_RE = re.compile(r'id="passphrase">([a-z0-9-]+)<')
 TOKEN_RE = re.compile(r'name="form_token" value="([^"]+)"')
 LEGACY = "TripleDES-SHA1 (legacy: old Apple and Windows devices)"
+PROFILE = "iOS configuration profile (.mobileconfig)"
 
 
 class Form:
@@ -213,6 +217,74 @@ def test_download_all_keys_of_a_person_gives_every_generation(console, tmp_path)
     assert got == {public_der(k) for k in alice.keys}
     assert sorted(int(e.target_id) for e in releases(console)) == sorted(alice.cert_ids)
     assert {details(e)["channel"] for e in releases(console)} == {"console"}
+
+
+def test_boss_downloads_a_key_as_an_ios_profile(console, tmp_path):
+    alice = console.world.alice
+    new = alice.cert_ids[1]
+    boss = console.sign_in("boss")
+    form = Form(boss, cert_path(new))
+    assert f'<option value="mobileconfig">{PROFILE}</option>' in form.html
+    answer = form.post(encryption="mobileconfig", reason="new phone", **confirmed(boss))
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/x-apple-aspen-config"
+    assert answer.headers["content-disposition"] == f'attachment; filename="{new}.mobileconfig"'
+    assert answer.headers["cache-control"] == "no-store"
+    profile = plistlib.loads(answer.content)
+    assert profile["PayloadType"] == "Configuration"
+    [payload] = profile["PayloadContent"]
+    assert payload["PayloadType"] == "com.apple.security.pkcs12" and "Password" not in payload
+    key, cert = open_p12(tmp_path, payload["PayloadContent"], form.passphrase, legacy=True)
+    assert cert == alice.certs[1] and public_der(key) == public_der(alice.keys[1])
+    [event] = releases(console)
+    assert (details(event)["format"], details(event)["encryption"]) == (
+        "mobileconfig",
+        "TripleDES-SHA1",
+    )
+    [mail] = notices(console)
+    assert "Delivered as: iOS configuration profile (.mobileconfig)" in mail.body
+
+
+def test_download_all_keys_of_a_person_as_one_profile(console, tmp_path):
+    alice = console.world.alice
+    boss = console.sign_in("boss")
+    form = Form(boss, person_path(alice.person_id))
+    assert "one iOS configuration profile" in form.html
+    answer = form.post(encryption="mobileconfig", reason="new phone", **confirmed(boss))
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/x-apple-aspen-config"
+    assert answer.headers["content-disposition"] == (
+        f'attachment; filename="person-{alice.person_id}-keys.mobileconfig"'
+    )
+    payloads = plistlib.loads(answer.content)["PayloadContent"]
+    got = set()
+    for payload in payloads:
+        key, cert = open_p12(tmp_path, payload["PayloadContent"], form.passphrase, legacy=True)
+        assert public_der(key) == public_der(cert)
+        got.add(public_der(key))
+    assert len(payloads) == 2 and got == {public_der(k) for k in alice.keys}
+    assert [details(e)["format"] for e in releases(console)] == ["mobileconfig"] * 2
+
+
+def test_a_profile_with_an_expired_signing_identity_is_refused(console, operator):
+    key = new_key("ec256")
+    signer = make_cert(key, "profiles@acme.example", days=10)
+    kv_settings.update_recovery_options(
+        console.ports,
+        operator,
+        "acme",
+        kv_settings.RecoveryOptions(sign_profiles=True),
+        make_p12(key, signer, "signing-pass-5678"),
+        "signing-pass-5678",
+    )
+    console.clock.advance(days=12)
+    boss = console.sign_in("boss")
+    form = Form(boss, cert_path(console.world.alice.cert_ids[1]))
+    answer = form.post(encryption="mobileconfig", reason="new phone", **confirmed(boss))
+    assert answer.status_code == 409
+    assert f"expired on {signer.not_valid_after_utc:%Y-%m-%d}" in answer.text
+    assert_nothing_released(console)
+    assert [code_of(e) for e in refusals(console)] == ["signing_identity_expired"]
 
 
 def test_person_without_keys_gets_the_not_found_page(console, operator):

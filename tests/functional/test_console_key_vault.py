@@ -38,6 +38,7 @@ LABELS = (
     "Issuer",
     "Serial Number",
     "Expires",
+    "If the signing certificate has expired, deliver profiles unsigned",
     "Include Exchange in iOS Mobile Config",
     "Exchange Server Host Name",
     "Use SSL for Communication",
@@ -51,6 +52,7 @@ DEFAULTS = (
     "Not set",
     "Not set",
     "Not set",
+    "No",
     "No",
     "Not set",
     "Yes",
@@ -129,6 +131,7 @@ def test_boss_edits_every_field_in_one_audited_change(console):
         {
             **VALID,
             "sign_profiles": "on",
+            "unsigned_fallback": "on",
             "exchange_prevent_move": "on",
             "signing_password": P12_PASSWORD,
         },
@@ -153,6 +156,7 @@ def test_boss_edits_every_field_in_one_audited_change(console):
                 serial,
                 expires,
                 "Yes",
+                "Yes",
                 "mail.acme.example",
                 "Yes",
                 "14 days",
@@ -174,11 +178,12 @@ def test_boss_edits_every_field_in_one_audited_change(console):
         True,
         14,
     )
-    assert row.exchange_prevent_move is True
+    assert row.exchange_prevent_move is True and row.unsigned_fallback is True
     [stored] = _service_keys(console.ports)
     assert row.signing_key_id == stored.id
     assert stored.certificate_der == cert.public_bytes(Encoding.DER)
     assert stored.spki_sha256 == keylib.spki_sha256(key.public_key())
+    assert stored.chain_pem is None  # the file held no other certificate
 
     [event] = events(console.ports, UPDATE)
     assert (event.outcome, event.actor, event.target_type) == ("success", "admin:boss", "account")
@@ -188,6 +193,7 @@ def test_boss_edits_every_field_in_one_audited_change(console):
         "old": {
             "recovery_method": "disabled",
             "sign_profiles": False,
+            "unsigned_fallback": False,
             "exchange_enabled": False,
             "exchange_host": "",
             "exchange_past_days": 7,
@@ -197,11 +203,12 @@ def test_boss_edits_every_field_in_one_audited_change(console):
         "new": {
             "recovery_method": "email_code",
             "sign_profiles": True,
+            "unsigned_fallback": True,
             "exchange_enabled": True,
             "exchange_host": "mail.acme.example",
             "exchange_past_days": 14,
             "exchange_prevent_move": True,
-            "signing_certificate": {"sha256": fingerprint, "serial": serial},
+            "signing_certificate": {"sha256": fingerprint, "serial": serial, "chain": []},
         },
     }
     # Key material goes nowhere near the audit log.
@@ -241,6 +248,7 @@ def test_replacing_the_signing_identity_deletes_the_old_key(console):
         "signing_certificate": {
             "sha256": first.fingerprint(hashes.SHA256()).hex(),
             "serial": format(first.serial_number, "X"),
+            "chain": [],
         }
     }
     assert (
@@ -250,6 +258,41 @@ def test_replacing_the_signing_identity_deletes_the_old_key(console):
     again = boss.post(SAVE, {**form, "recovery_method": "admin_approval"}, csrf_from=PAGE)
     assert again.status_code == 200 and "Administrator approval" in again.text
     assert [k.id for k in _service_keys(console.ports)] == [new.id]
+
+
+def test_the_signing_chain_is_stored_and_the_unsigned_fallback_offered(console):
+    boss = console.sign_in("boss")
+    page = boss.get(PAGE).text
+    assert "If the signing certificate has expired, deliver profiles unsigned" in page
+    assert "checked" not in _fallback_checkbox(page)
+    key = new_key("ec256")
+    root = make_ca("Acme Root")
+    intermediate = make_ca("Acme Intermediate")  # the file's extra certificate, as it comes
+    cert = make_cert(key, "profiles@acme.example", issuer=root, cn="Acme Profile Signing")
+    p12 = make_p12(key, cert, P12_PASSWORD, chain=[intermediate[1], root[1]])
+    form = {**VALID, "sign_profiles": "on", "unsigned_fallback": "on"}
+    answer = boss.post(
+        SAVE, {**form, "signing_password": P12_PASSWORD}, files=_p12_file(p12), csrf_from=PAGE
+    )
+    assert answer.status_code == 200 and answer.url.path == PAGE
+    [stored] = _service_keys(console.ports)
+    assert stored.chain_pem == "".join(
+        c.public_bytes(Encoding.PEM).decode() for c in (intermediate[1], root[1])
+    )
+    details = json.loads(events(console.ports, UPDATE)[-1].details)
+    assert details["new"]["unsigned_fallback"] is True
+    assert details["new"]["signing_certificate"]["chain"] == [
+        c.fingerprint(hashes.SHA256()).hex() for c in (intermediate[1], root[1])
+    ]
+    assert ("If the signing certificate has expired, deliver profiles unsigned", "Yes") in _table(
+        answer.text
+    )
+    assert "checked" in _fallback_checkbox(boss.get("/admin/key-vault/edit").text)
+
+
+def _fallback_checkbox(page: str) -> str:
+    [tag] = re.findall(r'<input[^>]*name="unsigned_fallback"[^>]*>', page)
+    return tag
 
 
 def test_the_edit_page_works_without_javascript(console):
@@ -489,6 +532,7 @@ def test_expiry_warning_within_30_days(console, days, warned):
     assert ('id="signing-expiry-warning"' in page) is warned
     if warned:
         assert f"expires on {cert.not_valid_after_utc:%Y-%m-%d}" in page
+        assert "profile downloads are refused." in " ".join(page.split())
         console.clock.advance(days=days + 1)
         # Boss's session timed out meanwhile; the clerk signs in for the first time and sees it.
         later = console.sign_in("clerk").get(PAGE).text

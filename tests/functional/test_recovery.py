@@ -522,3 +522,31 @@ def _row_dict(ports: Ports, ticket: str) -> dict[str, Any]:
 
 def _actor(ports: Ports, admin_id: int) -> Actor:
     return web_sessions.actor_for_id(ports, admin_id, IP)
+
+
+def test_an_ios_profile_holds_every_chosen_key_without_its_passphrase(world: World):
+    import plistlib
+
+    second = world.vault(ALICE)
+    ticket = world.ask()
+    grant = world.verify(ticket, world.code())
+    shown = recovery.choices(world.ports, "acme", grant.token)
+    got = world.download(grant.token, [world.certificate_id, second], format="mobileconfig")
+    assert got.media_type == "application/x-apple-aspen-config"
+    assert got.filename.endswith(".mobileconfig")
+    profile = plistlib.loads(got.data)
+    payloads = [
+        p for p in profile["PayloadContent"] if p["PayloadType"] == "com.apple.security.pkcs12"
+    ]
+    assert len(payloads) == 2 and all("Password" not in p for p in payloads)
+    assert shown.passphrase.value.encode() not in got.data
+    spkis = set()
+    for payload in payloads:
+        key, _, _ = pkcs12.load_key_and_certificates(
+            payload["PayloadContent"], shown.passphrase.value.encode()
+        )
+        assert key is not None
+        spkis.add(keylib.spki_sha256(key.public_key()))
+    assert keylib.spki_sha256(world.key.public_key()) in spkis
+    [release] = events(world.ports, "key.release")[:1]
+    assert json.loads(release.details)["format"] == "mobileconfig"

@@ -143,6 +143,7 @@ def create_service_key(
     account: Account | None = None,
     spki_sha256: bytes | None = None,
     certificate_der: bytes | None = None,
+    chain_pem: str | None = None,
 ) -> ServiceKey:
     row = ServiceKey(
         uuid=new_uuid(),
@@ -150,6 +151,7 @@ def create_service_key(
         account_id=account.id if account else None,
         spki_sha256=spki_sha256,
         certificate_der=certificate_der,
+        chain_pem=chain_pem,
     )
     data_key = envelope.new_key()
     aad = envelope.service_key_aad(row.uuid, purpose)
@@ -165,6 +167,20 @@ def open_service_key(ports: Ports, row: ServiceKey) -> bytes:
     aad = envelope.service_key_aad(row.uuid, row.purpose)
     data_key = ports.master_key.unwrap(row.wrapped_data_key, aad)
     return envelope.open_sealed(data_key, envelope.Sealed(row.nonce, row.ciphertext), aad)
+
+
+def open_signing_key(ports: Ports, row: ServiceKey) -> keylib.PrivateKey:
+    """The private key of a service key certvault signs with (a CA, the profile signer).
+
+    Keys certvault signs with are loaded with full validation (DESIGN §10), once per process
+    and sealed key: validating an RSA-4096 key costs half a second, on every signature else.
+    """
+    cache_key = f"{row.purpose}:{row.uuid}:{row.ciphertext[-16:].hex()}"
+    key = ports.signing_keys.get(cache_key)
+    if key is None:
+        key = keylib.load_pkcs8_der(open_service_key(ports, row), validate=True)
+        ports.signing_keys[cache_key] = key
+    return key
 
 
 def service_public_keys(session: Session) -> set[bytes]:

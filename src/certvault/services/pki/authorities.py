@@ -33,12 +33,4 @@ def ca_certificate(row: CertificateAuthority) -> x509.Certificate:
 def signing_key(session: Session, ports: Ports, row: CertificateAuthority) -> keylib.PrivateKey:
     if row.service_key_id is None:
         raise NoIssuingCa(f"The CA {row.name} has no key in certvault (an offline CA).")
-    sealed = session.get_one(ServiceKey, row.service_key_id)
-    # Keys certvault signs with are loaded with full validation (DESIGN §10), once per process
-    # and sealed key: validating an RSA-4096 CA key costs half a second, on every issuance else.
-    cache_key = f"ca-key:{sealed.uuid}:{sealed.ciphertext[-16:].hex()}"
-    key = ports.signing_keys.get(cache_key)
-    if key is None:
-        key = keylib.load_pkcs8_der(keyring.open_service_key(ports, sealed), validate=True)
-        ports.signing_keys[cache_key] = key
-    return key
+    return keyring.open_signing_key(ports, session.get_one(ServiceKey, row.service_key_id))

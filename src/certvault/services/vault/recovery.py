@@ -45,6 +45,7 @@ from certvault.services.kernel.ratelimit import Limit, RateLimiter, enforce, rat
 from certvault.services.kernel.tenancy import get_account
 from certvault.services.vault import recovery_rules, release
 from certvault.services.vault.archive import KeyVaultDisabled
+from certvault.services.vault.profiles import ReleaseFormat
 
 REQUEST = "recovery.request"
 VERIFY = "recovery.verify"
@@ -717,7 +718,7 @@ def _checked(choice: DownloadChoice, account: Account, offered: list[Certificate
     """What was chosen, checked before the page is used up, so that a typo costs nothing."""
     if choice.format not in FORMATS:
         raise FormatNotOffered()
-    if choice.format == "p12":
+    if choice.format == ReleaseFormat.P12:
         EncryptionType.parse(choice.encryption or None)
     ids = {c.id for c in offered}
     chosen = sorted(set(choice.certificate_ids))
@@ -733,7 +734,7 @@ def _checked(choice: DownloadChoice, account: Account, offered: list[Certificate
     return chosen
 
 
-FORMATS = {"p12": "PKCS#12 (.p12)", "mobileconfig": "iOS configuration profile (.mobileconfig)"}
+FORMATS = frozenset(ReleaseFormat)
 
 
 def download(
@@ -774,10 +775,11 @@ def download(
             account_slug,
             chosen,
             passphrase=passphrase,
-            encryption=choice.encryption or None,
+            encryption=choice.encryption or None if choice.format == ReleaseFormat.P12 else None,
             reason=reason,
             channel=CHANNEL,
             passphrase_generated=choice.own_passphrase is None,
+            format=choice.format,
         )
     except Exception:
         _use_page(ports, keys, account, token, used=False)
@@ -804,9 +806,9 @@ def _use_page(ports: Ports, keys: list[bytes], account: Account, token: str, *, 
 
 
 def _packaged(batch: release.ReleaseBatch, request_uuid: str) -> Download:
-    if len(batch.releases) == 1:
+    if len(batch.releases) == 1:  # one file, or one profile holding every key
         [item] = batch.releases
-        return Download(item.data, item.filename, "application/x-pkcs12")
+        return Download(item.data, item.filename, item.format.media_type)
     return Download(
         release.zip_of(batch), f"recovered-keys-{request_uuid[:8]}.zip", "application/zip"
     )

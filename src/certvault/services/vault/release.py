@@ -4,7 +4,8 @@ In order, as every release path must: authorization per certificate, policy (Key
 reason, passphrase), the caller's rate limits (``admit``: only an attempt that could release a
 key counts against them), then the audit event and the owner's notification in one transaction.
 The PKCS#12 is built before that transaction (the KDF is slow and must not hold the write lock)
-and handed out only once the transaction has committed.
+and handed out only once the transaction has committed. Asked for as an iOS configuration profile,
+the batch is one profile holding those PKCS#12 files (services/vault/profiles.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from certvault import timing
 from certvault.crypto import keys as keylib
+from certvault.crypto.mobileconfig import P12_ENCRYPTION
 from certvault.crypto.passphrase import check_passphrase, generate_passphrase
 from certvault.crypto.pkcs12.writer import EncryptionType, write_pkcs12
 from certvault.db.models import Account, Certificate, EscrowedKey, Person
@@ -29,8 +31,9 @@ from certvault.services.kernel import keyring, notify
 from certvault.services.kernel.actors import Actor, Privilege, Scope
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.tenancy import get_account
-from certvault.services.vault import recovery_rules
+from certvault.services.vault import profiles, recovery_rules
 from certvault.services.vault.archive import KeyVaultDisabled
+from certvault.services.vault.profiles import ReleaseFormat
 
 RELEASE = "key.release"
 MAX_REASON = 500
@@ -64,6 +67,8 @@ class Release:
     data: bytes
     encryption: EncryptionType
     filename: str
+    # MOBILECONFIG: one profile holding every key of the batch; certificate_id is the first one.
+    format: ReleaseFormat = ReleaseFormat.P12
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,7 @@ def release_key(
     channel: str = "cli",
     passphrase_generated: bool = False,
     admit: Callable[[], None] | None = None,
+    format: str | ReleaseFormat | None = None,
 ) -> ReleaseBatch:
     return release_keys(
         ports,
@@ -97,6 +103,7 @@ def release_key(
         channel=channel,
         passphrase_generated=passphrase_generated,
         admit=admit,
+        format=format,
     )
 
 
@@ -112,8 +119,10 @@ def release_keys(
     channel: str = "cli",
     passphrase_generated: bool = False,
     admit: Callable[[], None] | None = None,
+    format: str | ReleaseFormat | None = None,
 ) -> ReleaseBatch:
-    """Release the keys of ``certificate_ids`` as PKCS#12 files under one passphrase.
+    """Release the keys of ``certificate_ids`` as PKCS#12 files under one passphrase, or as one
+    iOS configuration profile holding them (``format`` "mobileconfig").
 
     ``passphrase_generated``: ``passphrase`` was made by generate_passphrase and shown to the
     caller before (the console shows it with the download form), so no policy check applies and
@@ -139,6 +148,12 @@ def release_keys(
                 reason,
                 passphrase_generated,
             )
+            options = None
+            plan.format = profiles.release_format(format, encryption)
+            if plan.format is ReleaseFormat.MOBILECONFIG:
+                # Before admit: an account that cannot sign its profiles releases nothing.
+                options = profiles.profile_options(session, ports, account)
+                plan.encryption = P12_ENCRYPTION
             if admit is not None:
                 admit()
             rounds = ports.settings.p12_kdf_rounds
@@ -161,6 +176,8 @@ def release_keys(
                         cert.friendly_name or next(iter(cert.emails.split()), None),
                     )
                 releases.append(Release(cert.id, data, plan.encryption, f"{cert.id}.p12"))
+            if options is not None:
+                releases = [_profile(session, account, options, plan, releases)]
         ports.db.run(lambda s: _commit(s, ports, actor, account, plan, channel))
     except CertvaultError as exc:
         audit.record_refusal(
@@ -192,6 +209,24 @@ class _Plan:
     generated: str | None
     encryption: EncryptionType
     reason: str
+    format: ReleaseFormat = ReleaseFormat.P12
+
+
+def _profile(
+    session: Session,
+    account: Account,
+    options: profiles.ProfileOptions,
+    plan: _Plan,
+    releases: list[Release],
+) -> Release:
+    """The one release of a profile batch: every PKCS#12 of ``releases`` in one profile."""
+    payloads = [
+        (item.certificate, r.data, r.filename) for item, r in zip(plan.items, releases, strict=True)
+    ]
+    data = profiles.assemble_profile(session, account, options, payloads)
+    first = releases[0].certificate_id
+    name = f"{first}{plan.format.extension}"
+    return Release(first, data, plan.encryption, name, plan.format)
 
 
 def _plan(
@@ -285,7 +320,7 @@ def _commit(
         raise NoEscrowedKey()
     for item in plan.items:
         cert = item.certificate
-        notice = _release_notice(account, cert, actor, plan.reason)
+        notice = _release_notice(account, cert, actor, plan.reason, plan.format)
         for address in item.recipients:
             notify.queue_mail(session, account, address, "Your private key was recovered", notice)
         if actor.is_operator:
@@ -302,6 +337,7 @@ def _commit(
                 "certificate_sha256": cert.sha256.hex(),
                 "spki_sha256": item.key.spki_sha256.hex(),
                 "encryption": plan.encryption.value,
+                "format": plan.format.value,
                 "reason": plan.reason,
                 "generated_passphrase": plan.generated is not None,
                 "channel": channel,
@@ -309,12 +345,15 @@ def _commit(
         )
 
 
-def _release_notice(account: Account, cert: Certificate, actor: Actor, reason: str) -> str:
+def _release_notice(
+    account: Account, cert: Certificate, actor: Actor, reason: str, kind: ReleaseFormat
+) -> str:
     return (
         f"The private key of your certificate was taken out of the key vault of {account.name}.\n\n"
         f"Certificate subject: {cert.subject}\n"
         f"Serial number: {cert.serial}\n"
         f"Released by: {_released_by(actor)}\n"
+        f"Delivered as: {kind.label}\n"
         f"Reason: {reason or '(none given)'}\n\n"
         "If you did not expect this, tell your administrator.\n"
     )
@@ -364,9 +403,11 @@ def release_person_keys(
     channel: str = "api",
     passphrase_generated: bool = False,
     admit: Callable[[], None] | None = None,
+    format: str | ReleaseFormat | None = None,
 ) -> ReleaseBatch:
     """Release every key of a person, current and old (old mail needs old keys), under one
-    passphrase, as files named ``<certificate id>-<serial>.p12``: one release event per key.
+    passphrase, as files named ``<certificate id>-<serial>.p12`` or as one profile named
+    ``person-<person id>-keys.mobileconfig``: one release event per key.
 
     An organization administrator gets the certificates of their own organizations only.
     """
@@ -403,8 +444,15 @@ def release_person_keys(
         channel=channel,
         passphrase_generated=passphrase_generated,
         admit=admit,
+        format=format,
     )
     return ReleaseBatch(
-        [replace(r, filename=names[r.certificate_id]) for r in batch.releases],
+        [replace(r, filename=_person_filename(person_id, names, r)) for r in batch.releases],
         batch.generated_passphrase,
     )
+
+
+def _person_filename(person_id: int, names: dict[int, str], item: Release) -> str:
+    if item.format is ReleaseFormat.P12:
+        return names[item.certificate_id]
+    return f"person-{person_id}-keys{item.format.extension}"

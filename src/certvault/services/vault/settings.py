@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from certvault.config import Settings
 from certvault.crypto import keys as keylib
+from certvault.crypto import mobileconfig
 from certvault.crypto.pkcs12.reader import P12Entry, read_pkcs12
 from certvault.db.models import Account, EscrowedKey, KeyVaultSettings, ServiceKey
 from certvault.errors import Forbidden, InvalidInput
@@ -67,6 +68,8 @@ class RecoveryOptions:
 
     recovery_method: str = "disabled"
     sign_profiles: bool = False
+    # Once the signing certificate has expired: deliver profiles unsigned instead of refusing.
+    unsigned_fallback: bool = False
     exchange_enabled: bool = False
     exchange_host: str = ""
     exchange_use_ssl: bool = True
@@ -92,6 +95,7 @@ class KeyVaultView:
     can_edit: bool  # the actor may change them (settings_manage, account administrator)
     recovery_method: str
     sign_profiles: bool
+    unsigned_fallback: bool
     signing: SigningCertificate | None
     expires_soon: bool  # within EXPIRY_WARNING, or expired
     expired: bool
@@ -110,6 +114,7 @@ class KeyVaultView:
         return RecoveryOptions(
             recovery_method=self.recovery_method,
             sign_profiles=self.sign_profiles,
+            unsigned_fallback=self.unsigned_fallback,
             exchange_enabled=self.exchange_enabled,
             exchange_host=self.exchange_host,
             exchange_use_ssl=self.exchange_use_ssl,
@@ -159,6 +164,7 @@ def _settings_row(session: Session, account_id: int) -> KeyVaultSettings:
             account_id=account_id,
             recovery_method="disabled",
             sign_profiles=False,
+            unsigned_fallback=False,
             signing_key_id=None,
             exchange_enabled=False,
             exchange_host="",
@@ -186,6 +192,7 @@ def get_key_vault_settings(ports: Ports, actor: Actor, account_slug: str) -> Key
             can_edit=may_edit(actor, account.id),
             recovery_method=row.recovery_method,
             sign_profiles=row.sign_profiles,
+            unsigned_fallback=row.unsigned_fallback,
             signing=signing,
             expires_soon=signing is not None and signing.not_after - now <= EXPIRY_WARNING,
             expired=signing is not None and signing.not_after <= now,
@@ -250,6 +257,7 @@ def _checked(options: RecoveryOptions) -> dict[str, Any]:
     return {
         "recovery_method": options.recovery_method,
         "sign_profiles": bool(options.sign_profiles),
+        "unsigned_fallback": bool(options.unsigned_fallback),
         "exchange_enabled": bool(options.exchange_enabled),
         "exchange_host": check_host(host) if host else "",
         "exchange_use_ssl": bool(options.exchange_use_ssl),
@@ -258,24 +266,38 @@ def _checked(options: RecoveryOptions) -> dict[str, Any]:
     }
 
 
-def _signing_entry(ports: Ports, data: bytes, password: str) -> P12Entry:
-    """The one key and certificate of an uploaded signing identity, read with the upload
-    ceilings (a hostile KDF count is refused before it runs)."""
+@dataclass(frozen=True)
+class _SigningIdentity:
+    entry: P12Entry
+    chain_pem: str | None  # the file's other certificates: the intermediates a device needs
+
+
+def _signing_identity(ports: Ports, data: bytes, password: str) -> _SigningIdentity:
+    """The one key and certificate of an uploaded signing identity, and the certificates beside
+    them, read with the upload ceilings (a hostile KDF count is refused before it runs)."""
     contents = read_pkcs12(data, password, upload_limits(ports))
     if len(contents.entries) != 1:
         raise SigningIdentityInvalid("The signing identity file must hold exactly one key.")
     [entry] = contents.entries
     if entry.certificate.not_valid_after_utc <= ports.clock():
         raise SigningIdentityInvalid("The signing certificate has expired.")
-    return entry
+    if not mobileconfig.can_sign(entry.key):
+        raise SigningIdentityInvalid("The signing key must be an RSA or EC key.")
+    pem = "".join(c.public_bytes(Encoding.PEM).decode() for c in contents.extra_certificates)
+    return _SigningIdentity(entry, pem or None)
 
 
-def _identity_record(der: bytes | None) -> dict[str, str] | None:
-    """What the audit keeps of a signing identity: its certificate, never its key."""
+def _identity_record(der: bytes | None, chain_pem: str | None) -> dict[str, Any] | None:
+    """What the audit keeps of a signing identity: its certificates, never its key."""
     if der is None:
         return None
     described = _describe(der)
-    return {"sha256": described.sha256, "serial": described.serial}
+    chain = x509.load_pem_x509_certificates(chain_pem.encode()) if chain_pem else []
+    return {
+        "sha256": described.sha256,
+        "serial": described.serial,
+        "chain": [c.fingerprint(hashes.SHA256()).hex() for c in chain],
+    }
 
 
 # --- changing -------------------------------------------------------------------------------------
@@ -308,9 +330,9 @@ def update_recovery_options(
             raise KeyVaultDisabled()
         values = _checked(options)
         # The KDF and key validation run outside any transaction.
-        entry = None
+        identity = None
         if signing_p12 is not None:
-            entry = _signing_entry(ports, signing_p12, signing_password or "")
+            identity = _signing_identity(ports, signing_p12, signing_password or "")
 
         def work(session: Session) -> bool:
             account = session.scalars(
@@ -319,15 +341,15 @@ def update_recovery_options(
             if not account.key_vault_enabled:
                 raise KeyVaultDisabled()
             row = _settings_row(session, account_id)
-            if values["sign_profiles"] and row.signing_key_id is None and entry is None:
+            if values["sign_profiles"] and row.signing_key_id is None and identity is None:
                 raise SettingsInvalid(
                     "Signing iOS profiles needs a signing identity: upload its PKCS#12 file."
                 )
             old = {name: getattr(row, name) for name in values}
             new = dict(values)
-            if entry is not None:
+            if identity is not None:
                 old["signing_certificate"], new["signing_certificate"] = _replace_identity(
-                    session, ports, account, row, entry
+                    session, ports, account, row, identity
                 )
             changed = [name for name in new if new[name] != old[name]]
             if not changed:
@@ -356,14 +378,21 @@ def update_recovery_options(
 
 
 def _replace_identity(
-    session: Session, ports: Ports, account: Account, row: KeyVaultSettings, entry: P12Entry
-) -> tuple[dict[str, str] | None, dict[str, str] | None]:
-    """Seal the new signing key as a service key and link it; the old one is deleted.
+    session: Session,
+    ports: Ports,
+    account: Account,
+    row: KeyVaultSettings,
+    identity: _SigningIdentity,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Seal the new signing key as a service key, with its chain, and link it; the old one is
+    deleted. The same certificate again only replaces the stored chain (an administrator adding
+    the intermediates left out before).
 
     Deleting (rather than keeping it unlinked) leaves no unused private key behind: nothing
     signs with it any more. Its public key then stops being refused by the vault, which gives
     nobody anything: importing a key needs the key itself.
     """
+    entry, chain_pem = identity.entry, identity.chain_pem
     spki = keylib.spki_sha256(entry.key.public_key())
     escrowed = session.scalar(
         select(EscrowedKey.id).where(
@@ -379,8 +408,10 @@ def _replace_identity(
     der = entry.certificate.public_bytes(Encoding.DER)
     previous = session.get(ServiceKey, row.signing_key_id) if row.signing_key_id else None
     if previous is not None and previous.certificate_der == der:
-        same = _identity_record(der)  # the same certificate, so the same key: nothing to do
-        return same, same
+        # The same certificate, so the same key: only the chain may have changed.
+        old = _identity_record(der, previous.chain_pem)
+        previous.chain_pem = chain_pem
+        return old, _identity_record(der, chain_pem)
     new_key = keyring.create_service_key(
         session,
         ports,
@@ -389,11 +420,12 @@ def _replace_identity(
         account=account,
         spki_sha256=spki,
         certificate_der=der,
+        chain_pem=chain_pem,
     )
     row.signing_key_id = new_key.id
     session.add(row)
-    old = _identity_record(previous.certificate_der) if previous is not None else None
+    old = _identity_record(previous.certificate_der, previous.chain_pem) if previous else None
     if previous is not None:
         session.flush()  # the row points to the new key before the old one goes
         session.delete(previous)
-    return old, _identity_record(der)
+    return old, _identity_record(der, chain_pem)

@@ -1,5 +1,5 @@
-"""Download key: re-authentication, reason, passphrase, encryption type; the release itself
-goes through services.vault.release, the vault's one way out.
+"""Download key: re-authentication, reason, passphrase, encryption type or iOS configuration
+profile; the release itself goes through services.vault.release, the vault's one way out.
 
 A file download cannot also show text, so the passphrase certvault generates is made when the
 form is shown: it is shown once on the page and kept sealed with the form's one-use token until
@@ -26,6 +26,7 @@ from certvault.services.kernel.actors import Privilege
 from certvault.services.kernel.paging import MAX_LIMIT
 from certvault.services.vault import release
 from certvault.services.vault.archive import KeyVaultDisabled
+from certvault.services.vault.profiles import ReleaseFormat
 from certvault.services.vault.release import MAX_REASON, RELEASE, NoEscrowedKey, ReasonRequired
 from certvault.web.admin.console import Console, open_console, post_console
 from certvault.web.api.keys import person_keys_zip
@@ -46,6 +47,9 @@ ENCRYPTIONS: tuple[tuple[str, str], ...] = (
         EncryptionType.TRIPLEDES_SHA1.value,
         "TripleDES-SHA1 (legacy: old Apple and Windows devices)",
     ),
+    # Offered beside the encryptions: one choice of what to download. A profile's PKCS#12 is
+    # always TripleDES-SHA1 (services.vault.profiles).
+    (ReleaseFormat.MOBILECONFIG.value, "iOS configuration profile (.mobileconfig)"),
 )
 GENERATED, OWN = "generated", "own"
 
@@ -203,9 +207,10 @@ async def _show(
 
 @dataclass(frozen=True)
 class _Choices:
-    encryption: EncryptionType
+    encryption: EncryptionType | None  # None: a profile's own
     reason: str
     own_passphrase: str | None  # None: the generated one
+    format: ReleaseFormat = ReleaseFormat.P12
 
 
 def _choices(form: FormData, account: Account) -> _Choices:
@@ -214,7 +219,7 @@ def _choices(form: FormData, account: Account) -> _Choices:
     choice = form_field(form, "passphrase_choice") or GENERATED
     if choice not in (GENERATED, OWN):
         raise PassphraseChoiceInvalid()
-    encryption = EncryptionType.parse(form_field(form, "encryption") or None)
+    kind, encryption = _format_and_encryption(form_field(form, "encryption") or None)
     reason = form_field(form, "reason").strip()
     if len(reason) > MAX_REASON:
         raise InvalidInput(f"A reason may have at most {MAX_REASON} characters.")
@@ -228,7 +233,14 @@ def _choices(form: FormData, account: Account) -> _Choices:
         if own != form_field(form, "own_passphrase_confirm"):
             raise PassphraseMismatch()
         own = check_passphrase(own, account.min_passphrase_length)
-    return _Choices(encryption, reason, own)
+    return _Choices(encryption, reason, own, kind)
+
+
+def _format_and_encryption(value: str | None) -> tuple[ReleaseFormat, EncryptionType | None]:
+    """The one select of the form names either a PKCS#12 encryption or the profile format."""
+    if value == ReleaseFormat.MOBILECONFIG.value:
+        return ReleaseFormat.MOBILECONFIG, None
+    return ReleaseFormat.P12, EncryptionType.parse(value)
 
 
 def _kept(form: FormData, name: str, limit: int) -> str:
@@ -266,13 +278,15 @@ def _release(
         channel=CHANNEL,
         passphrase_generated=generated,
         admit=admit,
+        format=choices.format if choices else None,
     )
 
 
 def _attachment(target: Target, batch: release.ReleaseBatch) -> Response:
-    if target.kind == "certificate":
+    # One file (a certificate's key, or a profile holding every key of a person) or a zip.
+    if target.kind == "certificate" or batch.releases[0].format is ReleaseFormat.MOBILECONFIG:
         [item] = batch.releases
-        data, filename, media_type = item.data, item.filename, "application/x-pkcs12"
+        data, filename, media_type = item.data, item.filename, item.format.media_type
     else:
         data, filename = person_keys_zip(target.id, batch)
         media_type = "application/zip"

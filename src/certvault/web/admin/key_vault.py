@@ -83,6 +83,7 @@ def _options(form: FormData) -> RecoveryOptions:
     return RecoveryOptions(
         recovery_method=form_field(form, "recovery_method"),
         sign_profiles=form_field(form, "sign_profiles") == "on",
+        unsigned_fallback=form_field(form, "unsigned_fallback") == "on",
         exchange_enabled=form_field(form, "exchange_enabled") == "on",
         exchange_host=form_field(form, "exchange_host"),
         exchange_use_ssl=form_field(form, "exchange_use_ssl") == "on",

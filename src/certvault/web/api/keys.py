@@ -1,5 +1,5 @@
 """Keys in and out of the vault: upload a PKCS#12 for a person, download one certificate's key,
-download every key of a person as a zip."""
+download every key of a person as a zip; either download also as one iOS configuration profile."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from fastapi import APIRouter, Request, Response
 from certvault.errors import CertvaultError, InvalidInput
 from certvault.services.vault import imports, release
 from certvault.services.vault.archive import EntryResult
+from certvault.services.vault.profiles import ReleaseFormat
 from certvault.web.api.schemas import (
+    CONFLICT,
     ERRORS,
     RATE_LIMITED,
     TOO_LARGE,
@@ -71,8 +73,12 @@ A file that cannot be read at all (wrong password, not a PKCS#12, too costly to 
 
 _P12_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "The PKCS#12 file, encrypted with the passphrase",
-        "content": {"application/x-pkcs12": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "The PKCS#12 file `<id>.p12`, encrypted with the passphrase; with "
+        "`format` mobileconfig the iOS configuration profile `<id>.mobileconfig`",
+        "content": {
+            media_type: {"schema": {"type": "string", "format": "binary"}}
+            for media_type in (ReleaseFormat.P12.media_type, ReleaseFormat.MOBILECONFIG.media_type)
+        },
         "headers": {
             PASSPHRASE_HEADER: {
                 "description": "The generated passphrase, only with generate_passphrase=true; "
@@ -83,14 +89,19 @@ _P12_RESPONSE: dict[int | str, dict[str, Any]] = {
         },
     },
     **RATE_LIMITED,
+    **CONFLICT,  # a profile the account cannot sign
 }
 _ZIP_RESPONSE: dict[int | str, dict[str, Any]] = {
     **_P12_RESPONSE,
     200: {
         **_P12_RESPONSE[200],
         "description": "A zip of PKCS#12 files `<certificate id>-<serial>.p12`, one per "
-        "certificate with a key in the vault, all under the one passphrase",
-        "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+        "certificate with a key in the vault, all under the one passphrase; with `format` "
+        "mobileconfig one iOS configuration profile `person-<id>-keys.mobileconfig` holding them",
+        "content": {
+            media_type: {"schema": {"type": "string", "format": "binary"}}
+            for media_type in ("application/zip", ReleaseFormat.MOBILECONFIG.media_type)
+        },
     },
 }
 _RELEASE_NOTES = """
@@ -150,8 +161,9 @@ def _attachment(data: bytes, media_type: str, filename: str, passphrase: str | N
 @router.post(
     "/certificates/{certificate_id}/key",
     response_class=Response,
-    summary="Download a certificate's key as PKCS#12",
-    description="The key of one certificate as a PKCS#12 attachment `<id>.p12`." + _RELEASE_NOTES,
+    summary="Download a certificate's key as PKCS#12 or iOS configuration profile",
+    description="The key of one certificate as a PKCS#12 attachment `<id>.p12`, or with "
+    "`format: mobileconfig` as an iOS configuration profile `<id>.mobileconfig`." + _RELEASE_NOTES,
     responses=_P12_RESPONSE,
 )
 def download_key(
@@ -167,13 +179,14 @@ def download_key(
         caller.account_slug,
         [certificate_id],
         passphrase=body.passphrase,
-        encryption=body.encryption_type,
+        encryption=_encryption(body),
         reason=body.reason,
         channel="api",
         admit=download_counter(request, caller),
+        format=body.format,
     )
     [item] = batch.releases
-    return _attachment(item.data, "application/x-pkcs12", item.filename, batch.generated_passphrase)
+    return _attachment(item.data, item.format.media_type, item.filename, batch.generated_passphrase)
 
 
 @router.post(
@@ -181,7 +194,8 @@ def download_key(
     response_class=Response,
     summary="Download every key of a person as a zip",
     description="Every key of the person in the vault, current and old (old mail needs old "
-    "keys), as a zip of PKCS#12 files under one passphrase; one release event per key. An "
+    "keys), as a zip of PKCS#12 files under one passphrase (or with `format: mobileconfig` one "
+    "iOS configuration profile holding them); one release event per key. An "
     "organization administrator gets the certificates of their organizations. A person without "
     "keys in the vault answers 404 `no_escrowed_key`." + _RELEASE_NOTES,
     responses=_ZIP_RESPONSE,
@@ -199,13 +213,24 @@ def download_person_keys(
         caller.account_slug,
         person_id,
         passphrase=body.passphrase,
-        encryption=body.encryption_type,
+        encryption=_encryption(body),
         reason=body.reason,
         channel="api",
         admit=download_counter(request, caller),
+        format=body.format,
     )
+    if batch.releases[0].format is ReleaseFormat.MOBILECONFIG:
+        [item] = batch.releases
+        return _attachment(
+            item.data, item.format.media_type, item.filename, batch.generated_passphrase
+        )
     data, filename = person_keys_zip(person_id, batch)
     return _attachment(data, "application/zip", filename, batch.generated_passphrase)
+
+
+def _encryption(body: KeyDownload) -> str | None:
+    """The encryption asked for; None when left out, so that a profile takes its own."""
+    return body.encryption_type if "encryption_type" in body.model_fields_set else None
 
 
 def person_keys_zip(person_id: int, batch: release.ReleaseBatch) -> tuple[bytes, str]:

@@ -214,7 +214,17 @@ class KeyDownload(StrictBody):
         "X-Certvault-Passphrase response header",
     )
     encryption_type: Literal["AES256-SHA256", "TripleDES-SHA1"] = Field(
-        default="AES256-SHA256", description="TripleDES-SHA1 only for old devices"
+        default="AES256-SHA256",
+        description="TripleDES-SHA1 only for old devices. With `format` mobileconfig it may be "
+        "left out or be TripleDES-SHA1 (422 `profile_encryption_fixed` otherwise)",
+    )
+    format: Literal["p12", "mobileconfig"] = Field(
+        default="p12",
+        description="`mobileconfig`: one iOS configuration profile "
+        "(`application/x-apple-aspen-config`) holding the key(s) as TripleDES-SHA1 PKCS#12 "
+        "payloads without their passphrase (the device asks for it), with the account's "
+        "Exchange account, signed when the account signs profiles (409 "
+        "`signing_identity_expired` or `signing_identity_missing` when it cannot)",
     )
     reason: Annotated[str | None, MULTI_LINE] = Field(
         default=None,
