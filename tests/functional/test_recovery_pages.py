@@ -3,6 +3,7 @@ whole flow, the answers that must not tell one address from another, and hostile
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +27,7 @@ from tests.functional.recovery_fixtures import (  # noqa: F401 - fixtures
     smtp_server,
     world_fixture,
 )
+from tests.functional.test_canary import CANARY, SHORT, _assert_clean, _stored
 
 PAGE = "/kv/acme"
 
@@ -263,3 +265,79 @@ def test_the_form_says_when_it_is_closed(world: World, web: TestClient):
     accounts.set_key_vault(world.ports, world.operator, "acme", False)
     off = web.get(PAGE)
     assert 'id="closed"' in off.text and "does not keep private keys" in off.text
+
+
+def test_the_recovery_pages_never_echo_a_secret(
+    world: World, web: TestClient, caplog: pytest.LogCaptureFixture
+):
+    """The canary secret as every secret field of every page, on error paths and the good one:
+    it shows in no answer, log record, table cell or file."""
+    caplog.set_level(logging.DEBUG)
+    world.method("email_code_and_secret")
+    accounts.set_release_policy(world.ports, world.operator, "acme", allow_own_passphrase=True)
+    answers: list[tuple[str, str | bytes]] = []
+
+    def post(path: str, page: str, **data: str) -> Any:
+        got = web.post(f"{PAGE}/{path}", data={"csrf_token": csrf_of(page), **data})
+        answers.append((f"{path} {got.status_code}", got.text))
+        answers.extend((f"{path} header {k}", v) for k, v in got.headers.items())
+        return got
+
+    start = web.get(PAGE).text
+    sent = post("request", start, email=ALICE).text
+    ticket = hidden(sent, "ticket")
+    for code in (CANARY, "1" * 8):
+        post("verify", sent, email=ALICE, ticket=ticket, code=code, secret_id=CANARY)
+    post("verify", sent, email=ALICE, ticket=CANARY, code=CANARY, secret_id=CANARY)
+    post("link", sent, token=CANARY)
+    post("download", sent, token=CANARY, certificate="1", format=CANARY)
+    person = _person_id(world, ALICE)
+    persons.set_secret_id(world.ports, world.operator, "acme", person, "right-secret-1")
+    fresh = post("request", start, email=ALICE).text
+    chosen = post(
+        "verify",
+        fresh,
+        email=ALICE,
+        ticket=hidden(fresh, "ticket"),
+        code=world.code(),
+        secret_id="right-secret-1",
+    ).text
+    token = hidden(chosen, "token")
+    for confirm in (CANARY + "x", SHORT):
+        mismatch = post(
+            "download",
+            chosen,
+            token=token,
+            certificate=str(world.certificate_id),
+            format="p12-AES256-SHA256",
+            passphrase_choice="own",
+            passphrase=CANARY if confirm != SHORT else SHORT,
+            passphrase_confirm=confirm,
+        )
+        assert mismatch.status_code in (400, 422)  # not the same; too short
+    got = post(
+        "download",
+        chosen,
+        token=token,
+        certificate=str(world.certificate_id),
+        format="p12-AES256-SHA256",
+        passphrase_choice="own",
+        passphrase=CANARY,
+        passphrase_confirm=CANARY,
+    )
+    assert got.status_code == 200
+    answers.pop()  # the file itself holds the passphrase's work, not its text; checked below
+    pkcs12.load_key_and_certificates(got.content, CANARY.encode())
+    world.deliver()
+    found = list(answers)
+    found += [(f"log {r.name}", r.getMessage()) for r in caplog.records]
+    found += [(f"mail {m.subject}", m.body) for m in world.smtp.messages]
+    url = world.ports.db.engine.url.render_as_string(hide_password=False)
+    found += _stored(url, world.ports.settings.home)
+    _assert_clean(found)
+    assert len(answers) >= 12
+
+
+def _person_id(world: World, email: str) -> int:
+    with world.ports.db.read() as s:
+        return s.scalars(select(Person.id).where(Person.email == email)).one()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import uuid
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -264,10 +265,20 @@ def _matches(keys: list[bytes], stored: str | None, *parts: str) -> bool:
     return found
 
 
+def ticket_of(value: str) -> str:
+    """A request's uuid as a page sent it back, or "" when it is not one (never repeated)."""
+    try:
+        return str(uuid.UUID(value)) if len(value) == 36 else ""
+    except ValueError:
+        return ""
+
+
 def _split(token: str) -> tuple[str, str] | None:
     """A link or page token is ``<request uuid>.<random>``: the uuid finds the row."""
     request_uuid, dot, secret = token.partition(".")
-    if not dot or len(request_uuid) != 36 or not 20 <= len(secret) <= 64 or not token.isascii():
+    if not dot or not ticket_of(request_uuid) or not 20 <= len(secret) <= 64:
+        return None
+    if not secret.isascii() or not secret.replace("-", "").replace("_", "").isalnum():
         return None
     return request_uuid, secret
 
@@ -524,7 +535,8 @@ def verify_code(
     with ports.db.read() as session:
         account, form = _form(session, account_slug)
     actor = _person(account.id, email[:MAX_EMAIL], ip, None)
-    with _refused(ports, account.id, actor, VERIFY, request_uuid[:36]):
+    request_uuid = ticket_of(request_uuid)
+    with _refused(ports, account.id, actor, VERIFY, request_uuid):
         address = _address(email)
         if not form.open:
             raise RecoveryDisabled()
@@ -542,7 +554,7 @@ def verify_code(
             row = session.scalars(
                 select(RecoveryRequest)
                 .where(
-                    RecoveryRequest.uuid == request_uuid[:36],
+                    RecoveryRequest.uuid == request_uuid,
                     RecoveryRequest.account_id == account.id,
                 )
                 .with_for_update()
@@ -899,11 +911,12 @@ def decide(
     with ports.db.read() as session:
         account = get_account(session, account_slug)
         _, form = _form(session, account_slug)
-    with _refused(ports, account.id, actor, action, request_uuid[:36]):
+    request_uuid = ticket_of(request_uuid)
+    with _refused(ports, account.id, actor, action, request_uuid):
         actor.require(Privilege.RECOVERY_APPROVE, account.id, None)
         secret = secrets.token_urlsafe(32)
         link = ports.settings.public_url_for(f"/kv/{account.slug}/link/{request_uuid}.{secret}")
-        link_mac = _mac(_keys(ports), "link", request_uuid[:36], secret)
+        link_mac = _mac(_keys(ports), "link", request_uuid, secret)
         body = _link_mail(form, link) if approve else _rejected_mail(form)
         sealed = notify.seal_body(ports, body)
 
@@ -911,7 +924,7 @@ def decide(
             row = session.scalars(
                 select(RecoveryRequest)
                 .where(
-                    RecoveryRequest.uuid == request_uuid[:36],
+                    RecoveryRequest.uuid == request_uuid,
                     RecoveryRequest.account_id == account.id,
                 )
                 .with_for_update()

@@ -110,7 +110,8 @@ async def verify(request: Request, account_slug: str) -> Response:
     ports = get_ports(request)
     email = ticket = ""
     try:
-        email, ticket = form_field(data, "email").strip(), form_field(data, "ticket")
+        email = form_field(data, "email").strip()
+        ticket = recovery.ticket_of(form_field(data, "ticket"))
         grant = await run_in_threadpool(
             lambda: recovery.verify_code(
                 ports,
