@@ -34,6 +34,7 @@ bench: setup
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/enroll.py
 	$(BIN)/python bench/kdf.py
+	$(BIN)/python bench/recovery.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     recovery_requests_per_hour_account: int = Field(default=500, ge=1)
     recovery_checks_per_hour_ip: int = Field(default=30, ge=1)
     recovery_checks_per_hour_account: int = Field(default=1000, ge=1)
+    # A request at the form is answered no sooner than this, whatever the address: the work
+    # for an address with keys (reading certificates, checking chains) takes a few ms more.
+    recovery_answer_floor_ms: int = Field(default=120, ge=0, le=5000)
 
     trusted_proxies: str = ""  # comma-separated addresses whose X-Forwarded-For is believed
     metrics_token: SecretStr | None = None

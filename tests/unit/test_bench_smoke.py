@@ -58,6 +58,11 @@ TARGETED = [
         + ["--rounds", "2048"],
         ["% of in-process", "outside the KDF p50"],
     ),
+    (
+        "recovery.py",
+        ["--count", "2", "--floor-ms", "20"],
+        ["answer floor 0 ms", "answer floor 20 ms", "with keys p50 / unknown p50"],
+    ),
 ]
 
 

@@ -9,6 +9,8 @@ same whatever the address (services/vault/recovery.py).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Mapping
 
 from fastapi import APIRouter, Request
@@ -81,6 +83,7 @@ async def ask(request: Request, account_slug: str) -> Response:
     csrf, data, form = posted
     ports = get_ports(request)
     email = ""
+    started = time.monotonic()
     try:
         email = form_field(data, "email").strip()
         ticket = await run_in_threadpool(
@@ -88,6 +91,9 @@ async def ask(request: Request, account_slug: str) -> Response:
                 ports, account_slug, email, client_ip(request), limiter=get_limiter(request)
             )
         )
+        # The same timing class for every address: no answer before the floor.
+        floor = ports.settings.recovery_answer_floor_ms / 1000
+        await asyncio.sleep(max(0.0, floor - (time.monotonic() - started)))
     except CertvaultError as exc:
         return pages.render(
             csrf,
