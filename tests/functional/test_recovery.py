@@ -471,3 +471,26 @@ def test_an_ios_profile_holds_every_chosen_key_without_its_passphrase(world: Wor
     assert keylib.spki_sha256(world.key.public_key()) in spkis
     [release] = events(world.ports, "key.release")[:1]
     assert json.loads(release.details)["format"] == "mobileconfig"
+
+
+def test_a_request_changed_in_the_database_recovers_nothing(world: World):
+    """A database writer widens a request to another person's certificate and marks it proven:
+    the row fails its seal, and nothing is released."""
+    from sqlalchemy import text
+
+    from certvault.services.kernel import seals
+
+    other = world.vault("victim@example.org")
+    ticket = world.ask()
+    grant = world.verify(ticket, world.code())
+    with world.ports.db.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE recovery_requests SET certificate_ids = :ids WHERE uuid = :u"),
+            {"ids": f"{world.certificate_id} {other}", "u": ticket},
+        )
+    with pytest.raises(seals.TamperedRow):
+        world.download(grant.token, [other])
+    with pytest.raises(seals.TamperedRow):
+        recovery.choices(world.ports, "acme", grant.token)
+    assert [e for e in events(world.ports, "key.release") if e.outcome == "success"] == []
+    assert {p.table for p in seals.check_rows(world.ports).problems} == {"recovery_requests"}
