@@ -29,13 +29,17 @@ from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from certvault.config import Settings
+from certvault.db.models import RecoveryRequest
 from certvault.services.access import admins
 from certvault.services.directory import accounts
 from certvault.services.kernel.actors import Actor
 from certvault.services.kernel.ports import Ports, open_ports
 from certvault.services.kernel.ratelimit import DatabaseRateLimiter
+from certvault.services.vault import recovery
+from certvault.services.vault import settings as kv_settings
 from certvault.web.app import create_app
 from tests.conftest import TEST_OPERATOR, _pg_exec, _sqla_url, make_settings
 from tests.functional.api_fixtures import ALL_PRIVILEGES, ApiWorld, build_world
@@ -159,6 +163,22 @@ class ConsoleWorld:
         )
         assert done.status_code == 200 and done.url.path == "/admin/", done.text
         return ConsoleClient(client, self.clock, login, secret)
+
+
+def ask_for_approval(console: ConsoleWorld, slug: str, email: str, ip: str = "192.0.2.7") -> str:
+    """A request at the Private Key Recovery Form of ``slug`` for the keys of ``email``, waiting
+    for an administrator's approval (the account is set to ask for one, and trusts the CA of
+    the world's certificates): its uuid."""
+    ports = console.ports
+    accounts.add_trusted_issuer(ports, TEST_OPERATOR, slug, console.world.ca[1])
+    kv_settings.update_recovery_options(
+        ports, TEST_OPERATOR, slug, kv_settings.RecoveryOptions(recovery_method="admin_approval")
+    )
+    ticket = recovery.request_recovery(ports, slug, email, ip).request_uuid
+    with ports.db.read() as s:
+        row = s.scalars(select(RecoveryRequest).where(RecoveryRequest.uuid == ticket)).one()
+        assert row.status == "pending", row.status
+    return ticket
 
 
 def build_console(ports: Ports, operator: Actor) -> ConsoleWorld:

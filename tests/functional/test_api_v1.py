@@ -179,6 +179,54 @@ def test_an_email_change_needs_the_download_privilege_where_the_keys_are(api):
     assert r.status_code == 200, r.text
 
 
+def test_a_person_is_made_inactive_and_active_again(api):
+    alice = api.alice.person_id
+    path = f"{V1}/persons/{alice}"
+    assert api.get("reader", path).json()["active"] is True
+    r = api.patch("keys", path, json={"active": False, "phone": "+1 555 0142"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["active"], r.json()["phone"]) == (False, "+1 555 0142")
+    assert api.get("reader", path).json()["active"] is False
+    listed = api.get("reader", f"{V1}/persons?email={api.alice.email}").json()["items"]
+    assert [p["active"] for p in listed] == [False]
+    assert api.patch("keys", path, json={"active": True}).json()["active"] is True
+    assert api.patch("keys", path, json={"active": True}).status_code == 200  # no change
+    done = [
+        (e.actor.split(" ")[0], json.loads(e.details))
+        for e in events(api.ports, "person.set_active")
+    ]
+    assert done == [("admin:keys", {"active": False}), ("admin:keys", {"active": True})]
+
+
+@pytest.mark.parametrize("value", [CANARY, "false", 0, 1, None, [False], {"x": False}])
+def test_active_that_is_not_a_boolean_is_a_clean_422(api, value):
+    path = f"{V1}/persons/{api.alice.person_id}"
+    r = api.patch("keys", path, json={"active": value})
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == "validation_error" and "active" in r.json()["description"]
+    assert NEEDLE not in r.text.lower() and "false" not in r.text.lower()
+    assert api.get("keys", path).json()["active"] is True
+    assert events(api.ports, "person.set_active") == []
+
+
+def test_active_is_not_changed_by_a_refused_patch_or_without_the_privilege(api):
+    path = f"{V1}/persons/{api.alice.person_id}"
+    taken = api.patch("keys", path, json={"active": False, "email": api.sam.email})
+    assert taken.status_code == 409
+    for name, status in (("reader", 403), ("keys_read", 403), ("foreign", 404)):
+        r = api.patch(name, path, json={"active": False})
+        assert r.status_code == status, (name, r.text)
+    hidden = api.patch("sales", path, json={"active": False})
+    assert hidden.status_code == 404
+    assert api.get("keys", path).json()["active"] is True
+    assert events(api.ports, "person.set_active") == []
+    # Only an update sets it: a new person is active, and says so.
+    created = api.post("keys", f"{V1}/persons", json={"email": "dan@acme.example"})
+    assert created.status_code == 201 and created.json()["active"] is True
+    refused = api.post("keys", f"{V1}/persons", json={"email": "eve@acme.example", "active": False})
+    assert refused.status_code == 422
+
+
 def test_person_paging_with_cursors(api):
     for i in range(5):
         assert (

@@ -42,6 +42,17 @@ def test_about_shows_version_and_the_key_vault_url_under_the_public_url(console)
     assert 'aria-current="page">About<' in page.text
 
 
+def test_the_key_vault_url_links_the_recovery_form_and_says_what_it_is(console):
+    page = console.sign_in("boss").get("/admin/about").text
+    url = "https://vault.example.test/certvault/kv/acme"
+    assert f'<a href="{url}" id="kv-url-link"><code id="kv-url">{url}</code></a>' in page
+    about = re.search(r'id="kv-url-about">(.*?)</p>', page, re.S)
+    assert about is not None and "The Private Key Recovery Form of this account" in about.group(1)
+    # Behind the public URL's path the application serves /kv/acme: the form itself.
+    form = console.client().get("/kv/acme")
+    assert form.status_code == 200 and "Recover your private key" in form.text
+
+
 @pytest.mark.parametrize("login", ["clerk", "salesboss"])
 def test_every_administrator_of_the_account_sees_it(console, login):
     page = console.sign_in(login).get("/admin/about")

@@ -1,5 +1,6 @@
-"""Download key in the console: re-authentication, the passphrase shown once, the encryption
-type, the one-use form, and every refusal (audited, nothing released)."""
+"""Download key in the console: re-authentication, the passphrase the form holds (shown again
+when the form comes back with an error), the encryption type, the one-use form, and every refusal
+(audited, nothing released)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select, update
 
 from certvault.db.models import FormNonce, WebSession
+from certvault.services.access import form_nonces
 from certvault.services.directory import accounts, persons
 from certvault.services.kernel.passwords import PasswordChecksBusy, PasswordHashing
 from certvault.services.vault import settings as kv_settings
@@ -59,6 +61,13 @@ class Form:
     def post(self, **fields: str):
         data = {"csrf_token": csrf_of(self.html), "form_token": self.token, **fields}
         return self.client.client.post(self.path, data=data)
+
+
+def shown(page: str) -> str:
+    """The passphrase a download page shows."""
+    found = PASSPHRASE_RE.search(page)
+    assert found is not None, "the page shows no passphrase"
+    return found.group(1)
 
 
 def cert_path(cert_id: int) -> str:
@@ -164,18 +173,18 @@ def test_boss_downloads_the_newest_key(console, tmp_path, encryption):
     assert mail.to_addr == alice.email and "laptop lost" in mail.body
 
 
-def test_passphrase_is_shown_once_and_nowhere_else(console, tmp_path, caplog):
+def test_passphrase_is_shown_on_the_form_and_nowhere_else(console, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     alice = console.world.alice
     boss = console.sign_in("boss")
     form = Form(boss, cert_path(alice.cert_ids[1]))
     assert form.html.count(form.passphrase) == 1
     assert 'data-copy="passphrase"' in form.html
-    # Shown again after a refusal? No: the form says the passphrase shown before still applies.
+    # After a refusal the form shows the very passphrase it holds again.
     forget_reauthentication(console)
     wrong = form.post(password="wrong-password-123", code="000000")
     assert wrong.status_code == 401
-    assert form.passphrase not in wrong.text and 'id="passphrase-kept"' in wrong.text
+    assert shown(wrong.text) == form.passphrase and 'id="passphrase-renewed"' not in wrong.text
     answer = form.post(password=PASSWORD, code=boss.next_code())
     assert answer.status_code == 200
     assert form.passphrase.encode() not in answer.content
@@ -535,6 +544,60 @@ def test_reason_required_by_the_account(console):
     assert form.post(reason="court order 7").status_code == 200
     [event] = releases(console)
     assert details(event)["reason"] == "court order 7"
+
+
+def test_a_form_shown_again_shows_the_same_passphrase_and_the_file_opens_with_it(console, tmp_path):
+    accounts.set_release_policy(console.ports, TEST_OPERATOR, "acme", reason_required=True)
+    alice = console.world.alice
+    boss = console.sign_in("boss")
+    form = Form(boss, person_path(alice.person_id))
+    mismatch = form.post(
+        passphrase_choice="own",
+        own_passphrase="one own passphrase 42",
+        own_passphrase_confirm="another own passphrase 42",
+        reason="new laptop",
+        **confirmed(boss),
+    )
+    assert mismatch.status_code == 400 and shown(mismatch.text) == form.passphrase
+    missing = form.post(reason="")
+    assert missing.status_code == 400 and "reason" in missing.text
+    assert shown(missing.text) == form.passphrase
+    assert 'id="passphrase-renewed"' not in missing.text
+    assert_nothing_released(console)
+    answer = form.post(reason="new laptop")
+    assert answer.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(answer.content)) as archive:
+        names = archive.namelist()
+        assert len(names) == len(alice.cert_ids)
+        for name in names:
+            key, _ = open_p12(tmp_path, archive.read(name), form.passphrase)
+            assert public_der(key) in {public_der(k) for k in alice.keys}
+
+
+def test_a_held_passphrase_that_no_longer_opens_is_replaced_and_said_so(console, tmp_path):
+    alice = console.world.alice
+    boss = console.sign_in("boss")
+    form = Form(boss, cert_path(alice.cert_ids[1]))
+    other = Form(boss, cert_path(alice.cert_ids[0]))
+    # The sealed passphrase of another form is bound to that form: it does not open here.
+    with console.ports.db.transaction() as s:
+        rows = {row.id: row for row in s.scalars(select(FormNonce))}
+        mine = rows[form_nonces.nonce_id_of(form.token)]
+        mine.sealed = rows[form_nonces.nonce_id_of(other.token)].sealed
+    again = form.post(encryption="RC2-40", **confirmed(boss))
+    assert again.status_code == 400
+    renewed = shown(again.text)
+    assert renewed not in (form.passphrase, other.passphrase)
+    assert 'id="passphrase-renewed"' in again.text
+    # Shown again, the new one stays.
+    twice = form.post(encryption="RC2-40")
+    assert shown(twice.text) == renewed and 'id="passphrase-renewed"' not in twice.text
+    answer = form.post()
+    assert answer.status_code == 200
+    key, _ = open_p12(tmp_path, answer.content, renewed)
+    assert public_der(key) == public_der(alice.keys[1])
+    with pytest.raises(AssertionError):
+        open_p12(tmp_path, answer.content, form.passphrase)
 
 
 def test_reason_with_markup_is_shown_escaped_and_stored_as_text(console):

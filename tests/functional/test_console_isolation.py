@@ -27,6 +27,7 @@ from certvault.db.models import (
     KeyVaultSettings,
     MailMessage,
     Person,
+    RecoveryRequest,
 )
 from certvault.services.pki import ca, enrollment_forms
 from certvault.services.vault.release import RELEASE
@@ -34,6 +35,7 @@ from tests.conftest import TEST_OPERATOR
 from tests.functional.console_fixtures import (
     ConsoleClient,
     ConsoleWorld,
+    ask_for_approval,
     console_fixture,  # noqa: F401
 )
 
@@ -58,6 +60,7 @@ TABLE: dict[tuple[str, str], dict[str, str]] = {
     ("POST", "/admin/forms/{form_id}"): {"name": "Renamed", "profile": "smime"},
     ("POST", "/admin/forms/{form_id}/disable"): {},
     ("POST", "/admin/forms/{form_id}/enable"): {},
+    ("POST", "/admin/recovery/{request_uuid}"): {"decision": "approve"},
 }
 WATCHED = (
     Person,
@@ -68,6 +71,7 @@ WATCHED = (
     EnrollmentForm,
     FormNonce,
     KeyVaultSettings,
+    RecoveryRequest,
 )
 
 
@@ -103,7 +107,7 @@ def _releases_refused(world: ConsoleWorld) -> int:
 
 
 @pytest.fixture
-def ids(console: ConsoleWorld) -> dict[str, tuple[int, int]]:
+def ids(console: ConsoleWorld) -> dict[str, tuple[int | str, int | str]]:
     """name -> (acme's object in the default organization, the other account's object)."""
     ports, w = console.ports, console.world
     for slug in ("acme", "other"):
@@ -119,10 +123,14 @@ def ids(console: ConsoleWorld) -> dict[str, tuple[int, int]]:
         "certificate_id": (w.alice.cert_ids[1], w.olga.cert_ids[0]),
         "admin_id": (console.admin_ids["clerk"], console.admin_ids["foreignboss"]),
         "form_id": (forms["acme"], forms["other"]),
+        "request_uuid": (
+            ask_for_approval(console, "acme", w.alice.email),
+            ask_for_approval(console, "other", w.olga.email),
+        ),
     }
 
 
-def _call(who: ConsoleClient, method: str, template: str, object_id: int) -> tuple[int, str]:
+def _call(who: ConsoleClient, method: str, template: str, object_id: int | str) -> tuple[int, str]:
     path = re.sub(r"\{\w+\}", str(object_id), template)
     if method == "GET":
         answer = who.get(path)

@@ -9,6 +9,7 @@ import re
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -21,6 +22,8 @@ from certvault.services.directory import accounts
 from certvault.services.kernel import tenancy
 from certvault.services.kernel.ports import Ports
 from certvault.services.vault import imports
+from certvault.services.vault import settings as kv_settings
+from tests.conftest import TEST_OPERATOR
 from tests.factories import make_ca, make_cert, make_p12, new_key
 from tests.functional.console_fixtures import console_fixture  # noqa: F401
 from tests.functional.helpers import events
@@ -121,6 +124,38 @@ def test_page_shows_the_defaults_in_the_product_order(console):
     assert '<dialog id="recovery-options" aria-labelledby="recovery-options-title">' in page.text
     assert 'enctype="multipart/form-data"' in page.text and f'action="{SAVE}"' in page.text
     assert _row(console.ports) is None  # looking stores nothing
+
+
+@pytest.mark.parametrize(
+    ("method", "said", "at_the_form"),
+    [
+        ("disabled", "the form tells them to ask their administrators", "recovered by the"),
+        ("email_code", "get a one-time code by mail", "We mail a one-time code"),
+        ("email_code_and_secret", "the code and the Secret ID", "We mail a one-time code"),
+        (
+            "admin_approval",
+            "an administrator with Approve key recovery requests approves each request on the "
+            "Recovery requests page; the person then gets a one-time link by mail",
+            "An administrator approves each recovery",
+        ),
+    ],
+)
+def test_page_says_what_people_meet_at_the_form_it_links(console, method, said, at_the_form):
+    kv_settings.update_recovery_options(
+        console.ports, TEST_OPERATOR, "acme", kv_settings.RecoveryOptions(recovery_method=method)
+    )
+    page = console.sign_in("clerk").get(PAGE).text
+    found = re.search(r'id="kv-method-in-use">(.*?)</p>', page, re.S)
+    assert found is not None
+    text = " ".join(found.group(1).split())
+    label = kv_settings.RECOVERY_METHODS[method]
+    assert text.startswith(f"Recovery Method in use: <strong>{label}</strong>.")
+    assert said in text
+    url = kv_settings.key_vault_ui_url(console.ports.settings, "acme")
+    assert f'<a href="{url}" id="kv-form-link">{url}</a>' in page
+    # The link leads to the form, which tells the person the same.
+    form = console.client().get(urlsplit(url).path)
+    assert form.status_code == 200 and at_the_form in " ".join(form.text.split())
 
 
 def test_boss_edits_every_field_in_one_audited_change(console):

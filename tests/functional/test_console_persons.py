@@ -437,3 +437,79 @@ def test_hidden_person_cannot_be_edited(console):
         assert sorted(s.scalars(select(Person.phone))) == ["", "", ""]
     refused = events(console.ports, persons.UPDATE)
     assert [(e.outcome, _details(e)["reason"]) for e in refused] == [("refused", "not_found")] * 3
+
+
+# --- active ---------------------------------------------------------------------------------------
+
+ACTIVE_ROW = (
+    '<th scope="row">Active (may recover their own keys at the recovery form)</th>\n'
+    '      <td id="person-active">{}</td>'
+)
+
+
+def _set_active_events(console) -> list[tuple[str, str, dict]]:
+    return [
+        (e.actor.split(" ")[0], e.outcome, _details(e))
+        for e in events(console.ports, persons.SET_ACTIVE)
+    ]
+
+
+def test_clerk_marks_a_person_inactive_and_active_again(console):
+    world = console.world
+    path = f"/admin/persons/{world.alice.person_id}"
+    clerk = console.sign_in("clerk")
+    page = clerk.get(path).text
+    assert ACTIVE_ROW.format("Yes") in page
+    assert 'name="active_shown" value="yes"' in page
+    assert 'id="active" name="active"\n           aria-describedby="active-hint" checked>' in page
+    # An unchecked box is not posted: the form says it holds one.
+    answer = clerk.post(path, _edit(console, active_shown="yes"), csrf_from=path)
+    assert answer.status_code == 200 and 'id="notice"' in answer.text
+    assert ACTIVE_ROW.format("No") in answer.text
+    assert 'aria-describedby="active-hint">' in answer.text  # unchecked now
+    assert _person(console, world.alice.person_id).active is False
+    again = clerk.post(path, _edit(console, active_shown="yes", active="on"), csrf_from=path)
+    assert ACTIVE_ROW.format("Yes") in again.text
+    assert _person(console, world.alice.person_id).active is True
+    # Saving without a change records nothing more.
+    clerk.post(path, _edit(console, active_shown="yes", active="on"), csrf_from=path)
+    assert _set_active_events(console) == [
+        ("admin:clerk", "success", {"active": False}),
+        ("admin:clerk", "success", {"active": True}),
+    ]
+    assert [e for e in events(console.ports, persons.UPDATE) if e.outcome == "success"] == []
+
+
+def test_a_post_without_the_checkbox_leaves_active_as_it_is(console):
+    world = console.world
+    path = f"/admin/persons/{world.alice.person_id}"
+    answer = console.sign_in("boss").post(path, _edit(console, phone="+1 555"), csrf_from=path)
+    assert answer.status_code == 200
+    alice = _person(console, world.alice.person_id)
+    assert (alice.phone, alice.active) == ("+1 555", True)
+    assert _set_active_events(console) == []
+
+
+def test_a_refused_edit_changes_active_neither_and_keeps_the_box_as_posted(console):
+    world = console.world
+    path = f"/admin/persons/{world.alice.person_id}"
+    answer = console.sign_in("boss").post(
+        path, _edit(console, email="sam@acme.example", active_shown="yes"), csrf_from=path
+    )
+    assert answer.status_code == 409
+    assert 'aria-describedby="active-hint">' in answer.text  # as posted: unchecked
+    assert ACTIVE_ROW.format("Yes") in answer.text  # as stored
+    assert _person(console, world.alice.person_id).active is True
+    assert _set_active_events(console) == []
+
+
+def test_a_hidden_person_cannot_be_made_inactive(console):
+    world = console.world
+    for login, hidden in (("salesboss", world.alice), ("foreignboss", world.alice)):
+        answer = console.sign_in(login).post(
+            f"/admin/persons/{hidden.person_id}",
+            {"email": hidden.email, "active_shown": "yes"},
+        )
+        assert answer.status_code == 404, (login, answer.text)
+    assert _person(console, world.alice.person_id).active is True
+    assert _set_active_events(console) == []

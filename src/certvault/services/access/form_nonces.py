@@ -130,6 +130,35 @@ def check(ports: Ports, session_id: str, purpose: str, token: str, audit_as: Aud
         _checked(session, ports, session_id, purpose, token)
 
 
+def held_passphrase(ports: Ports, session_id: str, purpose: str, token: str) -> held.HeldPassphrase:
+    """The passphrase a good form holds, opened without using the form up, to show it again
+    when the form comes back with an error. One that no longer opens is replaced by a new one,
+    kept in its place (``renewed``): the form never releases under a passphrase not shown."""
+    with ports.db.read() as session:
+        sealed = _checked(session, ports, session_id, purpose, token).sealed
+    nonce_id = nonce_id_of(token)
+    kept = held.held_passphrase(ports, SEAL_PURPOSE, nonce_id, sealed)
+    if kept.sealed == sealed:
+        return kept
+
+    def keep(session: Session) -> None:
+        # Only over what was read: a form used (or renewed) meanwhile is not changed.
+        result = session.execute(
+            update(FormNonce)
+            .where(
+                FormNonce.id == nonce_id,
+                FormNonce.used_at.is_(None),
+                FormNonce.sealed == sealed if sealed is not None else FormNonce.sealed.is_(None),
+            )
+            .values(sealed=kept.sealed)
+        )
+        if not getattr(result, "rowcount", 0):
+            raise FormReused()
+
+    ports.db.run(keep)
+    return kept
+
+
 def consume(
     ports: Ports, session_id: str, purpose: str, token: str, audit_as: AuditAs
 ) -> str | None:

@@ -250,10 +250,17 @@ def create_person(ports: Ports, actor: Actor, account_slug: str, data: PersonFie
 
 
 def update_person(
-    ports: Ports, actor: Actor, account_slug: str, person_id: int, data: PersonFields
+    ports: Ports,
+    actor: Actor,
+    account_slug: str,
+    person_id: int,
+    data: PersonFields,
+    *,
+    active: bool | None = None,
 ) -> Person:
-    """Change a person's fields. A new email for a person with escrowed keys also needs the
-    download privilege, and the old address is told; a refused change is audited."""
+    """Change a person's fields (and, unless ``active`` is None, whether they are active, as
+    set_active does, in the same transaction). A new email for a person with escrowed keys also
+    needs the download privilege, and the old address is told; a refused change is audited."""
 
     def work(session: Session) -> Person:
         account = get_account(session, account_slug)
@@ -290,6 +297,8 @@ def update_person(
                 target_id=person.id,
                 details={k: {"old": v[0], "new": v[1]} for k, v in changed.items()},
             )
+        if active is not None:
+            _set_active(session, ports, actor, account, person, active)
         return person
 
     with _refusals_audited(ports, actor, UPDATE, person_id):
@@ -373,22 +382,30 @@ def set_active(
         person = _load(session, actor, account, person_id)
         actor.require(Privilege.PERSONS_MANAGE, account.id, person.organization_id)
         actor.require_scope(Scope.MANAGE)
-        if person.active != active:
-            person.active = active
-            audit.record(
-                session,
-                ports,
-                account=account,
-                actor=actor,
-                action=SET_ACTIVE,
-                target_type="person",
-                target_id=person.id,
-                details={"active": active},
-            )
+        _set_active(session, ports, actor, account, person, active)
         return person
 
     with _refusals_audited(ports, actor, SET_ACTIVE, person_id):
         return ports.db.run(work)
+
+
+def _set_active(
+    session: Session, ports: Ports, actor: Actor, account: Account, person: Person, active: bool
+) -> None:
+    """Change and audit whether ``person`` is active (the caller checked the privilege)."""
+    if person.active == active:
+        return
+    person.active = active
+    audit.record(
+        session,
+        ports,
+        account=account,
+        actor=actor,
+        action=SET_ACTIVE,
+        target_type="person",
+        target_id=person.id,
+        details={"active": active},
+    )
 
 
 def delete_person(ports: Ports, actor: Actor, account_slug: str, person_id: int) -> None:

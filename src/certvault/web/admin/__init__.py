@@ -12,10 +12,22 @@ from certvault.web.admin import (
     forms,
     key_vault,
     persons,
+    recovery_requests,
 )
 
 router = APIRouter(include_in_schema=False)
-for _page in (auth, persons, certificates, downloads, key_vault, about, audit, admins, forms):
+for _page in (
+    auth,
+    persons,
+    certificates,
+    downloads,
+    key_vault,
+    recovery_requests,
+    about,
+    audit,
+    admins,
+    forms,
+):
     router.include_router(_page.router)
 
 __all__ = ["router"]

@@ -25,6 +25,7 @@ from certvault.services.access import web_sessions
 from certvault.services.access.web_sessions import SESSION_COOKIE, ConsoleSession, SessionInvalid
 from certvault.services.kernel.actors import Actor, Privilege, Role
 from certvault.services.kernel.ports import Ports
+from certvault.services.vault import recovery
 from certvault.web.control_characters import ControlCharacters
 from certvault.web.deps import client_ip, get_limiter, get_ports
 from certvault.web.pages import Pages, error_headers, form_field, read_form
@@ -40,15 +41,43 @@ SCRIPT_PATH = "/admin/static/admin.js"
 pages = Pages("certvault.web.admin", STYLESHEET_PATH, CONSOLE_CONTENT_SECURITY_POLICY)
 MAX_FIELDS = 40
 
-# (section, label, path, account administrators only)
-NAVIGATION: tuple[tuple[str, str, str, bool], ...] = (
-    ("persons", "Persons", "/admin/persons", False),
-    ("certificates", "Client Certificates", "/admin/certificates", False),
-    ("key-vault", "Key Vault", "/admin/key-vault", False),
-    ("about", "About", "/admin/about", False),
-    ("audit", "Audit", "/admin/audit", True),
-    ("admins", "Admins", "/admin/admins", True),
-    ("forms", "Enrollment forms", "/admin/forms", False),
+
+@dataclass(frozen=True)
+class Section:
+    """An entry of the navigation, and who sees it."""
+
+    key: str
+    label: str
+    path: str
+    account_only: bool = False  # account administrators only
+    privilege: Privilege | None = None  # holders only
+    # How many things wait there for this administrator, shown beside the label.
+    waiting: Callable[[Ports, Actor, str], int] | None = None
+
+
+@dataclass(frozen=True)
+class NavigationEntry:
+    key: str
+    label: str
+    path: str
+    count: int | None = None  # shown beside the label (what waits there)
+
+
+NAVIGATION: tuple[Section, ...] = (
+    Section("persons", "Persons", "/admin/persons"),
+    Section("certificates", "Client Certificates", "/admin/certificates"),
+    Section("key-vault", "Key Vault", "/admin/key-vault"),
+    Section(
+        "recovery",
+        "Recovery requests",
+        "/admin/recovery",
+        privilege=Privilege.RECOVERY_APPROVE,
+        waiting=recovery.requests_waiting,
+    ),
+    Section("about", "About", "/admin/about"),
+    Section("audit", "Audit", "/admin/audit", account_only=True),
+    Section("admins", "Admins", "/admin/admins", account_only=True),
+    Section("forms", "Enrollment forms", "/admin/forms"),
 )
 
 # Notices shown after a redirect, by key: the query string never carries text to show.
@@ -110,11 +139,32 @@ class Console:
             console=self.session,
             me=self,
             section=section,
-            navigation=[n for n in NAVIGATION if self.is_account_admin or not n[3]],
+            navigation=self.navigation(),
             notice=notice,
             script=SCRIPT_PATH,
             **context,
         )
+
+    def navigation(self) -> list[NavigationEntry]:
+        """The sections this administrator may open, with what waits in them."""
+        entries = []
+        for section in NAVIGATION:
+            if section.account_only and not self.is_account_admin:
+                continue
+            if section.privilege is not None and not self.can(section.privilege):
+                continue
+            entries.append(
+                NavigationEntry(section.key, section.label, section.path, self._waiting(section))
+            )
+        return entries
+
+    def _waiting(self, section: Section) -> int | None:
+        if section.waiting is None:
+            return None
+        try:
+            return section.waiting(self.ports, self.actor, self.account_slug)
+        except CertvaultError:
+            return None  # the section's own page says what is wrong
 
     def error(self, exc: CertvaultError, section: str = "") -> Response:
         return self.render(

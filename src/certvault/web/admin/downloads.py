@@ -2,8 +2,11 @@
 profile; the release itself goes through services.vault.release, the vault's one way out.
 
 A file download cannot also show text, so the passphrase certvault generates is made when the
-form is shown: it is shown once on the page and kept sealed with the form's one-use token until
-the form is posted. The token also makes a second submission of the same form a refusal.
+form is shown: it is shown on the page and kept sealed with the form's one-use token until the
+form is posted. A form that comes back with an error shows the same passphrase again (or a new
+one, said to be new, when it cannot be opened), so that nothing is released under a passphrase
+the administrator has not seen. The token also makes a second submission of the same form a
+refusal.
 """
 
 from __future__ import annotations
@@ -109,7 +112,8 @@ class FormView:
     token: str
     account: Account  # its release policy: reason required, own passphrase allowed, length
     ask_reauthentication: bool
-    passphrase: str | None = None  # the generated one: shown when the form is opened, only then
+    passphrase: str = ""  # the generated one the form holds (opened when the page is shown)
+    renewed: bool = False  # the one shown before could not be shown again: this one is new
     reason: str = ""
     encryption: str = EncryptionType.AES256_SHA256.value
     choice: str = GENERATED
@@ -185,6 +189,24 @@ def _render(
         max_reason=MAX_REASON,
         error=error.message if error is not None else "",
     )
+
+
+async def _shown_again(
+    console: Console, target: Target, view: FormView, status: int, error: CertvaultError
+) -> Response:
+    """The posted form with its error, and the passphrase it holds shown again."""
+    try:
+        kept = await console.call(
+            form_nonces.held_passphrase,
+            console.ports,
+            console.session.session_id,
+            target.purpose,
+            view.token,
+        )
+    except CertvaultError as exc:
+        return console.error(exc, section=target.section)
+    view = replace(view, passphrase=kept.value, renewed=kept.renewed)
+    return _render(console, target, view, status, error)
 
 
 async def _show(
@@ -351,11 +373,11 @@ async def _download(
     except CertvaultError as exc:
         # The form stays good: nothing was released, the same passphrase still applies.
         view = replace(view, ask_reauthentication=True)
-        return _render(console, target, view, exc.status, exc)
+        return await _shown_again(console, target, view, exc.status, exc)
     try:
         choices = await console.call(_checked_choices, console, target, form, account)
     except CertvaultError as exc:
-        return _render(console, target, view, 400, exc)
+        return await _shown_again(console, target, view, 400, exc)
     try:
         generated = await console.call(
             form_nonces.consume, ports, sid, target.purpose, token, target.audit_as(console)

@@ -7,6 +7,8 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.responses import Response
 
 from certvault.errors import CertvaultError, CryptoError, Forbidden, InvalidInput
+from certvault.services.access.admins import PRIVILEGE_LABELS
+from certvault.services.kernel.actors import Privilege
 from certvault.services.vault import settings
 from certvault.services.vault.archive import KeyVaultDisabled
 from certvault.services.vault.settings import KeyVaultView, RecoveryOptions
@@ -16,6 +18,21 @@ from certvault.web.pages import form_field
 router = APIRouter(include_in_schema=False)
 NOTICES.update({"key_vault_saved": "The Key Vault Recovery Options were saved."})
 SECTION = "key-vault"
+# What a person meets at the Private Key Recovery Form under each Recovery Method.
+AT_THE_FORM: dict[str, str] = {
+    "disabled": "People cannot recover keys on their own: the form tells them to ask their "
+    "administrators, who download keys from the Persons or Client Certificates pages.",
+    "email_code": "People type their address at the form and get a one-time code by mail, sent "
+    "only to an address inside their certificate; with the code they choose their certificates "
+    "and download the keys.",
+    "email_code_and_secret": "People type their address at the form and get a one-time code by "
+    "mail, sent only to an address inside their certificate; they type the code and the Secret ID "
+    "set on their person page, then choose their certificates and download the keys.",
+    "admin_approval": "People ask at the form; an administrator with "
+    f"{PRIVILEGE_LABELS[Privilege.RECOVERY_APPROVE]} approves each request on the Recovery "
+    "requests page; the person then gets a one-time link by mail to choose their certificates "
+    "and download the keys.",
+}
 # The largest file the dialog reads; the console's body limit keeps uploads far below it.
 MAX_UPLOAD = 1024 * 1024
 
@@ -40,6 +57,8 @@ def _page(
         error=error,
         recovery_methods=settings.RECOVERY_METHODS,
         past_days=settings.PAST_DAYS,
+        at_the_form=AT_THE_FORM.get(view.recovery_method, ""),
+        kv_url=settings.key_vault_ui_url(console.ports.settings, console.account_slug),
     )
 
 

@@ -78,7 +78,7 @@ def _person_page(
     status: int = 200,
     *,
     error: str | None = None,
-    edited: dict[str, str] | None = None,
+    edited: dict[str, str | bool] | None = None,
 ) -> Response:
     """The person's page; after a refused edit, with the error and the values as typed."""
     try:
@@ -111,7 +111,7 @@ def _person_page(
         rows=rows,
         more=found.next_cursor is not None,
         downloadable=downloadable,
-        values=edited or {name: getattr(person, name) for name in EDITABLE},
+        values=_values(person) | (edited or {}),
         error=error,
     )
 
@@ -128,8 +128,21 @@ def person_page(request: Request, person_id: str) -> Response:
     return _person_page(console, found)
 
 
+def _values(person: Person) -> dict[str, str | bool]:
+    """The edit form's values as stored."""
+    return {name: getattr(person, name) for name in EDITABLE} | {"active": person.active}
+
+
 def _fields(form: FormData) -> dict[str, str]:
     return {name: form_field(form, name) for name in EDITABLE}
+
+
+def _active(form: FormData) -> bool | None:
+    """The Active checkbox: an unchecked one is not posted at all, so the form says that it
+    holds one; a post without it leaves the person as they are."""
+    if not form_field(form, "active_shown"):
+        return None
+    return form_field(form, "active") == "on"
 
 
 async def _posted(request: Request, person_id: str) -> tuple[Console, FormData, int] | Response:
@@ -150,9 +163,11 @@ async def edit_person(request: Request, person_id: str) -> Response:
     if isinstance(posted, Response):
         return posted
     console, form, found = posted
-    values = None
+    values: dict[str, str] | None = None
+    active: bool | None = None
     try:
         values = _fields(form)
+        active = _active(form)
         await console.call(
             persons.update_person,
             console.ports,
@@ -167,9 +182,13 @@ async def edit_person(request: Request, person_id: str) -> Response:
                 common_name=values["common_name"],
                 phone=values["phone"],
             ),
+            active=active,
         )
     except CertvaultError as exc:
-        return await _refused(console, found, exc, edited=values)
+        edited: dict[str, str | bool] = dict(values or {})
+        if active is not None:
+            edited["active"] = active
+        return await _refused(console, found, exc, edited=edited)
     return redirect(f"/admin/persons/{found}", notice="person_saved")
 
 
@@ -195,7 +214,7 @@ async def _refused(
     console: Console,
     person_id: int,
     exc: CertvaultError,
-    edited: dict[str, str] | None = None,
+    edited: dict[str, str | bool] | None = None,
 ) -> Response:
     """A refused change: the person's page with the reason (the error page when hidden)."""
     if exc.status == 404:

@@ -19,6 +19,7 @@ from certvault.web.api.schemas import (
     PersonIn,
     PersonOut,
     PersonPage,
+    PersonUpdate,
 )
 from certvault.web.deps import PortsDep, TokenCaller
 
@@ -39,12 +40,13 @@ def person_out(p: Person) -> PersonOut:
         eppn=p.eppn,
         upn=p.upn,
         organization_id=p.organization_id,
+        active=p.active,
         created_at=p.created_at,
     )
 
 
 def _fields(body: PersonIn) -> persons.PersonFields:
-    return persons.PersonFields(**body.model_dump(exclude_unset=True))
+    return persons.PersonFields(**body.model_dump(exclude_unset=True, exclude={"active"}))
 
 
 @router.get("/persons", response_model=PersonPage)
@@ -95,8 +97,10 @@ def create_person(
 
 
 @router.patch("/persons/{person_id}", response_model=PersonOut, responses=CONFLICT)
-def update_person(person_id: Id, body: PersonIn, caller: TokenCaller, ports: PortsDep) -> PersonOut:
+def update_person(
+    person_id: Id, body: PersonUpdate, caller: TokenCaller, ports: PortsDep
+) -> PersonOut:
     person = persons.update_person(
-        ports, caller.actor, caller.account_slug, person_id, _fields(body)
+        ports, caller.actor, caller.account_slug, person_id, _fields(body), active=body.active
     )
     return person_out(person)

@@ -106,6 +106,13 @@ class PersonCreate(PersonIn):
     email: str = Field(max_length=320)
 
 
+class PersonUpdate(PersonIn):
+    active: bool = optional(
+        description="Whether the person may recover their own keys at the Private Key Recovery "
+        "Form (administrators can release them either way)"
+    )
+
+
 class PersonOut(BaseModel):
     id: int
     email: str
@@ -119,6 +126,7 @@ class PersonOut(BaseModel):
     eppn: str
     upn: str
     organization_id: int
+    active: bool = Field(description="May recover their own keys at the Private Key Recovery Form")
     created_at: datetime
 
 
