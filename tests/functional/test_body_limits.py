@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -68,7 +69,10 @@ def _post(api: ApiWorld, path: str, content_type: str, data: bytes, chunked: boo
             content: Any = _chunks(data) if chunked else data
             return await c.post(path, content=content, headers=headers)
 
-    return asyncio.run(send())
+    # On a thread of its own: a browser test run earlier by this worker may have left its event
+    # loop running on this thread, where asyncio.run() is refused.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, send()).result()
 
 
 def test_bodies_over_the_cap_are_413_chunked_or_not(api: ApiWorld):

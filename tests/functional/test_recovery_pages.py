@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,8 +19,10 @@ from certvault.db.models import MailMessage, Person
 from certvault.services.directory import accounts, persons
 from certvault.services.kernel import notify
 from certvault.services.pki import crl
+from certvault.services.vault import recovery
 from certvault.web.app import create_app
 from certvault.web.security import CONTENT_SECURITY_POLICY
+from tests.functional.helpers import events
 from tests.functional.recovery_fixtures import (  # noqa: F401 - fixtures
     ALICE,
     World,
@@ -341,3 +344,44 @@ def test_the_recovery_pages_never_echo_a_secret(
 def _person_id(world: World, email: str) -> int:
     with world.ports.db.read() as s:
         return s.scalars(select(Person.id).where(Person.email == email)).one()
+
+
+def test_another_accounts_ticket_token_or_link_answers_like_a_forged_one(
+    world: World, web: TestClient
+):
+    """Tenant isolation at the form: the objects travel in the body, so each one of account
+    "other", posted under /kv/acme, must answer exactly like one that never existed."""
+    accounts.create_account(world.ports, world.operator, "Other", "other", key_vault_enabled=True)
+    accounts.add_trusted_issuer(world.ports, world.operator, "other", world.ca[1])
+    world.method("email_code", slug="other")
+    world.vault("bob@example.org", slug="other")
+    bob = "bob@example.org"
+    ticket = recovery.request_recovery(world.ports, "other", bob, "192.0.2.1").request_uuid
+    code = world.code(bob)
+    grant = recovery.verify_code(world.ports, "other", ticket, bob, code, "192.0.2.1")
+    world.method("admin_approval", slug="other")
+    asked = recovery.request_recovery(world.ports, "other", bob, "192.0.2.1").request_uuid
+    recovery.decide(world.ports, world.operator, "other", asked, approve=True)
+    world.deliver()
+    link = re.findall(r"/kv/other/link/(\S+)", world.mails()[-1].body)[-1]
+    forged_token = f"{uuid.uuid4()}.{'A' * 43}"
+    token = csrf_of(web.get(PAGE).text)
+
+    def both(path: str, real: dict[str, str], forged: dict[str, str]) -> None:
+        answers = [
+            web.post(f"{PAGE}/{path}", data={"csrf_token": token, **fields})
+            for fields in (real, forged)
+        ]
+        seen, missing = (_normalized(a, bob) for a in answers)
+        assert answers[0].status_code == answers[1].status_code >= 400, path
+        assert seen == missing, path
+
+    code_fields = {"email": bob, "code": code}
+    both("verify", {**code_fields, "ticket": ticket}, {**code_fields, "ticket": str(uuid.uuid4())})
+    choice = {"certificate": "1", "format": "p12-AES256-SHA256"}
+    both("download", {**choice, "token": grant.token}, {**choice, "token": forged_token})
+    both("link", {"token": link}, {"token": forged_token})
+    # Untouched in its own account: the page and the link still work there.
+    assert recovery.choices(world.ports, "other", grant.token).address == bob
+    recovery.open_link(world.ports, "other", link, "192.0.2.1")
+    assert [e for e in events(world.ports, "key.release") if e.outcome == "success"] == []
