@@ -15,7 +15,11 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from sqlalchemy import func, select
 
 from certvault.crypto import keys as keylib
-from certvault.crypto.passphrase import PassphraseRejected
+from certvault.crypto.passphrase import (
+    OwnPassphraseNotAllowed,
+    PassphraseMismatch,
+    PassphraseRejected,
+)
 from certvault.db.models import Certificate, MailMessage, Person, RecoveryRequest
 from certvault.services.access import admins, web_sessions
 from certvault.services.directory import accounts, persons
@@ -389,14 +393,14 @@ def test_download_choices_are_checked_before_the_page_is_used(world: World):
         ({"encryption": "RC2-40"}, Exception),
         (
             {"own_passphrase": OWN, "own_passphrase_confirm": OWN + "x"},
-            recovery.OwnPassphraseNotAllowed,
+            OwnPassphraseNotAllowed,
         ),
     ]
     for kw, error in bad:
         with pytest.raises(error):
             world.download(grant.token, kw.pop("ids", None), **kw)
     accounts.set_release_policy(world.ports, world.operator, "acme", allow_own_passphrase=True)
-    with pytest.raises(recovery.PassphraseMismatch):
+    with pytest.raises(PassphraseMismatch):
         world.download(grant.token, own_passphrase=OWN, own_passphrase_confirm=OWN + "x")
     with pytest.raises(PassphraseRejected):
         world.download(grant.token, own_passphrase="a" * 16, own_passphrase_confirm="a" * 16)

@@ -16,6 +16,20 @@ GENERATED_BITS = GENERATED_GROUPS * GROUP_LENGTH * 5  # 120 >= the 112 the S/MIM
 MAX_LENGTH = 1024
 
 
+class PassphraseMismatch(InvalidInput):
+    """The two passphrases are not the same."""
+
+    code = "passphrase_mismatch"
+    status = 400
+
+
+class OwnPassphraseNotAllowed(InvalidInput):
+    """This account does not allow choosing the passphrase: use the one shown."""
+
+    code = "own_passphrase_not_allowed"
+    status = 400
+
+
 class PassphraseRejected(InvalidInput):
     """The passphrase does not meet the account's policy."""
 

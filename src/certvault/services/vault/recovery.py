@@ -24,7 +24,11 @@ from typing import TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from certvault.crypto.passphrase import check_passphrase
+from certvault.crypto.passphrase import (
+    OwnPassphraseNotAllowed,
+    PassphraseMismatch,
+    check_passphrase,
+)
 from certvault.crypto.pkcs12.writer import EncryptionType
 from certvault.db.models import (
     Account,
@@ -140,20 +144,6 @@ class NothingChosen(InvalidInput):
     """Choose at least one of the certificates shown."""
 
     code = "nothing_chosen"
-    status = 400
-
-
-class PassphraseMismatch(InvalidInput):
-    """The two passphrases are not the same."""
-
-    code = "passphrase_mismatch"
-    status = 400
-
-
-class OwnPassphraseNotAllowed(InvalidInput):
-    """This account does not let you choose the passphrase: use the one shown."""
-
-    code = "own_passphrase_not_allowed"
     status = 400
 
 

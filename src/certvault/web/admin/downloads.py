@@ -18,7 +18,12 @@ from fastapi import APIRouter, Request
 from starlette.datastructures import FormData
 from starlette.responses import Response
 
-from certvault.crypto.passphrase import check_passphrase, generate_passphrase
+from certvault.crypto.passphrase import (
+    OwnPassphraseNotAllowed,
+    PassphraseMismatch,
+    check_passphrase,
+    generate_passphrase,
+)
 from certvault.crypto.pkcs12.writer import EncryptionType
 from certvault.db.models import Account, Certificate
 from certvault.errors import CertvaultError, Forbidden, InvalidInput
@@ -61,20 +66,6 @@ class PassphraseChoiceInvalid(InvalidInput):
     """Choose the generated passphrase or your own."""
 
     code = "passphrase_choice_invalid"
-    status = 400
-
-
-class OwnPassphraseNotAllowed(InvalidInput):
-    """This account does not allow administrators to choose the passphrase."""
-
-    code = "own_passphrase_not_allowed"
-    status = 400
-
-
-class PassphraseMismatch(InvalidInput):
-    """The two passphrases are not the same."""
-
-    code = "passphrase_mismatch"
     status = 400
 
 
