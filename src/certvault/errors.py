@@ -175,3 +175,15 @@ class CaInvalid(InvalidInput):
     """The certificate authority cannot be used: not a CA, expired, or its key does not match."""
 
     code = "ca_invalid"
+
+
+class CmcInvalid(InvalidInput):
+    """The CMC message is not an acceptable AD CS enrollment request or response."""
+
+    code = "cmc_invalid"
+
+
+class ArchivedKeyUndecryptable(CryptoError):
+    """The archived private key in the request could not be recovered."""
+
+    code = "archived_key_invalid"

@@ -9,6 +9,18 @@ well under a second.
 
 from __future__ import annotations
 
+# asn1crypto parses lazily, so malformed input surfaces as any of these, wherever a field is read.
+# RecursionError too, should anything deep slip past check_structure.
+ASN1_ERRORS = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    RecursionError,
+)
+
 
 class BerError(ValueError):
     """The input's structure is refused; the message names the fault, never the data."""

@@ -194,7 +194,7 @@ def _ca_certificate(
         builder = builder.add_extension(authority_key_id, critical=False)
     if crl_url is not None:
         builder = builder.add_extension(_crl_distribution_points(crl_url), critical=False)
-    return builder.sign(issuer_key, _signature_hash(issuer_key))
+    return builder.sign(issuer_key, signature_hash(issuer_key))
 
 
 def _ca_key_usage() -> x509.KeyUsage:
@@ -261,7 +261,7 @@ def issue_certificate(
     )
     if crl_url is not None:
         builder = builder.add_extension(_crl_distribution_points(crl_url), critical=False)
-    return builder.sign(ca_key, _signature_hash(ca_key))
+    return builder.sign(ca_key, signature_hash(ca_key))
 
 
 # --- CSRs ---------------------------------------------------------------------------------------
@@ -279,7 +279,7 @@ def build_csr(
         .subject_name(subject)
         .add_extension(_san(emails), critical=len(subject) == 0)
     )
-    return builder.sign(key, _signature_hash(key))
+    return builder.sign(key, signature_hash(key))
 
 
 def load_csr(data: bytes) -> x509.CertificateSigningRequest:
@@ -353,7 +353,7 @@ def build_crl(
     )
     for entry in revoked:
         builder = builder.add_revoked_certificate(_revoked_certificate(entry))
-    return builder.sign(ca_key, _signature_hash(ca_key))
+    return builder.sign(ca_key, signature_hash(ca_key))
 
 
 def revocation_reason(name: str) -> x509.ReasonFlags:
@@ -427,7 +427,8 @@ def _ca_pair(key: PrivateKey, cert: x509.Certificate) -> PrivateKey:
     return key
 
 
-def _signature_hash(key: PrivateKey) -> _SignatureHash | None:
+def signature_hash(key: PrivateKey) -> _SignatureHash | None:
+    """The hash a signature by ``key`` uses (None for Ed25519): certificates, CRLs, CMC."""
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return None  # Ed25519 hashes internally; cryptography wants no algorithm
     if isinstance(key, ec.EllipticCurvePrivateKey):

@@ -15,6 +15,13 @@ VECTOR_DIR = Path(__file__).resolve().parents[2] / "vectors" / "p12"
 PASSWORDS = {"P": "vector-pass-1234", "N": "pässwörd-Ω-12345", "E": ""}
 
 
+def load_key(path: Path):
+    # References only: skipping the RSA prime checks keeps the suite fast.
+    return serialization.load_pem_private_key(
+        path.read_bytes(), None, unsafe_skip_rsa_key_validation=True
+    )
+
+
 class Vectors:
     dir = VECTOR_DIR
     passwords = PASSWORDS
@@ -24,12 +31,7 @@ class Vectors:
 
     @functools.cache  # noqa: B019 - one instance per session
     def key(self, name: str):
-        # References only: skipping the RSA prime checks keeps the suite fast.
-        return serialization.load_pem_private_key(
-            (VECTOR_DIR / f"{name}.key.pem").read_bytes(),
-            None,
-            unsafe_skip_rsa_key_validation=True,
-        )
+        return load_key(VECTOR_DIR / f"{name}.key.pem")
 
     @functools.cache  # noqa: B019
     def cert(self, name: str) -> x509.Certificate:
@@ -48,3 +50,38 @@ class Vectors:
 @pytest.fixture(scope="session")
 def vectors() -> Vectors:
     return Vectors()
+
+
+CMC_DIR = VECTOR_DIR.parent / "cmc"
+POOL_DIR = VECTOR_DIR.parent / "keys"
+
+
+class CmcVectors:
+    """tests/vectors/cmc (see its README.md) and the pre-generated key pool."""
+
+    def data(self, name: str) -> bytes:
+        return (CMC_DIR / name).read_bytes()
+
+    @functools.cache  # noqa: B019 - one instance per session
+    def key(self, name: str):
+        """A key of the folder (``exchange``, ``alice-rsa2048``, ``bob-rsa3072``)."""
+        return load_key(CMC_DIR / f"{name}.key.pem")
+
+    @functools.cache  # noqa: B019
+    def pool_key(self, name: str):
+        """A key of tests/vectors/keys, e.g. ``rsa2048-1``."""
+        return load_key(POOL_DIR / f"{name}.pem")
+
+    @functools.cached_property
+    def exchange_cert(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate((CMC_DIR / "exchange.cert.pem").read_bytes())
+
+    @property
+    def exchange(self):
+        """(certificate, key): the recipient every vector request is encrypted to."""
+        return self.exchange_cert, self.key("exchange")
+
+
+@pytest.fixture(scope="session")
+def cmc_vectors() -> CmcVectors:
+    return CmcVectors()

@@ -12,23 +12,12 @@ from typing import Any
 from asn1crypto import algos
 from asn1crypto import pkcs12 as asn1_pkcs12
 
-from certvault.crypto.ber import BerError, check_structure
+from certvault.crypto.ber import ASN1_ERRORS, BerError, check_structure
 from certvault.crypto.pkcs12.limits import Budget
 from certvault.crypto.pkcs12.pbe import kdf_work
 from certvault.crypto.text import safe_text
 from certvault.errors import P12Malformed
 
-# asn1crypto parses lazily, so malformed input surfaces as any of these, wherever a field is read.
-# RecursionError too, should anything deep slip past check_shape.
-ASN1_ERRORS = (
-    ValueError,
-    TypeError,
-    KeyError,
-    IndexError,
-    AttributeError,
-    OverflowError,
-    RecursionError,
-)
 # The blobs of the files in tests/vectors/p12 (PFX, SafeContents, keys, certificates) nest at
 # most 10 deep; 32 leaves room for any real certificate, far below where recursion gives out.
 MAX_DEPTH = 32

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from certvault.crypto import keys
+from certvault.crypto.ber import ASN1_ERRORS
 from certvault.crypto.keys import PrivateKey
 from certvault.crypto.pkcs12.limits import DEFAULT_LIMITS, Budget, P12Limits
 from certvault.crypto.pkcs12.pbe import (
@@ -32,7 +33,6 @@ from certvault.crypto.pkcs12.pbe import (
     rc2_cbc_decrypt,
 )
 from certvault.crypto.pkcs12.pfx import (
-    ASN1_ERRORS,
     Bag,
     Encrypted,
     Mac,
