@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     recovery_requests_per_hour_account: int = Field(default=500, ge=1)
     recovery_checks_per_hour_ip: int = Field(default=30, ge=1)
     recovery_checks_per_hour_account: int = Field(default=1000, ge=1)
+    # MS agents: archival requests per agent token, and decryption failures (each one a probe
+    # of the exchange key) per agent token and per account.
+    agent_requests_per_minute_token: int = Field(default=600, ge=1)
+    agent_failures_per_hour_token: int = Field(default=20, ge=1)
+    agent_failures_per_hour_account: int = Field(default=100, ge=1)
     # A request at the form is answered no sooner than this, whatever the address: the work
     # for an address with keys (reading certificates, checking chains) takes a few ms more.
     recovery_answer_floor_ms: int = Field(default=120, ge=0, le=5000)

@@ -11,6 +11,7 @@ import typer
 from certvault import __version__
 from certvault.cli import keys as keys_commands
 from certvault.cli.admin_totp import reset_totp
+from certvault.cli.agent import agent_app
 from certvault.cli.ca import ca_app
 from certvault.cli.common import err, guarded, operator, out, ports_for_command, read_secret_file
 from certvault.cli.form import form_app
@@ -44,6 +45,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(keys_commands.kek_app, name="kek")
 app.add_typer(ca_app, name="ca")
 app.add_typer(form_app, name="form")
+app.add_typer(agent_app, name="agent")
 app.command("import")(keys_commands.import_command)
 app.command("export")(keys_commands.export_command)
 app.command("serve")(serve)

@@ -264,6 +264,50 @@ def issue_certificate(
     return builder.sign(ca_key, signature_hash(ca_key))
 
 
+# MS-WCCE §3.2.2.6.2.1.2.2: the CA exchange certificate, whose key Windows clients encrypt the
+# private key they archive to (szOID_KP_CA_EXCHANGE).
+CA_EXCHANGE_EKU = x509.ObjectIdentifier("1.3.6.1.4.1.311.21.5")
+
+
+def issue_exchange_certificate(
+    ca_key: PrivateKey,
+    ca_cert: x509.Certificate,
+    public_key: CertificatePublicKeyTypes,
+    common_name: str,
+    *,
+    validity: datetime.timedelta,
+    crl_url: str | None = None,
+    now: datetime.datetime | None = None,
+) -> x509.Certificate:
+    """The CA exchange certificate for ``public_key``, signed by the issuing CA (a Windows client
+    accepts one only from the CA that will issue its certificate): keyEncipherment only."""
+    now = _utc(now)
+    ca_key = _ca_pair(ca_key, ca_cert)
+    check_public_key(public_key)
+    not_before = max(now - CLOCK_SKEW, ca_cert.not_valid_before_utc)
+    not_after = min(now + validity, ca_cert.not_valid_after_utc)
+    if not_after <= now:
+        raise CaInvalid("The CA certificate has expired.")
+    usage = x509.KeyUsage(False, False, True, False, False, False, False, False, False)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(usage, critical=True)
+        .add_extension(x509.ExtendedKeyUsage([CA_EXCHANGE_EKU]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(_authority_key_id(ca_cert, ca_key), critical=False)
+    )
+    if crl_url is not None:
+        builder = builder.add_extension(_crl_distribution_points(crl_url), critical=False)
+    return builder.sign(ca_key, signature_hash(ca_key))
+
+
 # --- CSRs ---------------------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -562,6 +563,97 @@ class RecoveryRequest(Base):
     session_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     passphrase_sealed: Mapped[str | None] = mapped_column(Text)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    mac: Mapped[str | None] = mapped_column(String(64))
+
+    __mapper_args__ = sealed_by_mac(mac)
+
+
+class Agent(Base):
+    """A machine identity of an account that forwards AD CS archival requests (MS agent)."""
+
+    __tablename__ = "agents"
+    __table_args__ = (UniqueConstraint("account_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), default=new_uuid, index=True, unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(63))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_contact_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    grant_generation: Mapped[int] = mapped_column(Integer, default=0)
+    mac: Mapped[str | None] = mapped_column(String(64))
+
+    __mapper_args__ = sealed_by_mac(mac)
+
+
+class AgentCredential(Base):
+    """An agent's bearer token: only the SHA-256 of its 256-bit random value is kept."""
+
+    __tablename__ = "agent_credentials"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), default=new_uuid, index=True, unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"), index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    grant_generation: Mapped[int] = mapped_column(Integer, default=0)
+    mac: Mapped[str | None] = mapped_column(String(64))
+
+    __mapper_args__ = sealed_by_mac(mac)
+
+
+class AgentTemplate(Base):
+    """A Windows certificate template an agent forwards, mapped to what certvault issues."""
+
+    __tablename__ = "agent_templates"
+    __table_args__ = (UniqueConstraint("agent_id", "template"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), default=new_uuid, index=True, unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"), index=True)
+    template: Mapped[str] = mapped_column(String(200))
+    profile: Mapped[str] = mapped_column(String(32))
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"))
+    archive_key: Mapped[bool] = mapped_column(Boolean, default=False)
+    require_archival: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    grant_generation: Mapped[int] = mapped_column(Integer, default=0)
+    mac: Mapped[str | None] = mapped_column(String(64))
+
+    __mapper_args__ = sealed_by_mac(mac)
+
+
+class AgentRequest(Base):
+    """One archival request an agent forwarded, and what became of it: the console's trail, and
+    for an issued one the answer given again when the same request comes back."""
+
+    __tablename__ = "agent_requests"
+    __table_args__ = (
+        # Set only on an issued request: a second commit of the same request fails here.
+        UniqueConstraint("account_id", "replay_key"),
+        Index("ix_agent_requests_account_time", "account_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), default=new_uuid, index=True, unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"), index=True)
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    replay_key: Mapped[str | None] = mapped_column(String(64))
+    template: Mapped[str] = mapped_column(String(200), default="")
+    requester_upn: Mapped[str] = mapped_column(String(320), default="")
+    requester_email: Mapped[str] = mapped_column(String(320), default="")
+    outcome: Mapped[str] = mapped_column(String(16))  # "issued" | "refused"
+    reason: Mapped[str] = mapped_column(String(64), default="")
+    windows_status: Mapped[int | None] = mapped_column(BigInteger)
+    certificate_id: Mapped[int | None] = mapped_column(ForeignKey("certificates.id"))
+    response: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     mac: Mapped[str | None] = mapped_column(String(64))
 
     __mapper_args__ = sealed_by_mac(mac)

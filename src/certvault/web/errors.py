@@ -8,6 +8,7 @@ no detail at all; their type goes to the log, their message does not.
 
 from __future__ import annotations
 
+import base64
 import logging
 import typing
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from certvault.errors import CertvaultError
-from certvault.services.kernel.ratelimit import RateLimited
+from certvault.services.pki.agent_requests import AgentRequestRefused
 
 log = logging.getLogger("certvault.web")
 
@@ -47,13 +48,23 @@ def error_response(
     code: str,
     description: str,
     headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> JSONResponse:
     body: dict[str, Any]
     if is_compat(request.url.path):
         body = {"code": compat_code(status), "description": description}
     else:
-        body = {"code": code, "description": description}
+        body = {"code": code, "description": description, **(extra or {})}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _refusal_fields(exc: AgentRequestRefused) -> dict[str, Any]:
+    """An agent's refusal carries the Windows status, and the CMC failure response when the
+    request could be read."""
+    fields: dict[str, Any] = {"windows_status": exc.windows_status}
+    if exc.cmc_response is not None:
+        fields["cmc_response"] = base64.b64encode(exc.cmc_response).decode()
+    return fields
 
 
 # pydantic's own error types whose messages are made of the rule and of our schema alone (a
@@ -187,10 +198,12 @@ async def _page_error(request: Request, status: int, message: str) -> Response:
 def install(app: FastAPI) -> None:
     @app.exception_handler(CertvaultError)
     async def certvault_error(request: Request, exc: CertvaultError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+        retry_after = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         if exc.status == 401:
             headers = {"WWW-Authenticate": "Bearer"}
-        return error_response(request, exc.status, exc.code, exc.message, headers)
+        extra = _refusal_fields(exc) if isinstance(exc, AgentRequestRefused) else None
+        return error_response(request, exc.status, exc.code, exc.message, headers, extra)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -47,6 +47,10 @@ class Limit:
 class RateLimiter(Protocol):
     def hit(self, *limits: Limit) -> Decision:
         """Count one event against every limit; allowed only if it stays within all of them."""
+        ...
+
+    def check(self, *limits: Limit) -> Decision:
+        """Whether one more event would stay within every limit, without counting it."""
         ...
 
 
@@ -97,6 +101,24 @@ class DatabaseRateLimiter:
 
         return _worst(self._db.run(work))
 
+    def check(self, *limits: Limit) -> Decision:
+        now = int(self._clock())  # type: ignore[operator]
+        decisions = []
+        with self._db.read() as session:
+            for lim in limits:
+                window = now - now % lim.window_seconds
+                count = session.scalar(
+                    select(RateLimitCounter.count).where(
+                        RateLimitCounter.key == lim.key[:200],
+                        RateLimitCounter.window_start == window,
+                    )
+                )
+                allowed = (count or 0) < lim.limit
+                decisions.append(
+                    Decision(allowed, 0 if allowed else window + lim.window_seconds - now)
+                )
+        return _worst(decisions)
+
 
 class RedisRateLimiter:
     def __init__(self, url: str) -> None:
@@ -119,6 +141,19 @@ class RedisRateLimiter:
             decisions.append(Decision(False, max(int(stats.reset_time - time.time()), 1)))
         return _worst(decisions)
 
+    def check(self, *limits: Limit) -> Decision:
+        from limits import RateLimitItemPerSecond
+
+        decisions = []
+        for lim in limits:
+            item = RateLimitItemPerSecond(lim.limit, lim.window_seconds)
+            if self._limiter.test(item, "certvault", lim.key):
+                decisions.append(Decision(True, 0))
+                continue
+            stats = self._limiter.get_window_stats(item, "certvault", lim.key)
+            decisions.append(Decision(False, max(int(stats.reset_time - time.time()), 1)))
+        return _worst(decisions)
+
 
 def rate_limiter(settings: Settings, db: Database) -> RateLimiter:
     if settings.redis_url:
@@ -128,5 +163,13 @@ def rate_limiter(settings: Settings, db: Database) -> RateLimiter:
 
 def enforce(limiter: RateLimiter, *limits: Limit) -> None:
     decision = limiter.hit(*limits)
+    if not decision.allowed:
+        raise RateLimited(decision.retry_after)
+
+
+def enforce_within(limiter: RateLimiter, *limits: Limit) -> None:
+    """Refuse when the limits are used up already, without counting this event (failures are
+    counted when they happen)."""
+    decision = limiter.check(*limits)
     if not decision.allowed:
         raise RateLimited(decision.retry_after)

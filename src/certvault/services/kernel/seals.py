@@ -37,6 +37,10 @@ from certvault.db.models import (
     Account,
     Admin,
     AdminOrganization,
+    Agent,
+    AgentCredential,
+    AgentRequest,
+    AgentTemplate,
     ApiToken,
     Certificate,
     CertificateAuthority,
@@ -241,6 +245,45 @@ SEALED: tuple[SealedTable, ...] = (
             "id uuid email method status certificate_ids code_mac attempts ip created_at"
             " expires_at decided_by decided_at link_mac session_mac session_expires_at"
             " passphrase_sealed completed_at"
+        ),
+        since=2,
+    ),
+    # MS agents (services/pki/agents.py): who may forward archival requests, with which token,
+    # and what each Windows template becomes. An agent, a token or a map put in by SQL would have
+    # our CA certify keys for whoever chose them.
+    SealedTable(
+        Agent,
+        _columns("id uuid name active created_at grant_generation"),
+        grant=True,
+        unbound={
+            "last_contact_at": "shown on the Agents page, decides nothing; written on every "
+            "contact, at most once a minute",
+        },
+        since=2,
+    ),
+    SealedTable(
+        AgentCredential,
+        _columns("id uuid agent_id token_sha256 prefix created_at revoked_at grant_generation"),
+        grant=True,
+        revocable=True,
+        since=2,
+    ),
+    SealedTable(
+        AgentTemplate,
+        _columns(
+            "id uuid agent_id template profile organization_id archive_key require_archival"
+            " created_at grant_generation"
+        ),
+        grant=True,
+        since=2,
+    ),
+    # The trail of archival requests, and the answer a replayed request gets again: a response
+    # or certificate swapped by SQL would hand a client someone else's certificate.
+    SealedTable(
+        AgentRequest,
+        _columns(
+            "id uuid agent_id request_sha256 replay_key template requester_upn requester_email"
+            " outcome reason windows_status certificate_id response created_at"
         ),
         since=2,
     ),

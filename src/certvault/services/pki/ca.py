@@ -96,7 +96,7 @@ def _account_id(ports: Ports, actor: Actor, account_slug: str, action: str) -> i
             return account.id
 
 
-def _active_issuing(session: Session, account_id: int) -> CertificateAuthority | None:
+def active_issuing(session: Session, account_id: int) -> CertificateAuthority | None:
     return session.scalars(
         select(CertificateAuthority).where(
             CertificateAuthority.account_id == account_id,
@@ -275,7 +275,7 @@ def init_ca(
 
 
 def _refuse_existing(session: Session, account_id: int, names: tuple[str, ...]) -> None:
-    if _active_issuing(session, account_id) is not None:
+    if active_issuing(session, account_id) is not None:
         raise CaExists()
     for name in names:
         if _name_taken(session, account_id, name):
@@ -352,7 +352,7 @@ def import_issuing(
             if _name_taken(session, account_id, name):
                 raise Conflict(f"This account already has a CA named {name}; pass another name.")
             parent_id = _store_parents(session, account_id, name, parents)
-            previous = _active_issuing(session, account_id)
+            previous = active_issuing(session, account_id)
             if previous is not None:
                 previous.active = False
             row = _add_issuing(
@@ -432,7 +432,7 @@ def _store_parents(
 # --- issuing -------------------------------------------------------------------------------------
 
 
-def _chain(session: Session, row: CertificateAuthority) -> list[x509.Certificate]:
+def chain_of(session: Session, row: CertificateAuthority) -> list[x509.Certificate]:
     """The CA's certificate and those above it, nearest first."""
     chain: list[x509.Certificate] = []
     current: CertificateAuthority | None = row
@@ -443,7 +443,7 @@ def _chain(session: Session, row: CertificateAuthority) -> list[x509.Certificate
     return chain
 
 
-def _no_issuing_ca(account: Account) -> NoIssuingCa:
+def no_issuing_ca(account: Account) -> NoIssuingCa:
     return NoIssuingCa(
         f"The account {account.slug} has no issuing CA; run `certvault ca init --account "
         f"{account.slug}`."
@@ -457,10 +457,10 @@ class BuiltinIssuer:
         self._ports = ports
 
     def issue(self, session: Session, account: Account, request: IssueRequest) -> Issued:
-        row = _active_issuing(session, account.id)
+        row = active_issuing(session, account.id)
         if row is None or row.service_key_id is None:
-            raise _no_issuing_ca(account)
-        chain = _chain(session, row)
+            raise no_issuing_ca(account)
+        chain = chain_of(session, row)
         certificate = calib.issue_certificate(
             signing_key(session, self._ports, row),
             chain[0],
@@ -480,7 +480,7 @@ def issuing_chain(ports: Ports, actor: Actor, account_slug: str) -> list[x509.Ce
     with ports.db.read() as session:
         account = get_account(session, account_slug)
         actor.require_visible(account.id, None, "Account")
-        row = _active_issuing(session, account.id)
+        row = active_issuing(session, account.id)
         if row is None:
-            raise _no_issuing_ca(account)
-        return _chain(session, row)
+            raise no_issuing_ca(account)
+        return chain_of(session, row)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from certvault.web.api import account, audit, certificates, enroll, forms, keys, persons
+from certvault.web.api import account, agent, audit, certificates, enroll, forms, keys, persons
 
 router = APIRouter(prefix="/api/v1")
 router.include_router(account.router)
@@ -14,3 +14,4 @@ router.include_router(certificates.router)
 router.include_router(keys.router)
 router.include_router(audit.router)
 router.include_router(forms.router)
+router.include_router(agent.router)
