@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -20,11 +21,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from certvault.crypto.cmc import parse_response
 from certvault.db.models import AgentRequest, Certificate
+from certvault.services.access.agent_credentials import authenticate_agent
 from certvault.services.directory import accounts
+from certvault.services.kernel import seals
 from certvault.services.kernel.actors import Actor
 from certvault.services.kernel.ports import Ports
 from certvault.services.pki import agents, exchange
@@ -33,6 +36,7 @@ from certvault.services.vault.release import release_key
 from certvault.web.app import create_app
 from tests import cmc_builder as cmc
 from tests.factories import pool_key
+from tests.functional import cli_env
 from tests.functional.helpers import counts, events
 
 V1 = "/api/v1/agent"
@@ -124,7 +128,7 @@ def _same_key(a: Any, b: Any) -> bool:
     return a.public_key().public_bytes(der, info) == b.public_key().public_bytes(der, info)
 
 
-# --- the full path --------------------------------------------------------------------------------
+# --- the full path -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -189,9 +193,10 @@ def test_a_pem_request_as_certreq_writes_it_and_the_pem_exchange_certificate(wor
     )
     assert r.headers["content-type"] == "application/x-pem-file"
     pem_cert = x509.load_pem_x509_certificate(r.content)
-    assert world.client.get(
-        f"{V1}/exchange-certificate?format=pem", headers=world.headers()
-    ).content == r.content
+    assert (
+        world.client.get(f"{V1}/exchange-certificate?format=pem", headers=world.headers()).content
+        == r.content
+    )
     request = build(pool_key("rsa2048-3"), pem_cert, subject_email=EMAIL)
     text = "-----BEGIN NEW CERTIFICATE REQUEST-----\r\n"
     text += base64.encodebytes(request).decode().replace("\n", "\r\n")
@@ -216,9 +221,7 @@ def test_the_exchange_certificate_is_the_issuing_cas_and_a_service_key(world: Wo
 
 
 def test_a_request_without_a_key_on_a_non_archival_template_is_issued(world: World) -> None:
-    request = build(
-        pool_key("rsa2048-1"), world.exchange(), archived=False, hash_alg=None
-    )
+    request = build(pool_key("rsa2048-1"), world.exchange(), archived=False, hash_alg=None)
     before = counts(world.ports)
     r = world.submit(request, template="Signing", email=None)  # the request's own address
     assert r.status_code == 200, r.text
@@ -228,7 +231,7 @@ def test_a_request_without_a_key_on_a_non_archival_template_is_issued(world: Wor
     assert answer.status == "success" and answer.encrypted_key_hash is None
 
 
-# --- replay ---------------------------------------------------------------------------------------
+# --- replay --------------------------------------------------------------------------------------
 
 
 def test_a_replayed_request_gets_the_same_answer_and_one_certificate(world: World) -> None:
@@ -245,7 +248,7 @@ def test_a_replayed_request_gets_the_same_answer_and_one_certificate(world: Worl
     assert [d.get("replayed", False) for d in replays] == [False, True]
 
 
-# --- rotation -------------------------------------------------------------------------------------
+# --- rotation ------------------------------------------------------------------------------------
 
 
 def test_the_exchange_certificate_rotates_and_the_previous_one_decrypts_for_a_while(
@@ -270,7 +273,7 @@ def test_an_exchange_certificate_past_its_grace_is_refused(world: World) -> None
     _assert_refused(world, world.submit(request), 422, "archived_key_invalid", 0x8009400C)
 
 
-# --- bad input ------------------------------------------------------------------------------------
+# --- bad input -----------------------------------------------------------------------------------
 
 
 def _assert_refused(world: World, r: Any, status: int, code: str, windows: int | None) -> None:
@@ -321,7 +324,9 @@ def test_keys_that_cannot_be_taken_take_one_path(world: World, how: str) -> None
     before = counts(world.ports)
     r = world.submit(request)
     _assert_refused(world, r, 422, "archived_key_invalid", 0x8009400C)
-    assert r.json()["description"] == "The archived private key in the request could not be recovered."
+    assert (
+        r.json()["description"] == "The archived private key in the request could not be recovered."
+    )
     answer = parse_response(base64.b64decode(r.json()["cmc_response"]), _ca(world.ports)[0])
     assert answer.status == "failed" and answer.windows_status == 0x8009400C
     # Nothing at all is stored: no certificate, no key, no person, no mail; one refusal.
@@ -353,9 +358,7 @@ def test_an_unknown_template_is_refused(world: World) -> None:
 
 
 def test_a_template_requiring_archival_refuses_a_request_without_a_key(world: World) -> None:
-    request = build(
-        pool_key("rsa2048-1"), world.exchange(), archived=False, hash_alg=None
-    )
+    request = build(pool_key("rsa2048-1"), world.exchange(), archived=False, hash_alg=None)
     r = world.submit(request)
     _assert_refused(world, r, 422, "archived_key_required", 0x80094804)
     answer = parse_response(base64.b64decode(r.json()["cmc_response"]), _ca(world.ports)[0])
@@ -377,9 +380,7 @@ def test_key_vault_disabled_refuses_archival(world: World, operator: Actor) -> N
 
 
 def test_a_request_for_another_address_than_the_requesters_is_refused(world: World) -> None:
-    request = build(
-        pool_key("rsa2048-1"), world.exchange(), subject_email="mallory@acme.example"
-    )
+    request = build(pool_key("rsa2048-1"), world.exchange(), subject_email="mallory@acme.example")
     _assert_refused(world, world.submit(request), 422, "requester_mismatch", None)
 
 
@@ -411,6 +412,124 @@ def test_agents_that_are_not_answer_as_unknown_tokens(
     headers = world.headers(token) if who != "none" else {}
     for r in (
         world.client.get(f"{V1}/exchange-certificate", headers=headers),
-        world.client.post(f"{V1}/requests", headers=headers, json={"request": "x", "template": "EFS"}),
+        world.client.post(
+            f"{V1}/requests", headers=headers, json={"request": "x", "template": "EFS"}
+        ),
     ):
         assert r.status_code == 401 and r.json()["code"] == "unauthenticated"
+
+
+# --- the database is not trusted ------------------------------------------------------------------
+
+
+def _sql(ports: Ports, statement: str, **params: Any) -> None:
+    with ports.db.engine.begin() as conn:
+        conn.execute(text(statement), params)
+
+
+def _row(ports: Ports, table: str) -> dict[str, Any]:
+    with ports.db.engine.connect() as conn:
+        found = conn.execute(text(f"SELECT * FROM {table} ORDER BY id LIMIT 1")).mappings().one()
+    return dict(found)
+
+
+def _tampered(r: Any) -> None:
+    assert r.status_code == 503, r.text
+    assert r.json()["code"] == "row_tampered"
+
+
+def test_a_template_map_altered_by_sql_is_refused(world: World) -> None:
+    request = build(pool_key("rsa2048-1"), world.exchange(), archived=False, hash_alg=None)
+    _sql(world.ports, "UPDATE agent_templates SET require_archival = :f", f=False)
+    before = counts(world.ports)
+    _tampered(world.submit(request))
+    assert counts(world.ports) == before
+    refused = [json.loads(e.details) for e in events(world.ports, "integrity.row_refused")]
+    assert {d["table"] for d in refused} == {"agent_templates"}
+
+
+def test_an_agent_moved_to_another_account_by_sql_is_refused(world: World) -> None:
+    with world.ports.db.engine.connect() as conn:
+        other = conn.execute(text("SELECT id FROM accounts WHERE slug = 'other'")).scalar_one()
+    _sql(world.ports, "UPDATE agents SET account_id = :a, name = 'dc9' WHERE id = 1", a=other)
+    _sql(world.ports, "UPDATE agent_credentials SET account_id = :a WHERE agent_id = 1", a=other)
+    _tampered(world.client.get(f"{V1}/exchange-certificate", headers=world.headers()))
+
+
+def test_a_revoked_agent_put_back_by_sql_is_refused(world: World, operator: Actor) -> None:
+    agent, credential = _row(world.ports, "agents"), _row(world.ports, "agent_credentials")
+    agents.revoke_agent(world.ports, operator, "acme", "dc1")
+    for table, old in (("agents", agent), ("agent_credentials", credential)):
+        columns = ", ".join(f"{name} = :{name}" for name in old if name != "id")
+        _sql(world.ports, f"UPDATE {table} SET {columns} WHERE id = :id", **old)
+    _tampered(world.client.get(f"{V1}/exchange-certificate", headers=world.headers()))
+
+
+def test_an_inserted_agent_token_is_refused(world: World) -> None:
+    chosen = "cva_" + "chosen-by-the-attacker-0123456789abcdefghij"
+    old = _row(world.ports, "agent_credentials")
+    forged = {
+        **{k: v for k, v in old.items() if k != "id"},
+        "uuid": "00000000-0000-4000-8000-000000000001",
+        "token_sha256": hashlib.sha256(chosen.encode()).hexdigest(),
+    }
+    names = ", ".join(forged)
+    values = ", ".join(f":{n}" for n in forged)
+    _sql(world.ports, f"INSERT INTO agent_credentials ({names}) VALUES ({values})", **forged)
+    _tampered(world.client.get(f"{V1}/exchange-certificate", headers=world.headers(chosen)))
+    assert seals.check_rows(world.ports).problems
+
+
+# --- the CLI --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(backend: str, tmp_path: Any) -> Any:
+    yield from cli_env.cli_for(backend, tmp_path)
+
+
+def test_agent_commands(cli: Any) -> None:
+    cli.bootstrap()
+    made = cli.run("agent", "create", "--account", "acme", "dc1")
+    assert made.returncode == 0, cli_env.text(made)
+    [token] = [line for line in made.stdout.splitlines() if line.startswith("cva_")]
+    assert made.stdout.count(token) == 1 and len(token) > 40
+    assert cli.run("agent", "create", "--account", "acme", "dc1").returncode == 1  # taken
+
+    mapped = cli.run(
+        "agent", "map", "--account", "acme", "dc1", "EFS",
+        "--profile", "smime-encryption", "--require-archival",
+    )  # fmt: skip
+    assert mapped.returncode == 0, cli_env.text(mapped)
+    refused = cli.run("agent", "map", "--account", "acme", "dc1", "Sign", "--profile",
+                      "smime-signing", "--archive-key")  # fmt: skip
+    assert refused.returncode == 1 and "never escrows" in cli_env.text(refused)
+    assert cli.run("agent", "map", "--account", "acme", "nobody", "EFS", "--profile",
+                   "smime").returncode == 1  # fmt: skip
+
+    listed = cli.run("agent", "list", "--account", "acme")
+    assert listed.returncode == 0, cli_env.text(listed)
+    assert "dc1\tactive\ttokens=1\tlast_contact=never" in listed.stdout
+    [efs] = [line for line in listed.stdout.splitlines() if line.startswith("  EFS\t")]
+    assert efs.startswith("  EFS\tsmime-encryption\t") and efs.endswith("\trequired")
+    assert token not in listed.stdout
+
+    revoked = cli.run("agent", "revoke", "--account", "acme", "dc1")
+    assert revoked.returncode == 0 and "1 token(s)" in revoked.stdout
+    assert "dc1\trevoked\ttokens=0" in cli.run("agent", "list", "--account", "acme").stdout
+    ports = cli.ports()
+    try:
+        with pytest.raises(Exception) as refused_token:
+            authenticate_agent(ports, token)
+        assert getattr(refused_token.value, "code", "") == "unauthenticated"
+        done = [(e.action, e.outcome) for e in events(ports) if e.action.startswith("agent.")]
+        assert done == [
+            ("agent.create", "success"),
+            ("agent.create", "refused"),
+            ("agent.map", "success"),
+            ("agent.map", "refused"),
+            ("agent.map", "refused"),
+            ("agent.revoke", "success"),
+        ]
+    finally:
+        ports.close()
