@@ -35,6 +35,7 @@ bench: setup
 	$(BIN)/python bench/enroll.py
 	$(BIN)/python bench/kdf.py
 	$(BIN)/python bench/recovery.py
+	$(BIN)/python bench/agent_decrypt.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

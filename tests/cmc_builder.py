@@ -132,10 +132,12 @@ def envelope(
     content: str = "aes256",
     recipient: str = "issuer_serial",
     pad: bool = True,
+    transported_key_size: int | None = None,
 ) -> bytes:
     """DER ContentInfo(EnvelopedData): ``plaintext`` encrypted to the exchange certificate with
     RSA PKCS#1 v1.5 key transport; ``pad=False`` leaves out the PKCS#7 padding (the plaintext
-    must then fill whole blocks)."""
+    must then fill whole blocks); ``transported_key_size`` sends a content key of another length
+    than the cipher's to the recipient."""
     name, key_size, cipher = CONTENT[content]
     content_key = os.urandom(key_size)
     block = 8 if content == "3des" else 16
@@ -160,7 +162,10 @@ def envelope(
         "version": "v2" if recipient == "ski" else "v0",
         "rid": rid,
         "key_encryption_algorithm": {"algorithm": "rsaes_pkcs1v15"},
-        "encrypted_key": public_key.encrypt(content_key, padding.PKCS1v15()),
+        "encrypted_key": public_key.encrypt(
+            content_key if transported_key_size is None else os.urandom(transported_key_size),
+            padding.PKCS1v15(),
+        ),
     }
     enveloped = cms.EnvelopedData(
         {

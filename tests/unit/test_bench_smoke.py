@@ -27,6 +27,18 @@ BENCHMARKS = [
             "legacy/PBES2 cost at the same budget",
         ],
     ),
+    (
+        "agent_decrypt.py",
+        ["--repeat", "2"],
+        [
+            "wrong recipient/success",
+            "bad padding/success",
+            "bad blob/success",
+            "wrong length/success",
+            "bad hash/success",
+            "slowest/fastest key-dependent failure",
+        ],
+    ),
 ]
 
 

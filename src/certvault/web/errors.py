@@ -25,7 +25,7 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from certvault.errors import CertvaultError
-from certvault.services.pki.agent_requests import AgentRequestRefused
+from certvault.services.pki.agent_refusals import AgentRequestRefused
 
 log = logging.getLogger("certvault.web")
 

@@ -30,8 +30,6 @@ from sqlalchemy.orm import Session
 
 from certvault.crypto.ca import check_csr
 from certvault.crypto.cmc import (
-    CERTSRV_E_ARCHIVED_KEY_REQUIRED,
-    CERTSRV_E_ARCHIVED_KEY_UNEXPECTED,
     CmcRequest,
     ResponseSigner,
     build_failure,
@@ -49,7 +47,6 @@ from certvault.errors import (
     CmcInvalid,
     ConfigurationError,
     InvalidInput,
-    NotFound,
 )
 from certvault.services.access.agent_credentials import AgentIdentity
 from certvault.services.audit import log as audit
@@ -64,6 +61,15 @@ from certvault.services.kernel.ratelimit import (
 )
 from certvault.services.kernel.text import column_text
 from certvault.services.pki import exchange
+from certvault.services.pki.agent_refusals import (
+    AgentRequestRefused,
+    ArchivedKeyRequired,
+    ArchivedKeyUnexpected,
+    NoRequesterEmail,
+    RequesterMismatch,
+    UnknownTemplate,
+    windows_status,
+)
 from certvault.services.pki.authorities import NoIssuingCa, signing_key
 from certvault.services.pki.ca import BuiltinIssuer, active_issuing, chain_of
 from certvault.services.pki.issuance import CertificateIssuer, Issued, IssueRequest
@@ -72,86 +78,6 @@ from certvault.services.vault import archive
 ARCHIVE = "agent.archive"
 SOURCE = "agent"
 HOUR = 60 * 60
-
-# HRESULTs a refusal is answered with (winerror.h), for the agent to hand to the Windows client.
-E_FAIL = 0x80004005
-NTE_BAD_DATA = 0x80090005
-CERTSRV_E_KEY_ARCHIVAL_NOT_CONFIGURED = 0x8009400A
-CERTSRV_E_BAD_REQUEST_KEY_ARCHIVAL = 0x8009400C
-CERTSRV_E_UNSUPPORTED_CERT_TYPE = 0x80094800
-CERTSRV_E_KEY_LENGTH = 0x80094811
-
-
-class UnknownTemplate(NotFound):
-    """This agent has no map for that certificate template."""
-
-    code = "unknown_template"
-
-
-class ArchivedKeyRequired(InvalidInput):
-    """The certificate template requires key archival; the request carries no key."""
-
-    code = "archived_key_required"
-
-
-class ArchivedKeyUnexpected(InvalidInput):
-    """The certificate template does not archive keys; the request carries one."""
-
-    code = "archived_key_unexpected"
-
-
-class RequesterMismatch(InvalidInput):
-    """The request names another email address than the requester's."""
-
-    code = "requester_mismatch"
-
-
-class NoRequesterEmail(InvalidInput):
-    """Neither the requester nor the request names an email address to certify."""
-
-    code = "requester_email_required"
-
-
-_KEY_POLICY = frozenset(
-    {
-        "key_policy_violation",
-        "rsa_modulus_not_allowed",
-        "rsa_exponent_not_allowed",
-        "ec_curve_not_allowed",
-        "key_algorithm_not_allowed",
-        "csr_unsupported_key",
-        "key_type_not_allowed",
-        "unsupported_key",
-    }
-)
-_WINDOWS_STATUS = {
-    CmcInvalid.code: NTE_BAD_DATA,
-    ArchivedKeyUndecryptable.code: CERTSRV_E_BAD_REQUEST_KEY_ARCHIVAL,
-    ArchivedKeyRequired.code: CERTSRV_E_ARCHIVED_KEY_REQUIRED,
-    ArchivedKeyUnexpected.code: CERTSRV_E_ARCHIVED_KEY_UNEXPECTED,
-    UnknownTemplate.code: CERTSRV_E_UNSUPPORTED_CERT_TYPE,
-    archive.KeyVaultDisabled.code: CERTSRV_E_KEY_ARCHIVAL_NOT_CONFIGURED,
-}
-
-
-def windows_status(code: str) -> int:
-    """The HRESULT a refusal with ``code`` is answered with."""
-    if code in _KEY_POLICY:
-        return CERTSRV_E_KEY_LENGTH
-    return _WINDOWS_STATUS.get(code, E_FAIL)
-
-
-class AgentRequestRefused(CertvaultError):
-    """A refused archival request: the cause's code, status and message, with the HRESULT and
-    the CMC failure response for the Windows client."""
-
-    def __init__(self, cause: CertvaultError, status: int, cmc_response: bytes | None) -> None:
-        super().__init__(cause.message)
-        self.code = cause.code
-        self.status = cause.status
-        self.windows_status = status
-        self.cmc_response = cmc_response
-        self.retry_after = getattr(cause, "retry_after", None)
 
 
 @dataclass(frozen=True)
