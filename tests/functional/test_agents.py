@@ -32,10 +32,11 @@ from certvault.services.kernel.actors import Actor
 from certvault.services.kernel.ports import Ports
 from certvault.services.pki import agents, exchange
 from certvault.services.pki.ca import init_ca, issuing_chain
+from certvault.services.vault.imports import import_p12
 from certvault.services.vault.release import release_key
 from certvault.web.app import create_app
 from tests import cmc_builder as cmc
-from tests.factories import pool_key
+from tests.factories import make_p12, pool_key
 from tests.functional import cli_env
 from tests.functional.helpers import counts, events
 
@@ -533,3 +534,21 @@ def test_agent_commands(cli: Any) -> None:
         ]
     finally:
         ports.close()
+
+
+def test_the_exchange_key_is_a_service_key_the_vault_refuses(world: World, operator: Actor) -> None:
+    cert = world.exchange()
+    with world.ports.db.read() as s:
+        [(exchange_cert, key)] = exchange.recipients(s, world.ports, 1)
+    assert exchange_cert == cert
+    p12 = make_p12(key, cert, "pw-for-the-test-1")
+    [entry] = import_p12(world.ports, operator, "acme", p12, "pw-for-the-test-1")
+    assert entry.code == "service_key"
+
+
+def test_the_agents_last_contact_is_kept(world: World, operator: Actor) -> None:
+    [before] = agents.list_agents(world.ports, operator, "acme")
+    assert before.last_contact_at is None and before.live_tokens == 1 and before.templates == 3
+    world.exchange()
+    [after] = agents.list_agents(world.ports, operator, "acme")
+    assert after.last_contact_at == START
