@@ -30,10 +30,12 @@ from certvault.db.models import AuditEvent, MailMessage
 from certvault.services.access import admins, tokens
 from certvault.services.access import credentials as credentials_service
 from certvault.services.kernel.actors import Actor
-from certvault.services.pki import enrollment_forms
+from certvault.services.pki import agents, enrollment_forms
 from certvault.services.vault import release
+from certvault.web.api import agent as agent_api
 from certvault.web.app import body_limit
-from tests.factories import make_p12
+from tests import cmc_builder as cmc
+from tests.factories import make_p12, pool_key
 from tests.functional.api_fixtures import (  # noqa: F401 - `api`
     ALL_PRIVILEGES,
     P12_PASSWORD,
@@ -77,6 +79,11 @@ class Operation:
     def authenticated(self) -> bool:
         return self.path.startswith("/api/")
 
+    @property
+    def agent(self) -> bool:
+        """An MS agent's operation: agent tokens open it, administrators' tokens do not."""
+        return self.path.startswith("/api/v1/agent/")
+
 
 @dataclass
 class World:
@@ -85,6 +92,7 @@ class World:
     root: str  # a token of an account administrator with every privilege and scope
     upload_only: str  # the same administrator's token with the scope keys:upload alone
     read_only: str  # ... with the scope read alone
+    agent: str  # an MS agent's token
     spec: dict[str, Any]
 
     @property
@@ -122,6 +130,7 @@ def world(api: ApiWorld, operator: Actor) -> World:
             ports, operator, "acme", "root", scopes=["keys:upload"]
         ).token,
         read_only=tokens.create_token(ports, operator, "acme", "root", scopes=["read"]).token,
+        agent=agents.create_agent(ports, operator, "acme", "dc1").token,
         spec=api.client.get("/openapi.json").json(),
     )
     # One release that succeeds (without the canary): the audit log and the mail outbox then
@@ -137,6 +146,14 @@ def world(api: ApiWorld, operator: Actor) -> World:
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def _tokens(w: World, op: Operation) -> tuple[str, str, set[int]]:
+    """A token that may call ``op``, one that may not, and what the latter is answered."""
+    if op.agent:
+        return w.agent, w.root, {401}
+    narrow = w.read_only if _is_upload(op) else w.upload_only
+    return w.root, narrow, {403} if op.method in ("GET", "HEAD") else {403, 422}
 
 
 def _operations(spec: dict[str, Any]) -> Iterator[Operation]:
@@ -269,12 +286,12 @@ def _drive_every_operation(w: World, send: Sender) -> int:
             send(f"{label} 401 header", op.method, visible, {401, 429}, headers=headers, **json_kw)
 
         # 403: a token without the scope the operation needs (a service may refuse a bad
-        # value first: 422).
-        token = w.read_only if _is_upload(op) else w.upload_only
+        # value first: 422); for an agent's operation, an administrator's token (401).
+        allowed, token, refused = _tokens(w, op)
         if op.method in ("GET", "HEAD"):
-            send(f"{label} 403", op.method, visible, {403}, headers=_bearer(token))
+            send(f"{label} 403", op.method, visible, refused, headers=_bearer(token))
         else:
-            send(f"{label} 403", op.method, visible, {403, 422}, headers=_bearer(token), **json_kw)
+            send(f"{label} 403", op.method, visible, refused, headers=_bearer(token), **json_kw)
 
         # 404: ids that do not exist (an upload's canary payload may be refused before, 422;
         # a list by address is empty for an unknown one).
@@ -302,7 +319,7 @@ def _drive_every_operation(w: World, send: Sender) -> int:
 
         if op.body is None:
             continue
-        root = _bearer(w.root)
+        root = _bearer(allowed)
         # 422: malformed JSON, wrong types, a body of the wrong shape.
         truncated = b'{"password": "' + CANARY.encode() + b'", "passphrase": "' + CANARY.encode()
         send(
@@ -347,7 +364,7 @@ def _client_chosen_names(w: World, send: Sender) -> int:
     body, as a key where a field's value belongs, as a query parameter's name (plain, and with
     a control character, which is refused), as every value of an enumeration. A validation
     error may name our own fields; none of these."""
-    spec, root = w.spec, _bearer(w.root)
+    spec = w.spec
     driven = 0
     for op in _operations(spec):
         if not op.authenticated:
@@ -358,8 +375,8 @@ def _client_chosen_names(w: World, send: Sender) -> int:
         json_kw = {"json": body} if body is not None else {}
         # Under a token without the operation's scope, as for 403 above: a body that gets past
         # validation (the SCM API ignores unknown fields) is refused before it does anything.
-        narrow = _bearer(w.read_only if _is_upload(op) else w.upload_only)
-        expect = {403} if op.method in ("GET", "HEAD") else {403, 422}
+        allowed, token, expect = _tokens(w, op)
+        root, narrow = _bearer(allowed), _bearer(token)
         send(
             f"{label} query name",
             op.method,
@@ -396,7 +413,7 @@ def _client_chosen_names(w: World, send: Sender) -> int:
             op.method,
             visible,
             {422} if own else expect,
-            headers=narrow,
+            headers=root if op.agent else narrow,
             json={**body, CANARY: CANARY, "x" + CANARY: {CANARY: [CANARY]}},
         )
         nested = {name: {CANARY: {CANARY: CANARY}} for name in body}
@@ -426,6 +443,26 @@ def _is_integer(spec: dict[str, Any], param: dict[str, Any]) -> bool:
 
 def _basic(password: str) -> str:
     return base64.b64encode(f"robot:{password}".encode()).decode()
+
+
+def _agent_refusals(w: World, send: Sender) -> None:
+    """An agent's request that is read, refused and recorded, with the canary in every field the
+    agent fills in: the trail and the audit log keep none of it."""
+    key = pool_key("rsa2048-1")
+    request = cmc.build_archival_request(key, cmc.exchange_certificate(key))
+    requester = {"upn": CANARY, "email": CANARY}
+    for body, expect in (
+        ({"request": base64.b64encode(request).decode(), "template": CANARY}, {404}),
+        ({"request": CANARY, "template": "EFS"}, {422}),
+    ):
+        send(
+            "agent refusal",
+            "POST",
+            "/api/v1/agent/requests",
+            expect,
+            headers=_bearer(w.agent),
+            json={**body, "requester": requester},
+        )
 
 
 def _handcrafted(w: World, send: Sender) -> None:
@@ -603,6 +640,7 @@ def _forced_errors(w: World, send: Sender, monkeypatch: pytest.MonkeyPatch) -> N
     with monkeypatch.context() as m:
         m.setattr(tokens, "authenticate", boom)
         m.setattr(credentials_service, "authenticate_password", boom)
+        m.setattr(agent_api, "authenticate_agent", boom)
         for op in _operations(w.spec):
             if not op.authenticated:
                 continue
@@ -647,6 +685,7 @@ def test_no_error_path_of_any_endpoint_echoes_the_canary(
     assert driven == sum(1 for op in _operations(w.spec) if op.authenticated) > 40
     assert _client_chosen_names(w, send) == driven
     _handcrafted(w, send)
+    _agent_refusals(w, send)
     _forced_errors(w, send, monkeypatch)
 
     # Every kind of error was met.

@@ -59,7 +59,6 @@ from certvault.services.kernel.ratelimit import (
     enforce,
     enforce_within,
 )
-from certvault.services.kernel.text import column_text
 from certvault.services.pki import exchange
 from certvault.services.pki.agent_refusals import (
     AgentRequestRefused,
@@ -112,6 +111,17 @@ class _Attempt:
     template: str
     requester: Requester
     request: CmcRequest | None = None
+    template_known: bool = False
+
+    def said(self) -> dict[str, str]:
+        """What the trail and the audit log keep of what the agent sent: a template only when
+        it is one of the agent's, identities only when they are addresses. Never other text the
+        agent chose: a refusal keeps nothing typed into a field (DESIGN.md §5.7)."""
+        return {
+            "template": self.template if self.template_known else "?",
+            "requester_upn": _address(self.requester.upn),
+            "requester_email": _address(self.requester.email),
+        }
 
 
 def submit_request(
@@ -136,6 +146,7 @@ def submit_request(
         enforce_within(limiter, *_failure_limits(ports, agent))
         attempt.request = request = parse_request(data)
         mapping = _template_map(ports, agent, template)
+        attempt.template_known = True
         key = _key_to_archive(ports, limiter, agent, request, mapping)
         check_csr(request.csr)  # the key policy of every certifying path, and the PKCS#10's PoP
         email = _email(request.csr, requester)
@@ -220,6 +231,16 @@ def decrypt(request: CmcRequest, recipients: Sequence[Recipient]) -> rsa.RSAPriv
             pass
         raise ArchivedKeyUndecryptable() from None
     return decrypt_archived_key(request, recipients)
+
+
+def _address(text: str) -> str:
+    """``text`` when it is an address (UPNs have that form too), "?" when it is something else."""
+    if not text:
+        return ""
+    try:
+        return persons.normalize_email(text)
+    except InvalidInput:
+        return "?"
 
 
 def _csr_emails(csr: x509.CertificateSigningRequest) -> set[str]:
@@ -346,9 +367,7 @@ def _trail(attempt: _Attempt, outcome: str, **values: Any) -> AgentRequest:
         agent_id=attempt.agent.agent_id,
         request_sha256=attempt.digest,
         replay_key=attempt.digest if outcome == "issued" else None,
-        template=column_text(attempt.template, 200),
-        requester_upn=column_text(attempt.requester.upn, 320),
-        requester_email=column_text(attempt.requester.email, 320),
+        **attempt.said(),
         outcome=outcome,
         **values,
     )
@@ -357,9 +376,7 @@ def _trail(attempt: _Attempt, outcome: str, **values: Any) -> AgentRequest:
 def _details(attempt: _Attempt) -> dict[str, Any]:
     return {
         "agent": attempt.agent.agent_name,
-        "template": column_text(attempt.template, 200),
-        "requester_upn": column_text(attempt.requester.upn, 320),
-        "requester_email": column_text(attempt.requester.email, 320),
+        **attempt.said(),
         "request_sha256": attempt.digest,
     }
 

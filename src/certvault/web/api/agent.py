@@ -94,7 +94,9 @@ class ArchivalRequest(StrictBody):
 
 
 class AgentRefusal(Error):
-    windows_status: int = Field(description="The HRESULT for the Windows client")
+    windows_status: int | None = Field(
+        default=None, description="The HRESULT for the Windows client (absent on a malformed body)"
+    )
     cmc_response: str | None = Field(
         default=None, description="A CMC failure response (base64 DER) when the request was read"
     )
