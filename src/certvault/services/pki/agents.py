@@ -286,3 +286,12 @@ def recent_requests(
                 .limit(limit)
             )
         )
+
+
+def agent_names(ports: Ports, actor: Actor, account_slug: str) -> dict[int, str]:
+    """Agent ids to names, for the trail of requests."""
+    with ports.db.read() as session:
+        account = get_account(session, account_slug)
+        actor.require_visible(account.id, None, "Account")
+        rows = session.execute(select(Agent.id, Agent.name).where(Agent.account_id == account.id))
+        return {agent_id: name for agent_id, name in rows}

@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from certvault.web.admin import (
     about,
     admins,
+    agents,
     audit,
     auth,
     certificates,
@@ -27,6 +28,7 @@ for _page in (
     audit,
     admins,
     forms,
+    agents,
 ):
     router.include_router(_page.router)
 

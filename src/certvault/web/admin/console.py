@@ -78,6 +78,7 @@ NAVIGATION: tuple[Section, ...] = (
     Section("audit", "Audit", "/admin/audit", account_only=True),
     Section("admins", "Admins", "/admin/admins", account_only=True),
     Section("forms", "Enrollment forms", "/admin/forms"),
+    Section("agents", "Agents", "/admin/agents", account_only=True),
 )
 
 # Notices shown after a redirect, by key: the query string never carries text to show.
