@@ -66,9 +66,8 @@ def _certreq_file(path: Path, der: bytes) -> Path:
     """As `certreq -new` writes a request: base64 in PEM armour, CRLF line ends."""
     lines = [base64.b64encode(der)[i : i + 64].decode() for i in range(0, len(der) * 2, 64)]
     body = "\r\n".join(line for line in lines if line)
-    path.write_text(
-        f"-----BEGIN NEW CERTIFICATE REQUEST-----\r\n{body}\r\n-----END NEW CERTIFICATE REQUEST-----\r\n", newline=""
-    )
+    label = "NEW CERTIFICATE REQUEST"
+    path.write_text(f"-----BEGIN {label}-----\r\n{body}\r\n-----END {label}-----\r\n", newline="")
     return path
 
 
