@@ -26,7 +26,7 @@ from sqlalchemy import create_engine, inspect, text
 from certvault.services.access import admins, tokens
 from certvault.services.kernel.actors import Actor
 from certvault.services.kernel.ports import Ports
-from certvault.services.pki import enrollment_forms
+from certvault.services.pki import agents, enrollment_forms
 from certvault.web.app import create_app
 from certvault.web.control_characters import has_control_characters
 from tests.functional import smtp_server as smtp
@@ -50,9 +50,9 @@ SURROGATE = "\ud800"
 RULE = "must not contain control characters"
 PAGE_RULE = "holds a control character"
 # The fields of the APIs that hold several lines by nature; every other text field holds one.
-MULTILINE = {"csr", "p12", "reason", "comments"}
-# Rows that change on every authenticated request (last use of a token or session).
-VOLATILE = {"api_tokens", "web_sessions"}
+MULTILINE = {"csr", "p12", "reason", "comments", "request"}  # request: an agent's CMC, PEM
+# Rows that change on every authenticated request (last use of a token, session or agent).
+VOLATILE = {"api_tokens", "web_sessions", "agents"}  # agents: their last contact
 
 
 def _rows(ports: Ports) -> dict[str, list[tuple[str, ...]]]:
@@ -159,6 +159,7 @@ class Api:
     token: str  # an account administrator's: every privilege, every scope
     spec: dict[str, Any]
     form_id: int
+    agent_token: str  # an MS agent's: the only credential the agent endpoints take
 
     @property
     def client(self) -> TestClient:
@@ -186,7 +187,8 @@ class Api:
         return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
 
     def send(self, method: str, url: str, body: Any = None, **kw: Any) -> Any:
-        headers = {"Authorization": f"Bearer {self.token}"}
+        token = self.agent_token if url.startswith("/api/v1/agent/") else self.token
+        headers = {"Authorization": f"Bearer {token}"}
         if body is not None:
             # Escaped as JSON does it: a lone surrogate travels as \\ud800.
             kw["content"] = json.dumps(body).encode()
@@ -202,7 +204,8 @@ def api_world(api: ApiWorld, operator: Actor) -> Api:
         api.ports, operator, "acme", slug="staff", profile="smime", access_code=None
     )
     spec = api.client.get("/openapi.json").json()
-    return Api(api, token, spec, form.id)
+    agent = agents.create_agent(api.ports, operator, "acme", "dc1")
+    return Api(api, token, spec, form.id, agent.token)
 
 
 def _refused(api: Api, method: str, path: str, r: Any, expected: str | None) -> None:
@@ -212,7 +215,9 @@ def _refused(api: Api, method: str, path: str, r: Any, expected: str | None) -> 
     if method == "HEAD":
         return
     body = r.json()
-    assert set(body) == {"code", "description"}
+    # The agent endpoints also give the Windows status for the client (AgentRefusal).
+    extra = {"windows_status"} if path.startswith("/api/v1/agent/") else set()
+    assert set(body) - extra == {"code", "description"}
     assert body["code"] == (-422 if scm else "validation_error"), body
     if expected is not None:
         assert expected in body["description"], (method, path, body)
