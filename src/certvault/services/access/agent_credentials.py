@@ -6,7 +6,6 @@ from administrators' tokens, so that neither is ever mistaken for the other.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
@@ -16,17 +15,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from certvault.db.models import Account, Agent, AgentCredential
-from certvault.services.access.tokens import Unauthenticated
+from certvault.services.access.tokens import Unauthenticated, token_digest
 from certvault.services.kernel.actors import Actor, Privilege, Role
 from certvault.services.kernel.ports import Ports
 
 PREFIX = "cva_"
 CONTACT_RESOLUTION = timedelta(minutes=1)  # at most one write of last_contact_at a minute
-
-
-def _digest(token: str) -> str:
-    # 256 random bits: a fast hash is enough, and the lookup is an index seek.
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -60,7 +54,7 @@ def issue_credential(session: Session, agent: Agent) -> tuple[str, AgentCredenti
     row = AgentCredential(
         account_id=agent.account_id,
         agent_id=agent.id,
-        token_sha256=_digest(token),
+        token_sha256=token_digest(token),
         prefix=token[:12],
     )
     session.add(row)
@@ -73,7 +67,7 @@ def authenticate_agent(ports: Ports, token: str, ip: str = "") -> AgentIdentity:
     does not verify answers like an unknown token."""
     if not token.startswith(PREFIX) or len(token) > 200:
         raise Unauthenticated()
-    digest = _digest(token)
+    digest = token_digest(token)
     now = ports.clock()
     with ports.db.read() as session:
         found = session.execute(

@@ -32,7 +32,7 @@ class Unauthenticated(CertvaultError):
     status = 401
 
 
-def _digest(token: str) -> str:
+def token_digest(token: str) -> str:
     # Tokens carry 256 random bits: a fast hash is enough, and lets the lookup be an index seek.
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -79,7 +79,7 @@ def create_token(
         row = ApiToken(
             account_id=account.id,
             admin_id=admin.id,
-            token_sha256=_digest(token),
+            token_sha256=token_digest(token),
             prefix=token[:12],
             scopes=" ".join(sorted(s.value for s in wanted)),
             created_at=now,
@@ -110,7 +110,7 @@ def authenticate(ports: Ports, token: str, ip: str = "") -> tuple[Actor, str]:
     """The actor a bearer token stands for, and its account's slug."""
     if not token.startswith(PREFIX) or len(token) > 200:
         raise Unauthenticated()
-    digest = _digest(token)
+    digest = token_digest(token)
     now = ports.clock()
     with ports.db.read() as session:
         # One round trip for token, administrator and account (all three sealed rows, checked
