@@ -67,10 +67,14 @@ def make_cert(
     days: int = 365,
     not_before: dt.datetime | None = None,
     cn: str | None = None,
+    subject_email: bool = False,  # the address also as an emailAddress attribute of the subject
 ) -> x509.Certificate:
     issuer_key, issuer_cert = issuer if issuer else make_ca()
     start = not_before or NOW - dt.timedelta(days=1)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn or email)])
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, cn or email)]
+    if subject_email:
+        attributes.insert(0, x509.NameAttribute(NameOID.EMAIL_ADDRESS, email))
+    subject = x509.Name(attributes)
     return (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -357,6 +357,26 @@ def test_upload_for_a_person(api):
     assert archived[-1].actor == f"admin:keys (token {api.token_ids['keys']})"
 
 
+def test_subjects_read_as_names_with_an_email_attribute(api):
+    key = new_key("ec256")
+    cert = make_cert(key, "alice@acme.example", issuer=api.ca, cn="Alice Able", subject_email=True)
+    assert "1.2.840.113549.1.9.1=" in cert.subject.rfc4514_string()
+    path = f"{V1}/persons/{api.alice.person_id}/keys"
+    r = api.post(
+        "keys",
+        path,
+        json={"p12": _b64(make_p12(key, cert, P12_PASSWORD)), "password": P12_PASSWORD},
+    )
+    assert r.status_code == 200, r.text
+    [entry] = r.json()["entries"]
+    body = api.get("keys", f"{V1}/certificates/{entry['clientCertId']}").json()
+    assert body["subject"] == "CN=Alice Able,emailAddress=alice@acme.example"
+    assert body["display_name"] == "Alice Able"
+    assert body["issuer"] == api.ca[1].subject.rfc4514_string()
+    listed = api.get("keys", f"{V1}/certificates?person_id={api.alice.person_id}").json()
+    assert "Alice Able" in [c["display_name"] for c in listed["items"]]
+
+
 def test_upload_refusals(api):
     alice, sam = api.alice.person_id, api.sam.person_id
     before = counts(api.ports)

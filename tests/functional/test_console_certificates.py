@@ -9,8 +9,10 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from certvault.services.pki import crl
+from certvault.services.vault import imports
 from certvault.web.admin import certificates as certificates_page
 from tests.conftest import TEST_OPERATOR
+from tests.factories import make_cert, make_p12, new_key
 from tests.functional.console_fixtures import console_fixture  # noqa: F401
 
 MISSING = 999_999
@@ -36,12 +38,39 @@ def test_list_shows_the_accounts_certificates_with_their_columns(console):
     row = page.text.split(f'<tr id="certificate-{new}">')[1].split("</tr>")[0]
     cert = world.alice.certs[1]
     assert f'href="/admin/certificates/{new}"' in row
-    assert f"CN={world.alice.email}" in row and f"<td>{world.alice.email}</td>" in row
+    # The subject column shows the common name (these certificates have no other).
+    assert f">{world.alice.email}</a>" in row and f"<td>{world.alice.email}</td>" in row
     assert f'<td class="serial">{format(cert.serial_number, "x")}</td>' in row
     assert 'class="status">issued<' in row and 'class="key-in-vault">yes<' in row
     assert cert.not_valid_after_utc.strftime("%Y-%m-%d") in row and "<td>Acme Corp</td>" in row
     sam_row = page.text.split(f'<tr id="certificate-{world.sam.cert_ids[0]}">')[1].split("</tr>")[0]
     assert "<td>Sales</td>" in sam_row
+
+
+def test_subjects_show_as_names_people_read(console):
+    world = console.world
+    key = new_key("ec256")
+    cert = make_cert(key, world.alice.email, issuer=world.ca, cn="Alice Able", subject_email=True)
+    [entry] = imports.import_p12(
+        console.ports,
+        TEST_OPERATOR,
+        "acme",
+        make_p12(key, cert, "pw-1234-secret"),
+        "pw-1234-secret",
+        person_id=world.alice.person_id,
+    )
+    assert entry.ok
+    cert_id = entry.client_cert_id
+    admin = console.sign_in("boss")
+    row = admin.get("/admin/certificates").text.split(f'<tr id="certificate-{cert_id}">')[1]
+    row = row.split("</tr>")[0]
+    assert f'href="/admin/certificates/{cert_id}">Alice Able</a>' in row
+    assert "1.2.840.113549.1.9.1" not in row
+    detail = admin.get(f"/admin/certificates/{cert_id}").text
+    shown = detail.split('id="subject">')[1].split("</td>")[0]
+    assert shown == f"CN=Alice Able,emailAddress={world.alice.email}"
+    person = admin.get(f"/admin/persons/{world.alice.person_id}").text
+    assert "<td>Alice Able</td>" in person and "1.2.840.113549.1.9.1" not in person
 
 
 def test_organization_admin_sees_only_their_organizations(console):

@@ -12,6 +12,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from certvault.crypto.names import subject_name
 from certvault.errors import CertvaultError, InvalidInput
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.ratelimit import RateLimited
@@ -76,6 +77,9 @@ class Pages:
             trim_blocks=True,
             lstrip_blocks=True,
         )
+        # Subjects as people read them: the common name in lists, the whole name on details.
+        self.templates.filters["subject_label"] = lambda stored: subject_name(stored).label
+        self.templates.filters["subject_dn"] = lambda stored: subject_name(stored).dn
         self.stylesheet_path = stylesheet_path
         self.csp = csp
 

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from certvault.config import Settings
 from certvault.crypto import keys as keylib
 from certvault.crypto import mobileconfig
+from certvault.crypto.names import name_of
 from certvault.crypto.pkcs12.reader import P12Entry, read_pkcs12
 from certvault.db.models import Account, EscrowedKey, KeyVaultSettings, ServiceKey
 from certvault.errors import Forbidden, InvalidInput
@@ -148,8 +149,8 @@ def _require_edit(actor: Actor, account_id: int) -> None:
 def _describe(der: bytes) -> SigningCertificate:
     cert = x509.load_der_x509_certificate(der)
     return SigningCertificate(
-        subject=cert.subject.rfc4514_string(),
-        issuer=cert.issuer.rfc4514_string(),
+        subject=name_of(cert.subject).dn,
+        issuer=name_of(cert.issuer).dn,
         serial=format(cert.serial_number, "X"),
         not_after=cert.not_valid_after_utc,
         sha256=cert.fingerprint(hashes.SHA256()).hex(),

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 
+from certvault.crypto.names import subject_name
 from certvault.db.models import Certificate
 from certvault.services.directory import certificates
 from certvault.services.directory.certificates import CertificateFilter
@@ -29,8 +30,9 @@ def certificate_out(c: Certificate, status: str) -> CertificateOut:
         id=c.id,
         person_id=c.person_id,
         organization_id=c.organization_id,
-        subject=c.subject,
-        issuer=c.issuer,
+        subject=subject_name(c.subject).dn,
+        display_name=subject_name(c.subject).label,
+        issuer=subject_name(c.issuer).dn,
         serial=c.serial,
         sha256=c.sha256.hex(),
         sha1=c.sha1_hex,

@@ -141,8 +141,13 @@ class CertificateOut(BaseModel):
     id: int
     person_id: int | None
     organization_id: int
-    subject: str
-    issuer: str
+    subject: str = Field(
+        description="RFC 4514, with attribute names such as emailAddress instead of dotted numbers"
+    )
+    display_name: str = Field(
+        description="The subject's common name, else its email address, else the whole subject"
+    )
+    issuer: str = Field(description="RFC 4514, as subject")
     serial: str = Field(description="Hexadecimal, lower case")
     sha256: str = Field(description="Of the certificate's DER, hexadecimal")
     sha1: str
