@@ -7,7 +7,9 @@ import hashlib
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy import select
 
+from certvault.db.models import Certificate
 from certvault.services.pki import crl
 from certvault.services.vault import imports
 from certvault.web.admin import certificates as certificates_page
@@ -39,8 +41,12 @@ def test_list_shows_the_accounts_certificates_with_their_columns(console):
     cert = world.alice.certs[1]
     assert f'href="/admin/certificates/{new}"' in row
     # The subject column shows the common name (these certificates have no other).
-    assert f">{world.alice.email}</a>" in row and f"<td>{world.alice.email}</td>" in row
-    assert f'<td class="serial">{format(cert.serial_number, "x")}</td>' in row
+    assert (
+        f">{world.alice.email}</a>" in row and f'<td class="email">{world.alice.email}</td>' in row
+    )
+    serial = format(cert.serial_number, "x")
+    assert f'<code class="token" title="{serial}">' in row and f">{serial}</span>" in row
+    assert 'data-copy="serial-' in row
     assert 'class="status">issued<' in row and 'class="key-in-vault">yes<' in row
     assert cert.not_valid_after_utc.strftime("%Y-%m-%d") in row and "<td>Acme Corp</td>" in row
     sam_row = page.text.split(f'<tr id="certificate-{world.sam.cert_ids[0]}">')[1].split("</tr>")[0]
@@ -144,6 +150,90 @@ def test_keyset_paging_keeps_the_filters(console, monkeypatch):
         path = href.replace("&amp;", "&")
     assert seen == sorted([*world.alice.cert_ids, world.keyless_cert_id])
     assert 'id="first-page"' in page.text
+
+
+def _href(page: str, link: str) -> str | None:
+    if f'id="{link}"' not in page:
+        return None
+    return page.split(f'id="{link}"')[0].rsplit('href="', 1)[1].split('"')[0].replace("&amp;", "&")
+
+
+@pytest.mark.parametrize("sort", ["expires", "-expires", "subject", "-subject", "-added"])
+def test_sorted_pages_walk_forward_and_back_alike(console, monkeypatch, sort):
+    monkeypatch.setattr(certificates_page, "PAGE_SIZE", 1)
+    boss = console.sign_in("boss")
+    first = boss.get("/admin/certificates", params={"sort": sort})
+    assert first.status_code == 200
+    total = int(first.text.split('id="certificate-count">')[1].split(" ")[0])
+    pages = [_listed(first.text)]
+    page = first.text
+    assert 'id="previous-page"' not in page
+    while (href := _href(page, "next-page")) is not None:
+        assert f"sort={sort}" in href
+        page = boss.get(href).text
+        pages.append(_listed(page))
+    seen = [c for p in pages for c in p]
+    assert len(seen) == total == len(set(seen)) == len(pages) and total >= 4
+    with console.ports.db.read() as session:
+        rows = {c.id: c for c in session.scalars(select(Certificate))}
+    key = {"expires": "not_after", "subject": "subject", "added": "id"}[sort.lstrip("-")]
+    values = [(getattr(rows[c], key), c) for c in seen]
+    assert values == sorted(values, reverse=sort.startswith("-"))
+    # Previous from the last page gives back every page the way Next showed it.
+    back = [pages[-1]]
+    while (href := _href(page, "previous-page")) is not None:
+        page = boss.get(href).text
+        back.append(_listed(page))
+    assert back[::-1] == pages
+
+
+def test_column_headers_sort_and_reverse(console):
+    boss = console.sign_in("boss")
+    page = boss.get("/admin/certificates").text
+    assert _href(page, "sort-expires") == "/admin/certificates?sort=expires"
+    page = boss.get("/admin/certificates?sort=expires").text
+    assert 'aria-sort="ascending"' in page
+    assert _href(page, "sort-expires") == "/admin/certificates?sort=-expires"
+
+
+def test_search_by_email_name_or_serial(console):
+    world = console.world
+    boss = console.sign_in("boss")
+
+    def found(q: str) -> set[int]:
+        page = boss.get("/admin/certificates", params={"q": q})
+        assert page.status_code == 200
+        return set(_listed(page.text))
+
+    alice = {*world.alice.cert_ids, world.keyless_cert_id}
+    assert found(world.alice.email.upper()) == alice
+    assert found(world.alice.email.split("@")[0][1:]) >= alice
+    serial = format(world.alice.certs[1].serial_number, "x")
+    colons = ":".join(serial[i : i + 2] for i in range(0, len(serial), 2)).upper()
+    assert world.alice.cert_ids[1] in found(colons[:11])
+    assert found("%") == set() and found("_") == set()
+    assert found("no-such-certificate") == set()
+    page = boss.get("/admin/certificates", params={"q": "no-such-certificate"}).text
+    assert 'id="certificate-count">0 certificates' in page and "this search" in page
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"sort": "bogus"},
+        {"sort": "expires", "cursor": "djI6c3ViamVjdDphOjE6c3g"},  # made for the subject sort
+        {"sort": "expires", "cursor": "djI6ZXhwaXJlczphOjE6c3g"},  # a text where a time belongs
+        {"sort": "expires", "cursor": "djI6ZXhwaXJlczphOjE6dHg"},  # a time that is not one
+        {"sort": "expires", "cursor": "djI6ZXhwaXJlczphOjE6dDIwMjYtMDEtMDFUMDA6MDA6MDA"},  # naive
+        {"sort": "added", "cursor": "djI6YWRkZWQ6YToxOmk5OTk5OTk5OTk5OTk5OTk5OTk5OTk5OQ"},  # huge
+        {"sort": "added", "cursor": "djI6YWRkZWQ6YTo5OTk5OTk5OTk5OTppMQ"},  # a huge id
+        {"q": "x" * 201},
+    ],
+)
+def test_junk_sorts_and_searches_get_a_clear_400_page(console, query):
+    page = console.sign_in("boss").get("/admin/certificates", params=query)
+    assert page.status_code == 400, page.text
+    assert _error(page.text)
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,14 @@ def error_headers(exc: CertvaultError) -> dict[str, str]:
     return {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else {}
 
 
+def short_token(value: str, keep: int = 8) -> str:
+    """A long serial number or fingerprint cut to its ends, for a table cell; the full value
+    stays on the detail page and in the cell's title."""
+    if len(value) <= 2 * keep + 1:
+        return value
+    return f"{value[:keep]}…{value[-keep // 2 :]}"
+
+
 class Pages:
     def __init__(
         self, package: str, stylesheet_path: str, csp: str = CONTENT_SECURITY_POLICY
@@ -80,6 +88,7 @@ class Pages:
         # Subjects as people read them: the common name in lists, the whole name on details.
         self.templates.filters["subject_label"] = lambda stored: subject_name(stored).label
         self.templates.filters["subject_dn"] = lambda stored: subject_name(stored).dn
+        self.templates.filters["short_token"] = short_token
         self.stylesheet_path = stylesheet_path
         self.csp = csp
 

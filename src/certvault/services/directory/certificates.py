@@ -10,14 +10,22 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import Select, func, select
+from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.orm import Session
 
 from certvault.crypto import keys as keylib
 from certvault.db.models import Account, Certificate, Person
 from certvault.errors import InvalidInput, NotFound
 from certvault.services.kernel.actors import Actor, Scope
-from certvault.services.kernel.paging import Page, check_limit, decode_cursor, page_of
+from certvault.services.kernel.paging import (
+    Ordering,
+    Page,
+    SortedPage,
+    check_limit,
+    decode_cursor,
+    page_of,
+    sorted_page,
+)
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.tenancy import get_account
 from certvault.services.kernel.text import column_text
@@ -90,6 +98,43 @@ class CertificateFilter:
     email: str | None = None
     status: str | None = None
     organization_id: int | None = None
+    search: str | None = None  # part of an email address or the subject, or a serial's start
+
+
+MAX_SEARCH = 200
+
+# The sorts the console offers; "-" sorts the other way round.
+SORTS: dict[str, Ordering] = {}
+for _name, _column, _kind in (
+    ("added", Certificate.id, int),
+    ("expires", Certificate.not_after, datetime),
+    ("subject", Certificate.subject, str),
+):
+    SORTS[_name] = Ordering(_name, _column, Certificate.id, _kind)
+    SORTS["-" + _name] = Ordering("-" + _name, _column, Certificate.id, _kind, descending=True)
+
+
+def _like(text: str) -> str:
+    """``text`` as a LIKE operand that matches itself: its % and _ are not wildcards."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _search(search: str) -> ColumnElement[bool]:
+    text = search.strip().lower()
+    if len(text) > MAX_SEARCH:
+        raise InvalidInput(f"A search may have at most {MAX_SEARCH} characters.")
+    anywhere = f"%{_like(text)}%"
+    conditions = [
+        func.lower(Certificate.emails).like(anywhere, escape="\\"),
+        func.lower(Certificate.subject).like(anywhere, escape="\\"),
+    ]
+    # Serials are stored as lower-case hexadecimal; people paste them with colons or spaces.
+    serial = text.replace(":", "").replace(" ", "")
+    if serial and all(c in "0123456789abcdef" for c in serial):
+        conditions.append(
+            Certificate.serial.like(_like(serial.lstrip("0") or "0") + "%", escape="\\")
+        )
+    return or_(*conditions)
 
 
 def _query(
@@ -112,6 +157,8 @@ def _query(
         query = query.where(Certificate.person_id.in_(owner.scalar_subquery()))
     if f.organization_id is not None:
         query = query.where(Certificate.organization_id == f.organization_id)
+    if f.search and f.search.strip():
+        query = query.where(_search(f.search))
     if f.status is not None:
         if f.status not in STATUSES:
             raise InvalidInput("status must be one of: " + ", ".join(STATUSES) + ".")
@@ -145,6 +192,29 @@ def list_certificates(
         else:
             query = query.where(Certificate.id > decode_cursor(cursor)).order_by(Certificate.id)
         return page_of(list(session.scalars(query.limit(limit + 1))), limit)
+
+
+def sorted_certificates(
+    ports: Ports,
+    actor: Actor,
+    account_slug: str,
+    f: CertificateFilter,
+    sort: str,
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> SortedPage[Certificate]:
+    """A page of certificates in one of SORTS, with Previous and Next (the console)."""
+    actor.require_scope(Scope.READ)
+    ordering = SORTS.get(sort)
+    if ordering is None:
+        raise InvalidInput("Sort by one of: " + ", ".join(SORTS) + ".")
+    with ports.db.read() as session:
+        account = get_account(session, account_slug)
+        actor.require_visible(account.id, None, "Account")
+        return sorted_page(
+            session, _query(actor, account, f, ports.clock()), ordering, cursor, limit
+        )
 
 
 def count_certificates(ports: Ports, actor: Actor, account_slug: str, f: CertificateFilter) -> int:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Select, and_, or_
+from sqlalchemy.orm import Session
 
 from certvault.errors import InvalidInput
 
@@ -50,3 +54,126 @@ def page_of(rows: list[T], limit: int) -> Page[T]:
     items = rows[:limit]
     cursor = encode_cursor(items[-1].id) if more and items else None  # type: ignore[attr-defined]
     return Page(items, cursor)
+
+
+# --- sorted lists with Previous and Next (the console) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Ordering:
+    """A sort a list offers: one column, a direction, and the id to break ties.
+
+    ``name`` goes into the cursor, so a cursor made for one sort is refused by another.
+    """
+
+    name: str
+    column: Any  # a mapped attribute of the listed model
+    id_column: Any
+    kind: type  # of the column's values: int, str or datetime (aware)
+    descending: bool = False
+
+    def value_of(self, row: Any) -> Any:
+        return getattr(row, self.column.key)
+
+
+@dataclass(frozen=True)
+class SortedPage(Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+    previous_cursor: str | None
+
+
+_MAX_CURSOR = 600  # characters; a cursor holds one sort value and an id
+
+
+def _encode_value(value: Any) -> str:
+    if isinstance(value, datetime):
+        return "t" + value.isoformat()
+    if isinstance(value, int):
+        return "i" + str(value)
+    return "s" + str(value)
+
+
+def _decode_value(text: str, ordering: Ordering) -> Any:
+    kind, body = text[:1], text[1:]
+    if kind == "t" and ordering.kind is datetime:
+        moment = datetime.fromisoformat(body)
+        if moment.tzinfo is None:
+            raise ValueError("naive time")
+        return moment
+    if kind == "i" and ordering.kind is int:
+        number = int(body)
+        if not 0 <= number <= MAX_ID:  # a larger one must not reach SQL
+            raise ValueError("out of range")
+        return number
+    if kind == "s" and ordering.kind is str:
+        return body
+    raise ValueError(kind)
+
+
+def _sorted_cursor(ordering: Ordering, before: bool, row: Any) -> str:
+    raw = ":".join(
+        (
+            "v2",
+            ordering.name,
+            "b" if before else "a",
+            str(row.id),
+            _encode_value(ordering.value_of(row)),
+        )
+    )
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_sorted(cursor: str, ordering: Ordering) -> tuple[bool, int, Any]:
+    """(before, last id, last value) of a cursor made for ``ordering``."""
+    try:
+        if len(cursor) > _MAX_CURSOR:
+            raise ValueError("too long")
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        version, name, side, last_id, value = raw.split(":", 4)
+        if version != "v2" or name != ordering.name or side not in ("a", "b"):
+            raise ValueError("another sort")
+        row_id = int(last_id)
+        if not 0 <= row_id <= MAX_ID:
+            raise ValueError("id")
+        return side == "b", row_id, _decode_value(value, ordering)
+    except (ValueError, UnicodeDecodeError, OverflowError):
+        raise InvalidInput("The cursor is not valid.") from None
+
+
+def sorted_page(
+    session: Session, query: Select[Any], ordering: Ordering, cursor: str | None, limit: int
+) -> SortedPage[Any]:
+    """One page of ``query`` in ``ordering``, after (Next) or before (Previous) ``cursor``."""
+    limit = check_limit(limit)
+    column, id_column = ordering.column, ordering.id_column
+    before, forward = False, not ordering.descending
+    if cursor:
+        before, last_id, value = _decode_sorted(cursor, ordering)
+        # Going back walks the list the other way round from the cursor, then turns the page.
+        later = forward != before
+        if later:
+            query = query.where(or_(column > value, and_(column == value, id_column > last_id)))
+        else:
+            query = query.where(or_(column < value, and_(column == value, id_column < last_id)))
+    walk_forward = forward != before
+    if walk_forward:
+        query = query.order_by(column.asc(), id_column.asc())
+    else:
+        query = query.order_by(column.desc(), id_column.desc())
+    rows = list(session.scalars(query.limit(limit + 1)))
+    more = len(rows) > limit
+    items = rows[:limit]
+    if before:
+        items.reverse()
+    if not items:
+        return SortedPage(items, None, None)
+    # Beyond the end the walk went, there is more when the extra row came; behind the cursor
+    # there is always the page the cursor was made from.
+    has_next = more if not before else True
+    has_previous = (cursor is not None) if not before else more
+    return SortedPage(
+        items,
+        _sorted_cursor(ordering, False, items[-1]) if has_next else None,
+        _sorted_cursor(ordering, True, items[0]) if has_previous else None,
+    )

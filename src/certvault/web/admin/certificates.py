@@ -12,7 +12,7 @@ from certvault.db.models import Certificate
 from certvault.errors import CertvaultError, InvalidInput, NotFound
 from certvault.services.directory import accounts, certificates, persons
 from certvault.services.directory.certificates import CertificateFilter
-from certvault.services.kernel.paging import MAX_ID, Page
+from certvault.services.kernel.paging import MAX_ID, SortedPage
 from certvault.web.admin.console import Console, open_console
 
 router = APIRouter(include_in_schema=False)
@@ -106,6 +106,8 @@ class _Filters:
     status: str
     key: str
     person: str
+    search: str = ""
+    sort: str = "added"
 
     def as_filter(self, orgs: dict[int, str]) -> CertificateFilter:
         if self.status not in STATUS_CHOICES:
@@ -118,23 +120,32 @@ class _Filters:
         person_id = _id(self.person) if self.person else None
         if self.person and person_id is None:
             raise BadQuery("The person filter must be a person's id.")
+        if self.sort not in certificates.SORTS:
+            raise BadQuery("Sort by a column the list offers.")
         return CertificateFilter(
             key_vault=KEY_CHOICES[self.key],
             person_id=person_id,
             status=None if self.status == "any" else self.status,
             organization_id=org_id,
+            search=self.search or None,
         )
 
-    def query(self, cursor: str | None = None) -> dict[str, str]:
-        """The query string of this filter (and a page), without empty values."""
+    def query(self, cursor: str | None = None, sort: str | None = None) -> dict[str, str]:
+        """The query string of this filter (and a page, or another sort), without defaults."""
         values = {
+            "q": self.search,
             "organization": self.organization,
             "status": self.status,
             "key": self.key,
             "person": self.person,
+            "sort": "" if (sort or self.sort) == "added" else (sort or self.sort),
             "cursor": cursor or "",
         }
         return {k: v for k, v in values.items() if v and v != "any"}
+
+    def sort_query(self, column: str) -> dict[str, str]:
+        """The first page sorted by ``column``; the other way round when already sorted so."""
+        return self.query(sort="-" + column if self.sort == column else column)
 
 
 @router.get("/admin/certificates")
@@ -148,16 +159,23 @@ def certificates_page(request: Request) -> Response:
             status=query_value(request, "status", "any"),
             key=query_value(request, "key", "any"),
             person=query_value(request, "person"),
+            search=query_value(request, "q").strip(),
+            sort=query_value(request, "sort", "added"),
         )
         cursor = query_value(request, "cursor") or None
         orgs = organization_names(console)
-        found: Page[Certificate] = certificates.list_certificates(
+        wanted = filters.as_filter(orgs)
+        found: SortedPage[Certificate] = certificates.sorted_certificates(
             console.ports,
             console.actor,
             console.account_slug,
-            filters.as_filter(orgs),
+            wanted,
+            filters.sort,
             limit=PAGE_SIZE,
             cursor=cursor,
+        )
+        total = certificates.count_certificates(
+            console.ports, console.actor, console.account_slug, wanted
         )
     except CertvaultError as exc:
         return bad_query_page(console, exc, "certificates")
@@ -166,11 +184,13 @@ def certificates_page(request: Request) -> Response:
         "certificates.html",
         section="certificates",
         rows=[CertificateRow.of(c, now, orgs) for c in found.items],
+        total=total,
         filters=filters,
         organizations=orgs,
         statuses=STATUS_CHOICES,
         key_choices=list(KEY_CHOICES),
         next_query=filters.query(found.next_cursor) if found.next_cursor else None,
+        previous_query=filters.query(found.previous_cursor) if found.previous_cursor else None,
         first_query=filters.query() if cursor else None,
     )
 
