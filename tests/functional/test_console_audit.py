@@ -20,7 +20,8 @@ from tests.functional.console_fixtures import (
 from tests.functional.helpers import events
 
 ROW = re.compile(r'<tr id="event-(\d+)"')
-OLDER = re.compile(r'<a href="(/admin/audit\?[^"]+)" id="older">')
+OLDER = re.compile(r'<a href="(/admin/audit\?[^"]+)" id="next-page"')
+NEWER = re.compile(r'<a href="(/admin/audit\?[^"]+)" id="previous-page"')
 
 
 def _account_id(ports, slug: str) -> int:
@@ -89,7 +90,7 @@ def test_boss_sees_every_acme_event_newest_first_and_nothing_of_other(console):
     boss = console.sign_in("boss")
     ids, text = _all_pages(boss, "/admin/audit")
     acme = _account_events(console.ports, "acme")
-    assert text.count('id="older"') == 2
+    assert text.count('id="next-page"') == 2
     assert len(acme) > 2 * 50  # three pages: the pager was followed twice
     assert ids == sorted((e.id for e in acme), reverse=True)
     other_ids = {e.id for e in _account_events(console.ports, "other")}
@@ -98,6 +99,45 @@ def test_boss_sees_every_acme_event_newest_first_and_nothing_of_other(console):
     first = boss.get("/admin/audit").text
     newest = max(e.id for e in acme if e.action == "admin.sign_in")
     assert f'<tr id="event-{newest}"' in first and "admin:boss" in first
+
+
+def test_previous_walks_back_the_pages_and_time_sorts_both_ways(console):
+    _fill(console.ports, "acme", 90)
+    boss = console.sign_in("boss")
+    pages, path = [], "/admin/audit?action=test.fill"
+    text = ""
+    while path:
+        text = boss.get(path).text
+        pages.append(_rows(text))
+        found = OLDER.search(text)
+        path = found.group(1).replace("&amp;", "&") if found else ""
+    assert len(pages) == 2 and 'id="event-count">90 events' in text
+    found = NEWER.search(text)
+    assert found
+    assert _rows(boss.get(found.group(1).replace("&amp;", "&")).text) == pages[0]
+    newest_first = [i for page in pages for i in page]
+    oldest = boss.get("/admin/audit?action=test.fill&sort=oldest").text
+    assert _rows(oldest) == sorted(newest_first)[:50]
+    assert 'href="/admin/audit?action=test.fill" id="sort-time"' in oldest
+
+
+def test_long_details_show_one_line_and_open_in_full(console):
+    with console.ports.db.transaction() as s:
+        account = s.scalars(select(Account).where(Account.slug == "acme")).one()
+        audit.record(
+            s,
+            console.ports,
+            account=account,
+            actor=TEST_OPERATOR,
+            action="test.long",
+            details={f"field{n}": "x" * 30 for n in range(8)},
+        )
+    text = console.sign_in("boss").get("/admin/audit?action=test.long").text
+    cell = text.split('<td class="details">')[1].split("</td>")[0]
+    summary = cell.split('<code class="summary">')[1].split("</code>")[0]
+    assert summary.startswith("field0: " + "x" * 30 + " · field1") and summary.endswith("…")
+    assert len(summary) <= 80
+    assert "<details><summary>" in cell and "field7: " + "x" * 30 in cell
 
 
 def test_foreign_boss_sees_only_his_account(console):
@@ -141,7 +181,9 @@ def test_junk_filters_and_cursors_get_a_clear_error_page(console):
         ("from=31.01.2025", "A date looks like"),
         ("to=2025-02-30", "A date looks like"),
         ("cursor=!!!", "The cursor is not valid."),
-        ("cursor=" + "A" * 65, "at most 64 characters"),
+        ("cursor=" + "A" * 201, "at most 200 characters"),
+        ("sort=sideways", "Sort by one of"),
+        ("sort=oldest&cursor=djI6bmV3ZXN0OmE6MTppMQ", "The cursor is not valid."),
         ("action=" + "a" * 65, "at most 64 characters"),
     ):
         page = boss.get("/admin/audit?" + query)

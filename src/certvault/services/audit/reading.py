@@ -6,15 +6,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import Select, func, select
 
 from certvault.db.models import Account, AuditEvent
-from certvault.errors import Forbidden
+from certvault.errors import Forbidden, InvalidInput
 from certvault.services.audit.log import (
     chain_of,
 )
 from certvault.services.kernel.actors import Actor, Role, Scope
-from certvault.services.kernel.paging import Page, check_limit, decode_cursor, encode_cursor
+from certvault.services.kernel.paging import (
+    Ordering,
+    Page,
+    SortedPage,
+    check_limit,
+    decode_cursor,
+    encode_cursor,
+    sorted_page,
+)
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.tenancy import get_account
 
@@ -67,34 +75,76 @@ def list_events(
     with ports.db.read() as session:
         account = get_account(session, account_slug)
         require_log_reader(actor, account)
-        query = select(AuditEvent).where(AuditEvent.chain == chain_of(account))
+        query = _events_query(account, f)
         if newest_first:
             query = query.where(AuditEvent.seq < after) if after else query
         else:
             query = query.where(AuditEvent.seq > after)
-        for column, value in (
-            (AuditEvent.action, f.action),
-            (AuditEvent.target_type, f.target_type),
-            (AuditEvent.target_id, f.target_id),
-            (AuditEvent.outcome, f.outcome),
-        ):
-            if value is not None:
-                query = query.where(column == value)
-        for column, prefix in (
-            (AuditEvent.action, f.action_prefix),
-            (AuditEvent.actor, f.actor_prefix),
-        ):
-            if prefix:
-                query = query.where(column.startswith(prefix, autoescape=True))
-        if f.since is not None:
-            query = query.where(AuditEvent.occurred_at >= _canonical(f.since))
-        if f.until is not None:
-            query = query.where(AuditEvent.occurred_at < _canonical(f.until))
         order = AuditEvent.seq.desc() if newest_first else AuditEvent.seq
         rows = list(session.scalars(query.order_by(order).limit(limit + 1)))
         more = len(rows) > limit
         items = rows[:limit]
         return Page(items, encode_cursor(items[-1].seq) if more and items else None)
+
+
+# The console's sorts of the log: by its place in the chain, which is the order of time.
+SORTS = {
+    "newest": Ordering("newest", AuditEvent.seq, AuditEvent.seq, int, descending=True),
+    "oldest": Ordering("oldest", AuditEvent.seq, AuditEvent.seq, int),
+}
+
+
+def sorted_events(
+    ports: Ports,
+    actor: Actor,
+    account_slug: str,
+    f: EventFilter,
+    sort: str,
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> SortedPage[AuditEvent]:
+    """A page of the account's events in one of SORTS, with Previous and Next (the console)."""
+    actor.require_scope(Scope.READ)
+    ordering = SORTS.get(sort)
+    if ordering is None:
+        raise InvalidInput("Sort by one of: " + ", ".join(SORTS) + ".")
+    with ports.db.read() as session:
+        account = get_account(session, account_slug)
+        require_log_reader(actor, account)
+        return sorted_page(session, _events_query(account, f), ordering, cursor, limit)
+
+
+def count_events(ports: Ports, actor: Actor, account_slug: str, f: EventFilter) -> int:
+    actor.require_scope(Scope.READ)
+    with ports.db.read() as session:
+        account = get_account(session, account_slug)
+        require_log_reader(actor, account)
+        inner = _events_query(account, f).with_only_columns(AuditEvent.id).subquery()
+        return int(session.scalar(select(func.count()).select_from(inner)) or 0)
+
+
+def _events_query(account: Account, f: EventFilter) -> Select[AuditEvent]:
+    query = select(AuditEvent).where(AuditEvent.chain == chain_of(account))
+    for column, value in (
+        (AuditEvent.action, f.action),
+        (AuditEvent.target_type, f.target_type),
+        (AuditEvent.target_id, f.target_id),
+        (AuditEvent.outcome, f.outcome),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    for column, prefix in (
+        (AuditEvent.action, f.action_prefix),
+        (AuditEvent.actor, f.actor_prefix),
+    ):
+        if prefix:
+            query = query.where(column.startswith(prefix, autoescape=True))
+    if f.since is not None:
+        query = query.where(AuditEvent.occurred_at >= _canonical(f.since))
+    if f.until is not None:
+        query = query.where(AuditEvent.occurred_at < _canonical(f.until))
+    return query
 
 
 def known_actions(ports: Ports, actor: Actor, account_slug: str) -> list[str]:

@@ -117,7 +117,7 @@ def _sorted_cursor(ordering: Ordering, before: bool, row: Any) -> str:
             "v2",
             ordering.name,
             "b" if before else "a",
-            str(row.id),
+            str(getattr(row, ordering.id_column.key)),
             _encode_value(ordering.value_of(row)),
         )
     )

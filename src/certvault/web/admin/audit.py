@@ -16,13 +16,22 @@ from certvault.db.models import AuditEvent
 from certvault.errors import CertvaultError, Forbidden, InvalidInput
 from certvault.services.audit import checks as audit_checks
 from certvault.services.audit import reading as audit_reading
-from certvault.services.kernel.paging import Page
+from certvault.services.kernel.paging import SortedPage
 from certvault.web.admin.console import Console, open_console, post_console
 
 router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 50
 OUTCOMES = ("success", "refused", "failure")
-_MAX = {"action": 64, "actor": 320, "outcome": 16, "from": 10, "to": 10, "cursor": 64}
+_MAX = {
+    "action": 64,
+    "actor": 320,
+    "outcome": 16,
+    "from": 10,
+    "to": 10,
+    "sort": 16,
+    "cursor": 200,
+}
+SUMMARY = 80  # characters of an event's details shown before it is opened
 
 
 @dataclass(frozen=True)
@@ -52,9 +61,20 @@ class Filters:
             actor_prefix=self.values["actor"] or None,
         )
 
-    def link(self, cursor: str) -> str:
-        kept = {k: v for k, v in self.values.items() if v and k != "cursor"}
-        return "/admin/audit?" + urlencode({**kept, "cursor": cursor})
+    @property
+    def sort(self) -> str:
+        return self.values["sort"] or "newest"
+
+    def link(self, cursor: str | None = None, sort: str | None = None) -> str:
+        kept = {k: v for k, v in self.values.items() if v and k not in ("cursor", "sort")}
+        chosen = sort or self.sort
+        if chosen != "newest":
+            kept["sort"] = chosen
+        return "/admin/audit?" + urlencode({**kept, **({"cursor": cursor} if cursor else {})})
+
+    def time_sort_link(self) -> str:
+        """The first page in the other order of time."""
+        return self.link(sort="oldest" if self.sort == "newest" else "newest")
 
 
 def _day(text: str) -> date | None:
@@ -77,8 +97,15 @@ def _shown(event: AuditEvent) -> dict[str, Any]:
         "outcome": event.outcome,
         "target": f"{event.target_type} {event.target_id}".strip(),
         "ip": event.ip,
-        "details": _details_text(event.details),
+        "details": (details := _details_text(event.details)),
+        "summary": _summary(details),
     }
+
+
+def _summary(details: str) -> str:
+    """The details on one short line, for the table; the whole text opens below it."""
+    line = " · ".join(part for part in details.splitlines() if part)
+    return line if len(line) <= SUMMARY else line[: SUMMARY - 1] + "…"
 
 
 def _details_text(stored: str) -> str:
@@ -99,22 +126,31 @@ def _details_text(stored: str) -> str:
 async def _page(console: Console, filters: Filters, status: int = 200, **context: Any) -> Response:
     """The page with the events ``filters`` select; a bad filter is shown with the empty list."""
     error = context.pop("error", None)
-    page: Page[AuditEvent] = Page([], None)
+    page: SortedPage[AuditEvent] = SortedPage([], None, None)
+    total = 0
     actions: list[str] = []
     try:
         actions = await console.call(
             audit_reading.known_actions, console.ports, console.actor, console.account_slug
         )
         if error is None:
+            wanted = filters.event_filter()
             page = await console.call(
-                audit_reading.list_events,
+                audit_reading.sorted_events,
                 console.ports,
                 console.actor,
                 console.account_slug,
-                filters.event_filter(),
+                wanted,
+                filters.sort,
                 limit=PAGE_SIZE,
                 cursor=filters.values["cursor"] or None,
-                newest_first=True,
+            )
+            total = await console.call(
+                audit_reading.count_events,
+                console.ports,
+                console.actor,
+                console.account_slug,
+                wanted,
             )
     except Forbidden as exc:
         return console.error(exc, section="audit")
@@ -129,6 +165,11 @@ async def _page(console: Console, filters: Filters, status: int = 200, **context
         section="audit",
         events=[_shown(e) for e in page.items],
         next_link=filters.link(page.next_cursor) if page.next_cursor else None,
+        previous_link=filters.link(page.previous_cursor) if page.previous_cursor else None,
+        first_link=filters.link() if filters.values["cursor"] else None,
+        time_sort_link=filters.time_sort_link(),
+        sort=filters.sort,
+        total=total,
         filters=filters.values,
         outcomes=OUTCOMES,
         actions=actions,
