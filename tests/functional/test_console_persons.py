@@ -116,9 +116,43 @@ def test_keyset_paging_follows_the_next_link(console, monkeypatch):
     assert 'id="first-page"' in page.text
 
 
+def _link(text: str, link: str) -> str | None:
+    if f'id="{link}"' not in text:
+        return None
+    return html.unescape(text.split(f'id="{link}"')[0].rsplit('href="', 1)[1].split('"')[0])
+
+
+def test_sorted_by_email_with_previous_and_a_total(console, monkeypatch):
+    monkeypatch.setattr(persons_page, "PAGE_SIZE", 1)
+    for name in ("zed", "amy", "kim"):
+        persons.create_person(
+            console.ports, TEST_OPERATOR, "acme", persons.PersonFields(email=f"{name}@acme.example")
+        )
+    boss = console.sign_in("boss")
+    text = boss.get("/admin/persons?q=acme.example").text
+    assert 'id="person-count">5 persons' in text
+    path = _link(text, "sort-email")
+    assert path == "/admin/persons?q=acme.example&sort=email"
+    pages = []
+    while path:
+        text = boss.get(path).text
+        pages.append(text.split('<tr id="person-')[1].split("</tr>")[0])
+        path = _link(text, "next-page")
+    emails = [row.split("<td>")[2].split("</td>")[0] for row in pages]
+    assert emails == sorted(emails) and len(emails) == 5
+    back = []
+    while path := _link(text, "previous-page"):
+        text = boss.get(path).text
+        back.append(text.split('<tr id="person-')[1].split("</tr>")[0])
+    assert back[::-1] == pages[:-1]
+    assert _link(text, "sort-email") == "/admin/persons?q=acme.example&sort=-email"
+
+
 @pytest.mark.parametrize(
     "query",
     [
+        {"sort": "shoe-size"},
+        {"sort": "email", "cursor": "djI6YWRkZWQ6YToxOmkx"},  # made for another sort
         {"cursor": "junk"},
         {"cursor": "djE6LTE"},  # v1:-1
         {"cursor": "djI6MQ"},  # v2:1

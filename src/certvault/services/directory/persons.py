@@ -15,7 +15,15 @@ from certvault.errors import Conflict, Forbidden, InvalidInput, NotFound
 from certvault.services.audit import log as audit
 from certvault.services.kernel import notify
 from certvault.services.kernel.actors import Actor, Privilege, Scope
-from certvault.services.kernel.paging import Page, check_limit, decode_cursor, page_of
+from certvault.services.kernel.paging import (
+    Ordering,
+    Page,
+    SortedPage,
+    check_limit,
+    decode_cursor,
+    page_of,
+    sorted_page,
+)
 from certvault.services.kernel.passwords import hash_password, is_text
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.tenancy import default_organization, get_account
@@ -195,6 +203,53 @@ def list_persons(
         else:
             query = query.where(Person.id > decode_cursor(cursor)).order_by(Person.id)
         return page_of(list(session.scalars(query.limit(limit + 1))), limit)
+
+
+# The sorts the console offers; "-" sorts the other way round.
+SORTS = {
+    "added": Ordering("added", Person.id, Person.id, int),
+    "-added": Ordering("-added", Person.id, Person.id, int, descending=True),
+    "email": Ordering("email", Person.email, Person.id, str),
+    "-email": Ordering("-email", Person.email, Person.id, str, descending=True),
+}
+
+
+def sorted_persons(
+    ports: Ports,
+    actor: Actor,
+    account_slug: str,
+    search: str | None,
+    sort: str,
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> SortedPage[Person]:
+    """A page of the persons ``actor`` sees, in one of SORTS, with Previous and Next."""
+    actor.require_scope(Scope.READ)
+    ordering = SORTS.get(sort)
+    if ordering is None:
+        raise InvalidInput("Sort by one of: " + ", ".join(SORTS) + ".")
+    with ports.db.read() as session:
+        query = _searched(session, actor, account_slug, search)
+        return sorted_page(session, query, ordering, cursor, limit)
+
+
+def count_persons(ports: Ports, actor: Actor, account_slug: str, search: str | None) -> int:
+    actor.require_scope(Scope.READ)
+    with ports.db.read() as session:
+        inner = _searched(session, actor, account_slug, search).with_only_columns(Person.id)
+        return int(session.scalar(select(func.count()).select_from(inner.subquery())) or 0)
+
+
+def _searched(
+    session: Session, actor: Actor, account_slug: str, search: str | None
+) -> Select[Person]:
+    if search is not None and len(search) > MAX_SEARCH:
+        raise InvalidInput(f"A search may have at most {MAX_SEARCH} characters.")
+    account = get_account(session, account_slug)
+    actor.require_visible(account.id, None, "Account")
+    query = _visible_query(actor, account)
+    return query.where(_matches(search)) if search and search.strip() else query
 
 
 def _matches(search: str) -> ColumnElement[bool]:

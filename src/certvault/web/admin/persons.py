@@ -42,22 +42,26 @@ def persons_page(request: Request) -> Response:
         return console
     try:
         search = query_value(request, "q")
+        sort = query_value(request, "sort", "added")
         cursor = query_value(request, "cursor") or None
-        found = persons.list_persons(
+        found = persons.sorted_persons(
             console.ports,
             console.actor,
             console.account_slug,
-            search=search,
+            search,
+            sort,
             limit=PAGE_SIZE,
             cursor=cursor,
         )
+        total = persons.count_persons(console.ports, console.actor, console.account_slug, search)
         holdings = certificates.holdings_of(
             console.ports, console.actor, console.account_slug, [p.id for p in found.items]
         )
         orgs = organization_names(console)
     except CertvaultError as exc:
         return bad_query_page(console, exc, "persons")
-    base = {"q": search} if search else {}
+    base = ({"q": search} if search else {}) | ({"sort": sort} if sort != "added" else {})
+    email_sort = "-email" if sort == "email" else "email"
     return console.render(
         "persons.html",
         section="persons",
@@ -67,7 +71,11 @@ def persons_page(request: Request) -> Response:
         organizations=orgs,
         label=person_label,
         search=search,
+        total=total,
+        sort=sort,
+        email_sort_query=({"q": search} if search else {}) | {"sort": email_sort},
         next_query=base | {"cursor": found.next_cursor} if found.next_cursor else None,
+        previous_query=base | {"cursor": found.previous_cursor} if found.previous_cursor else None,
         first_query=base if cursor else None,
     )
 
