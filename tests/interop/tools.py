@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-TOOLS = ("openssl", "pk12util", "certutil", "keytool", "certtool")
+TOOLS = ("openssl", "pk12util", "certutil", "keytool", "java", "certtool")
 # JVM start-up dominates keytool's cost; these flags halve it and change nothing it does.
 KEYTOOL = ["keytool", "-J-XX:TieredStopAtLevel=1", "-J-XX:+UseSerialGC"]
 STORE_PASSWORD = "interop-store-pass-1234"  # noqa: S105 - for the stores the tools write
@@ -39,15 +39,12 @@ class ToolRefused(Exception):
 class Opened:
     keys: list[Any]
     certs: list[x509.Certificate]
-    notes: list[str] = field(default_factory=list)
     key_ids: list[bytes] = field(default_factory=list)  # a tool that shows only the key's id
 
 
-def run(*args: str, cwd: Path | None = None, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        list(args), capture_output=True, text=True, cwd=cwd, check=False, timeout=120
-    )
-    if ok and done.returncode != 0:
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(list(args), capture_output=True, text=True, check=False, timeout=120)
+    if done.returncode != 0:
         raise ToolRefused(first_error(done), done.stderr + done.stdout)
     return done
 
@@ -69,8 +66,8 @@ def password_file(folder: Path, name: str, password: str) -> Path:
 def key_identity(key: Any) -> tuple[Any, ...]:
     """What makes two private keys the same key, whatever encoding each tool wrote."""
     if isinstance(key, rsa.RSAPrivateKey):
-        n = key.private_numbers()
-        return ("rsa", n.p * n.q, n.d)
+        n = key.private_numbers()  # the primes: tools may store another (equivalent) d
+        return ("rsa", n.public_numbers.n, frozenset((n.p, n.q)))
     if isinstance(key, ec.EllipticCurvePrivateKey):
         return ("ec", key.curve.name, key.private_numbers().private_value)
     if isinstance(key, ed25519.Ed25519PrivateKey):
@@ -149,7 +146,7 @@ def keytool_list(p12: Path, pw: Path, work: Path) -> Opened:
     if "Entry type: PrivateKeyEntry" not in done.stdout:
         raise ToolRefused("keytool -list shows no private key entry")
     _, certs = _pem_parts(done.stdout)
-    return Opened([], certs, ["-list shows the chain; the key itself stays in the store"])
+    return Opened([], certs)  # -list shows the chain; the key itself stays in the store
 
 
 def keytool_import(p12: Path, pw: Path, work: Path) -> Opened:
@@ -158,7 +155,7 @@ def keytool_import(p12: Path, pw: Path, work: Path) -> Opened:
     run(*KEYTOOL, "-importkeystore", "-noprompt", "-srckeystore", str(p12),
         "-srcstoretype", "PKCS12", "-srcstorepass:file", str(pw), "-destkeystore", str(dest),
         "-deststoretype", "PKCS12", "-deststorepass:file", str(dest_pw))  # fmt: skip
-    return pyca(dest, dest_pw, work, notes=["read back from the new PKCS12 store"])
+    return pyca(dest, dest_pw, work)
 
 
 def certtool(p12: Path, pw: Path, work: Path) -> Opened:
@@ -200,23 +197,19 @@ def _certtool_key(text: str, certs: list[x509.Certificate]) -> Any:
     raise ToolRefused("certtool printed an EC key of no certificate in the file")
 
 
-def pyca(p12: Path, pw: Path, work: Path, *, notes: list[str] | None = None) -> Opened:
+def pyca(p12: Path, pw: Path, work: Path) -> Opened:
     password = pw.read_bytes().removesuffix(b"\n")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():
+        # NSS writes BER; pyca warns that it may refuse BER some day, and reads it today.
+        warnings.filterwarnings("ignore", "PKCS#12 bundle could not be parsed as DER")
         try:
             loaded = pkcs12.load_pkcs12(p12.read_bytes(), password)
         except ValueError as exc:
             raise ToolRefused(str(exc)) from None
-    notes = list(notes or [])
-    notes += [f"pyca warns: {str(w.message).split('.')[0]}" for w in caught]
     if loaded.key is None or loaded.cert is None:
         raise ToolRefused("no key and certificate in the file")
-    return Opened(
-        [loaded.key],
-        [loaded.cert.certificate, *(c.certificate for c in loaded.additional_certs)],
-        notes,
-    )
+    certs = [loaded.cert.certificate, *(c.certificate for c in loaded.additional_certs)]
+    return Opened([loaded.key], certs)
 
 
 Opener = Callable[[Path, Path, Path], Opened]
