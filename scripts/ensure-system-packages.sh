@@ -5,6 +5,9 @@ need=()
 command -v openssl >/dev/null || need+=(openssl)
 command -v psql >/dev/null || need+=(postgresql-client)
 command -v certtool >/dev/null || need+=(gnutls-bin)
+# The interop suite (tests/interop) opens files the way Firefox/Thunderbird (NSS) and Java do.
+command -v pk12util >/dev/null && command -v certutil >/dev/null || need+=(libnss3-tools)
+command -v keytool >/dev/null || need+=(openjdk-17-jre-headless)
 # The browser tests drive Debian's Chromium (never a browser Playwright downloads); the page
 # text needs a font that has every glyph.
 [ -x /usr/bin/chromium ] || need+=(chromium)

@@ -173,6 +173,18 @@ def test_boss_downloads_the_newest_key(console, tmp_path, encryption):
     assert mail.to_addr == alice.email and "laptop lost" in mail.body
 
 
+def test_the_form_says_which_tools_cannot_open_what(console):
+    """The limits the interop suite shows (docs/compatibility.md), where the choice is made."""
+    form = Form(console.sign_in("boss"), cert_path(console.world.alice.cert_ids[1]))
+    note = re.search(r'<p class="hint" id="tool-limits">(.*?)</p>', form.html, re.S)
+    assert note is not None
+    assert " ".join(note.group(1).split()) == (
+        "Java keytool refuses non-ASCII passphrases. "
+        "NSS (Firefox, Thunderbird) cannot import Ed25519 keys."
+    )
+    assert 'aria-describedby="encryption-hint tool-limits"' in form.html
+
+
 def test_passphrase_is_shown_on_the_form_and_nowhere_else(console, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     alice = console.world.alice

@@ -89,6 +89,10 @@ def test_recover_through_the_pages(world: World, web: TestClient):
     passphrase = re.search(r'<code id="passphrase">([^<]+)</code>', chosen.text)
     assert passphrase
     assert f'value="{world.certificate_id}"' in chosen.text
+    # Where the format is chosen: what the interop suite shows some tools cannot open.
+    words = " ".join(chosen.text.split())
+    assert "Java keytool refuses non-ASCII passphrases." in words
+    assert "NSS (Firefox, Thunderbird) cannot import Ed25519 keys." in words
     token = hidden(chosen.text, "token")
     got = web.post(
         f"{PAGE}/download",
