@@ -299,6 +299,7 @@ def test_details_of_a_certificate_with_its_key_in_the_vault(console):
 
     clerk = console.sign_in("clerk").get(f"/admin/certificates/{new}").text
     assert 'id="subject"' in clerk and 'id="download-key"' not in clerk and "/download" not in clerk
+    assert "Allow download keys from Key Vault" in clerk.split('id="no-download">')[1]
 
 
 def test_a_certificate_without_its_key_offers_no_download(console):

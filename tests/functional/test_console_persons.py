@@ -208,6 +208,10 @@ def test_person_page_lists_every_certificate_with_download_links_for_the_privile
     clerk = console.sign_in("clerk").get(path).text
     assert f'<tr id="certificate-{new}">' in clerk
     assert "/download" not in clerk and 'id="download-all"' not in clerk
+    # The empty Actions cell says why.
+    reason = clerk.split(f'id="no-download-{new}">')[1].split("</span>")[0]
+    assert "Allow download keys from Key Vault" in reason
+    assert "No key in the vault" in clerk.split(f'id="no-download-{keyless}">')[1]
     assert 'id="edit-person"' in clerk  # clerk manages persons
 
 

@@ -77,7 +77,7 @@ NAVIGATION: tuple[Section, ...] = (
     Section("about", "About", "/admin/about"),
     Section("audit", "Audit", "/admin/audit", account_only=True),
     Section("admins", "Admins", "/admin/admins", account_only=True),
-    Section("forms", "Enrollment forms", "/admin/forms"),
+    Section("forms", "Enrollment forms", "/admin/forms", privilege=Privilege.SETTINGS_MANAGE),
     Section("agents", "Agents", "/admin/agents", account_only=True),
 )
 
