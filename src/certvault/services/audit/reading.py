@@ -39,7 +39,7 @@ class EventFilter:
     actor_prefix: str | None = None  # "admin:boss" finds "admin:boss (token 3)" too
 
 
-def _canonical(moment: datetime) -> str:
+def canonical_time(moment: datetime) -> str:
     # Naive times are taken as UTC; stored times are canonical text, which sorts like time.
     aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     try:
@@ -141,9 +141,9 @@ def _events_query(account: Account, f: EventFilter) -> Select[AuditEvent]:
         if prefix:
             query = query.where(column.startswith(prefix, autoescape=True))
     if f.since is not None:
-        query = query.where(AuditEvent.occurred_at >= _canonical(f.since))
+        query = query.where(AuditEvent.occurred_at >= canonical_time(f.since))
     if f.until is not None:
-        query = query.where(AuditEvent.occurred_at < _canonical(f.until))
+        query = query.where(AuditEvent.occurred_at < canonical_time(f.until))
     return query
 
 

@@ -11,6 +11,7 @@ from certvault.web.admin import (
     certificates,
     downloads,
     forms,
+    home,
     key_vault,
     persons,
     recovery_requests,
@@ -19,6 +20,7 @@ from certvault.web.admin import (
 router = APIRouter(include_in_schema=False)
 for _page in (
     auth,
+    home,
     persons,
     certificates,
     downloads,

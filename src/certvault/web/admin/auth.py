@@ -20,7 +20,6 @@ from certvault.web.admin.console import (
     SCRIPT_PATH,
     STATIC,
     STYLESHEET_PATH,
-    open_console,
     pages,
 )
 from certvault.web.admin.console import redirect as _redirect
@@ -172,11 +171,3 @@ async def logout(request: Request) -> Response:
     response = _redirect("/admin/login")
     _clear_session(response)
     return response
-
-
-@router.get("/admin/")
-def home(request: Request) -> Response:
-    console = open_console(request)
-    if isinstance(console, Response):
-        return console
-    return console.render("home.html")
