@@ -24,6 +24,7 @@ fi
 cat <<EOF
 
 certvault on ${base}/
+  console:            ${base}/admin/   (sign in with account, login and password)
   API:                ${base}/api/v1   (SCM-compatible: ${base}/api)
   API documentation:  ${base}/docs
   health:             ${base}/healthz  (readiness: ${base}/readyz)
