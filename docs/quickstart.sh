@@ -4,7 +4,8 @@ export CERTVAULT_HOME=${CERTVAULT_HOME:-$PWD/var}   # the home `make run` made
 BASE=http://127.0.0.1:${CERTVAULT_PORT:-8080}        # where `make run` serves
 cd "$(mktemp -d)"   # a scratch folder: keys, passwords and shares stay out of the clone
 
-# `make run` made the master key. Split it into shares for custodians now (see below).
+# `make run` made the master key: split it into shares for custodians now (see "Keep the
+# master key safe" below).
 certvault kek export-shares --threshold 2 --shares 3 --out-dir ./shares
 
 # An account, its first administrator (the password is printed once) and an API token.
