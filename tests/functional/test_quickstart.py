@@ -123,9 +123,7 @@ def test_the_quickstart_runs_top_to_bottom_against_make_run(tmp_path):
     assert password.group(1) not in server_log
 
     # Three releases (two by the operator, one through the API), each audited with its reason.
-    reasons = cli.sql(
-        "SELECT details FROM audit_events WHERE action = 'key.release' ORDER BY seq"
-    )
+    reasons = cli.sql("SELECT details FROM audit_events WHERE action = 'key.release' ORDER BY seq")
     assert len(reasons) == 3
     for reason, (details,) in zip(
         ("laptop stolen, ticket 4711", "old iPhone", "ticket 4712"), reasons, strict=True
