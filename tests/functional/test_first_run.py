@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -295,9 +296,40 @@ def test_the_server_writes_urls_under_the_port_it_serves_and_leads_to_the_consol
         landing = httpx.get(f"{served.base}/", follow_redirects=True)
         assert landing.status_code == 200 and str(landing.url).endswith("/admin/login")
         assert "Sign in" in landing.text
+
+        _check_docs(served.base)
     finally:
         _stop(served)
     assert not any(ln["level"] == "warning" for ln in served.lines()), served.lines()
+
+
+def _check_docs(base: str) -> None:
+    """/docs names no other host, and every file it loads comes from here under the CSP."""
+    page = httpx.get(f"{base}/docs")
+    assert page.status_code == 200
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "default-src 'none'" in csp
+    assert "//" not in page.text.replace("<!doctype html>", "")  # no URL with a host
+    assert "<script>" not in page.text  # only script files: no inline code
+    loaded = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert sorted(loaded) == [
+        "/docs/static/swagger-init.js",
+        "/docs/static/swagger-ui-bundle.js",
+        "/docs/static/swagger-ui.css",
+    ]
+    for path in loaded:
+        answer = httpx.get(f"{base}{path}")
+        assert answer.status_code == 200 and len(answer.content) > 100, path
+        assert answer.headers["content-security-policy"] == csp
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["content-type"].startswith(
+            "text/css" if path.endswith(".css") else "text/javascript"
+        )
+    init = httpx.get(f"{base}/docs/static/swagger-init.js").text
+    assert "SwaggerUIBundle(" in init and "http" not in init
+    assert httpx.get(f"{base}/openapi.json").status_code == 200
+    for gone in ("/redoc", "/docs/oauth2-redirect", "/docs/static/index.html"):
+        assert httpx.get(f"{base}{gone}").status_code == 404, gone
 
 
 def test_a_public_address_without_a_public_url_is_warned_about(sqlite_cli, tmp_path):
