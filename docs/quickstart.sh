@@ -1,7 +1,7 @@
 # In a second terminal, at the top of the clone, while `make run` serves:
 source .venv/bin/activate
 export CERTVAULT_HOME=${CERTVAULT_HOME:-$PWD/var}   # the home `make run` made
-BASE=http://127.0.0.1:${CERTVAULT_PORT:-8080}        # where `make run` serves
+BASE=http://127.0.0.1:${CERTVAULT_PORT:-8080}        # where `make run` serves (its port)
 cd "$(mktemp -d)"   # a scratch folder: keys, passwords and shares stay out of the clone
 
 # `make run` made the master key: split it into shares for custodians now (see "Keep the

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from certvault.cli.serve import served_url
+from tests.factories import make_cert, new_key
 from tests.functional import cli_env
 from tests.functional.cli_env import CERTVAULT, Cli
 from tests.functional.smtp_server import free_port
@@ -352,3 +353,21 @@ def test_a_public_address_without_a_public_url_is_warned_about(sqlite_cli, tmp_p
     )
     _stop(configured)
     assert not any(ln["level"] == "warning" for ln in configured.lines()), configured.lines()
+
+
+def test_mail_send_without_a_server_says_what_waits(sqlite_cli, tmp_path):
+    sqlite_cli.bootstrap()
+    key = new_key("ec256")
+    key_pem, cert_pem = cli_env.write_key_and_cert(tmp_path, "alice", key, make_cert(key))
+    password = cli_env.write_secret(tmp_path / "p12.pass", "import-password-1")
+    p12 = cli_env.openssl_p12(key_pem, cert_pem, tmp_path / "alice.p12", password)
+    made = sqlite_cli.run("import", "--account", "acme", p12, "--password-file", password)
+    assert made.returncode == 0, made.stderr  # the owner is told: one message queued
+    (waiting,) = sqlite_cli.sql("SELECT count(*) FROM mail_outbox WHERE sent_at IS NULL")[0]
+    assert waiting >= 1
+    proc = sqlite_cli.run("mail", "send")
+    assert proc.returncode == 1
+    assert f"{waiting} message(s) wait in the outbox" in proc.stderr
+    assert "CERTVAULT_SMTP_HOST" in proc.stderr
+    # Still there, untouched, for when a server is set.
+    assert sqlite_cli.sql("SELECT count(*) FROM mail_outbox WHERE sent_at IS NULL")[0] == (waiting,)
