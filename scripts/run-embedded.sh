@@ -24,6 +24,7 @@ fi
 cat <<EOF
 
 certvault on ${base}/
+  console:            ${base}/admin/   (where ${base}/ leads)
   API:                ${base}/api/v1   (SCM-compatible: ${base}/api)
   API documentation:  ${base}/docs
   health:             ${base}/healthz  (readiness: ${base}/readyz)

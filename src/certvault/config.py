@@ -21,7 +21,9 @@ class Settings(BaseSettings):
     audit_witness_url: str | None = None
     # Keys under this prefix: installations sharing one Redis each need their own.
     audit_witness_prefix: str = Field(default="certvault:witness:", min_length=1, max_length=100)
-    public_url: str = "http://127.0.0.1:8080"
+    # Where clients reach certvault; unset, `certvault serve` derives it from the address it
+    # serves, and other commands take http://127.0.0.1:<port>, as `make run` serves.
+    public_url: str | None = None
     port: int = 8080
 
     # PKCS#12 written on release: the KDF is the one deliberate cost (DESIGN.md §10).
@@ -84,7 +86,11 @@ class Settings(BaseSettings):
         """The absolute URL of ``path`` (starting with "/") under CERTVAULT_PUBLIC_URL: what every
         URL certvault writes (CRL distribution points, form and Key Vault links) is built with."""
         assert path.startswith("/"), path
-        return self.public_url.rstrip("/") + path
+        return self.effective_public_url.rstrip("/") + path
+
+    @property
+    def effective_public_url(self) -> str:
+        return self.public_url or f"http://127.0.0.1:{self.port}"
 
     @cached_property
     def home_dir(self) -> Path:

@@ -12,8 +12,12 @@ from typing import NoReturn, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
+from sqlalchemy import make_url
+from sqlalchemy.exc import OperationalError
 
 from certvault.config import Settings
+from certvault.db import migrate
+from certvault.db.engine import Database
 from certvault.errors import CertvaultError
 from certvault.services.kernel.actors import Actor
 from certvault.services.kernel.ports import Ports, open_ports, operator_name
@@ -26,14 +30,60 @@ out = Console(highlight=False)
 
 def fail(message: str, code: str = "error", exit_code: int = 1) -> NoReturn:
     # Escaped: "[code]" and any brackets in the message are text, not rich markup.
-    err.print(f"[bold red]error[/] {escape(f'[{code}]: {message}')}", markup=True, highlight=False)
+    # One line whatever the terminal's width: scripts and people grep for it.
+    err.print(
+        f"[bold red]error[/] {escape(f'[{code}]: {message}')}",
+        markup=True,
+        highlight=False,
+        soft_wrap=True,
+    )
     raise SystemExit(exit_code)
 
 
-@contextmanager
-def ports_for_command() -> Iterator[Ports]:
+def refuse_uninitialized(settings: Settings) -> None:
+    """Stop a command, creating nothing, unless `certvault init` made an installation where the
+    settings point: otherwise it would leave an empty home behind and fail on a bare database."""
+    url = make_url(settings.effective_database_url)
+    if settings.database_url is None:
+        where, variable = f"{settings.home_dir} (CERTVAULT_HOME; default ./var)", "CERTVAULT_HOME"
+    else:
+        where = f"{url.render_as_string(hide_password=True)} (CERTVAULT_DATABASE_URL)"
+        variable = "CERTVAULT_DATABASE_URL"
+    message = (
+        f"No certvault installation at {where}. Run `certvault init` to create one there, "
+        f"or set {variable}=... to use another."
+    )
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        if not Path(str(url.database)).expanduser().is_file():
+            fail(message, "not_initialized")
+    initialized = guarded(lambda: _has_schema(settings.effective_database_url))
+    if initialized is None:
+        fail(f"Cannot open the database at {where}.", "database_unavailable")
+    if not initialized:
+        fail(message, "not_initialized")
+
+
+def _has_schema(url: str) -> bool | None:
+    """Whether the database holds certvault's schema; None when it cannot be opened (the
+    driver's message is not passed on: it may carry the password)."""
+    db = Database(url)
     try:
-        ports = open_ports(Settings())
+        return migrate.is_initialized(db)
+    except OperationalError:
+        return None
+    finally:
+        db.dispose()
+
+
+@contextmanager
+def ports_for_command(*, initializing: bool = False) -> Iterator[Ports]:
+    """The ports of a command. Only `certvault init` (``initializing``) may meet an installation
+    that is not there yet."""
+    settings = Settings()
+    if not initializing:
+        refuse_uninitialized(settings)
+    try:
+        ports = open_ports(settings)
     except CertvaultError as exc:
         fail(exc.message, exc.code)
     try:

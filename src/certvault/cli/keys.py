@@ -204,10 +204,15 @@ def export_shares(
     out_dir: Annotated[
         Path | None, typer.Option(help="Write share-K.txt files (0600) here.")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Write into a git work tree all the same.")
+    ] = False,
 ) -> None:
     """Split the master key into N Shamir shares (SLIP-39 words), any M of which rebuild it."""
     from certvault.masterkey.file import FileMasterKeyProvider
 
+    if out_dir is not None:
+        _check_share_dir(out_dir, shares, force)
     with ports_for_command() as ports:
         provider = ports.master_key
         if not isinstance(provider, FileMasterKeyProvider):
@@ -234,6 +239,33 @@ def export_shares(
         "(`certvault kek restore-shares`).",
         markup=False,
     )
+
+
+def git_work_tree(path: Path) -> Path | None:
+    """The git work tree ``path`` (or the nearest folder of it that exists) lies in, if any."""
+    here = path.expanduser().resolve()
+    for folder in (here, *here.parents):
+        if (folder / ".git").exists():
+            return folder
+    return None
+
+
+def _check_share_dir(out_dir: Path, count: int, force: bool) -> None:
+    """Refuse, before anything is made, a folder that one `git add .` would commit, and a folder
+    that already holds shares (of another set, probably)."""
+    tree = git_work_tree(out_dir)
+    if tree is not None and not force:
+        fail(
+            f"{out_dir} is inside the git work tree {tree}: shares there are one `git add` from "
+            "a commit. Choose a folder outside it (or pass --force).",
+            "inside_git_work_tree",
+        )
+    taken = [n for n in range(1, count + 1) if (out_dir / f"share-{n}.txt").exists()]
+    if taken:
+        fail(
+            f"{out_dir} already holds share-{taken[0]}.txt: choose an empty folder.",
+            "shares_exist",
+        )
 
 
 @kek_app.command("restore-shares")

@@ -61,7 +61,7 @@ def version() -> None:
 @app.command()
 def init() -> None:
     """Create CERTVAULT_HOME, the database and the master key. Safe to run again."""
-    with ports_for_command() as ports:
+    with ports_for_command(initializing=True) as ports:
         result = guarded(lambda: accounts.initialize(ports, operator()))
         s = ports.settings
         out.print(f"certvault home: {s.home_dir}")

@@ -4,8 +4,11 @@ holds the GIL), TLS or loopback-only plain HTTP, JSON logs and multiprocess metr
 from __future__ import annotations
 
 import ipaddress
+import logging
+import logging.config
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +27,22 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # a name that may resolve anywhere
+
+
+def served_url(scheme: str, host: str, port: int) -> str:
+    """The URL of a server listening on ``host``:``port``. A wildcard address is no place a
+    client can go: the machine's name stands for it."""
+    name = host.strip("[]")
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        address = None
+    if address is not None and address.is_unspecified:
+        name = socket.getfqdn()
+    elif address is not None and address.version == 6:
+        name = f"[{address.compressed}]"
+    default_port = 443 if scheme == "https" else 80
+    return f"{scheme}://{name}" + ("" if port == default_port else f":{port}")
 
 
 def trusted_proxies(value: str) -> list[str]:
@@ -93,6 +112,21 @@ def serve(
     # Fail here with one clear line rather than in every worker; nothing is kept open.
     with ports_for_command() as ports:
         settings = ports.settings
+    served_port = port or settings.port
+    logging.config.dictConfig(log_config())
+    # The workers read their settings from the environment: the port served, and the URL every
+    # link, form and CRL point is written under.
+    os.environ["CERTVAULT_PORT"] = str(served_port)
+    if settings.public_url is None:
+        url = served_url("https" if tls_cert else "http", host, served_port)
+        os.environ["CERTVAULT_PUBLIC_URL"] = url
+        if not is_loopback(host):
+            logging.getLogger("certvault.serve").warning(
+                "serving on %s without CERTVAULT_PUBLIC_URL: links, forms and CRL points are "
+                "written under %s; set CERTVAULT_PUBLIC_URL to the address clients use",
+                host,
+                url,
+            )
     proxies = trusted_proxies(settings.trusted_proxies)
     metrics_dir = prepare_metrics_dir(settings.home_dir)
     # Read by prometheus_client when it is first imported: in each spawned worker.
@@ -102,7 +136,7 @@ def serve(
             APP,
             factory=True,
             host=host,
-            port=port or settings.port,
+            port=served_port,
             workers=workers,
             log_config=log_config(),
             access_log=False,

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from certvault import __version__
 from certvault.config import Settings
@@ -89,6 +89,9 @@ def create_app(
         "C1 controls) in every field and parameter; only `csr`, `p12`, `reason` and `comments` "
         "may hold line breaks and tabs.",
         lifespan=lifespan,
+        # Served from the installed package instead of a CDN (web/apidocs.py).
+        docs_url=None,
+        redoc_url=None,
         # Before any route reads its parameters: a NUL must never reach a query.
         dependencies=[Depends(refuse_in_parameters)],
     )
@@ -97,6 +100,7 @@ def create_app(
     app.state.credential_cache = CredentialCache()
     errors.install(app)
 
+    from certvault.web import apidocs
     from certvault.web.admin import router as admin_router
     from certvault.web.api import router as api_router
     from certvault.web.compat import router as compat_router
@@ -110,6 +114,12 @@ def create_app(
     app.include_router(recovery_router)
     app.include_router(crl_router)
     app.include_router(admin_router)
+    app.include_router(apidocs.router)
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> Response:
+        # The console is where a person who opens the server's address wants to go.
+        return RedirectResponse("/admin/", status_code=307)
 
     # On the event loop, not in the thread pool: it answers while every worker thread is busy
     # (with password checks, say).

@@ -189,7 +189,10 @@ def send_pending(ports: Ports, *, limit: int = 100) -> SendResult:
     """Deliver due messages; claim them first so that several senders never send one twice."""
     if not ports.settings.smtp_host:
         # Refused before anything is claimed: the messages wait, untouched, for a configuration.
-        raise ConfigurationError("No SMTP server is configured (CERTVAULT_SMTP_HOST).")
+        raise ConfigurationError(
+            f"No SMTP server is configured (CERTVAULT_SMTP_HOST): {_count_pending(ports)} "
+            "message(s) wait in the outbox until one is."
+        )
     now = ports.clock()
 
     def claim(session: Session) -> tuple[list[int], int]:
