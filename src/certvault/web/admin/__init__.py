@@ -14,6 +14,7 @@ from certvault.web.admin import (
     key_vault,
     persons,
     recovery_requests,
+    set_password,
 )
 
 router = APIRouter(include_in_schema=False)
@@ -29,6 +30,7 @@ for _page in (
     admins,
     forms,
     agents,
+    set_password,
 ):
     router.include_router(_page.router)
 
