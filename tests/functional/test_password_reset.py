@@ -37,6 +37,8 @@ from tests.functional.console_fixtures import (  # noqa: F401
 )
 from tests.functional.helpers import events, mails
 from tests.functional.smtp_server import SmtpServer, smtp_server  # noqa: F401 - the fixture
+from tests.functional.test_control_characters import _drive_forms as drive_forms
+from tests.functional.test_control_characters import forms_of
 
 PAGE = password_resets.PAGE_PATH
 PUBLIC = "https://certs.example.org"
@@ -376,6 +378,19 @@ def test_hostile_input_is_refused_cleanly(console, smtp_server):  # noqa: F811
         rows = s.scalars(select(PasswordReset)).all()
         assert len(rows) == 1 and rows[0].used_at is None
     assert _set(browser, token, code=clerk.next_code()).status_code == 200
+
+
+def test_every_field_of_the_set_password_page_refuses_control_characters(console, smtp_server):  # noqa: F811
+    console.sign_in("clerk")  # TOTP set up: the page asks for a code
+    password_resets.request_reset(console.ports, TEST_OPERATOR, "acme", console.admin_ids["clerk"])
+    [token] = _links(console, smtp_server, "clerk@acme.example")
+    browser = console.client()
+    forms = forms_of(PAGE, _open(browser, token).text)
+    assert {"token", "password", "password_again", "code"} <= set(forms[0].names)
+    assert drive_forms(browser, forms) >= 4
+    with console.ports.db.read() as s:
+        assert s.scalars(select(PasswordReset)).one().used_at is None
+    assert events(console.ports, password_resets.SET) == []
 
 
 def test_link_tries_are_rate_limited_per_client(console, smtp_server):  # noqa: F811
