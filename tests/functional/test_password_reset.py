@@ -10,23 +10,21 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 
-from certvault.config import Settings
 from certvault.db.models import AuditEvent, MailMessage, PasswordReset
 from certvault.errors import NotFound
-from certvault.services.access import admins, password_resets
+from certvault.services.access import admins, password_links, password_resets
 from certvault.services.access.tokens import token_digest
 from certvault.services.kernel import notify, seals
 from certvault.services.kernel.ports import open_ports
 from certvault.services.kernel.ratelimit import DatabaseRateLimiter
 from certvault.web.app import create_app
-from tests.conftest import TEST_OPERATOR, make_settings
+from tests.conftest import TEST_OPERATOR
 from tests.functional import cli_env
 from tests.functional.console_fixtures import (  # noqa: F401
     PASSWORD,
@@ -36,6 +34,7 @@ from tests.functional.console_fixtures import (  # noqa: F401
     csrf_of,
 )
 from tests.functional.helpers import events, mails
+from tests.functional.recovery_fixtures import settings_fixture  # noqa: F401 - mail to smtp_server
 from tests.functional.smtp_server import SmtpServer, smtp_server  # noqa: F401 - the fixture
 from tests.functional.test_control_characters import _drive_forms as drive_forms
 from tests.functional.test_control_characters import forms_of
@@ -46,18 +45,6 @@ LINK_RE = re.compile(re.escape(PUBLIC + PAGE) + r"\?token=([A-Za-z0-9_-]+)")
 ERROR_RE = re.compile(r'id="error"><p>(.*?)</p>', re.S)
 NOTICE_RE = re.compile(r'id="notice"><p>(.*?)</p>', re.S)
 NEW_PASSWORD = "a-brand-new-password-4711"
-
-
-@pytest.fixture
-def settings(tmp_path: Path, database_url: str | None, smtp_server: SmtpServer) -> Settings:  # noqa: F811
-    return make_settings(
-        tmp_path / "home",
-        database_url,
-        smtp_host=smtp_server.host,
-        smtp_port=smtp_server.port,
-        smtp_security="none",
-        public_url=PUBLIC + "/",
-    )
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -186,12 +173,12 @@ def test_console_reset_mails_a_link_that_sets_the_password_and_ends_sessions(
     [requested] = events(console.ports, password_resets.REQUEST)
     assert requested.actor == "admin:boss" and requested.target_id == str(clerk_id)
     assert json.loads(requested.details)["email"] == "clerk@acme.example"
-    [set_event] = events(console.ports, password_resets.SET)
+    [set_event] = events(console.ports, password_links.SET)
     assert set_event.actor == "admin:clerk" and set_event.target_id == str(clerk_id)
     details = json.loads(set_event.details)
     assert details["requested_by"] == "admin:boss" and details["sessions_ended"] >= 1
-    assert _refusals(console.ports, password_resets.LINK) == ["used"]
-    changed = [m for m in mails(console.ports) if m.subject == password_resets.CHANGED_SUBJECT]
+    assert _refusals(console.ports, password_links.LINK) == ["used"]
+    changed = [m for m in mails(console.ports) if m.subject == password_links.CHANGED_SUBJECT]
     assert [m.to_addr for m in changed] == ["clerk@acme.example"]
     _no_secrets(console.ports, token, NEW_PASSWORD, PASSWORD)
     assert seals.check_rows(console.ports).ok
@@ -234,7 +221,7 @@ def test_a_wrong_code_or_a_bad_password_leaves_the_link_working(console, smtp_se
         assert NEW_PASSWORD not in answer.text and "short-one" not in answer.text
     with console.ports.db.read() as s:
         assert s.scalars(select(PasswordReset)).one().used_at is None
-    assert _refusals(console.ports, password_resets.LINK) == ["bad_totp", "bad_totp"]
+    assert _refusals(console.ports, password_links.LINK) == ["bad_totp", "bad_totp"]
     assert clerk.get("/admin/").status_code == 200  # nothing changed
 
     assert _set(browser, token, code=clerk.next_code()).status_code == 200
@@ -254,7 +241,7 @@ def test_an_expired_or_replaced_link_is_refused(console, smtp_server):  # noqa: 
     expired = _open(browser, second)
     assert expired.status_code == 409
     assert _set(browser, second).status_code == 409
-    assert _refusals(console.ports, password_resets.LINK) == ["replaced", "expired", "expired"]
+    assert _refusals(console.ports, password_links.LINK) == ["replaced", "expired", "expired"]
     # The request event names how many older links it replaced.
     details = [json.loads(e.details) for e in events(console.ports, password_resets.REQUEST)]
     assert [d["links_replaced"] for d in details] == [0, 1]
@@ -390,7 +377,7 @@ def test_every_field_of_the_set_password_page_refuses_control_characters(console
     assert drive_forms(browser, forms) >= 4
     with console.ports.db.read() as s:
         assert s.scalars(select(PasswordReset)).one().used_at is None
-    assert events(console.ports, password_resets.SET) == []
+    assert events(console.ports, password_links.SET) == []
 
 
 def test_link_tries_are_rate_limited_per_client(console, smtp_server):  # noqa: F811
@@ -402,7 +389,7 @@ def test_link_tries_are_rate_limited_per_client(console, smtp_server):  # noqa: 
         assert _open(browser, "guess-" + uuid.uuid4().hex + "0123456789").status_code == 409
     limited = _open(browser, token)
     assert limited.status_code == 429 and "Retry-After" in limited.headers
-    assert _refusals(console.ports, password_resets.LINK) == ["unknown"] * 3 + ["rate_limited"]
+    assert _refusals(console.ports, password_links.LINK) == ["unknown"] * 3 + ["rate_limited"]
 
 
 # --- the operator's command ---------------------------------------------------------------------

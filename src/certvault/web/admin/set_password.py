@@ -2,7 +2,7 @@
 
 GET only shows the form (a mail scanner that opens the link does not use it up); POST with the
 new password twice, and a current TOTP code where one is set up, uses the link. The rules live
-in services/access/password_resets.py. Works without JavaScript; the console's CSP.
+in services/access/password_links.py. Works without JavaScript; the console's CSP.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from certvault.errors import CertvaultError
-from certvault.services.access import password_resets
+from certvault.services.access import password_links, password_resets
 from certvault.web.admin.console import pages
 from certvault.web.deps import client_ip, get_limiter, get_ports
 from certvault.web.pages import form_field, read_form
@@ -30,7 +30,7 @@ async def set_password_page(request: Request) -> Response:
     token = request.query_params.get("token", "")
     try:
         link = await run_in_threadpool(
-            password_resets.check_link, ports, get_limiter(request), token, client_ip(request)
+            password_links.check_link, ports, get_limiter(request), token, client_ip(request)
         )
     except CertvaultError as exc:
         return pages.error(csrf, exc)
@@ -49,7 +49,7 @@ async def set_password(request: Request) -> Response:
         password, again = form_field(form, "password"), form_field(form, "password_again")
         code = form_field(form, "code")
         login = await run_in_threadpool(
-            password_resets.set_password,
+            password_links.set_password,
             ports,
             get_limiter(request),
             token,
@@ -58,7 +58,7 @@ async def set_password(request: Request) -> Response:
             code,
             client_ip(request),
         )
-    except password_resets.LinkKept as exc:
+    except password_links.LinkKept as exc:
         if exc.link is None:
             return pages.error(csrf, exc)
         # The form again, with what went wrong; never what was typed.
