@@ -247,6 +247,46 @@ def test_an_expired_or_replaced_link_is_refused(console, smtp_server):  # noqa: 
     assert [d["links_replaced"] for d in details] == [0, 1]
 
 
+def test_a_new_address_a_totp_reset_or_a_deactivation_ends_open_links(console, smtp_server):  # noqa: F811
+    clerk_id = console.admin_ids["clerk"]
+    browser = console.client()
+
+    def mailed() -> str:
+        password_resets.request_reset(console.ports, TEST_OPERATOR, "acme", clerk_id)
+        return _links(console, smtp_server, "clerk@acme.example")[-1]
+
+    moved = mailed()
+    admins.update_admin(
+        console.ports,
+        TEST_OPERATOR,
+        "acme",
+        clerk_id,
+        role="account",
+        organizations=(),
+        privileges=("persons_manage", "certificates_manage"),
+        email="clerk@elsewhere.example",
+    )
+    assert _open(browser, moved).status_code == 409
+    admins.update_admin(
+        console.ports,
+        TEST_OPERATOR,
+        "acme",
+        clerk_id,
+        role="account",
+        organizations=(),
+        privileges=("persons_manage", "certificates_manage"),
+        email="clerk@acme.example",
+    )
+    reset = mailed()
+    admins.reset_totp(console.ports, TEST_OPERATOR, "acme", "clerk")
+    assert _open(browser, reset).status_code == 409
+    deactivated = mailed()
+    admins.deactivate_admin(console.ports, TEST_OPERATOR, "acme", clerk_id)
+    assert _open(browser, deactivated).status_code == 409
+    assert _refusals(console.ports, password_links.LINK) == ["replaced"] * 3
+    assert seals.check_rows(console.ports).ok
+
+
 def test_who_may_reset_whom(console, smtp_server):  # noqa: F811
     boss_id, clerk_id = console.admin_ids["boss"], console.admin_ids["clerk"]
     # An organization administrator (a helpdesk) does not manage administrators.

@@ -11,7 +11,7 @@ from typing import cast
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from certvault.db.models import Account, Admin, ApiToken, WebSession
+from certvault.db.models import Account, Admin, ApiToken, PasswordReset, WebSession
 from certvault.errors import Conflict, Forbidden, InvalidInput, NotFound
 from certvault.services.audit import log as audit
 from certvault.services.kernel import notify, seals
@@ -366,6 +366,9 @@ def update_admin(
         admin.role = role_value.value
         admin.organizations = orgs
         admin.privileges = _privileges_text(wanted)
+        if admin.email != email:
+            # A set-password link went to the old address: it no longer works.
+            end_password_links(session, ports, admin)
         admin.email = email
         session.flush()
         after = _view(admin)
@@ -408,6 +411,7 @@ def deactivate_admin(ports: Ports, actor: Actor, account_slug: str, admin_id: in
         if not admin.active:
             return _view(admin)
         admin.active = False
+        end_password_links(session, ports, admin)
         sessions = revoke_live(session, ports, WebSession, admin)
         # Tokens stop working with an inactive administrator anyway; revoked, they stay dead
         # should the administrator come back.
@@ -446,6 +450,8 @@ def reset_totp(ports: Ports, actor: Actor, account_slug: str, login: str) -> Non
             raise NotFound("No such administrator in this account.")
         admin.totp_secret = None
         admin.totp_last_step = None
+        # A link mailed while TOTP was set up would now set a password without a code.
+        end_password_links(session, ports, admin)
         revoke_live(session, ports, WebSession, admin)
         audit.record(
             session,
@@ -482,6 +488,22 @@ def reset_admin_totp(ports: Ports, actor: Actor, account_slug: str, admin_id: in
         require_covers(actor, found.privileges)
         reset_totp(ports, actor, account_slug, found.login)
     return get_admin(ports, actor, account_slug, admin_id)
+
+
+def end_password_links(session: Session, ports: Ports, admin: Admin) -> int:
+    """End the administrator's open set-password links (services/access/password_resets.py),
+    row by row so that each is sealed again; how many."""
+    rows = session.scalars(
+        select(PasswordReset).where(
+            PasswordReset.admin_id == admin.id,
+            PasswordReset.used_at.is_(None),
+            PasswordReset.superseded_at.is_(None),
+        )
+    ).all()
+    now = ports.clock()
+    for row in rows:
+        row.superseded_at = now
+    return len(rows)
 
 
 def signing_in(

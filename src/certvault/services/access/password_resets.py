@@ -22,6 +22,7 @@ from certvault.errors import Conflict, NotFound
 from certvault.services.access.admins import (
     ReauthenticationRequired,
     actor_for,
+    end_password_links,
     find_admin,
     refusals_audited,
     require_covers,
@@ -125,7 +126,7 @@ def request_reset(
         def work(session: Session) -> ResetMailed:
             account, admin = _target(session, actor, account_slug, admin_id)
             now = ports.clock()
-            superseded = _supersede(session, admin, now)
+            superseded = end_password_links(session, ports, admin)
             row = PasswordReset(
                 account_id=account.id,
                 admin_id=admin.id,
@@ -179,17 +180,3 @@ def request_reset_by_login(
 def _plain(name: str, longest: int) -> bool:
     # A name with control characters is nobody's (and PostgreSQL refuses NUL in a query).
     return 0 < len(name) <= longest and is_text(name)
-
-
-def _supersede(session: Session, admin: Admin, now: datetime) -> int:
-    """End the administrator's open links (row by row: each is sealed again); how many."""
-    rows = session.scalars(
-        select(PasswordReset).where(
-            PasswordReset.admin_id == admin.id,
-            PasswordReset.used_at.is_(None),
-            PasswordReset.superseded_at.is_(None),
-        )
-    ).all()
-    for row in rows:
-        row.superseded_at = now
-    return len(rows)
