@@ -222,6 +222,12 @@ def test_a_wrong_code_or_a_bad_password_leaves_the_link_working(console, smtp_se
     with console.ports.db.read() as s:
         assert s.scalars(select(PasswordReset)).one().used_at is None
     assert _refusals(console.ports, password_links.LINK) == ["bad_totp", "bad_totp"]
+    # Refused tries are not put in the administrator's name: whoever holds a link is not yet
+    # known to be them.
+    refused = events(console.ports, password_links.LINK)
+    assert {(e.actor, e.target_id) for e in refused} == {
+        ("web-password-link", str(console.admin_ids["clerk"]))
+    }
     assert clerk.get("/admin/").status_code == 200  # nothing changed
 
     assert _set(browser, token, code=clerk.next_code()).status_code == 200

@@ -125,7 +125,9 @@ def _refuse(ports: Ports, found: _Found, ip: str, reason: str) -> None:
     audit.record_refusal(
         ports,
         account_id=found.account.id if found.account is not None else None,
-        actor=actor_for(admin, ip) if admin is not None else _stranger(ip),
+        # Whoever holds a link is not yet known to be its administrator: the audit log does not
+        # put a refused attempt in their name.
+        actor=_stranger(ip),
         action=LINK,
         reason_code=reason,
         target_type="admin" if admin is not None else "",
