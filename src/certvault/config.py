@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     recovery_requests_per_hour_account: int = Field(default=500, ge=1)
     recovery_checks_per_hour_ip: int = Field(default=30, ge=1)
     recovery_checks_per_hour_account: int = Field(default=1000, ge=1)
+    # Set-password links mailed to administrators: how long one works, and how many tries of a
+    # link (good or not) one client address gets per hour.
+    password_reset_minutes: int = Field(default=30, ge=5, le=1440)
+    password_reset_checks_per_hour_ip: int = Field(default=30, ge=1)
     # MS agents: archival requests per agent token, and decryption failures (each one a probe
     # of the exchange key) per agent token and per account.
     agent_requests_per_minute_token: int = Field(default=600, ge=1)

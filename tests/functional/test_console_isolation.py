@@ -26,6 +26,7 @@ from certvault.db.models import (
     FormNonce,
     KeyVaultSettings,
     MailMessage,
+    PasswordReset,
     Person,
     RecoveryRequest,
 )
@@ -56,6 +57,7 @@ TABLE: dict[tuple[str, str], dict[str, str]] = {
     ("POST", "/admin/admins/{admin_id}"): {"email": "x@acme.example", "role": "account"},
     ("POST", "/admin/admins/{admin_id}/deactivate"): {},
     ("POST", "/admin/admins/{admin_id}/reset-totp"): {},
+    ("POST", "/admin/admins/{admin_id}/reset-password"): {},
     ("GET", "/admin/forms/{form_id}"): {},
     ("POST", "/admin/forms/{form_id}"): {"name": "Renamed", "profile": "smime"},
     ("POST", "/admin/forms/{form_id}/disable"): {},
@@ -72,6 +74,7 @@ WATCHED = (
     FormNonce,
     KeyVaultSettings,
     RecoveryRequest,
+    PasswordReset,
 )
 
 

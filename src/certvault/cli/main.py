@@ -10,6 +10,7 @@ import typer
 
 from certvault import __version__
 from certvault.cli import keys as keys_commands
+from certvault.cli.admin_password import reset_password
 from certvault.cli.admin_totp import reset_totp
 from certvault.cli.agent import agent_app
 from certvault.cli.ca import ca_app
@@ -50,6 +51,7 @@ app.command("import")(keys_commands.import_command)
 app.command("export")(keys_commands.export_command)
 app.command("serve")(serve)
 admin_app.command("reset-totp")(reset_totp)
+admin_app.command("reset-password")(reset_password)
 
 
 @app.command()

@@ -568,6 +568,28 @@ class RecoveryRequest(Base):
     __mapper_args__ = sealed_by_mac(mac)
 
 
+class PasswordReset(Base):
+    """A set-password link mailed to an administrator (services/access/password_resets.py): good
+    once, until ``expires_at``, and only while no later reset replaced it. Only the SHA-256 of
+    the link's token is kept; the row itself is sealed."""
+
+    __tablename__ = "password_resets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), default=new_uuid, index=True, unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    admin_id: Mapped[int] = mapped_column(ForeignKey("admins.id"), index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    requested_by: Mapped[str] = mapped_column(String(320))  # the resetter's actor name
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    superseded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    mac: Mapped[str | None] = mapped_column(String(64))
+
+    __mapper_args__ = sealed_by_mac(mac)
+
+
 class Agent(Base):
     """A machine identity of an account that forwards AD CS archival requests (MS agent)."""
 

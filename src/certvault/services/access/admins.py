@@ -11,7 +11,7 @@ from typing import cast
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from certvault.db.models import Account, Admin, ApiToken, WebSession
+from certvault.db.models import Account, Admin, ApiToken, PasswordReset, WebSession
 from certvault.errors import Conflict, Forbidden, InvalidInput, NotFound
 from certvault.services.audit import log as audit
 from certvault.services.kernel import notify, seals
@@ -66,7 +66,7 @@ def _check_login(login: str) -> str:
     return login
 
 
-def _check_email(email: str | None) -> str | None:
+def check_email(email: str | None) -> str | None:
     if email is None or not email.strip():
         return None
     email = email.strip()
@@ -96,7 +96,7 @@ def _parse_role_and_privileges(
         ) from None
 
 
-def _require_manager(actor: Actor, account: Account) -> None:
+def require_manager(actor: Actor, account: Account) -> None:
     """Only the account's own account administrators (and operators) manage administrators."""
     actor.require_visible(account.id, None, "Account")
     if not actor.is_operator and actor.role != Role.ACCOUNT:
@@ -111,7 +111,7 @@ def _require_grantable(actor: Actor, granted: frozenset[Privilege]) -> None:
         raise Forbidden(f"You cannot grant a privilege you do not hold: {names}.")
 
 
-def _require_covers(actor: Actor, held: frozenset[Privilege]) -> None:
+def require_covers(actor: Actor, held: frozenset[Privilege]) -> None:
     """No one changes, deactivates or resets an administrator who holds (``held``) a privilege
     they do not hold themselves: taking a privilege away, or locking its holder out, is as strong
     as giving it."""
@@ -178,7 +178,7 @@ def create_admin(
     """Create an administrator. Granting a privilege of RELEASE_PRIVILEGES needs
     ``reauthenticated``: the console session confirmed its password and a code just now."""
     login = _check_login(login)
-    email = _check_email(email)
+    email = check_email(email)
     role_value, granted = _parse_role_and_privileges(role, privileges)
     privs = sorted(p.value for p in granted)
     if role_value == Role.ORGANIZATION and not organizations:
@@ -192,7 +192,7 @@ def create_admin(
 
     def work(session: Session) -> CreatedAdmin:
         account = get_account(session, account_slug)
-        _require_manager(actor, account)
+        require_manager(actor, account)
         _require_grantable(actor, granted)
         if session.scalars(
             select(Admin.id).where(Admin.account_id == account.id, Admin.login == login)
@@ -233,12 +233,12 @@ def create_admin(
             _notify_key_download_grant(session, actor, account, admin)
         return CreatedAdmin(admin.id, login, generated)
 
-    with _refusals_audited(ports, actor, "admin.create"):
+    with refusals_audited(ports, actor, "admin.create"):
         return ports.db.run(work)
 
 
 @contextmanager
-def _refusals_audited(
+def refusals_audited(
     ports: Ports, actor: Actor, action: str, admin_id: int | str = ""
 ) -> Iterator[None]:
     """An administrator's refused change is audited on their own account's chain."""
@@ -293,7 +293,7 @@ def _view(admin: Admin) -> AdminView:
     )
 
 
-def _find_admin(session: Session, account: Account, admin_id: int) -> Admin:
+def find_admin(session: Session, account: Account, admin_id: int) -> Admin:
     admin = session.get(Admin, admin_id) if 0 < admin_id <= MAX_ID else None
     if admin is None or admin.account_id != account.id:
         # Another account's administrator answers exactly like a missing one.
@@ -305,7 +305,7 @@ def list_admins(ports: Ports, actor: Actor, account_slug: str) -> list[AdminView
     """The account's administrators, by login."""
     with ports.db.read() as session:
         account = get_account(session, account_slug)
-        _require_manager(actor, account)
+        require_manager(actor, account)
         rows = session.scalars(
             select(Admin).where(Admin.account_id == account.id).order_by(Admin.login)
         )
@@ -315,8 +315,8 @@ def list_admins(ports: Ports, actor: Actor, account_slug: str) -> list[AdminView
 def get_admin(ports: Ports, actor: Actor, account_slug: str, admin_id: int) -> AdminView:
     with ports.db.read() as session:
         account = get_account(session, account_slug)
-        _require_manager(actor, account)
-        return _view(_find_admin(session, account, admin_id))
+        require_manager(actor, account)
+        return _view(find_admin(session, account, admin_id))
 
 
 def _audit_state(view: AdminView) -> dict[str, object]:
@@ -344,16 +344,16 @@ def update_admin(
     and the new values. An account administrator's organizations are not kept (they see all).
     A change that widens what they may release needs ``reauthenticated``, as create_admin."""
     role_value, wanted = _parse_role_and_privileges(role, privileges)
-    email = _check_email(email)
+    email = check_email(email)
     if role_value == Role.ORGANIZATION and not organizations:
         raise InvalidInput("An organization administrator needs at least one organization.")
 
     def work(session: Session) -> AdminView:
         account = get_account(session, account_slug)
-        _require_manager(actor, account)
-        admin = _find_admin(session, account, admin_id)
+        require_manager(actor, account)
+        admin = find_admin(session, account, admin_id)
         before = _view(admin)
-        _require_covers(actor, before.privileges)
+        require_covers(actor, before.privileges)
         granted = wanted - before.privileges
         _require_grantable(actor, granted)
         if admin.id == actor.admin_id and role_value != Role.ACCOUNT:
@@ -366,6 +366,9 @@ def update_admin(
         admin.role = role_value.value
         admin.organizations = orgs
         admin.privileges = _privileges_text(wanted)
+        if admin.email != email:
+            # A set-password link went to the old address: it no longer works.
+            end_password_links(session, ports, admin)
         admin.email = email
         session.flush()
         after = _view(admin)
@@ -391,7 +394,7 @@ def update_admin(
             _notify_key_download_grant(session, actor, account, admin)
         return after
 
-    with _refusals_audited(ports, actor, "admin.update", admin_id):
+    with refusals_audited(ports, actor, "admin.update", admin_id):
         return ports.db.run(work)
 
 
@@ -400,18 +403,19 @@ def deactivate_admin(ports: Ports, actor: Actor, account_slug: str, admin_id: in
 
     def work(session: Session) -> AdminView:
         account = get_account(session, account_slug)
-        _require_manager(actor, account)
-        admin = _find_admin(session, account, admin_id)
+        require_manager(actor, account)
+        admin = find_admin(session, account, admin_id)
         if admin.id == actor.admin_id:
             raise SelfLockout("You cannot deactivate yourself.")
-        _require_covers(actor, _view(admin).privileges)
+        require_covers(actor, _view(admin).privileges)
         if not admin.active:
             return _view(admin)
         admin.active = False
-        sessions = _revoke_live(session, ports, WebSession, admin)
+        end_password_links(session, ports, admin)
+        sessions = revoke_live(session, ports, WebSession, admin)
         # Tokens stop working with an inactive administrator anyway; revoked, they stay dead
         # should the administrator come back.
-        tokens = _revoke_live(session, ports, ApiToken, admin)
+        tokens = revoke_live(session, ports, ApiToken, admin)
         audit.record(
             session,
             ports,
@@ -430,7 +434,7 @@ def deactivate_admin(ports: Ports, actor: Actor, account_slug: str, admin_id: in
         )
         return _view(admin)
 
-    with _refusals_audited(ports, actor, "admin.deactivate", admin_id):
+    with refusals_audited(ports, actor, "admin.deactivate", admin_id):
         return ports.db.run(work)
 
 
@@ -446,7 +450,9 @@ def reset_totp(ports: Ports, actor: Actor, account_slug: str, login: str) -> Non
             raise NotFound("No such administrator in this account.")
         admin.totp_secret = None
         admin.totp_last_step = None
-        _revoke_live(session, ports, WebSession, admin)
+        # A link mailed while TOTP was set up would now set a password without a code.
+        end_password_links(session, ports, admin)
+        revoke_live(session, ports, WebSession, admin)
         audit.record(
             session,
             ports,
@@ -460,7 +466,7 @@ def reset_totp(ports: Ports, actor: Actor, account_slug: str, login: str) -> Non
     ports.db.run(work)
 
 
-def _revoke_live(
+def revoke_live(
     session: Session, ports: Ports, kind: type[WebSession] | type[ApiToken], admin: Admin
 ) -> int:
     """Revoke the administrator's live sessions or tokens; how many. Row by row, through the
@@ -477,11 +483,27 @@ def reset_admin_totp(ports: Ports, actor: Actor, account_slug: str, admin_id: in
     """Forget an administrator's TOTP secret (:func:`reset_totp`): their sessions end and
     their next sign-in sets TOTP up again."""
 
-    with _refusals_audited(ports, actor, "admin.totp_reset", admin_id):
+    with refusals_audited(ports, actor, "admin.totp_reset", admin_id):
         found = get_admin(ports, actor, account_slug, admin_id)
-        _require_covers(actor, found.privileges)
+        require_covers(actor, found.privileges)
         reset_totp(ports, actor, account_slug, found.login)
     return get_admin(ports, actor, account_slug, admin_id)
+
+
+def end_password_links(session: Session, ports: Ports, admin: Admin) -> int:
+    """End the administrator's open set-password links (services/access/password_resets.py),
+    row by row so that each is sealed again; how many."""
+    rows = session.scalars(
+        select(PasswordReset).where(
+            PasswordReset.admin_id == admin.id,
+            PasswordReset.used_at.is_(None),
+            PasswordReset.superseded_at.is_(None),
+        )
+    ).all()
+    now = ports.clock()
+    for row in rows:
+        row.superseded_at = now
+    return len(rows)
 
 
 def signing_in(

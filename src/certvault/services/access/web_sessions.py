@@ -154,7 +154,7 @@ def sign_in(
         raise SignInFailed()
     try:
         # Before argon2: a guess over the limit costs neither a hash nor a database lookup.
-        enforce(limiter, *_login_limits(ports, ip, account_slug, login))
+        enforce(limiter, *login_limits(ports, ip, account_slug, login))
     except CertvaultError as exc:
         _refuse(ports, login, ip, exc.code, None)
         raise
@@ -215,7 +215,7 @@ def _sign_in(
         raise _Refused("bad_totp", account_id)
 
     def complete(session: Session) -> str | None:
-        if not _claim_step(session, admin.id, step):
+        if not claim_step(session, admin.id, step):
             return None
         _revoke_token(session, ports, previous_token)
         token = _new_session(session, ports, admin, STAGE_SIGNED_IN)
@@ -237,7 +237,7 @@ def _sign_in(
     return SignedIn(token, STAGE_SIGNED_IN)
 
 
-def _claim_step(session: Session, admin_id: int, step: int) -> bool:
+def claim_step(session: Session, admin_id: int, step: int) -> bool:
     """Mark ``step`` used; False when it (or a later one) was used already. One statement, so two
     requests racing with the same code cannot both win."""
     result = session.execute(
@@ -414,7 +414,7 @@ class ReauthenticationFailed(Unauthenticated):
     code = "reauthentication_failed"
 
 
-def _login_limits(ports: Ports, ip: str, account_slug: str, login: str) -> tuple[Limit, Limit]:
+def login_limits(ports: Ports, ip: str, account_slug: str, login: str) -> tuple[Limit, Limit]:
     """Password guesses count against the same limits at sign-in and at re-authentication."""
     s = ports.settings
     return (
@@ -461,7 +461,7 @@ def reauthenticate(
         raise ReauthenticationFailed("Enter your password and a code from your authenticator.")
     try:
         # Before argon2, as at sign-in: a guess over the limit costs no hash.
-        enforce(limiter, *_login_limits(ports, ip, account.slug, admin.login))
+        enforce(limiter, *login_limits(ports, ip, account.slug, admin.login))
     except CertvaultError as exc:
         refuse(exc.code)
         raise
@@ -481,7 +481,7 @@ def reauthenticate(
 
     def confirm(session: Session) -> bool:
         # A code is good once, at sign-in and here alike.
-        if not _claim_step(session, admin.id, step):
+        if not claim_step(session, admin.id, step):
             return False
         live = session.get(WebSession, session_id)
         if live is None or live.revoked_at is not None:

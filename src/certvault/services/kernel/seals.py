@@ -48,6 +48,7 @@ from certvault.db.models import (
     KeyVaultSettings,
     MailMessage,
     Organization,
+    PasswordReset,
     Person,
     RecoveryRequest,
     ServiceKey,
@@ -63,7 +64,7 @@ SEAL_KEY_PURPOSE = "row-seal"
 # Beside the witness: the SEALS version whose tables `certvault init` has sealed. The rows of a
 # table are sealed once, when init first meets it; from then on a row without a MAC is refused.
 INSTALLATION = "installation"
-SEALS = 2  # raised by a version that seals another table (SealedTable.since)
+SEALS = 3  # raised by a version that seals another table (SealedTable.since)
 # Refused rows of the session, for audit/log.py to record after the transaction.
 REFUSED = "certvault_refused_rows"
 _BUMPED = "certvault_grant_bumped"  # account id -> the generation this transaction set
@@ -247,6 +248,16 @@ SEALED: tuple[SealedTable, ...] = (
             " passphrase_sealed completed_at"
         ),
         since=2,
+    ),
+    # A set-password link of an administrator (services/access/password_resets.py): a row put
+    # in by SQL, or moved to another administrator, would let whoever chose its token set that
+    # administrator's password.
+    SealedTable(
+        PasswordReset,
+        _columns(
+            "id uuid admin_id token_sha256 requested_by created_at expires_at used_at superseded_at"
+        ),
+        since=3,
     ),
     # MS agents (services/pki/agents.py): who may forward archival requests, with which token,
     # and what each Windows template becomes. An agent, a token or a map put in by SQL would have

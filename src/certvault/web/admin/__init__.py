@@ -15,6 +15,7 @@ from certvault.web.admin import (
     key_vault,
     persons,
     recovery_requests,
+    set_password,
 )
 
 router = APIRouter(include_in_schema=False)
@@ -31,6 +32,7 @@ for _page in (
     admins,
     forms,
     agents,
+    set_password,
 ):
     router.include_router(_page.router)
 

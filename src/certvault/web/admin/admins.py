@@ -1,5 +1,6 @@
 """Admins page (account administrators only): create administrators, set their role,
-organizations, privileges and address, reset their TOTP, deactivate them. The rules (who may
+organizations, privileges and address, mail them a set-password link, reset their TOTP,
+deactivate them. The rules (who may
 manage, no escalation, no self-lockout, re-authentication before a privilege that releases keys)
 live in services/admins.py."""
 
@@ -13,7 +14,7 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from certvault.errors import CertvaultError, InvalidInput
-from certvault.services.access import admins
+from certvault.services.access import admins, password_resets
 from certvault.services.directory import accounts
 from certvault.services.kernel.actors import Privilege
 from certvault.web.admin.console import NOTICES, Console, open_console, post_console, redirect
@@ -24,6 +25,8 @@ MAX_FIELDS = 60  # csrf, login, email, role, password fields, and a checkbox per
 MAX_LIST = 40
 # The re-authentication fields: the form's own "password" is the new administrator's.
 REAUTH_PREFIX = "current_"
+# The same fields of the password-reset form, named apart: both forms are on one page.
+RESET_PREFIX = "reset_"
 
 NOTICES.update(
     {
@@ -32,6 +35,8 @@ NOTICES.update(
         "API tokens were revoked.",
         "admin_totp_reset": "The administrator's TOTP was reset: their next sign-in sets it up "
         "again.",
+        "admin_password_reset": "A link to set a new password was mailed to the administrator's "
+        "address. Their current password works until they use it; older links no longer work.",
     }
 )
 
@@ -71,17 +76,18 @@ async def _reauthentication(console: Console) -> dict[str, Any]:
     return {
         "ask_reauthentication": not await console.reauthenticated(),
         "reauth_prefix": REAUTH_PREFIX,
+        "reset_prefix": RESET_PREFIX,
         "release_labels": [
             admins.PRIVILEGE_LABELS[p] for p in Privilege if p in admins.RELEASE_PRIVILEGES
         ],
     }
 
 
-async def _confirmed(console: Console, form: FormData) -> bool:
+async def _confirmed(console: Console, form: FormData, prefix: str = REAUTH_PREFIX) -> bool:
     """Confirm the password and code when the form carries them (the session did not lately);
     whether the session is freshly re-authenticated now. The service decides if it must be."""
-    if form_field(form, REAUTH_PREFIX + "password") or form_field(form, REAUTH_PREFIX + "code"):
-        await console.reauthenticate(form, REAUTH_PREFIX)
+    if form_field(form, prefix + "password") or form_field(form, prefix + "code"):
+        await console.reauthenticate(form, prefix)
     return await console.reauthenticated()
 
 
@@ -233,3 +239,26 @@ async def deactivate_admin(request: Request, admin_id: int) -> Response:
 @router.post("/admin/admins/{admin_id}/reset-totp")
 async def reset_totp(request: Request, admin_id: int) -> Response:
     return await _act(request, admin_id, admins.reset_admin_totp, "admin_totp_reset")
+
+
+@router.post("/admin/admins/{admin_id}/reset-password")
+async def reset_password(request: Request, admin_id: int) -> Response:
+    """Mail the administrator a set-password link; the resetter sees neither it nor the
+    password. Needs a fresh confirmation of the resetter's own password and code."""
+    posted = await post_console(request, max_fields=4)
+    if isinstance(posted, Response):
+        return posted
+    console, form = posted
+    try:
+        await console.call(
+            password_resets.request_reset,
+            console.ports,
+            console.actor,
+            console.account_slug,
+            admin_id,
+            reauthenticated=await _confirmed(console, form, RESET_PREFIX),
+        )
+    except CertvaultError as exc:
+        # A missing administrator gets the error page; anything else the form with its message.
+        return await _admin_page(console, admin_id, exc.status, error=exc.message)
+    return redirect(f"/admin/admins/{admin_id}", notice="admin_password_reset")
