@@ -28,8 +28,9 @@ from certvault.services.directory import accounts  # noqa: E402
 from certvault.services.kernel.actors import Actor  # noqa: E402
 from certvault.services.kernel.ports import Ports, open_ports  # noqa: E402
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+# The PostgreSQL server the tests use (trust authentication); throwaway databases are made on it.
+PG_ADMIN = os.environ.get("CERTVAULT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_SERVER = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
 OPERATOR = Actor.operator("operator:bench@localhost")
 # Where the reports go; the smoke test points it elsewhere so a tiny run never replaces a real one.
 RESULTS_ENV = "CERTVAULT_BENCH_RESULTS"

@@ -8,7 +8,8 @@ For each backend and size: a throwaway installation filled with synthetic escrow
 bench/_synthetic.py: each key a record of its own, sealed as the service seals it, two per
 person), then through the application (in-process, with the Server-Timing middleware on), each
 timed --repeat times on persons spread over the whole vault: listing a person's certificates
-with keyVault=true (SCM `GET /api/smime/v2?personId=…&keyVault=true`), fetching one certificate
+with keyVault=true (SCM `GET /api/smime/v2?personId=…&keyVault=true`, and REST v1
+`GET /api/v1/certificates?person_id=…&key_vault=true`), fetching one certificate
 (`GET /api/v1/certificates/{id}`) and releasing one key (`POST /api/smime/v2/keystore/{id}`,
 with the KDF at 2,048 rounds; its time outside the KDF is printed too). Printed: the p50 of
 each at both sizes and "large/small" (target: <= 2x), and the database bytes per escrowed key.
@@ -50,6 +51,15 @@ UNLIMITED = 1_000_000_000
 PASSPHRASE = "bench-scale-passphrase-1"
 TABLES = ("persons", "escrowed_keys", "certificates")
 UNITS = {"keys": "keys", "bytes_per_key": "bytes", "build_s": "s"}
+# What is timed: the SCM list and the REST v1 list of a person's certificates with a key in the
+# vault, one certificate, one release, and that release outside the KDF.
+PATHS = {
+    "list": "list",
+    "list v1": "list v1",
+    "fetch": "fetch",
+    "release": "release",
+    "outside": "release outside the KDF",
+}
 
 
 def _token(ports: Ports) -> str:
@@ -100,8 +110,8 @@ def _persons(population: Population, repeat: int) -> Iterator[int]:
 
 
 def time_paths(ports: Ports, population: Population, token: str, repeat: int) -> dict[str, float]:
-    """p50 milliseconds of each path, and the database bytes per key."""
-    times: dict[str, list[float]] = {"list": [], "fetch": [], "release": [], "outside": []}
+    """p50 milliseconds of each path."""
+    times: dict[str, list[float]] = {name: [] for name in PATHS}
     auth = {"Authorization": f"Bearer {token}"}
     app = create_app(ports)
     app.add_middleware(web_timing.ServerTiming)  # the release's KDF, subtracted
@@ -112,6 +122,9 @@ def time_paths(ports: Ports, population: Population, token: str, repeat: int) ->
             query = {"personId": person_id, "keyVault": "true"}
             listed, response = _timed(lambda q=query: web.get("/api/smime/v2", params=q))
             assert sorted(c["id"] for c in response.json()) == population.certificates_of(index)
+            query = {"person_id": person_id, "key_vault": "true"}
+            listed_v1, response = _timed(lambda q=query: web.get("/api/v1/certificates", params=q))
+            assert len(response.json()["items"]) == len(population.certificates_of(index))
             fetched, response = _timed(lambda c=cert_id: web.get(f"/api/v1/certificates/{c}"))
             assert response.json()["key_in_vault"] is True
             released, response = _timed(
@@ -122,6 +135,7 @@ def time_paths(ports: Ports, population: Population, token: str, repeat: int) ->
             )
             if n >= 2:  # two warm-ups: compiled statements, connections, service keys
                 times["list"].append(listed)
+                times["list v1"].append(listed_v1)
                 times["fetch"].append(fetched)
                 times["release"].append(released)
                 times["outside"].append(released - _kdf_ms(response))
@@ -149,9 +163,8 @@ def run_size(backend: str, keys: int, repeat: int) -> dict[str, float]:
         )
         p50 = time_paths(ports, population, token, repeat)
         print(
-            f"  {backend} {stored:,} keys, p50 ms: list {p50['list']:.2f}, fetch "
-            f"{p50['fetch']:.2f}, release {p50['release']:.2f} "
-            f"({p50['outside']:.2f} outside the KDF)",
+            f"  {backend} {stored:,} keys, p50 ms: "
+            + ", ".join(f"{label} {p50[path]:.2f}" for path, label in PATHS.items()),
             flush=True,
         )
         return p50 | {"keys": stored, "bytes_per_key": per_key, "build_s": built}
@@ -165,8 +178,8 @@ def _status_kib(field: str) -> int:
 
 
 def _reset_peak_rss() -> int:
-    """Start the peak over from the current RSS (Linux: clear_refs 5), and return that RSS.
-    Opening the master key (a memory-hard KDF) peaks far above what an import uses."""
+    """Start the peak over from the current RSS (Linux: clear_refs 5), and return that RSS, so
+    that what ran before the import (imports, opening the installation) is not counted."""
     Path("/proc/self/clear_refs").write_text("5")
     return _status_kib("VmRSS")
 
@@ -230,8 +243,7 @@ def main() -> None:
             for size, measured in (("small", small), ("large", large)):
                 for name, value in measured.items():
                     figures.value(f"{backend} {size} {name}", value, UNITS.get(name, "ms"))
-            for path in ("list", "fetch", "release", "outside"):
-                label = "release outside the KDF" if path == "outside" else path
+            for path, label in PATHS.items():
                 figures.ratio(
                     f"{backend} {label} large/small",
                     large[path] / small[path],
