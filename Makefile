@@ -28,14 +28,12 @@ test: setup
 	$(MAKE) lint
 	$(BIN)/pytest -n 2 --dist loadfile
 
+# Every benchmark at full size; each prints its ratios and writes bench/results/<name>.json.
+# `make test` runs each at a tiny size (tests/unit/test_bench_smoke.py).
 bench: setup
-	$(BIN)/python bench/archive.py
-	$(BIN)/python bench/release.py
-	$(BIN)/python bench/api.py
-	$(BIN)/python bench/enroll.py
-	$(BIN)/python bench/kdf.py
-	$(BIN)/python bench/recovery.py
-	$(BIN)/python bench/agent_decrypt.py
+	@set -e; for script in bench/[!_]*.py; do \
+		echo "== $$script"; $(BIN)/python $$script; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

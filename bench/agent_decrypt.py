@@ -33,6 +33,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import report  # noqa: E402
+
 from certvault.crypto.cmc import CmcRequest, parse_request  # noqa: E402
 from certvault.errors import ArchivedKeyUndecryptable  # noqa: E402
 from certvault.services.pki.agent_requests import decrypt  # noqa: E402
@@ -105,11 +107,14 @@ def main() -> None:
             assert not run(), f"{name} must fail"
         times[name] = median_seconds(run, args.repeat)
     print(f"success: {times['success'] * 1e3:.3f} ms (median of {args.repeat})")
-    for name, seconds in times.items():
-        if name != "success":
-            print(f"{name}/success = {seconds / times['success']:.2f}x")
-    secret = [times[name] for name in SECRET_DEPENDENT]
-    print(f"slowest/fastest key-dependent failure = {max(secret) / min(secret):.2f}x")
+    with report("agent_decrypt", vars(args)) as figures:
+        for name, seconds in times.items():
+            figures.value(name, seconds, "s")
+        for name, seconds in times.items():
+            if name != "success":
+                figures.ratio(f"{name}/success", seconds / times["success"])
+        secret = [times[name] for name in SECRET_DEPENDENT]
+        figures.ratio("slowest/fastest key-dependent failure", max(secret) / min(secret))
 
 
 if __name__ == "__main__":

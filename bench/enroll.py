@@ -1,7 +1,7 @@
 """Server-side enrollments per second through the web-form service, beside the raw keygen + sign
 cost, in one run.
 
-    python bench/enroll.py [--count N] [--kind ec256|rsa2048|both]
+    python bench/enroll.py [--count N] [--kind ec256|rsa2048|both] [--backends ...]
 
 Raw: `generate_key` + `issue_certificate` with an in-memory CA of the built-in CA's key type.
 Service: `services.pki.enrollment.enroll` (form and code checks, rate limits, key generation, the
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from _common import OPERATOR, installation
+from _common import OPERATOR, installation, report
 
 from certvault.crypto import ca as calib
 from certvault.crypto.profiles import KeyType, generate_key, get_profile
@@ -170,25 +170,30 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=0)
     parser.add_argument("--kind", choices=["ec256", "rsa2048", "both"], default="both")
+    parser.add_argument("--backends", default="sqlite,postgresql")
     args = parser.parse_args()
     kinds = [KeyType.EC256, KeyType.RSA2048] if args.kind == "both" else [KeyType(args.kind)]
     print(f"built-in CA key: {CA_KEY_TYPE.value}; p12 KDF: {KDF_ROUNDS:,} rounds")
-    for kind in kinds:
-        count = args.count or (100 if kind is KeyType.RSA2048 else 300)
-        raw = raw_rate(kind, count)
-        print(f"{kind.value}: {count} enrollments; raw keygen + sign: {raw:,.1f}/s")
-        for backend in ("sqlite", "postgresql"):
-            rate, samples = service_run(backend, kind, count)
-            # Medians: other work on the machine shows up as outliers, not as overhead.
-            overhead = statistics.median(s["total"] - s["keygen"] - s["sign"] for s in samples)
-            median = {name: statistics.median(s[name] for s in samples) for name in samples[0]}
-            steps = ", ".join(f"{name} {ms(median[name])}" for name in TIMED)
-            print(
-                f"  {backend:10s}: {rate:,.1f}/s = {rate / raw:.0%} of raw; median ms per "
-                f"enrollment: total {ms(median['total'])} ({steps})\n"
-                f"  {'':10s}  overhead beyond keygen and signing, median: {ms(overhead)} ms "
-                f"(target <= 20 ms: {'met' if overhead <= 0.020 else 'MISSED'})"
-            )
+    with report("enroll", vars(args)) as figures:
+        for kind in kinds:
+            count = args.count or (100 if kind is KeyType.RSA2048 else 300)
+            raw = figures.value(f"{kind.value} raw", raw_rate(kind, count), "enrollments/s")
+            print(f"{kind.value}: {count} enrollments; raw keygen + sign: {raw:,.1f}/s")
+            for backend in args.backends.split(","):
+                rate, samples = service_run(backend, kind, count)
+                # Medians: other work on the machine shows up as outliers, not as overhead.
+                overhead = statistics.median(s["total"] - s["keygen"] - s["sign"] for s in samples)
+                median = {name: statistics.median(s[name] for s in samples) for name in samples[0]}
+                steps = ", ".join(f"{name} {ms(median[name])}" for name in TIMED)
+                figures.value(f"{kind.value} {backend} service", rate, "enrollments/s")
+                figures.value(f"{kind.value} {backend} overhead p50", overhead, "s")
+                print(
+                    f"  {backend:10s}: {rate:,.1f}/s; median ms per enrollment: total "
+                    f"{ms(median['total'])} ({steps})\n"
+                    f"  {'':10s}  overhead beyond keygen and signing, median: {ms(overhead)} ms "
+                    f"(target <= 20 ms)"
+                )
+                figures.ratio(f"{kind.value} {backend} service/raw", rate / raw)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import re
 import statistics
 import time
 
-from _common import OPERATOR, installation
+from _common import OPERATOR, Report, installation, report
 from fastapi.testclient import TestClient
 
 from certvault.config import Settings
@@ -33,7 +33,7 @@ from tests.factories import make_ca, make_cert, make_p12, new_key
 UNLIMITED = 1_000_000_000
 KINDS = {
     "unknown": "nobody@example.org",
-    "another account's": "bob@example.org",
+    "in another account": "bob@example.org",
     "only in a person record": "carol@example.org",
     "key compromised": "dave@example.org",
     "with keys": "alice@example.org",
@@ -66,7 +66,7 @@ def run(count: int, backend: str, floor_ms: int) -> dict[str, list[float]]:
                 ports, OPERATOR, slug, kv_settings.RecoveryOptions(recovery_method="email_code")
             )
         _vault(ports, "bench", KINDS["with keys"], ca)
-        _vault(ports, "other", KINDS["another account's"], ca)
+        _vault(ports, "other", KINDS["in another account"], ca)
         compromised = _vault(ports, "bench", KINDS["key compromised"], ca)
         crl.revoke_certificate(ports, OPERATOR, "bench", compromised, "keyCompromise")
         persons.create_person(
@@ -107,11 +107,14 @@ def main() -> None:
         "--floor-ms", type=int, default=Settings.model_fields["recovery_answer_floor_ms"].default
     )
     args = parser.parse_args()
-    for floor in (0, args.floor_ms):
-        report(run(args.count, args.backend, floor), args.count, args.backend, floor)
+    with report("recovery", vars(args)) as figures:
+        for floor in (0, args.floor_ms):
+            show(run(args.count, args.backend, floor), args.count, args.backend, floor, figures)
 
 
-def report(times: dict[str, list[float]], count: int, backend: str, floor: int) -> None:
+def show(
+    times: dict[str, list[float]], count: int, backend: str, floor: int, figures: Report
+) -> None:
     base = statistics.median(times["unknown"])
     print(f"recovery requests on {backend}, {count} per kind, answer floor {floor} ms (ms)")
     print(f"{'kind':<26}{'p10':>8}{'p50':>8}{'p90':>8}")
@@ -121,9 +124,12 @@ def report(times: dict[str, list[float]], count: int, backend: str, floor: int) 
             f"{percentile(values, 0.9):8.2f}"
         )
     for kind, values in times.items():
+        figures.value(f"floor {floor} ms {kind} p50", statistics.median(values), "ms")
+    for kind, values in times.items():
         if kind != "unknown":
-            ratio = statistics.median(values) / base
-            print(f"floor {floor} ms: {kind} p50 / unknown p50 = {ratio:.2f}x")
+            figures.ratio(
+                f"floor {floor} ms {kind} p50/unknown p50", statistics.median(values) / base
+            )
 
 
 if __name__ == "__main__":
