@@ -185,7 +185,7 @@ def test_import_folder_reports_every_file_and_manifest_takes_a_password_per_file
     rows = {row["file"]: row for row in json.loads(first.stdout)}
     assert set(rows) == set(good) | {str(wrong), str(junk)}
     for row in rows.values():
-        assert set(row) == {"alias", "clientCertId", "md5", "sha1", "message", "file"}
+        assert set(row) == {"alias", "clientCertId", "md5", "sha1", "message", "file", "warnings"}
     for name, (alias, cert) in good.items():
         row = rows[name]
         assert row["message"] == IMPORTED and row["alias"] == alias
