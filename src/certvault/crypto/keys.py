@@ -6,7 +6,7 @@ import hashlib
 from typing import TypeAlias
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InternalError, InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
@@ -212,5 +212,7 @@ def _load_der(der: bytes, *, validate: bool) -> PrivateKeyTypes:
         )
     except UnsupportedAlgorithm as exc:
         raise UnsupportedKey() from exc
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, InternalError) as exc:
+        # InternalError: OpenSSL refusing some damaged keys (an Ed25519 key of the wrong length)
+        # without an error cryptography knows.
         raise CryptoError("The private key is not a valid unencrypted PKCS#8 key.") from exc

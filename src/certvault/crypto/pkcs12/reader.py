@@ -233,10 +233,17 @@ def _load_certificate(der: bytes) -> x509.Certificate:
         # cryptography only warns about a serial number below 1 today and will refuse it in a
         # later release; refusing now keeps the vault from holding certificates an upgrade
         # could no longer load.
-        serial = asn1_x509.Certificate.load(der)["tbs_certificate"]["serial_number"].native
+        tbs = asn1_x509.Certificate.load(der)["tbs_certificate"]
+        serial = tbs["serial_number"].native
         if not isinstance(serial, int) or serial < 1:
             raise malformed("certificate serial number not positive")
-        return x509.load_der_x509_certificate(der)
+        # cryptography parses names only when they are first used, which would be in the
+        # archive, past the reader's refusals. Both parsers read them now: a name that either
+        # cannot read (OpenSSL neither) refuses the file here.
+        tbs["subject"].native, tbs["issuer"].native  # noqa: B018
+        cert = x509.load_der_x509_certificate(der)
+        cert.subject, cert.issuer  # noqa: B018
+        return cert
     except (*ASN1_ERRORS, x509.InvalidVersion) as exc:
         raise malformed("damaged certificate") from exc
 
