@@ -17,12 +17,7 @@ KEY_TYPES = ["rsa2048", "rsa4096", "p256", "p384", "p521", "ed25519"]
 
 def _rsa_pkcs8(vectors, **changes: int) -> bytes:
     """The rsa2048 vector key as PKCS#8, with some of its RSAPrivateKey fields replaced."""
-    der = vectors.key("rsa2048").private_bytes(
-        serialization.Encoding.DER,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    info = asn1_keys.PrivateKeyInfo.load(der)
+    info = asn1_keys.PrivateKeyInfo.load(vectors.pkcs8(vectors.key("rsa2048")))
     numbers = asn1_keys.RSAPrivateKey.load(info["private_key"].parsed.dump())
     for name, value in changes.items():
         numbers[name] = value
@@ -119,12 +114,7 @@ def test_pairwise_check_fails_with_another_public_key(vectors, name, other):
 def test_ec_key_whose_stored_point_is_not_its_own_is_refused_on_load(vectors):
     # The scalar of p256 with another key's public point: cryptography refuses it when loading,
     # before the pairwise check would have caught it.
-    der = vectors.key("p256").private_bytes(
-        serialization.Encoding.DER,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    info = asn1_keys.PrivateKeyInfo.load(der)
+    info = asn1_keys.PrivateKeyInfo.load(vectors.pkcs8(vectors.key("p256")))
     ec_key = asn1_keys.ECPrivateKey.load(info["private_key"].parsed.dump())
     ec_key["public_key"] = (
         vectors.key("p256")

@@ -227,6 +227,11 @@ def _load_key(der: bytes) -> PrivateKey:
     return key
 
 
+# The string types OpenSSL reads in a name (B_ASN1_PRINTABLE): UTF8String, NumericString,
+# PrintableString, T61String, IA5String, VisibleString, UniversalString, BMPString.
+_NAME_STRING_TYPES = frozenset({12, 18, 19, 20, 22, 26, 28, 30})
+
+
 def _load_certificate(der: bytes) -> x509.Certificate:
     check_shape(der)
     try:
@@ -237,12 +242,14 @@ def _load_certificate(der: bytes) -> x509.Certificate:
         serial = tbs["serial_number"].native
         if not isinstance(serial, int) or serial < 1:
             raise malformed("certificate serial number not positive")
-        # cryptography parses names only when they are first used, which would be in the
-        # archive, past the reader's refusals. Both parsers read them now: a name that either
-        # cannot read (OpenSSL neither) refuses the file here.
-        tbs["subject"].native, tbs["issuer"].native  # noqa: B018
         cert = x509.load_der_x509_certificate(der)
-        cert.subject, cert.issuer  # noqa: B018
+        # cryptography parses names only when they are first used, which would be in the
+        # archive, past the reader's refusals: they are read now. It also takes values OpenSSL
+        # refuses in a name (OCTET and BIT STRINGs, times); so does the reader, in microseconds.
+        for name in (cert.subject, cert.issuer):
+            for attribute in name:
+                if attribute._type.value not in _NAME_STRING_TYPES:  # noqa: SLF001
+                    raise malformed("certificate name with a value that is not a string")
         return cert
     except (*ASN1_ERRORS, x509.InvalidVersion) as exc:
         raise malformed("damaged certificate") from exc
