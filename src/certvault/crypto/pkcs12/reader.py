@@ -66,9 +66,9 @@ CHAIN_CERTIFICATES_SKIPPED = "chain_certificates_skipped"
 LEGACY_PASSWORD_ENCODING = "legacy_password_encoding"  # noqa: S105 - a code, not a password
 WARNINGS = {
     CHAIN_CERTIFICATES_SKIPPED: (
-        "Some encrypted sections of the file were not read: every key had its certificate, and "
-        "reading them would have cost more key-derivation work than allowed. They may hold "
-        "further chain certificates."
+        "Some encrypted sections of the file were not read: every key found had its "
+        "certificate, and reading them would have cost more key-derivation work than allowed. "
+        "Such sections usually hold further chain certificates."
     ),
     LEGACY_PASSWORD_ENCODING: (
         "The file's password was encoded the way OpenSSL 1.0 encoded non-ASCII passwords (each "
