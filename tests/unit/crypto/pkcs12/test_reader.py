@@ -443,6 +443,7 @@ def _mutations(seed_names):
 
 @settings(
     derandomize=True,
+    database=None,
     max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
