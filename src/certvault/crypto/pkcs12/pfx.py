@@ -264,6 +264,8 @@ def _collect_bags(contents: Any, budget: Budget, out: list[Bag], depth: int = 0)
     """Append the key and certificate bags of a SafeContents to ``out``; skip others."""
     for bag in contents:
         budget.count_bag()
+        if not _oid_complete(bag["bag_id"]):  # else read as another, unknown bag type
+            raise malformed("bad bag type")
         kind = bag["bag_id"].native
         value = bag["bag_value"]
         if kind == "safe_contents":

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, event, given, settings
 
 from certvault.crypto.pkcs12.pbe import bmp_password
 from certvault.crypto.pkcs12.reader import read_pkcs12
-from certvault.errors import CertvaultError
+from certvault.errors import CertvaultError, P12Malformed
 from tests.unit.crypto.conftest import VECTOR_DIR, Vectors
 from tests.unit.crypto.pkcs12.assembly import pfx_from_sections, pkcs12_mac, with_mac
 
@@ -124,3 +124,28 @@ def test_a_reordered_file_is_read_like_the_original(name):
     assert {_vectors.pkcs8(entry.key) for entry in ours.entries} == expected
     reference = crypto_pkcs12.load_pkcs12(blob, PW.encode())
     assert reference.key is not None and _vectors.pkcs8(reference.key) in expected
+
+
+# One bit flipped where an exhaustive scan found certvault reading what OpenSSL refuses.
+ONE_BIT_FLIPS = [
+    ("p256-nomac-legacy.p12", 164, 3, "issuer value an OCTET STRING"),
+    ("p256-nomac-legacy.p12", 166, 7, "issuer value not UTF-8"),
+    ("p256-nomac-legacy.p12", 726, 0, "bag attributes with a wrong tag"),
+    ("p256-nomac-legacy.p12", 740, 7, "attribute type OID cut short"),
+    ("p256-nomac.p12", 871, 2, "PBKDF2 PRF parameters not NULL"),
+    ("p256.p12 (MAC removed)", 57, 0, "EncryptedData version with a wrong tag"),
+    ("p256.p12 (MAC removed)", 58, 7, "EncryptedData version empty"),
+    ("p256.p12 (MAC removed)", 64, 0, "encrypted content type with a wrong tag"),
+    ("p256.p12 (MAC removed)", 74, 7, "encrypted content type OID cut short"),
+    ("two-pairs.p12", 1067, 7, "bag type OID cut short"),
+]
+
+
+@pytest.mark.parametrize(("name", "offset", "bit", "what"), ONE_BIT_FLIPS)
+def test_one_bit_flips_openssl_refuses_are_refused(name, offset, bit, what):
+    blob = bytearray(_DATA[name])
+    blob[offset] ^= 1 << bit
+    with pytest.raises(P12Malformed):
+        read_pkcs12(bytes(blob), PW)
+    with pytest.raises(ValueError):
+        crypto_pkcs12.load_pkcs12(bytes(blob), PW.encode())
