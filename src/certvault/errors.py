@@ -97,6 +97,12 @@ class P12TooExpensive(P12Error):
     code = "p12_kdf_too_expensive"
 
 
+class P12TooManyItems(P12Error):
+    """The PKCS#12 file holds more items (bags and sections) than allowed."""
+
+    code = "p12_too_many_items"
+
+
 class P12TooLarge(P12Error, TooLarge):
     """The PKCS#12 file is larger than allowed."""
 
@@ -139,6 +145,18 @@ class SealBroken(CryptoError):
 
     code = "seal_broken"
     status = 500
+
+
+class KeyInconsistent(CryptoError):
+    """The private key is damaged: its values do not fit together or fail its certificate."""
+
+    code = "key_inconsistent"
+
+
+class P12KeyInconsistent(P12Error, KeyInconsistent):
+    """A private key in the PKCS#12 file is damaged: its values do not fit together."""
+
+    code = "p12_key_inconsistent"
 
 
 class P12UnsupportedKey(P12Error, UnsupportedKey):

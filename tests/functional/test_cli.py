@@ -185,7 +185,7 @@ def test_import_folder_reports_every_file_and_manifest_takes_a_password_per_file
     rows = {row["file"]: row for row in json.loads(first.stdout)}
     assert set(rows) == set(good) | {str(wrong), str(junk)}
     for row in rows.values():
-        assert set(row) == {"alias", "clientCertId", "md5", "sha1", "message", "file"}
+        assert set(row) == {"alias", "clientCertId", "md5", "sha1", "message", "file", "warnings"}
     for name, (alias, cert) in good.items():
         row = rows[name]
         assert row["message"] == IMPORTED and row["alias"] == alias
@@ -278,6 +278,18 @@ def test_import_one_bad_file_never_stops_the_others(cli, tmp_path):
     clean = cli.run("import", "--account", "acme", folder, "--password-file", password)
     assert clean.returncode == 0, clean.stderr  # everything was imported
     assert "files: 1, imported: 1, already there: 0, failed: 0" in text(clean)
+
+
+def test_import_reports_the_readers_warnings(cli, tmp_path):
+    cli.bootstrap()
+    vector = Path(__file__).parents[1] / "vectors" / "p12" / "p256-openssl10-nonascii.p12"
+    password = write_secret(tmp_path / "pw", "pässwörd-Ω-12345")
+    done = cli.run("import", "--account", "acme", vector, "--password-file", password, "--json")
+    assert done.returncode == 0, done.stderr
+    [row] = json.loads(done.stdout)
+    assert row["message"] == IMPORTED and row["warnings"] == ["legacy_password_encoding"]
+    assert f"WARNING {vector}: [legacy_password_encoding]" in text(done)
+    assert "OpenSSL 1.0" in text(done)
 
 
 # --- export --------------------------------------------------------------------------------------

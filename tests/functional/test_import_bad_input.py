@@ -18,7 +18,7 @@ from certvault.services.audit import checks as audit_checks
 from certvault.services.directory import certificates
 from certvault.services.vault import archive
 from certvault.services.vault.archive import IMPORTED
-from certvault.services.vault.imports import ImportItem, import_files, import_p12
+from certvault.services.vault.imports import ImportItem, import_files, import_p12, import_p12_file
 from tests.factories import make_cert, make_p12, new_key
 from tests.functional.helpers import counts, events
 from tests.unit.crypto.pkcs12.assembly import nested, pfx_from_sections, plain_bags, with_attribute
@@ -48,6 +48,15 @@ BAD = [
     ("100 million MAC iterations", _data("iter-mac-100m.p12"), P, "p12_kdf_too_expensive"),
     ("100 million key-bag iterations", _data("iter-key-100m.p12"), P, "p12_kdf_too_expensive"),
     ("nested 100 million iterations", _data("iter-nested-100m.p12"), P, "p12_kdf_too_expensive"),
+    ("wrong MAC", _data("p256-bad-mac.p12"), P, "p12_wrong_password"),
+    (
+        "two keys, a certificate of neither",
+        _data("two-keys-foreign-cert.p12"),
+        P,
+        "p12_no_certificate",
+    ),
+    ("PBMAC1 key length of a million", _data("pbmac1-keylen-huge.p12"), P, "p12_malformed"),
+    ("RSA key with a bad CRT value", _data("rsa2048-bad-crt.p12"), P, "p12_key_inconsistent"),
     ("over the size limit", b"\x30\x84" + os.urandom(1024 * 1024 + 10), P, "p12_too_large"),
     ("3,000 nested SEQUENCEs in a bag attribute", _deeply_nested(), P, "p12_malformed"),
 ]
@@ -64,6 +73,31 @@ def test_bad_p12_is_refused_and_changes_nothing(
     assert counts(ports) == before
     refused = [e for e in events(ports, "key.archive") if e.outcome == "refused"]
     assert [json.loads(e.details)["reason"] for e in refused] == [code]
+
+
+@pytest.mark.parametrize(
+    ("name", "password", "warnings", "chain"),
+    [
+        ("p256-70ca.p12", P, [], 70),
+        ("certtool-p256-9certs.p12", P, ["chain_certificates_skipped"], 7),
+        ("p256-openssl10-nonascii.p12", "pässwörd-Ω-12345", ["legacy_password_encoding"], 0),
+    ],
+)
+def test_files_read_with_warnings_import(ports, operator, account, name, password, warnings, chain):
+    result = import_p12_file(ports, operator, "acme", _data(name), password)
+    [entry] = result.entries
+    assert entry.message == IMPORTED
+    assert result.warnings == warnings
+    assert [code for code, _ in result.warning_messages] == warnings
+    with ports.db.read() as s:
+        row = s.get_one(Certificate, entry.client_cert_id)
+        assert row.chain_pem.count("BEGIN CERTIFICATE") == chain
+    [archived] = [e for e in events(ports, "key.archive") if e.outcome == "success"]
+    details = json.loads(archived.details)
+    if "legacy_password_encoding" in warnings:
+        assert details["password_encoding"] == "openssl-1.0"
+    else:
+        assert "password_encoding" not in details
 
 
 def test_two_key_pairs_give_two_entries(ports, operator, account):

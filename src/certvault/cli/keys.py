@@ -121,7 +121,7 @@ def import_command(
 
 def _report(results: list[FileResult], as_json: bool) -> None:
     imported = existing = failed = 0
-    rows = []
+    rows: list[dict[str, object]] = []
     for r in results:
         if r.error is not None:
             failed += 1
@@ -134,9 +134,12 @@ def _report(results: list[FileResult], as_json: bool) -> None:
                     "sha1": None,
                     "message": r.error.message,
                     "file": r.name,
+                    "warnings": [],
                 }
             )
             continue
+        for code, text in r.warning_messages:
+            err.print(f"WARNING {r.name}: [{code}] {text}", markup=False)
         for e in r.entries:
             if not e.ok:
                 failed += 1
@@ -145,7 +148,7 @@ def _report(results: list[FileResult], as_json: bool) -> None:
                 existing += 1
             else:
                 imported += 1
-            rows.append({**e.scm(), "file": r.name})
+            rows.append({**e.scm(), "file": r.name, "warnings": r.warnings})
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
     err.print(

@@ -9,7 +9,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from asn1crypto import algos
+from asn1crypto import algos, parser
 from asn1crypto import pkcs12 as asn1_pkcs12
 
 from certvault.crypto.ber import ASN1_ERRORS, BerError, check_structure
@@ -149,6 +149,8 @@ def _parse_pbkdf2(kdf: Any) -> tuple[bytes, int, int | None, str]:
     key_length = params["key_length"].native
     if key_length is not None and not isinstance(key_length, int):
         raise malformed("bad PBKDF2 key length")
+    if params["prf"]["parameters"].dump() not in (b"", b"\x05\x00"):  # absent or NULL
+        raise malformed("bad PBKDF2 PRF parameters")
     return (
         bytes(params["salt"].chosen),
         _count(params["iteration_count"], "bad iteration count"),
@@ -198,13 +200,59 @@ def _parse_mac(mac_data: Any) -> Mac:
     return Mac(False, mac_hash, mac_hash, salt, iterations, size, expected)
 
 
+def _child_tags(contents: bytes) -> list[int]:
+    """The first identifier byte of each value in ``contents``."""
+    tags: list[int] = []
+    while contents:
+        tags.append(contents[0])
+        contents = contents[parser.peek(contents) :]
+    return tags
+
+
+def _oid_complete(oid: Any) -> bool:
+    # asn1crypto decodes an OID whose last byte still says "more follows" as a shorter OID.
+    return bool(oid.contents) and oid.contents[-1] < 0x80
+
+
+_ATTRIBUTE_TAGS = {"friendly_name": b"\x1e", "local_key_id": b"\x04"}  # BMPString, OCTET STRING
+
+
+def _primitive_fits(value: bytes) -> bool:
+    """Whether a universal primitive value has contents its type allows (others: True)."""
+    tag = value[0]
+    if tag & 0xE0:  # constructed, or not universal
+        return True
+    contents = parser.parse(value)[4]
+    if tag == 0x05:  # NULL
+        return not contents
+    if tag == 0x01:  # BOOLEAN
+        return len(contents) == 1
+    if tag in (0x02, 0x0A):  # INTEGER, ENUMERATED
+        return bool(contents)
+    if tag in (0x06, 0x0D):  # OBJECT IDENTIFIER, RELATIVE-OID
+        return bool(contents) and contents[-1] < 0x80
+    return True
+
+
 def _attributes(bag: Any) -> tuple[str | None, bytes | None]:
+    # asn1crypto leaves an optional last field empty when its tag is wrong and ignores what was
+    # there; OpenSSL refuses such a bag, and so does certvault.
+    if _child_tags(bag.contents) not in ([0x06, 0xA0], [0x06, 0xA0, 0x31]):
+        raise malformed("bad SafeBag")
     name: str | None = None
     local_key_id: bytes | None = None
     if bag["bag_attributes"].native is None:
         return None, None
     for attribute in bag["bag_attributes"]:
+        if not _oid_complete(attribute["type"]):
+            raise malformed("bad attribute type")
         kind, values = attribute["type"].native, attribute["values"]
+        # asn1crypto reads a value of the wrong type as this one; OpenSSL refuses it.
+        if kind in _ATTRIBUTE_TAGS and any(v.dump()[:1] != _ATTRIBUTE_TAGS[kind] for v in values):
+            raise malformed("bad attribute value")
+        # Values of other attributes are kept unparsed by asn1crypto; OpenSSL checks them.
+        if not all(_primitive_fits(v.dump()) for v in values):
+            raise malformed("bad attribute value")
         if kind == "friendly_name" and len(values) and name is None:
             name = safe_text(values[0].native)
         elif kind == "local_key_id" and len(values) and local_key_id is None:
@@ -216,6 +264,8 @@ def _collect_bags(contents: Any, budget: Budget, out: list[Bag], depth: int = 0)
     """Append the key and certificate bags of a SafeContents to ``out``; skip others."""
     for bag in contents:
         budget.count_bag()
+        if not _oid_complete(bag["bag_id"]):  # else read as another, unknown bag type
+            raise malformed("bad bag type")
         kind = bag["bag_id"].native
         value = bag["bag_value"]
         if kind == "safe_contents":
@@ -262,7 +312,17 @@ def parse_pfx(data: bytes, budget: Budget) -> tuple[bytes, Mac | None, list[list
                 sections.append(parse_safe_contents(bytes(info["content"]), budget))
             elif kind == "encrypted_data":
                 budget.count_bag()
-                enc = info["content"]["encrypted_content_info"]
+                # asn1crypto lets a wrong tag pass as a missing field here; OpenSSL does not.
+                content = info["content"]
+                if (
+                    _child_tags(content.contents)[:2] != [0x02, 0x30]
+                    or not content["version"].contents
+                ):
+                    raise malformed("bad EncryptedData")
+                enc = content["encrypted_content_info"]
+                content_type = enc["content_type"]
+                if content_type.native != "data" or not _oid_complete(content_type):
+                    raise malformed("EncryptedData does not hold data")
                 if enc["encrypted_content"].native is None:
                     raise malformed("empty EncryptedData")
                 pbe = _parse_pbe(enc["content_encryption_algorithm"])

@@ -3,14 +3,17 @@
 The reader is written on asn1crypto and cryptography's primitives instead of ``load_pkcs12`` so
 that (a) every iteration count is checked before its KDF runs: a hostile upload declaring 100
 million rounds is refused in milliseconds, also when the count hides inside encrypted content;
-and (b) every key and certificate in the file is seen, not just the first key.
+(b) every key and certificate in the file is seen, not just the first key; and (c) keys are
+checked for what makes them work (RSA numbers, a pairwise signature with the certificate) instead
+of OpenSSL's primality tests, which cost 30-500 ms per key (DESIGN §10). Encrypted sections the
+keys do not need are read as far as the KDF budget goes, and skipped with a warning beyond it.
 """
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from asn1crypto import x509 as asn1_x509
@@ -22,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from certvault.crypto import keys
 from certvault.crypto.ber import ASN1_ERRORS
 from certvault.crypto.keys import PrivateKey
-from certvault.crypto.pkcs12.limits import DEFAULT_LIMITS, Budget, P12Limits
+from certvault.crypto.pkcs12.limits import DEFAULT_LIMITS, Budget, Derivation, P12Limits
 from certvault.crypto.pkcs12.pbe import (
     ID_IV,
     ID_KEY,
@@ -44,6 +47,8 @@ from certvault.crypto.pkcs12.pfx import (
 )
 from certvault.errors import (
     CryptoError,
+    KeyInconsistent,
+    P12KeyInconsistent,
     P12Malformed,
     P12NoCertificate,
     P12NoKey,
@@ -56,9 +61,25 @@ from certvault.errors import (
 T = TypeVar("T")
 
 
+# Warnings of a file that was read, by stable code; the text is for people.
+CHAIN_CERTIFICATES_SKIPPED = "chain_certificates_skipped"
+LEGACY_PASSWORD_ENCODING = "legacy_password_encoding"  # noqa: S105 - a code, not a password
+WARNINGS = {
+    CHAIN_CERTIFICATES_SKIPPED: (
+        "Some encrypted sections of the file were not read: every key found had its "
+        "certificate, and reading them would have cost more key-derivation work than allowed. "
+        "Such sections usually hold further chain certificates."
+    ),
+    LEGACY_PASSWORD_ENCODING: (
+        "The file's password was encoded the way OpenSSL 1.0 encoded non-ASCII passwords (each "
+        "UTF-8 byte as a character of its own); it was opened that way."
+    ),
+}
+
+
 @dataclass(frozen=True)
 class P12Entry:
-    key: PrivateKey  # loaded with full validation: this is the way into the vault
+    key: PrivateKey  # its numbers and a pairwise signature checked: this is the way into the vault
     certificate: x509.Certificate  # its public key is the key's public key
     # Of the key bag, else of the certificate bag; cleaned by safe_text (None if unsafe).
     friendly_name: str | None
@@ -68,12 +89,15 @@ class P12Entry:
 class P12Contents:
     entries: list[P12Entry]  # one per private key, in file order
     extra_certificates: list[x509.Certificate]  # not matched to a key (the chain)
+    warnings: list[str] = field(default_factory=list)  # codes of WARNINGS
+    legacy_password_encoding: bool = False  # opened with OpenSSL 1.0's non-ASCII password form
 
 
 @dataclass(frozen=True)
 class _Password:
     bmp: bytes  # for the PKCS#12 KDF
     utf8: bytes  # for PBKDF2
+    legacy: bool = False  # OpenSSL 1.0's form of a non-ASCII password
 
 
 def _password_forms(password: str) -> list[_Password]:
@@ -84,6 +108,14 @@ def _password_forms(password: str) -> list[_Password]:
     if not password:
         # OpenSSL tries an empty password both as an empty BMPString and as no password at all.
         forms.append(_Password(b"", b""))
+    if not password.isascii():
+        # OpenSSL 1.0 made each UTF-8 byte of the password a BMP character of its own. It gave
+        # PBKDF2 the UTF-8 bytes; OpenSSL 3, falling back to that form, gives PBKDF2 the UTF-8
+        # of the widened characters. Tried last, each try paid for like any other.
+        widened = password.encode("utf-8").decode("latin-1")
+        bmp = bmp_password(widened)
+        forms.append(_Password(bmp, password.encode("utf-8"), legacy=True))
+        forms.append(_Password(bmp, widened.encode("utf-8"), legacy=True))
     return forms
 
 
@@ -94,21 +126,61 @@ def _distinct(forms: Iterable[_Password], key: Callable[[_Password], bytes]) -> 
     return list(seen.values())
 
 
-def _verify_mac(mac: Mac, auth_octets: bytes, forms: list[_Password], budget: Budget) -> _Password:
-    """Return the password form the MAC accepts; the first attempt was admitted up front."""
-    candidates = _distinct(forms, (lambda f: f.utf8) if mac.pbmac1 else (lambda f: f.bmp))
-    for attempt, form in enumerate(candidates):
-        if attempt:
-            budget.admit(mac)
-        if mac.pbmac1:
-            key = pbkdf2(mac.kdf_hash, form.utf8, mac.salt, mac.iterations, mac.key_size)
-        else:
-            key = pkcs12_kdf(
-                mac.hmac_hash, form.bmp, mac.salt, ID_MAC, mac.iterations, mac.key_size
-            )
-        if hmac.compare_digest(hmac.new(key, auth_octets, mac.hmac_hash).digest(), mac.expected):
-            return form
-    raise P12WrongPassword()
+def _bmp(form: _Password) -> bytes:
+    return form.bmp
+
+
+def _utf8(form: _Password) -> bytes:
+    return form.utf8
+
+
+class _Reading:
+    """The password forms still in play, and the budget every further try is paid from."""
+
+    def __init__(self, forms: list[_Password], budget: Budget, authenticated: bool) -> None:
+        self.forms = forms
+        self.budget = budget
+        # With a verified MAC the content is authentic: content that does not parse is a
+        # malformed file. Without one, garbage that happens to unpad is a wrong password.
+        self.authenticated = authenticated
+        self.legacy = False
+
+    def verify_mac(self, mac: Mac, auth_octets: bytes) -> None:
+        """Keep the password forms the MAC accepts; the first attempt was admitted up front."""
+        form_key = _utf8 if mac.pbmac1 else _bmp
+        for attempt, form in enumerate(_distinct(self.forms, form_key)):
+            if attempt:
+                self.budget.admit(mac)
+            if mac.pbmac1:
+                key = pbkdf2(mac.kdf_hash, form.utf8, mac.salt, mac.iterations, mac.key_size)
+            else:
+                key = pkcs12_kdf(
+                    mac.hmac_hash, form.bmp, mac.salt, ID_MAC, mac.iterations, mac.key_size
+                )
+            expected = hmac.new(key, auth_octets, mac.hmac_hash).digest()
+            if hmac.compare_digest(expected, mac.expected):
+                self.forms = [f for f in self.forms if form_key(f) == form_key(form)]
+                self.legacy |= form.legacy
+                return
+        raise P12WrongPassword()
+
+    def open(self, pbe: Pbe, data: bytes, parse: Callable[[bytes], T]) -> T:
+        """Decrypt and parse with the first password form that works; the first try is prepaid."""
+        for attempt, form in enumerate(_distinct(self.forms, _bmp if pbe.pkcs12 else _utf8)):
+            if attempt:
+                self.budget.admit(pbe)
+            plain = _decrypt(pbe, form, data)
+            if plain is None:
+                continue
+            try:
+                parsed = parse(plain)
+            except P12Malformed:
+                if self.authenticated:
+                    raise
+                continue
+            self.legacy |= form.legacy
+            return parsed
+        raise P12WrongPassword()
 
 
 def _decrypt(pbe: Pbe, form: _Password, data: bytes) -> bytes | None:
@@ -140,42 +212,24 @@ def _decrypt(pbe: Pbe, form: _Password, data: bytes) -> bytes | None:
     return plain[:-pad]
 
 
-def _open(
-    pbe: Pbe,
-    data: bytes,
-    forms: list[_Password],
-    budget: Budget,
-    parse: Callable[[bytes], T],
-    authenticated: bool,
-) -> T:
-    """Decrypt and parse with the first password form that works; the first try is prepaid.
-
-    Without a MAC, garbage that happens to unpad cleanly is still a wrong password; with a
-    verified MAC the content is authentic, so content that does not parse is a malformed file.
-    """
-    candidates = _distinct(forms, (lambda f: f.bmp) if pbe.pkcs12 else (lambda f: f.utf8))
-    for attempt, form in enumerate(candidates):
-        if attempt:
-            budget.admit(pbe)
-        plain = _decrypt(pbe, form, data)
-        if plain is None:
-            continue
-        try:
-            return parse(plain)
-        except P12Malformed:
-            if authenticated:
-                raise
-    raise P12WrongPassword()
-
-
-def _load_key(der: bytes, *, validate: bool) -> PrivateKey:
+def _load_key(der: bytes) -> PrivateKey:
+    """The key, its RSA numbers checked (microseconds) but not OpenSSL's primality tests."""
     check_shape(der)
     try:
-        return keys.load_pkcs8_der(der, validate=validate)
+        key = keys.load_pkcs8_der(der, validate=False)
+        keys.check_rsa_numbers(key)
     except UnsupportedKey as exc:
         raise P12UnsupportedKey(exc.message) from exc
+    except KeyInconsistent as exc:
+        raise P12KeyInconsistent() from exc
     except CryptoError as exc:
         raise malformed("damaged private key") from exc
+    return key
+
+
+# The string types OpenSSL reads in a name (B_ASN1_PRINTABLE): UTF8String, NumericString,
+# PrintableString, T61String, IA5String, VisibleString, UniversalString, BMPString.
+_NAME_STRING_TYPES = frozenset({12, 18, 19, 20, 22, 26, 28, 30})
 
 
 def _load_certificate(der: bytes) -> x509.Certificate:
@@ -184,10 +238,19 @@ def _load_certificate(der: bytes) -> x509.Certificate:
         # cryptography only warns about a serial number below 1 today and will refuse it in a
         # later release; refusing now keeps the vault from holding certificates an upgrade
         # could no longer load.
-        serial = asn1_x509.Certificate.load(der)["tbs_certificate"]["serial_number"].native
+        tbs = asn1_x509.Certificate.load(der)["tbs_certificate"]
+        serial = tbs["serial_number"].native
         if not isinstance(serial, int) or serial < 1:
             raise malformed("certificate serial number not positive")
-        return x509.load_der_x509_certificate(der)
+        cert = x509.load_der_x509_certificate(der)
+        # cryptography parses names only when they are first used, which would be in the
+        # archive, past the reader's refusals: they are read now. It also takes values OpenSSL
+        # refuses in a name (OCTET and BIT STRINGs, times); so does the reader, in microseconds.
+        for name in (cert.subject, cert.issuer):
+            for attribute in name:
+                if attribute._type.value not in _NAME_STRING_TYPES:  # noqa: SLF001
+                    raise malformed("certificate name with a value that is not a string")
+        return cert
     except (*ASN1_ERRORS, x509.InvalidVersion) as exc:
         raise malformed("damaged certificate") from exc
 
@@ -214,95 +277,125 @@ def read_pkcs12(data: bytes, password: str, limits: P12Limits = DEFAULT_LIMITS) 
 
 def _read(data: bytes, password: str, budget: Budget) -> P12Contents:
     auth_octets, mac, sections = parse_pfx(data, budget)
-
-    # Price everything visible before any KDF runs: the MAC, each EncryptedData, and the
-    # shrouded keys outside encryption.
-    if mac is not None:
-        budget.admit(mac)
-    for section in sections:
+    plain: list[tuple[int, list[Bag]]] = []
+    encrypted: list[tuple[int, Encrypted]] = []
+    for i, section in enumerate(sections):
         if isinstance(section, Encrypted):
-            budget.admit(section.pbe)
+            encrypted.append((i, section))
         else:
-            for bag in section:
-                if bag.pbe is not None:
-                    budget.admit(bag.pbe)
+            plain.append((i, section))
+    plain_bags = [bag for _, bags in plain for bag in bags]
+    plain_keys = [bag.pbe for bag in plain_bags if bag.pbe is not None]
+    macs: list[Derivation] = [] if mac is None else [mac]
 
-    forms = _password_forms(password)
+    # A hostile count is refused before any KDF runs, wherever the file declares it.
+    for derivation in [*macs, *plain_keys, *(section.pbe for _, section in encrypted)]:
+        budget.check_iterations(derivation)
+    # So is a file whose necessary work cannot fit: the MAC and the keys outside encryption,
+    # admitted now, and one encrypted section, set aside, when the keys or all certificates can
+    # only be inside encryption.
+    for derivation in [*macs, *plain_keys]:
+        budget.admit(derivation)
+    if encrypted and not (
+        any(bag.is_key for bag in plain_bags) and any(not bag.is_key for bag in plain_bags)
+    ):
+        budget.reserve(min((section.pbe for _, section in encrypted), key=lambda p: p.work))
+
+    reading = _Reading(_password_forms(password), budget, authenticated=mac is not None)
     if mac is not None:
-        forms = [_verify_mac(mac, auth_octets, forms, budget)]
-    authenticated = mac is not None
+        reading.verify_mac(mac, auth_octets)
+    found = _Found(reading)
+    for i, bags in plain:
+        found.take(i, bags)
+    # Keys first: the encrypted sections are opened while a key still lacks its certificate
+    # (or no key is found yet); after that, only as far as the budget goes.
+    skipped = 0
+    for i, enc in encrypted:
+        if found.complete() and not budget.fits(enc.pbe):
+            skipped += 1
+            continue
+        budget.release()
+        budget.admit(enc.pbe)
+        contents = reading.open(
+            enc.pbe, enc.ciphertext, lambda der: parse_safe_contents(der, budget)
+        )
+        # Keys found inside are priced as soon as they are seen, before any of them runs.
+        for bag in contents:
+            if bag.pbe is not None:
+                budget.admit(bag.pbe)
+        found.take(i, contents)
 
-    bags: list[Bag] = []
-    for section in sections:
-        if isinstance(section, Encrypted):
-            found = _open(
-                section.pbe,
-                section.ciphertext,
-                forms,
-                budget,
-                lambda plain: parse_safe_contents(plain, budget),
-                authenticated,
-            )
-            # Keys found inside are priced as soon as they are seen, before any of them runs.
-            for bag in found:
-                if bag.pbe is not None:
-                    budget.admit(bag.pbe)
-            bags.extend(found)
-        else:
-            bags.extend(section)
+    warnings = [
+        code
+        for code, met in (
+            (LEGACY_PASSWORD_ENCODING, reading.legacy),
+            (CHAIN_CERTIFICATES_SKIPPED, skipped > 0),
+        )
+        if met
+    ]
+    result = _pair(found, warnings, reading.legacy)
+    # The pairwise signatures run last, once every key's share of the budget is admitted.
+    for entry in result.entries:
+        try:
+            keys.check_pairwise(entry.key, entry.certificate.public_key())
+        except KeyInconsistent as exc:
+            raise P12KeyInconsistent() from exc
+    return result
 
-    # Keys are first loaded without the RSA checks, so that their total cost is known and
-    # admitted before any of it is spent; the checks then run on every key that is returned.
-    unchecked: list[tuple[bytes, Bag]] = []
-    found_certs: list[tuple[x509.Certificate, Bag]] = []
-    for bag in bags:
-        if not bag.is_key:
-            found_certs.append((_load_certificate(bag.der), bag))
-        else:
+
+class _Found:
+    """The keys and certificates read so far, each with its place in the file."""
+
+    def __init__(self, reading: _Reading) -> None:
+        self.reading = reading
+        self.keys: list[tuple[tuple[int, int], PrivateKey, bytes, Bag]] = []  # place, key, SPKI
+        self.certs: list[tuple[tuple[int, int], x509.Certificate, bytes | None, Bag]] = []
+
+    def take(self, section: int, bags: list[Bag]) -> None:
+        """Load the bags of one section; encrypted keys were admitted to the budget already."""
+        for n, bag in enumerate(bags):
+            place = (section, n)
+            if not bag.is_key:
+                cert = _load_certificate(bag.der)
+                self.certs.append((place, cert, keys.certificate_spki_der(cert), bag))
+                continue
             if bag.pbe is None:
-                key, der = _unchecked_key(bag.der)
+                key = _load_key(bag.der)
             else:
-                key, der = _open(bag.pbe, bag.der, forms, budget, _unchecked_key, authenticated)
-            budget.admit_validation(key)
-            unchecked.append((der, bag))
-    found_keys = [(_load_key(der, validate=True), bag) for der, bag in unchecked]
-    return _pair(found_keys, found_certs)
+                key = self.reading.open(bag.pbe, bag.der, _load_key)
+            self.reading.budget.admit_key_check(key)
+            self.keys.append((place, key, keys.spki_der(key.public_key()), bag))
+
+    def complete(self) -> bool:
+        """Whether there are keys and each has a certificate of its public key."""
+        spkis = {spki for _, _, spki, _ in self.certs}
+        return bool(self.keys) and all(spki in spkis for _, _, spki, _ in self.keys)
 
 
-def _unchecked_key(der: bytes) -> tuple[PrivateKey, bytes]:
-    """The key (RSA primes not yet checked) and its PKCS#8 DER."""
-    return _load_key(der, validate=False), der
-
-
-def _pair(
-    found_keys: list[tuple[PrivateKey, Bag]], found_certs: list[tuple[x509.Certificate, Bag]]
-) -> P12Contents:
+def _pair(found: _Found, warnings: list[str], legacy: bool) -> P12Contents:
     """Give each key the certificate of its public key, preferring a matching localKeyId."""
-    if not found_keys:
+    if not found.keys:
         raise P12NoKey()
-    spkis = [keys.certificate_spki_der(cert) for cert, _ in found_certs]
+    certs = sorted(found.certs, key=lambda c: c[0])
     entries: list[P12Entry] = []
-    for key, key_bag in found_keys:
-        spki = keys.spki_der(key.public_key())
-        matches = [i for i, cert_spki in enumerate(spkis) if cert_spki == spki]
+    for _, key, spki, key_bag in sorted(found.keys, key=lambda k: k[0]):
+        matches = [c for c in certs if c[2] == spki]
         if not matches:
             raise P12NoCertificate()
-        pick = next(
+        _, cert, _, cert_bag = next(
             (
-                i
-                for i in matches
-                if key_bag.local_key_id is not None
-                and found_certs[i][1].local_key_id == key_bag.local_key_id
+                c
+                for c in matches
+                if key_bag.local_key_id is not None and c[3].local_key_id == key_bag.local_key_id
             ),
             matches[0],
         )
-        cert, cert_bag = found_certs[pick]
         entries.append(P12Entry(key, cert, key_bag.friendly_name or cert_bag.friendly_name))
     seen = {entry.certificate.public_bytes(serialization.Encoding.DER) for entry in entries}
     extra: list[x509.Certificate] = []
-    for cert, _ in found_certs:
+    for _, cert, _, _ in certs:
         der = cert.public_bytes(serialization.Encoding.DER)
         if der not in seen:
             seen.add(der)
             extra.append(cert)
-    return P12Contents(entries, extra)
+    return P12Contents(entries, extra, warnings, legacy)

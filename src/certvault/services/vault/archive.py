@@ -106,6 +106,8 @@ class EscrowRequest:
     organization: str | None = None  # name or id, for a person certvault creates
     profile: Profile | None = None  # set when certvault issued the certificate
     ca_id: int | None = None  # the built-in CA that issued it
+    # How the import file's password had to be encoded, when not as the standard says (audited).
+    password_encoding: str | None = None
 
 
 @dataclass(frozen=True)
@@ -351,6 +353,7 @@ def archive_entry(
             "source": req.source,
             "new_key": new_key,
             "trusted_issuer": trusted,
+            **({"password_encoding": req.password_encoding} if req.password_encoding else {}),
         },
     )
     return EntryResult(alias, row.id, md5, sha1, IMPORTED)

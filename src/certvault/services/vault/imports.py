@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from certvault.crypto.pkcs12.limits import P12Limits
-from certvault.crypto.pkcs12.reader import P12Contents, read_pkcs12
+from certvault.crypto.pkcs12.reader import WARNINGS, P12Contents, read_pkcs12
 from certvault.db.engine import is_retryable
 from certvault.db.models import Account
 from certvault.errors import CertvaultError, InvalidInput
@@ -31,6 +31,9 @@ from certvault.services.vault.archive import (
 )
 
 log = logging.getLogger("certvault.import")
+
+# In the audit details of a key from a file whose password only opened in OpenSSL 1.0's form.
+OPENSSL_1_0 = "openssl-1.0"
 
 
 class UnreadableFile(InvalidInput):
@@ -60,6 +63,12 @@ class FileResult:
     name: str
     entries: list[EntryResult] = field(default_factory=list)
     error: CertvaultError | None = None  # the file could not be read at all
+    warnings: list[str] = field(default_factory=list)  # the reader's codes (reader.WARNINGS)
+
+    @property
+    def warning_messages(self) -> list[tuple[str, str]]:
+        """Each warning as its code and the text for people."""
+        return [(code, WARNINGS[code]) for code in self.warnings]
 
     @property
     def error_code(self) -> str | None:
@@ -91,6 +100,7 @@ def _parse(ports: Ports, item: ImportItem) -> tuple[FileResult, P12Contents | No
     except OSError as exc:
         result.error = UnreadableFile(f"Cannot read the file: {exc.strerror}.")
         return result, None
+    result.warnings = list(contents.warnings)
     return result, contents
 
 
@@ -185,6 +195,7 @@ def _requests(item: ImportItem, contents: P12Contents | None) -> list[EscrowRequ
             person_email=item.person_email,
             organization=item.organization,
             person_id=item.person_id,
+            password_encoding=OPENSSL_1_0 if contents.legacy_password_encoding else None,
         )
         for entry in contents.entries
     ]
@@ -249,8 +260,24 @@ def import_p12(
     name: str = "upload.p12",
 ) -> list[EntryResult]:
     """Import one PKCS#12 file (the REST upload). A file that cannot be read raises."""
+    return import_p12_file(
+        ports, actor, account_slug, data, password, person_id=person_id, name=name
+    ).entries
+
+
+def import_p12_file(
+    ports: Ports,
+    actor: Actor,
+    account_slug: str,
+    data: bytes,
+    password: str,
+    *,
+    person_id: int | None = None,
+    name: str = "upload.p12",
+) -> FileResult:
+    """As :func:`import_p12`, with the reader's warnings. A file that cannot be read raises."""
     item = ImportItem(name=name, load=lambda: data, password=password, person_id=person_id)
     [result] = import_files(ports, actor, account_slug, [item])
     if result.error is not None:
         raise result.error
-    return result.entries
+    return result

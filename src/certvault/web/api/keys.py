@@ -22,6 +22,7 @@ from certvault.web.api.schemas import (
     Id,
     ImportedEntry,
     ImportResult,
+    ImportWarning,
     KeyDownload,
     KeyUpload,
 )
@@ -67,6 +68,11 @@ null for a stored entry or the refusal's error code.
 certificate of another person), the request answers with the first refusal's status and error
 body instead of 200, so that a script checking the status alone cannot mistake it for success.
 When at least one entry was stored, the answer is 200 and the refused entries carry their codes.
+`warnings` lists what the file needed that a clean file would not, by stable code:
+`chain_certificates_skipped` (every key had its certificate; further encrypted sections were left
+unread, as reading them would cost more key-derivation work than allowed) and
+`legacy_password_encoding` (the password only opened in OpenSSL 1.0's encoding of non-ASCII
+passwords).
 A file that cannot be read at all (wrong password, not a PKCS#12, too costly to open) answers
 422 (413 when too large); `p12` that is not base64 answers 422 `invalid_base64`. Bodies up to
 1 MiB."""
@@ -126,9 +132,10 @@ def upload_keys(
     person_id: Id, body: KeyUpload, caller: TokenCaller, ports: PortsDep
 ) -> ImportResult:
     data = _decode_p12(body.p12)
-    entries = imports.import_p12(
+    result = imports.import_p12_file(
         ports, caller.actor, caller.account_slug, data, body.password, person_id=person_id
     )
+    entries = result.entries
     if entries and not any(e.ok for e in entries):
         raise EntryRefused(next(e for e in entries if not e.ok))
     return ImportResult(
@@ -142,7 +149,8 @@ def upload_keys(
                 code=e.code,
             )
             for e in entries
-        ]
+        ],
+        warnings=[ImportWarning(code=code, message=text) for code, text in result.warning_messages],
     )
 
 

@@ -186,8 +186,16 @@ class ImportedEntry(BaseModel):
     code: str | None = Field(description="The error code of a refused entry; null when stored")
 
 
+class ImportWarning(BaseModel):
+    code: str = Field(description="Stable: chain_certificates_skipped, legacy_password_encoding")
+    message: str
+
+
 class ImportResult(BaseModel):
     entries: list[ImportedEntry]
+    warnings: list[ImportWarning] = Field(
+        default_factory=list, description="What the file needed that a clean file would not"
+    )
 
 
 class KeyDownload(StrictBody):

@@ -8,7 +8,7 @@ from asn1crypto import pkcs12 as asn1_pkcs12
 from certvault.crypto.pkcs12.limits import P12Limits
 from certvault.crypto.pkcs12.pbe import kdf_work
 from certvault.crypto.pkcs12.reader import read_pkcs12
-from certvault.errors import P12TooExpensive
+from certvault.errors import P12TooExpensive, P12TooManyItems
 from tests.unit.crypto.pkcs12.assembly import (
     p12_from_bags,
     pbmac1,
@@ -103,5 +103,6 @@ def test_iterations_per_kdf_are_capped(vectors, kdf_runs):
 def test_bag_count_is_capped(vectors):
     data = vectors.data("rsa2048-chain.p12")  # EncryptedData with two certificates, one key bag
     assert read_pkcs12(data, PW, P12Limits(max_bags=4)).entries
-    with pytest.raises(P12TooExpensive):
+    with pytest.raises(P12TooManyItems) as refused:
         read_pkcs12(data, PW, P12Limits(max_bags=3))
+    assert refused.value.code == "p12_too_many_items"

@@ -396,15 +396,19 @@ def test_oversized_rsa_key_is_refused_before_validation():
         read_pkcs12(p12_from_bags([key_bag]), PW)
 
 
-def test_rsa_validation_work_is_capped(vectors):
+def test_key_check_work_is_capped(vectors):
     data = vectors.data("rsa4096.p12")  # one RSA-4096 key: 8 units
-    assert read_pkcs12(data, PW, P12Limits(max_rsa_validation=8)).entries
+    assert read_pkcs12(data, PW, P12Limits(max_key_checks=8)).entries
     with pytest.raises(P12TooExpensive):
-        read_pkcs12(data, PW, P12Limits(max_rsa_validation=7))
+        read_pkcs12(data, PW, P12Limits(max_key_checks=7))
 
 
-def test_ec_keys_cost_no_rsa_validation(vectors):
-    assert read_pkcs12(vectors.data("p521.p12"), PW, P12Limits(max_rsa_validation=0)).entries
+def test_ec_and_ed25519_keys_cost_one_unit_each(vectors):
+    assert read_pkcs12(vectors.data("p521.p12"), PW, P12Limits(max_key_checks=1)).entries
+    with pytest.raises(P12TooExpensive):
+        read_pkcs12(vectors.data("ed25519.p12"), PW, P12Limits(max_key_checks=0))
+    with pytest.raises(P12TooExpensive):  # three keys
+        read_pkcs12(vectors.data("p256-pbes2-prfs.p12"), PW, P12Limits(max_key_checks=2))
 
 
 def _without_mac(name: str) -> bytes:
@@ -439,6 +443,7 @@ def _mutations(seed_names):
 
 @settings(
     derandomize=True,
+    database=None,
     max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
