@@ -35,7 +35,7 @@ class Pbe:
     hash_name: str
     salt: bytes
     iterations: int
-    cipher: str  # "aes", "3des", "rc2"
+    cipher: str  # "aes", "3des", "rc2", "rc4"
     key_size: int
     rc2_bits: int = 0
     iv: bytes = b""  # PBES2 only; PKCS#12 PBE derives it
@@ -46,8 +46,9 @@ class Pbe:
     @property
     def work(self) -> int:
         key = kdf_work(self.hash_name, self.iterations, self.key_size)
-        # PKCS#12 PBE runs its KDF a second time for the IV.
-        iv = kdf_work(self.hash_name, self.iterations, self.PKCS12_IV_SIZE) if self.pkcs12 else 0
+        # PKCS#12 PBE runs its KDF a second time for the IV (a stream cipher has none).
+        needs_iv = self.pkcs12 and self.cipher != "rc4"
+        iv = kdf_work(self.hash_name, self.iterations, self.PKCS12_IV_SIZE) if needs_iv else 0
         return key + iv
 
 
@@ -127,6 +128,9 @@ _PKCS12_PBES = {  # cipher, key bytes, RC2 effective bits
     "pkcs12_sha1_tripledes_2key": ("3des", 16, 0),
     "pkcs12_sha1_rc2_128": ("rc2", 16, 128),
     "pkcs12_sha1_rc2_40": ("rc2", 5, 40),
+    # RC4 is a stream cipher: no IV, no padding (GnuTLS still writes it when asked).
+    "pkcs12_sha1_rc4_128": ("rc4", 16, 0),
+    "pkcs12_sha1_rc4_40": ("rc4", 5, 0),
 }
 
 

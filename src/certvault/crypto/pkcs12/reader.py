@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4, TripleDES
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -185,6 +185,12 @@ class _Reading:
 
 def _decrypt(pbe: Pbe, form: _Password, data: bytes) -> bytes | None:
     """Decrypt and unpad; None when the padding is wrong (almost always a wrong password)."""
+    if pbe.cipher == "rc4":
+        # A stream cipher has no padding to check: a wrong password shows when parsing fails.
+        key = pkcs12_kdf(pbe.hash_name, form.bmp, pbe.salt, ID_KEY, pbe.iterations, pbe.key_size)
+        if not data:
+            raise malformed("bad ciphertext length")
+        return Cipher(ARC4(key), mode=None).decryptor().update(data)
     if pbe.pkcs12:
         key = pkcs12_kdf(pbe.hash_name, form.bmp, pbe.salt, ID_KEY, pbe.iterations, pbe.key_size)
         iv = pkcs12_kdf(
