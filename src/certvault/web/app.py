@@ -10,6 +10,7 @@ import re
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -22,7 +23,7 @@ from certvault.services.kernel.passwords import password_hashing
 from certvault.services.kernel.ports import Ports, open_ports
 from certvault.services.kernel.ratelimit import RateLimiter, rate_limiter
 from certvault.web import errors, metrics, timing
-from certvault.web.control_characters import refuse_in_parameters
+from certvault.web.control_characters import add_parameter_patterns, refuse_in_parameters
 from certvault.web.deps import client_ip
 from certvault.web.middleware import AccessLog, BodyLimit, Shield
 
@@ -115,6 +116,16 @@ def create_app(
     app.include_router(crl_router)
     app.include_router(admin_router)
     app.include_router(apidocs.router)
+
+    # The schema states the control-character rule of every parameter (refuse_in_parameters).
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = add_parameter_patterns(build_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/", include_in_schema=False)
     async def root() -> Response:

@@ -20,8 +20,9 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationInfo, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, GetJsonSchemaHandler, ValidationInfo, field_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
 from starlette.datastructures import FormData
 
 from certvault.errors import InvalidInput
@@ -30,6 +31,12 @@ ERROR_TYPE = "control_characters"
 MESSAGE = "must not contain control characters"
 _ANY = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _BUT_LINE_BREAKS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+# The same rule as JSON Schema patterns (ECMA-262 syntax), so that clients and schema-driven tests
+# know it. Lone surrogates need no pattern: JSON text cannot carry them as characters.
+PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+MULTI_LINE_PATTERN = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$"
 
 
 def has_control_characters(text: str, *, multiline: bool = False) -> bool:
@@ -70,9 +77,40 @@ def _holds_control_characters(value: Any, multiline: bool) -> bool:
     return False
 
 
+def add_text_patterns(schema: Any, pattern: str = PATTERN) -> None:
+    """Put the rule into a JSON Schema (in place): every string without a pattern, format or
+    fixed values of its own gets ``pattern``; mapping keys get the one-line rule. References
+    are left alone: the schema they name states its own rule."""
+    if isinstance(schema, list):
+        for item in schema:
+            add_text_patterns(item, pattern)
+        return
+    if not isinstance(schema, dict) or "$ref" in schema:
+        return
+    if schema.get("type") == "string" and not {"pattern", "format", "enum", "const"} & set(schema):
+        schema["pattern"] = pattern
+    if isinstance(schema.get("additionalProperties"), dict):
+        schema.setdefault("propertyNames", {"type": "string"})
+        add_text_patterns(schema["propertyNames"], PATTERN)
+    for key in ("items", "additionalProperties", "anyOf", "oneOf", "allOf", "prefixItems"):
+        add_text_patterns(schema.get(key), pattern)
+
+
 class CheckedBody(BaseModel):
     """Base of every request body: each text field, and each text in a list or mapping field,
-    is refused when it holds control characters."""
+    is refused when it holds control characters. The JSON schema says so too."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        properties = handler.resolve_ref_schema(schema).get("properties", {})
+        for name, field in cls.model_fields.items():
+            key = field.alias if field.alias and field.alias in properties else name
+            multiline = MULTI_LINE in field.metadata
+            add_text_patterns(properties.get(key), MULTI_LINE_PATTERN if multiline else PATTERN)
+        return schema
 
     @field_validator("*")
     @classmethod
@@ -102,6 +140,16 @@ def refuse_in_parameters(request: Request) -> None:
         raise RequestValidationError(
             [{"type": ERROR_TYPE, "loc": loc, "msg": MESSAGE, "input": None} for loc in bad]
         )
+
+
+def add_parameter_patterns(openapi: dict[str, Any]) -> dict[str, Any]:
+    """The rule of ``refuse_in_parameters`` in an OpenAPI document: every text parameter."""
+    for path_item in openapi.get("paths", {}).values():
+        for operation in path_item.values():
+            for parameter in operation.get("parameters", []) if isinstance(operation, dict) else []:
+                if parameter.get("in") in ("query", "path"):
+                    add_text_patterns(parameter.get("schema"))
+    return openapi
 
 
 def refuse_in_form(form: FormData, multiline: Collection[str] = ()) -> None:

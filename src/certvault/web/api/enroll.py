@@ -28,6 +28,7 @@ from certvault.web.api.schemas import (
 from certvault.web.control_characters import MULTI_LINE
 from certvault.web.deps import PortsDep, TokenCaller
 from certvault.web.errors import error_response
+from certvault.web.patterns import EmailText, SchemaOnly
 
 MAX_CSR_TEXT = 32 * 1024  # a CSR of the largest key certvault takes is 2 KB of PEM
 
@@ -64,10 +65,10 @@ class EnrollRequest(StrictBody):
         description="The PKCS#10 request: PEM, or its DER in base64. Only its public key is "
         "used; the profile decides the extensions and `email` the names",
     )
-    profile: str = Field(
+    profile: Annotated[str, SchemaOnly(enum=sorted(PROFILES))] = Field(
         max_length=32, description="One of: " + ", ".join(sorted(PROFILES)), examples=["smime"]
     )
-    email: str = Field(max_length=320, description="The address to certify")
+    email: EmailText = Field(max_length=320, description="The address to certify")
     person_id: int = optional(
         ge=1, le=MAX_ID, description="The owner; `email` must be one of their addresses"
     )

@@ -9,26 +9,30 @@ from typing import Annotated
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
+from certvault.crypto.profiles import PROFILES, KeyType
 from certvault.db.models import EnrollmentForm
+from certvault.services.directory.accounts import SLUG
 from certvault.services.kernel.paging import MAX_ID
 from certvault.services.kernel.ports import Ports
 from certvault.services.pki import enrollment_forms
 from certvault.web.api.schemas import CONFLICT, ERRORS, Id, StrictBody, optional
 from certvault.web.deps import PortsDep, TokenCaller
+from certvault.web.patterns import SchemaOnly
 
 router = APIRouter(tags=["forms"], responses=ERRORS)  # type: ignore[arg-type]
 
 Domain = Annotated[str, Field(max_length=253)]
-KeyTypeName = Annotated[str, Field(max_length=16)]
+KeyTypeName = Annotated[str, Field(max_length=16), SchemaOnly(enum=[k.value for k in KeyType])]
+Profile = Annotated[str, SchemaOnly(enum=sorted(PROFILES))]
 
 
 class FormIn(StrictBody):
     """Settings of an enrollment form; every field may be left out of a PATCH."""
 
     name: str = optional(max_length=200)
-    profile: str = optional(max_length=32)
+    profile: Profile = optional(max_length=32)
     organization_id: int = optional(ge=1, le=MAX_ID)
-    access_code: str = optional(
+    access_code: Annotated[str, SchemaOnly(minLength=enrollment_forms.MIN_ACCESS_CODE)] = optional(
         max_length=enrollment_forms.MAX_ACCESS_CODE,
         description="Stored only hashed; never returned",
     )
@@ -43,8 +47,10 @@ class FormIn(StrictBody):
 
 
 class FormCreate(FormIn):
-    slug: str = Field(max_length=63, description="In the form's URL: /enroll/<account>/<slug>")
-    profile: str = Field(max_length=32)
+    slug: Annotated[str, SchemaOnly(pattern=SLUG.pattern)] = Field(
+        max_length=63, description="In the form's URL: /enroll/<account>/<slug>"
+    )
+    profile: Profile = Field(max_length=32)
 
 
 class FormOut(BaseModel):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import typing
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from certvault.services.kernel.paging import MAX_ID, MAX_LIMIT
 from certvault.web.control_characters import MULTI_LINE, CheckedBody
+from certvault.web.patterns import BASE64, EmailText, Passphrase, SchemaOnly
 
 
 class Error(BaseModel):
@@ -85,17 +87,33 @@ def optional(**constraints: Any) -> Any:
 class StrictBody(CheckedBody):
     model_config = ConfigDict(extra="forbid", strict=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # JSON does not tell 2 from 2.0, and neither does JSON Schema's "integer": both are
+        # accepted where a number is an integer. 2.5, "2" and true stay refused.
+        field = cls.model_fields.get(info.field_name or "")
+        if (
+            field is not None
+            and int in (field.annotation, *typing.get_args(field.annotation))
+            and type(value) is float
+            and value.is_integer()
+            and abs(value) <= MAX_ID
+        ):
+            return int(value)
+        return value
+
 
 class PersonIn(StrictBody):
     """Fields of a person; every field may be left out of a PATCH."""
 
-    email: str = optional(max_length=320)
+    email: EmailText = optional(max_length=320)
     first_name: str = optional(max_length=200)
     middle_name: str = optional(max_length=200)
     last_name: str = optional(max_length=200)
     common_name: str = optional(max_length=200)
     phone: str = optional(max_length=64)
-    secondary_emails: list[str] = optional(max_length=20)
+    secondary_emails: list[EmailText] = optional(max_length=20)
     validation_type: Literal["STANDARD", "HIGH"] = optional()
     eppn: str = optional(max_length=320)
     upn: str = optional(max_length=320)
@@ -103,7 +121,7 @@ class PersonIn(StrictBody):
 
 
 class PersonCreate(PersonIn):
-    email: str = Field(max_length=320)
+    email: EmailText = Field(max_length=320)
 
 
 class PersonUpdate(PersonIn):
@@ -171,7 +189,7 @@ class Count(BaseModel):
 
 
 class KeyUpload(StrictBody):
-    p12: Annotated[str, MULTI_LINE] = Field(
+    p12: Annotated[str, MULTI_LINE, SchemaOnly(pattern=BASE64)] = Field(
         min_length=1, description="The PKCS#12 file, base64 (line breaks allowed)"
     )
     password: str = Field(description="The PKCS#12 file's password (may be empty)")
@@ -223,7 +241,7 @@ class KeyDownload(StrictBody):
         }
     )
 
-    passphrase: str | None = Field(
+    passphrase: Passphrase | None = Field(
         default=None,
         description="Protects the PKCS#12 file, used exactly as given (no Unicode "
         "normalisation); the account's minimum length applies and it must be hard to guess "

@@ -16,9 +16,12 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from certvault.crypto.pkcs12.writer import EncryptionType
 from certvault.errors import InvalidInput
+from certvault.services.directory.persons import VALIDATION_TYPES
 from certvault.services.kernel.paging import MAX_LIMIT
 from certvault.web.control_characters import MULTI_LINE, CheckedBody
+from certvault.web.patterns import BASE64, EmailText, Passphrase, SchemaOnly
 
 MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
 Responses = dict[int | str, dict[str, Any]]  # OpenAPI responses of an operation
@@ -87,7 +90,7 @@ class CustomField(ScmRequest):
 class ImportKeyRequest(ScmRequest):
     """`PKCS12Request`: a base64 PKCS#12 file for one person."""
 
-    p12: Annotated[str, MULTI_LINE] = Field(
+    p12: Annotated[str, MULTI_LINE, SchemaOnly(pattern=BASE64)] = Field(
         min_length=1, description="The PKCS#12 file, base64 (line breaks allowed)"
     )
     password: str | None = Field(
@@ -126,14 +129,16 @@ class ImportKeyResponse(ScmModel):
 class KeystoreRequest(ScmRequest):
     """`P12DownloadRequest`."""
 
-    passphrase: str = Field(
+    passphrase: Passphrase = Field(
         description="Protects the PKCS#12 file, used exactly as given; the account's minimum "
         "length applies and it must be hard to guess"
     )
-    encryption_type: str | None = Field(
-        default=None,
-        description="`AES256-SHA256` (the default) or `TripleDES-SHA1` (old devices only)",
-        examples=["AES256-SHA256", "TripleDES-SHA1"],
+    encryption_type: Annotated[str, SchemaOnly(enum=[e.value for e in EncryptionType])] | None = (
+        Field(
+            default=None,
+            description="`AES256-SHA256` (the default) or `TripleDES-SHA1` (old devices only)",
+            examples=["AES256-SHA256", "TripleDES-SHA1"],
+        )
     )
     reason: Annotated[str | None, MULTI_LINE] = Field(
         default=None,
@@ -179,16 +184,18 @@ class ScmCertificate(ScmModel):
 class PersonRequest(ScmRequest):
     """A person's fields; null or absent leaves a field as it is."""
 
-    email: str | None = Field(default=None, max_length=320)
+    email: EmailText | None = Field(default=None, max_length=320)
     first_name: str | None = Field(default=None, max_length=200)
     middle_name: str | None = Field(default=None, max_length=200)
     last_name: str | None = Field(default=None, max_length=200)
     common_name: str | None = Field(default=None, max_length=200)
     phone: str | None = Field(default=None, max_length=64)
-    secondary_emails: list[Annotated[str, Field(max_length=320)]] | None = Field(
+    secondary_emails: list[Annotated[EmailText, Field(max_length=320)]] | None = Field(
         default=None, max_length=20
     )
-    validation_type: str | None = Field(default=None, description="STANDARD or HIGH")
+    validation_type: Annotated[str, SchemaOnly(enum=list(VALIDATION_TYPES))] | None = Field(
+        default=None, description="STANDARD or HIGH"
+    )
     eppn: str | None = Field(default=None, max_length=320)
     upn: str | None = Field(default=None, max_length=320)
     organization_id: int | None = Field(
@@ -197,7 +204,7 @@ class PersonRequest(ScmRequest):
 
 
 class PersonCreateRequest(PersonRequest):
-    email: str = Field(max_length=320)
+    email: EmailText = Field(max_length=320)
 
 
 class ScmPerson(ScmModel):

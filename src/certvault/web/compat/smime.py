@@ -40,6 +40,7 @@ from certvault.web.compat.schemas import (
 from certvault.web.control_characters import MULTI_LINE
 from certvault.web.deps import PortsDep, ScmCaller
 from certvault.web.limits import download_counter
+from certvault.web.patterns import EmailText, SchemaOnly
 
 router = APIRouter(tags=["SCM-compatible: client certificates"], responses=SCM_ERRORS)
 
@@ -52,7 +53,12 @@ def certificate_filter(
     person_id: Annotated[int | None, Query(alias="personId", ge=1, le=MAX_ID)] = None,
     email: Annotated[str | None, Query(max_length=320)] = None,
     state: Annotated[
-        str | None, Query(max_length=32, description="issued, expired or revoked")
+        str | None,
+        Query(
+            max_length=32,
+            description="issued, expired or revoked (any case)",
+            json_schema_extra={"enum": list(certificates.STATUSES)},
+        ),
     ] = None,
 ) -> CertificateFilter:
     return CertificateFilter(
@@ -254,7 +260,7 @@ class ClientEnrollRequest(ScmRequest):
     csr: Annotated[str, MULTI_LINE] = Field(
         min_length=1, max_length=32 * 1024, description="The PKCS#10 request, PEM or base64 DER"
     )
-    cert_type: int | str = Field(
+    cert_type: Annotated[int | str, SchemaOnly(enum=[*CERT_TYPES, *CERT_TYPES.values()])] = Field(
         description="A profile: its name ("
         + ", ".join(CERT_TYPES.values())
         + ") or its id ("
@@ -267,9 +273,9 @@ class ClientEnrollRequest(ScmRequest):
         le=MAX_ID,
         description="Validity in days, at most the profile's (null: the profile's)",
     )
-    email: str = Field(max_length=320)
+    email: EmailText = Field(max_length=320)
     phone: str | None = Field(default=None, max_length=64)
-    secondary_emails: list[Annotated[str, Field(max_length=320)]] | None = Field(
+    secondary_emails: list[Annotated[EmailText, Field(max_length=320)]] | None = Field(
         default=None, max_length=20, description="Also certified; they must be the person's"
     )
     first_name: str | None = Field(default=None, max_length=200)
