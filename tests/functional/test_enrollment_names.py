@@ -25,6 +25,7 @@ from certvault.services.kernel.actors import Actor
 from certvault.services.kernel.ports import Ports
 from certvault.services.pki import enrollment, enrollment_forms
 from certvault.web.app import create_app
+from tests.functional import cli_env
 from tests.functional.helpers import counts, events
 from tests.functional.smtp_server import SmtpServer
 from tests.functional.test_enrollment import (  # noqa: F401 - fixtures: settings, acme, web
@@ -326,3 +327,24 @@ def test_api_forms_carry_the_setting(ports, operator, acme):
     with ports.db.read() as s:
         row = s.scalars(select(EnrollmentForm).where(EnrollmentForm.slug == "api")).one()
         assert row.ask_name == "optional"
+
+
+# --- the CLI --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(backend, tmp_path):
+    yield from cli_env.cli_for(backend, tmp_path)
+
+
+def test_cli_creates_a_form_that_asks_for_the_name(cli):
+    cli.bootstrap()
+    base = ("form", "create", "--account", "acme", "--profile", "smime")
+    made = cli.run(*base, "--slug", "named", "--ask-name", "required")
+    assert made.returncode == 0, made.stderr
+    plain = cli.run(*base, "--slug", "plain")
+    assert plain.returncode == 0, plain.stderr
+    bad = cli.run(*base, "--slug", "bad", "--ask-name", "sometimes")
+    assert bad.returncode == 1 and "invalid_input" in cli_env.text(bad)
+    rows = cli.sql("SELECT slug, ask_name FROM enrollment_forms ORDER BY id")
+    assert [tuple(r) for r in rows] == [("named", "required"), ("plain", "off")]
