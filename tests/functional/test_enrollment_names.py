@@ -177,6 +177,30 @@ def test_names_on_the_record_are_kept_and_empty_ones_filled(ports, operator, acm
     assert json.loads(enrolled.details)["names_set"] == ["last_name"]
 
 
+def test_a_record_name_no_cn_can_carry_gives_way_to_the_typed_one(
+    ports, operator, acme, smtp_server
+):
+    with ports.db.transaction() as s:
+        org = s.scalars(select(Organization)).first()
+        assert org is not None
+        s.add(
+            Person(
+                account_id=org.account_id,
+                organization_id=org.id,
+                email=ALICE,
+                first_name="Al\u202eice",  # put there by an administrator: kept, not used
+                last_name="L" * 100,
+            )
+        )
+    _named_form(ports, operator, "required")
+    _enroll_named(ports, smtp_server, first_name="Alice", last_name="Liddell")
+    [cert] = certificates(ports)
+    assert _common_names(cert) == ["Alice Liddell"]
+    person = _person(ports)
+    assert person is not None
+    assert (person.first_name, person.last_name) == ("Al\u202eice", "L" * 100)
+
+
 def test_dual_key_certificates_both_carry_the_name(ports, operator, acme, smtp_server):
     enrollment_forms.create_form(
         ports,

@@ -78,6 +78,24 @@ def name_as_common_name(first_name: str, last_name: str) -> str | None:
     return common_name
 
 
+def common_name_for(person: Person | None, first_name: str, last_name: str) -> str | None:
+    """The CN for names a person gave (already checked by :func:`given_name`): a name already on
+    their record wins over the one typed, so that the certificate and the directory agree; None
+    when no name was given. A record's name a CN cannot carry (too long, or with characters
+    :func:`given_name` refuses) is passed over for the one typed."""
+    if not (first_name or last_name):
+        return None
+    if person is not None:
+        try:
+            return name_as_common_name(
+                given_name(person.first_name or first_name, "first name"),
+                given_name(person.last_name or last_name, "last name"),
+            )
+        except NameInvalid:
+            pass
+    return name_as_common_name(first_name, last_name)
+
+
 def fill_empty_names(person: Person, first_name: str, last_name: str) -> dict[str, Any]:
     """Give ``person`` the names they typed where their record has none; names already there
     (set by an administrator, a directory sync or an earlier enrollment) are kept.

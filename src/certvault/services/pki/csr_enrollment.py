@@ -109,7 +109,9 @@ def enroll_csr(
             persons.given_name(last_name, "last name"),
         )
         persons.name_as_common_name(*names)  # both fit one CN
-        chosen_cn = common_name if common_name is not None else _named(person, names)
+        chosen_cn = (
+            common_name if common_name is not None else persons.common_name_for(person, *names)
+        )
         request = _issue_request(csr_pem_or_der, profile, email, chosen_cn, extra_emails)
         request = dataclasses.replace(request, profile=_with_term(request.profile, validity_days))
         if comment is not None and len(comment) > MAX_COMMENT:
@@ -254,16 +256,6 @@ def _subscriber(
     if org is not None and org.id != person.organization_id:
         raise OrganizationMismatch()
     return person, org or session.get_one(Organization, person.organization_id)
-
-
-def _named(person: Person | None, names: tuple[str, str]) -> str | None:
-    """The CN from the names given, a name already on the person's record winning; None when
-    no name was given (the address, as always)."""
-    if not any(names):
-        return None
-    first = person.first_name if person is not None and person.first_name else names[0]
-    last = person.last_name if person is not None and person.last_name else names[1]
-    return persons.name_as_common_name(first, last)
 
 
 def _check_addresses(person: Person, request: IssueRequest) -> None:

@@ -401,19 +401,6 @@ def _given_names(
     return first, last
 
 
-def _common_name(
-    session: Session, account: Account, address: str, names: tuple[str, str]
-) -> str | None:
-    """The CN of what this enrollment issues: the person's names when they gave theirs (a name
-    already on the person's record wins over the one typed), else None: the address, as always."""
-    if not any(names):
-        return None
-    known = persons.find_by_email(session, account, address)
-    first = known.first_name if known is not None and known.first_name else names[0]
-    last = known.last_name if known is not None and known.last_name else names[1]
-    return persons.name_as_common_name(first, last)
-
-
 def _check_secret_id(secret_id: str | None) -> str | None:
     return persons.check_secret_id(secret_id) if secret_id else None
 
@@ -523,7 +510,9 @@ def _issue(
         raise CodeExpired()
     organization = session.get_one(Organization, form.organization_id)
     result = _Issued([], [], [], False)
-    common_name = _common_name(session, account, address, names)
+    # The person's names when they gave theirs; None (the address, as always) when not.
+    known = persons.find_by_email(session, account, address) if any(names) else None
+    common_name = persons.common_name_for(known, *names)
     for profile, key in zip(state.public.profiles, keys, strict=True):
         made = issuer.issue(
             session, account, IssueRequest(key.public_key(), profile, address, common_name)
@@ -567,11 +556,13 @@ def _issue(
             result.certificate_ids.append(row.id)
         result.entries.append(KeyAndCertificate(key, made.certificate, label))
         result.chain = result.chain or list(made.chain)
-    owner = persons.find_by_email(session, account, address)
-    assert owner is not None
-    if secret_hash is not None:
-        owner.secret_id_hash = secret_hash
-    named = persons.fill_empty_names(owner, *names)
+    named: dict[str, object] = {}
+    if secret_hash is not None or any(names):
+        owner = persons.find_by_email(session, account, address)
+        assert owner is not None
+        if secret_hash is not None:
+            owner.secret_id_hash = secret_hash
+        named = persons.fill_empty_names(owner, *names)
     code_row.used_at = now
     code_row.certificate_id = result.certificate_ids[0]
     details = {
