@@ -218,3 +218,29 @@ def test_forged_or_missing_csrf_changes_nothing(console):
     assert _form(console.ports, "forged") is None
     form = _form(console.ports, "staff")
     assert form.enabled and form.name == "Staff"
+
+
+def test_the_console_sets_and_shows_whether_a_form_asks_for_the_name(console):
+    boss = console.sign_in("boss")
+    blank = boss.get("/admin/forms").text
+    assert 'value="off" id="f-ask-name-off" checked' in blank
+    answer = _create(boss, ask_name="required")
+    made = _form(console.ports, "staff")
+    assert made is not None and made.ask_name == "required"
+    assert 'value="required" id="f-ask-name-required" checked' in answer.text
+    listing = boss.get("/admin/forms").text
+    assert f'<td id="form-ask-name-{made.id}">required</td>' in listing
+
+    boss.post(f"/admin/forms/{made.id}", {"name": "Staff", "profile": "smime", "ask_name": "off"})
+    assert _form(console.ports, "staff").ask_name == "off"
+    assert f'<td id="form-ask-name-{made.id}">no</td>' in boss.get("/admin/forms").text
+    refused = boss.post(
+        f"/admin/forms/{made.id}", {"name": "Staff", "profile": "smime", "ask_name": SCRIPT}
+    )
+    assert refused.status_code == 422 and "ask_name is one of: off, optional, required" in (
+        refused.text
+    )
+    assert SCRIPT not in refused.text
+    assert _form(console.ports, "staff").ask_name == "off"
+    details = [json.loads(e.details)["ask_name"] for e in events(console.ports, "form.update")]
+    assert details == ["off"]

@@ -600,3 +600,41 @@ def test_scm_person_mismatch_and_missing_privilege(scm_ca: ScmWorld, operator: A
         "person_mismatch",
         "forbidden",
     ]
+
+
+def test_names_given_with_a_csr_name_the_person_and_the_certificate(api_ca: ApiWorld) -> None:
+    api = api_ca
+    body = {"csr": csr_pem(new_key("ec256")), "profile": "smime", "email": "dave@acme.example"}
+    made = api.post(
+        "keys",
+        f"{V1}/certificates/enroll",
+        json=body | {"first_name": "Dave", "last_name": "Bowman"},
+    )
+    assert made.status_code == 201, made.text
+    assert made.json()["subject"] == "CN=Dave Bowman"
+    with api.ports.db.read() as s:
+        dave = s.scalars(select(Person).where(Person.email == "dave@acme.example")).one()
+        assert (dave.first_name, dave.last_name) == ("Dave", "Bowman")
+        sam = s.get_one(Person, api.sam.person_id)
+        sam_names = (sam.first_name, sam.last_name)
+    # An existing person's names stay; an empty one is filled; common_name still wins.
+    again = api.post(
+        "keys",
+        f"{V1}/certificates/enroll",
+        json=body | {"email": "sam@acme.example", "first_name": "X", "last_name": "Y"},
+    )
+    assert again.status_code == 201, again.text
+    expected = tuple(old or new for old, new in zip(sam_names, ("X", "Y"), strict=True))
+    assert again.json()["subject"] == f"CN={' '.join(expected)}"
+    with api.ports.db.read() as s:
+        sam = s.get_one(Person, api.sam.person_id)
+        assert (sam.first_name, sam.last_name) == expected
+    chosen = api.post(
+        "keys",
+        f"{V1}/certificates/enroll",
+        json=body | {"common_name": "Dr Bowman", "first_name": "Dave", "last_name": "Bowman"},
+    )
+    assert chosen.status_code == 201 and chosen.json()["subject"] == "CN=Dr Bowman"
+    # Names over a CN's length, or with invisible formatting characters, change nothing.
+    refused(api, "keys", 422, "name_invalid", first_name="D" * 40, last_name="B" * 40)
+    refused(api, "keys", 422, "name_invalid", first_name="\u202eevaD", last_name="Bowman")

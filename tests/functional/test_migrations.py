@@ -80,3 +80,64 @@ def test_upgrade_keeps_rows_postgresql(pg_template):
     finally:
         db.dispose()
         _pg_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _ask_name_up_and_down(db: Database) -> None:
+    """0011 gives existing forms ask_name "off" and takes the column away again on downgrade."""
+    cfg = alembic_config(db)
+    command.upgrade(cfg, "0010")
+    with db.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO accounts (id, uuid, slug, name, key_vault_enabled,"
+                " require_trusted_issuer, min_passphrase_length, reason_required, created_at)"
+                " VALUES (1, :u, 'a', 'A', true, false, 12, false, CURRENT_TIMESTAMP)"
+            ),
+            {"u": str(uuid.uuid4())},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO organizations (id, uuid, account_id, name, is_default, created_at)"
+                " VALUES (1, :u, 1, 'A', true, CURRENT_TIMESTAMP)"
+            ),
+            {"u": str(uuid.uuid4())},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO enrollment_forms (id, uuid, account_id, slug, name, profile,"
+                " organization_id, domains, key_types, dual_key, allow_own_passphrase, enabled,"
+                " created_at, grant_generation)"
+                " VALUES (1, :u, 1, 'staff', 'Staff', 'smime', 1, '', '', false, false, true,"
+                " CURRENT_TIMESTAMP, 0)"
+            ),
+            {"u": str(uuid.uuid4())},
+        )
+    command.upgrade(cfg, "0011")
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT slug, ask_name FROM enrollment_forms")).one() == (
+            "staff",
+            "off",
+        )
+    command.downgrade(cfg, "0010")
+    with db.engine.connect() as conn:
+        [row] = conn.execute(text("SELECT * FROM enrollment_forms")).mappings().all()
+    assert row["slug"] == "staff" and "ask_name" not in row
+
+
+def test_ask_name_upgrade_and_downgrade_sqlite(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'm.sqlite3'}")
+    try:
+        _ask_name_up_and_down(db)
+    finally:
+        db.dispose()
+
+
+def test_ask_name_upgrade_and_downgrade_postgresql(pg_template):
+    name = f"cvm_{uuid.uuid4().hex[:12]}"
+    _pg_exec(f'CREATE DATABASE "{name}"')
+    db = Database(_sqla_url(name))
+    try:
+        _ask_name_up_and_down(db)
+    finally:
+        db.dispose()
+        _pg_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

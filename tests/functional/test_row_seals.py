@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import delete, insert, select, text, update
 
-from certvault.db.models import Admin, ApiToken, Organization, Person
+from certvault.db.models import Admin, ApiToken, EnrollmentForm, Organization, Person
 from certvault.errors import ConfigurationError
 from certvault.services.access import admins, tokens, web_sessions
 from certvault.services.audit import log as audit
@@ -30,6 +30,7 @@ from certvault.services.kernel import seals
 from certvault.services.kernel.passwords import hash_password
 from certvault.services.kernel.ports import open_ports
 from certvault.services.kernel.witness import AuditHeadStore
+from certvault.services.pki import enrollment_forms
 from certvault.services.vault import settings as kv_settings
 from certvault.services.vault.release import release_key
 from tests.conftest import TEST_OPERATOR
@@ -661,3 +662,46 @@ def test_the_witness_generation_moves_forward_only(tmp_path):
     assert [p.name for p in store.directory.iterdir() if p.name != ".lock"] == [path.name]
     with pytest.raises(ValueError):
         store.generation("../escape")
+
+
+def test_forms_sealed_before_ask_name_keep_verifying(ports, operator):
+    """enrollment_forms.ask_name came after forms were first sealed: a form sealed before still
+    verifies and asks for no name, and a form made to ask (or not) by SQL is refused."""
+    accounts.create_account(ports, operator, "Acme Corp", "acme", key_vault_enabled=True)
+    old = enrollment_forms.create_form(
+        ports, operator, "acme", slug="old", profile="smime", access_code=None
+    )
+    spec = seals.sealed_table(EnrollmentForm)
+    assert spec is not None and spec.later == {"ask_name": "off"}
+    with ports.db.engine.connect() as conn:
+        row = dict(
+            conn.execute(select(EnrollmentForm.__table__).where(EnrollmentForm.id == old.id))
+            .mappings()
+            .one()
+        )
+        key = seals._key(conn, ports)
+        account_uuid = seals._account_uuid(conn, ports, spec, row)
+    # The MAC is the one the version before `ask_name` gave the row.
+    old_spec = seals.SealedTable(
+        EnrollmentForm, tuple(c for c in spec.columns if c != "ask_name"), grant=True
+    )
+    before = {k: v for k, v in row.items() if k != "ask_name"}
+    assert seals._mac(key, old_spec, before, account_uuid) == row["mac"]
+    assert enrollment_forms.get_form_public(ports, "acme", "old").ask_name == "off"
+
+    asking = enrollment_forms.create_form(
+        ports,
+        operator,
+        "acme",
+        slug="asking",
+        profile="smime",
+        access_code=None,
+        ask_name="required",
+    )
+    assert seals.check_rows(ports).ok
+    _sql(ports, "UPDATE enrollment_forms SET ask_name = 'optional' WHERE id = :i", i=old.id)
+    _sql(ports, "UPDATE enrollment_forms SET ask_name = 'off' WHERE id = :i", i=asking.id)
+    assert _reported(ports) == {
+        ("enrollment_forms", old.uuid): _reason("altered"),
+        ("enrollment_forms", asking.uuid): _reason("altered"),
+    }

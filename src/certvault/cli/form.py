@@ -50,6 +50,12 @@ def form_create(
         bool, typer.Option("--allow-own-passphrase", help="Let the person choose the passphrase.")
     ] = False,
     name: Annotated[str, typer.Option(help="Title shown on the page.")] = "",
+    ask_name: Annotated[
+        str,
+        typer.Option(
+            help="Ask for first and last name (the certificate's CN): off | optional | required."
+        ),
+    ] = "off",
 ) -> None:
     """Create an enrollment form and print its URL."""
     with ports_for_command() as ports:
@@ -68,6 +74,7 @@ def form_create(
                 allow_own_passphrase=allow_own_passphrase,
                 key_types=key_type or (),
                 name=name,
+                ask_name=ask_name,
             )
         )
         out.print(f"form {form.slug} created in {account}", markup=False)

@@ -446,6 +446,8 @@ class EnrollmentForm(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     grant_generation: Mapped[int] = mapped_column(Integer, default=0)
+    # Whether the page asks for the person's first and last name: off | optional | required.
+    ask_name: Mapped[str] = mapped_column(String(16), default="off")
     mac: Mapped[str | None] = mapped_column(String(64))
 
     __mapper_args__ = sealed_by_mac(mac)

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.orm import Session
 
+from certvault.crypto.text import safe_text
 from certvault.db.models import Account, Certificate, Organization, Person
 from certvault.errors import Conflict, Forbidden, InvalidInput, NotFound
 from certvault.services.audit import log as audit
@@ -37,6 +38,75 @@ UPDATE = "person.update"
 SECRET_ID_SET = "person.secret_id_set"  # noqa: S105 - an audit action
 SECRET_ID_CLEAR = "person.secret_id_clear"  # noqa: S105 - an audit action
 EMAIL_CHANGED_SUBJECT = "Your email address in certvault was changed"
+# A name a person gives at enrollment becomes the certificate's CN, which holds at most 64
+# characters (RFC 5280 ub-common-name).
+MAX_GIVEN_NAME = 64
+
+
+class NameInvalid(InvalidInput):
+    """A first or last name is too long or holds control or invisible formatting characters."""
+
+    code = "name_invalid"
+
+
+def given_name(value: str | None, label: str) -> str:
+    """A first or last name as a person typed it, trimmed; "" when left empty.
+
+    Refused rather than cleaned: a name with a bidi override or a control character shows
+    something other than what it is, in the directory and in every program showing the CN."""
+    text = (value or "").strip()
+    if not text:
+        return ""
+    if len(text) > MAX_GIVEN_NAME:
+        raise NameInvalid(f"The {label} may have at most {MAX_GIVEN_NAME} characters.")
+    if safe_text(text) != text:
+        raise NameInvalid(
+            f"The {label} may not hold control characters or invisible formatting characters."
+        )
+    return text
+
+
+def name_as_common_name(first_name: str, last_name: str) -> str | None:
+    """The CN "First Last" (or the one name given); None when both are empty."""
+    common_name = " ".join(part for part in (first_name, last_name) if part)
+    if not common_name:
+        return None
+    if len(common_name) > MAX_GIVEN_NAME:
+        raise NameInvalid(
+            f"First and last name together may have at most {MAX_GIVEN_NAME - 1} characters."
+        )
+    return common_name
+
+
+def common_name_for(person: Person | None, first_name: str, last_name: str) -> str | None:
+    """The CN for names a person gave (already checked by :func:`given_name`): a name already on
+    their record wins over the one typed, so that the certificate and the directory agree; None
+    when no name was given. A record's name a CN cannot carry (too long, or with characters
+    :func:`given_name` refuses) is passed over for the one typed."""
+    if not (first_name or last_name):
+        return None
+    if person is not None:
+        try:
+            return name_as_common_name(
+                given_name(person.first_name or first_name, "first name"),
+                given_name(person.last_name or last_name, "last name"),
+            )
+        except NameInvalid:
+            pass
+    return name_as_common_name(first_name, last_name)
+
+
+def fill_empty_names(person: Person, first_name: str, last_name: str) -> dict[str, Any]:
+    """Give ``person`` the names they typed where their record has none; names already there
+    (set by an administrator, a directory sync or an earlier enrollment) are kept.
+    Returns {field: (old, new)} of what changed."""
+    changed: dict[str, Any] = {}
+    for name, value in (("first_name", first_name), ("last_name", last_name)):
+        old = getattr(person, name)
+        if value and not old:
+            changed[name] = (old, value)
+            setattr(person, name, value)
+    return changed
 
 
 def normalize_email(email: str) -> str:

@@ -207,10 +207,11 @@ SEALED: tuple[SealedTable, ...] = (
         EnrollmentForm,
         _columns(
             "id uuid slug name profile organization_id access_code_hash domains key_types"
-            " dual_key allow_own_passphrase enabled created_at grant_generation"
+            " dual_key allow_own_passphrase enabled created_at grant_generation ask_name"
         ),
         grant=True,
         since=2,
+        later={"ask_name": "off"},
     ),
     # Which certificate and key a CA signs with, and the CRL it serves.
     SealedTable(

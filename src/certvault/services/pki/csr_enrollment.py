@@ -75,6 +75,8 @@ def enroll_csr(
     person_id: int | None = None,
     organization_id: int | None = None,
     common_name: str | None = None,
+    first_name: str | None = None,
+    last_name: str | None = None,
     extra_emails: Sequence[str] = (),
     validity_days: int | None = None,
     new_person: persons.PersonFields | None = None,
@@ -86,8 +88,10 @@ def enroll_csr(
 
     The owner is ``person_id``, or the person with ``email`` (created in ``organization_id``,
     or the default organization, with ``new_person``'s fields when there is none). The CSR's
-    names and extensions are ignored: the profile and the enrollment decide them. Issuing and
-    recording happen in one transaction; every refusal is audited.
+    names and extensions are ignored: the profile and the enrollment decide them. ``first_name``
+    and ``last_name`` fill the person's empty names and, without ``common_name``, make the CN
+    ("First Last", names already on the person's record winning). Issuing and recording happen
+    in one transaction; every refusal is audited.
     """
     account_id: int | None = None
     chosen_issuer = issuer or BuiltinIssuer(ports)
@@ -100,7 +104,15 @@ def enroll_csr(
         person, org = _subscriber(session, actor, account, email, person_id, organization_id)
         actor.require(Privilege.CERTIFICATES_MANAGE, account.id, org.id)
         actor.require_scope(Scope.MANAGE)
-        request = _issue_request(csr_pem_or_der, profile, email, common_name, extra_emails)
+        names = (
+            persons.given_name(first_name, "first name"),
+            persons.given_name(last_name, "last name"),
+        )
+        persons.name_as_common_name(*names)  # both fit one CN
+        chosen_cn = (
+            common_name if common_name is not None else persons.common_name_for(person, *names)
+        )
+        request = _issue_request(csr_pem_or_der, profile, email, chosen_cn, extra_emails)
         request = dataclasses.replace(request, profile=_with_term(request.profile, validity_days))
         if comment is not None and len(comment) > MAX_COMMENT:
             raise InvalidInput(f"A comment may have at most {MAX_COMMENT} characters.")
@@ -108,6 +120,7 @@ def enroll_csr(
             person = _create_subscriber(session, account, org, request, new_person)
         else:
             _check_addresses(person, request)
+        persons.fill_empty_names(person, *names)
         issued = chosen_issuer.issue(session, account, request)
         row = add_certificate(
             session,

@@ -124,6 +124,18 @@ class PassphraseMismatch(InvalidInput):
     code = "passphrase_mismatch"
 
 
+class NameRequired(InvalidInput):
+    """This form needs your first and last name."""
+
+    code = "name_required"
+
+
+class NameNotAsked(InvalidInput):
+    """This form does not ask for a name; leave first and last name out."""
+
+    code = "name_not_asked"
+
+
 # --- one-time codes -------------------------------------------------------------------------
 
 
@@ -372,6 +384,23 @@ def _chosen_passphrase(
     return check_passphrase(passphrase or "", state.public.min_passphrase_length), False
 
 
+def _given_names(
+    state: FormState, first_name: str | None, last_name: str | None
+) -> tuple[str, str]:
+    """The first and last name the person typed, as the form asks for them ("" when not given)."""
+    asked = state.public.ask_name
+    if asked == "off":
+        if (first_name or "").strip() or (last_name or "").strip():
+            raise NameNotAsked()
+        return "", ""
+    first = persons.given_name(first_name, "first name")
+    last = persons.given_name(last_name, "last name")
+    persons.name_as_common_name(first, last)  # both fit one CN
+    if asked == "required" and not (first and last):
+        raise NameRequired()
+    return first, last
+
+
 def _check_secret_id(secret_id: str | None) -> str | None:
     return persons.check_secret_id(secret_id) if secret_id else None
 
@@ -393,6 +422,8 @@ def enroll(
     secret_id: str | None = None,
     passphrase: str | None = None,
     passphrase_confirm: str | None = None,
+    first_name: str | None = None,
+    last_name: str | None = None,
     issuer: CertificateIssuer | None = None,
     ip: str = "",
     limiter: RateLimiter | None = None,
@@ -401,7 +432,8 @@ def enroll(
     and return the p12 (built after commit, from the keys in memory).
 
     The access code was checked before the code was sent, and the code is bound to it; when it is
-    given here too, it is checked again.
+    given here too, it is checked again. ``first_name`` and ``last_name`` are taken only when the
+    form asks for the name; they fill the person's empty names and make the certificate's CN.
     """
     with _attempt(ports, account_slug, form_slug, email, ip, ENROLL, limiter) as (
         state,
@@ -411,6 +443,7 @@ def enroll(
         kind = _chosen_key_type(state, key_type)
         chosen, generated = _chosen_passphrase(state, passphrase, passphrase_confirm)
         secret = _check_secret_id(secret_id)
+        names = _given_names(state, first_name, last_name)
         if access_code is not None:
             _check_access_code(ports, state, access_code)
         code_id = _verify_code(ports, state, address, code)
@@ -421,7 +454,7 @@ def enroll(
         signer = issuer or _default_issuer(ports)
         issued = ports.db.run(
             lambda session: _issue(
-                session, ports, state, actor, address, code_id, keys, secret_hash, signer
+                session, ports, state, actor, address, code_id, keys, secret_hash, signer, names
             )
         )
     # After commit, so the KDF holds no lock; the entries were audited as delivered.
@@ -459,6 +492,7 @@ def _issue(
     keys: Sequence[PrivateKey],
     secret_hash: str | None,
     issuer: CertificateIssuer,
+    names: tuple[str, str] = ("", ""),
 ) -> _Issued:
     """Everything that must happen together: issue, escrow or record, spend the code, audit."""
     account = session.get_one(Account, state.account_id)
@@ -476,8 +510,13 @@ def _issue(
         raise CodeExpired()
     organization = session.get_one(Organization, form.organization_id)
     result = _Issued([], [], [], False)
+    # The person's names when they gave theirs; None (the address, as always) when not.
+    known = persons.find_by_email(session, account, address) if any(names) else None
+    common_name = persons.common_name_for(known, *names)
     for profile, key in zip(state.public.profiles, keys, strict=True):
-        made = issuer.issue(session, account, IssueRequest(key.public_key(), profile, address))
+        made = issuer.issue(
+            session, account, IssueRequest(key.public_key(), profile, address, common_name)
+        )
         label = f"{address} ({profile.name})" if form.dual_key else address
         if account.key_vault_enabled and profile.escrow:
             entry = archive.archive_entry(
@@ -517,10 +556,13 @@ def _issue(
             result.certificate_ids.append(row.id)
         result.entries.append(KeyAndCertificate(key, made.certificate, label))
         result.chain = result.chain or list(made.chain)
-    if secret_hash is not None:
+    named: dict[str, object] = {}
+    if secret_hash is not None or any(names):
         owner = persons.find_by_email(session, account, address)
         assert owner is not None
-        owner.secret_id_hash = secret_hash
+        if secret_hash is not None:
+            owner.secret_id_hash = secret_hash
+        named = persons.fill_empty_names(owner, *names)
     code_row.used_at = now
     code_row.certificate_id = result.certificate_ids[0]
     details = {
@@ -530,7 +572,7 @@ def _issue(
         "escrowed": result.escrowed,
     }
     for action, extra in (
-        (ENROLL, {"secret_id_set": secret_hash is not None}),
+        (ENROLL, {"secret_id_set": secret_hash is not None, "names_set": sorted(named)}),
         (DELIVER, {"encryption": EncryptionType.AES256_SHA256.value}),
     ):
         audit.record(

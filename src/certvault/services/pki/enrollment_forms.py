@@ -1,6 +1,6 @@
 """Enrollment forms: what an account offers on its client-certificate web forms (profile,
-organization, access code, domains, key types, dual key), managed by administrators and shown,
-without secrets, to the people who enroll."""
+organization, access code, domains, key types, dual key, whether it asks for the name), managed by
+administrators and shown, without secrets, to the people who enroll."""
 
 from __future__ import annotations
 
@@ -33,6 +33,9 @@ MAX_DOMAINS = 50
 # A dual-key form issues these two instead of its profile: the encryption key is escrowed, the
 # signing key never is.
 DUAL_KEY_PROFILES = ("smime-encryption", "smime-signing")
+# Whether the page asks for the person's first and last name. One setting of three values, not
+# two flags: "required" without "asked" would be a state that means nothing.
+ASK_NAME = ("off", "optional", "required")
 _DOMAIN = re.compile(
     r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$"
 )
@@ -99,6 +102,12 @@ def _access_code_hash(ports: Ports, access_code: str) -> str:
     return hash_password(ports, access_code)
 
 
+def _ask_name(value: str) -> str:
+    if value not in ASK_NAME:
+        raise InvalidInput("ask_name is one of: " + ", ".join(ASK_NAME) + ".")
+    return value
+
+
 def _name(name: str) -> str:
     value = name.strip()
     if len(value) > 200 or not value.isprintable():
@@ -151,6 +160,7 @@ def _form_details(form: EnrollmentForm) -> dict[str, object]:
         "key_types": form.key_types.split(),
         "dual_key": form.dual_key,
         "allow_own_passphrase": form.allow_own_passphrase,
+        "ask_name": form.ask_name,
         "enabled": form.enabled,
     }
 
@@ -169,6 +179,7 @@ def create_form(
     allow_own_passphrase: bool = False,
     key_types: Sequence[str] = (),
     name: str = "",
+    ask_name: str = "off",
 ) -> EnrollmentForm:
     """Create an enrollment form; ``access_code`` is stored hashed (argon2), never as given."""
     actor.require_scope(Scope.MANAGE)
@@ -178,6 +189,7 @@ def create_form(
     types_text = _key_types_text(profile, dual_key, key_types)
     domains_text = _domains_text(domains)
     title = _name(name)
+    asked = _ask_name(ask_name)
     code_hash = _access_code_hash(ports, access_code) if access_code is not None else None
 
     def work(session: Session) -> EnrollmentForm:
@@ -205,6 +217,7 @@ def create_form(
             key_types=types_text,
             dual_key=dual_key,
             allow_own_passphrase=allow_own_passphrase,
+            ask_name=asked,
             enabled=True,
         )
         session.add(form)
@@ -228,6 +241,7 @@ def update_form(
     key_types: Sequence[str] | None = None,
     dual_key: bool | None = None,
     allow_own_passphrase: bool | None = None,
+    ask_name: str | None = None,
     enabled: bool | None = None,
 ) -> EnrollmentForm:
     """Change a form (by id or slug); ``None`` leaves a setting as it is."""
@@ -236,6 +250,7 @@ def update_form(
         raise InvalidInput("Set an access code or remove it, not both.")
     code_hash = _access_code_hash(ports, access_code) if access_code is not None else None
     title = _name(name) if name is not None else None
+    asked = _ask_name(ask_name) if ask_name is not None else None
 
     def work(session: Session) -> EnrollmentForm:
         account = get_account(session, account_slug)
@@ -264,6 +279,8 @@ def update_form(
             row.access_code_hash = None
         if allow_own_passphrase is not None:
             row.allow_own_passphrase = allow_own_passphrase
+        if asked is not None:
+            row.ask_name = asked
         if enabled is not None:
             row.enabled = enabled
         return _audited(session, ports, account, actor, "form.update", row)
@@ -323,6 +340,7 @@ class PublicForm:
     min_passphrase_length: int
     domains: list[str]
     escrowed_profiles: tuple[str, ...]  # whose keys are kept in the vault; empty: none is
+    ask_name: str = "off"  # off | optional | required (ASK_NAME)
 
     @property
     def keeps_key(self) -> bool:
@@ -368,6 +386,7 @@ def form_state(ports: Ports, account_slug: str, form_slug: str) -> FormState:
             escrowed_profiles=tuple(
                 p.name for p in profiles if p.escrow and account.key_vault_enabled
             ),
+            ask_name=form.ask_name,
         )
         return FormState(public, account.id, form.id, form.access_code_hash)
 

@@ -48,6 +48,7 @@ def _entered(form: FormData) -> dict[str, Any]:
         "key_types": key_types,
         "dual_key": form_field(form, "dual_key") == "on",
         "allow_own_passphrase": form_field(form, "allow_own_passphrase") == "on",
+        "ask_name": form_field(form, "ask_name") or "off",
     }
 
 
@@ -72,6 +73,7 @@ def _shown(form: EnrollmentForm) -> dict[str, Any]:
         "key_types": form.key_types.split(),
         "dual_key": form.dual_key,
         "allow_own_passphrase": form.allow_own_passphrase,
+        "ask_name": form.ask_name,
     }
 
 
@@ -90,6 +92,7 @@ async def _common(console: Console) -> dict[str, Any]:
         "profiles": sorted(PROFILES.values(), key=lambda p: p.name),
         "key_types": list(KeyType),
         "has_ca": has_ca,
+        "ask_name_choices": enrollment_forms.ASK_NAME,
     }
 
 
@@ -112,7 +115,7 @@ async def _list_page(
             (f, enrollment_forms.form_url(settings, console.account_slug, f.slug)) for f in rows
         ],
         organization_names=dict(common["organizations"]),
-        entered=entered or {"profile": "smime", "key_types": []},
+        entered=entered or {"profile": "smime", "key_types": [], "ask_name": "off"},
         **common,
         **context,
     )
@@ -176,6 +179,7 @@ async def create_form(request: Request) -> Response:
             allow_own_passphrase=entered["allow_own_passphrase"],
             key_types=entered["key_types"],
             name=entered["name"],
+            ask_name=entered["ask_name"],
         )
     except CertvaultError as exc:
         return await _list_page(console, exc.status, entered, error=exc.message)
@@ -216,6 +220,7 @@ async def update_form(request: Request, form_id: int) -> Response:
             key_types=entered["key_types"],
             dual_key=entered["dual_key"],
             allow_own_passphrase=entered["allow_own_passphrase"],
+            ask_name=entered["ask_name"],
         )
     except CertvaultError as exc:
         return await _form_page(console, form_id, exc.status, entered, error=exc.message)

@@ -11,7 +11,7 @@ from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
 from certvault.crypto.profiles import PROFILES
-from certvault.services.directory import certificates
+from certvault.services.directory import certificates, persons
 from certvault.services.kernel.paging import MAX_ID
 from certvault.services.pki import csr_enrollment
 from certvault.services.pki.csr_enrollment import BundleEncoding, BundleFormat
@@ -79,7 +79,17 @@ class EnrollRequest(StrictBody):
         "organization); for an existing person it must be theirs",
     )
     common_name: str = optional(
-        min_length=1, max_length=64, description="The subject CN (default: the address)"
+        min_length=1,
+        max_length=64,
+        description="The subject CN (default: `first_name last_name` when given, else the address)",
+    )
+    first_name: str = optional(
+        max_length=persons.MAX_GIVEN_NAME,
+        description="Fills the person's first name when it is empty; with `last_name`, the CN",
+    )
+    last_name: str = optional(
+        max_length=persons.MAX_GIVEN_NAME,
+        description="Fills the person's last name when it is empty; with `first_name`, the CN",
     )
 
 
@@ -93,7 +103,9 @@ A CSR that does not parse or whose signature does not verify answers 422 `csr_in
 no certificate may carry under the S/MIME Baseline Requirements (6.1.5, 6.1.6) answers 422 with
 the rule it breaks: `rsa_modulus_not_allowed` (2048 to 8192 bits, a multiple of 8, no small
 factors), `rsa_exponent_not_allowed` (odd, 2^16+1 to 2^256-1), `ec_curve_not_allowed` (P-256,
-P-384, P-521) or `key_algorithm_not_allowed`. A key type certvault does not certify answers 422
+P-384, P-521) or `key_algorithm_not_allowed`. A first or last name with control or invisible
+formatting characters, or the two longer together than a CN holds, answers 422 `name_invalid`.
+A key type certvault does not certify answers 422
 `csr_unsupported_key`, one the profile does not allow 422 `key_type_not_allowed`; an address of
 another person 422 `person_mismatch`. An account without an issuing CA answers 409
 `no_issuing_ca`."""
@@ -124,6 +136,8 @@ def enroll(
         person_id=body.person_id,
         organization_id=body.organization_id,
         common_name=body.common_name,
+        first_name=body.first_name,
+        last_name=body.last_name,
         channel="api",
     )
     response.headers["Location"] = f"/api/v1/certificates/{cert.id}"

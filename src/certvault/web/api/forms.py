@@ -4,7 +4,7 @@ change)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
@@ -24,6 +24,7 @@ router = APIRouter(tags=["forms"], responses=ERRORS)  # type: ignore[arg-type]
 Domain = Annotated[str, Field(max_length=253)]
 KeyTypeName = Annotated[str, Field(max_length=16), SchemaOnly(enum=[k.value for k in KeyType])]
 Profile = Annotated[str, SchemaOnly(enum=sorted(PROFILES))]
+AskName = Literal["off", "optional", "required"]  # enrollment_forms.ASK_NAME
 
 
 class FormIn(StrictBody):
@@ -43,6 +44,10 @@ class FormIn(StrictBody):
     key_types: list[KeyTypeName] = optional(max_length=5, description="Empty: the profile's")
     dual_key: bool = optional()
     allow_own_passphrase: bool = optional()
+    ask_name: AskName = optional(
+        description="Whether the page asks for first and last name; a name given becomes the "
+        "certificate's CN and fills the person's empty names"
+    )
     enabled: bool = optional()
 
 
@@ -65,6 +70,7 @@ class FormOut(BaseModel):
     key_types: list[str]
     dual_key: bool
     allow_own_passphrase: bool
+    ask_name: str = Field(description="off | optional | required")
     enabled: bool
     created_at: datetime
 
@@ -82,6 +88,7 @@ def form_out(ports: Ports, account_slug: str, form: EnrollmentForm) -> FormOut:
         key_types=form.key_types.split(),
         dual_key=form.dual_key,
         allow_own_passphrase=form.allow_own_passphrase,
+        ask_name=form.ask_name,
         enabled=form.enabled,
         created_at=form.created_at,
     )
@@ -118,6 +125,7 @@ def create_form(
         allow_own_passphrase=bool(body.allow_own_passphrase),
         key_types=body.key_types or (),
         name=body.name or "",
+        ask_name=body.ask_name if "ask_name" in body.model_fields_set else "off",
     )
     if body.enabled is False:
         form = enrollment_forms.disable_form(ports, caller.actor, caller.account_slug, form.id)
@@ -141,6 +149,7 @@ def update_form(form_id: Id, body: FormIn, caller: TokenCaller, ports: PortsDep)
         key_types=body.key_types,
         dual_key=body.dual_key,
         allow_own_passphrase=body.allow_own_passphrase,
+        ask_name=body.ask_name,
         enabled=body.enabled,
     )
     return form_out(ports, caller.account_slug, form)

@@ -120,9 +120,10 @@ async def enroll(request: Request, account_slug: str, form_slug: str) -> Respons
         return posted
     csrf, data, form = posted
     ports = get_ports(request)
-    email = key_type = ""
+    email = key_type = first_name = last_name = ""
     try:
         email, key_type = form_field(data, "email").strip(), form_field(data, "key_type")
+        first_name, last_name = form_field(data, "first_name"), form_field(data, "last_name")
         own = form_field(data, "passphrase_choice") == "own"
         result = await run_in_threadpool(
             lambda: enrollment.enroll(
@@ -135,6 +136,8 @@ async def enroll(request: Request, account_slug: str, form_slug: str) -> Respons
                 secret_id=form_field(data, "secret_id") or None,
                 passphrase=form_field(data, "passphrase") if own else None,
                 passphrase_confirm=form_field(data, "passphrase_confirm") if own else None,
+                first_name=first_name or None,
+                last_name=last_name or None,
                 ip=client_ip(request),
                 limiter=get_limiter(request),
             )
@@ -148,6 +151,8 @@ async def enroll(request: Request, account_slug: str, form_slug: str) -> Respons
             form=form,
             email=email,
             key_type=key_type,
+            first_name=first_name,
+            last_name=last_name,
             error=exc.message,
         )
     return pages.render(
