@@ -177,6 +177,7 @@ class Certificate(Base):
         UniqueConstraint("account_id", "sha256"),
         UniqueConstraint("account_id", "issuer_sha256", "serial"),
         Index("ix_certificates_account_key", "account_id", "escrowed_key_id"),
+        Index("ix_certificates_account_person", "account_id", "person_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
