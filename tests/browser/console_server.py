@@ -116,6 +116,7 @@ def console_server_fixture(backend: str, tmp_path: Path) -> Iterator[ConsoleServ
         CERTVAULT_PUBLIC_URL=url,
         CERTVAULT_SMTP_HOST="127.0.0.1",
         CERTVAULT_SMTP_PORT=str(smtp.port),
+        CERTVAULT_MAIL_SEND_INTERVAL="0.3",
     )
     ports = cli.ports()
     try:

@@ -99,6 +99,7 @@ async def login(request: Request) -> Response:
             account_slug=slug,
             login=login_name,
             error=exc.message,
+            script=SCRIPT_PATH,
         )
     target = "/admin/totp" if signed.stage == web_sessions.STAGE_ENROLL else "/admin/"
     response = _redirect(target)
@@ -131,6 +132,7 @@ def _totp_page(
         qr_svg=svg,
         secret_text=totp.base32_text(pending.secret),
         error=error,
+        script=SCRIPT_PATH,
     )
 
 

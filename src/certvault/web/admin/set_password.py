@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from certvault.errors import CertvaultError
 from certvault.services.access import password_links, password_resets
-from certvault.web.admin.console import pages
+from certvault.web.admin.console import SCRIPT_PATH, pages
 from certvault.web.deps import client_ip, get_limiter, get_ports
 from certvault.web.pages import form_field, read_form
 from certvault.web.security import Csrf
@@ -69,6 +69,7 @@ async def set_password(request: Request) -> Response:
             link=exc.link,
             token=token,
             error=exc.message,
+            script=SCRIPT_PATH,
         )
     except CertvaultError as exc:
         return pages.error(csrf, exc)

@@ -1,7 +1,30 @@
 // The console's only script (CSP: script-src 'self'; nothing inline).
 // - <button data-copy="ID">: copies the text of element ID to the clipboard.
 // - <button data-open-dialog="ID">: opens <dialog id=ID> as a modal; [data-close-dialog] closes it.
+// - [data-focus-error] (a rejected form's error, templates/_error.html): focused when the page
+//   loads, or when the dialog holding it opens, so it is in view and read out. A <dialog> the
+//   server sent open (a rejected save in it) is reopened as a modal: centred in the window, not
+//   at the foot of the page.
 "use strict";
+
+const focusError = (scope) => {
+  const error = scope.querySelector("[data-focus-error]");
+  if (error) error.focus();
+};
+
+const openModal = (dialog) => {
+  if (typeof dialog.showModal !== "function") return false;
+  if (dialog.open) dialog.close();
+  dialog.showModal();
+  focusError(dialog);
+  return true;
+};
+
+document.addEventListener("DOMContentLoaded", () => {
+  const opened = document.querySelector("dialog[open]");
+  if (opened && opened.querySelector("[data-focus-error]") && openModal(opened)) return;
+  focusError(document);
+});
 document.addEventListener("click", (event) => {
   const target = event.target instanceof Element ? event.target.closest("button") : null;
   if (!target) return;
@@ -25,10 +48,7 @@ document.addEventListener("click", (event) => {
     }
   } else if (target.dataset.openDialog) {
     const dialog = document.getElementById(target.dataset.openDialog);
-    if (dialog && typeof dialog.showModal === "function") {
-      event.preventDefault();
-      dialog.showModal();
-    }
+    if (dialog && openModal(dialog)) event.preventDefault();
   } else if (target.hasAttribute("data-close-dialog")) {
     const dialog = target.closest("dialog");
     if (dialog) {
