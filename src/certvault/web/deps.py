@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
 
 from certvault.services.access import credentials, tokens
 from certvault.services.kernel.actors import Actor
@@ -42,23 +43,36 @@ def _remember(request: Request, caller: Caller) -> Caller:
     return caller
 
 
-def token_caller(
-    request: Request,
-    credentials_: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> Caller:
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def bearer_present(credentials_: BearerCredentials) -> HTTPAuthorizationCredentials:
+    """A bearer token, not yet checked: for routes that check it in their own transaction
+    (token_caller_in). A request without one is refused before anything else."""
+    if credentials_ is None or credentials_.scheme.lower() != "bearer":
+        raise tokens.Unauthenticated()
+    return credentials_
+
+
+def token_caller(request: Request, credentials_: BearerCredentials) -> Caller:
     """The own API: bearer tokens only."""
+    return token_caller_in(request, credentials_, None)
+
+
+def token_caller_in(
+    request: Request, credentials_: HTTPAuthorizationCredentials | None, session: Session | None
+) -> Caller:
+    """The bearer token's caller, checked in ``session`` when given: a route that does all its
+    work in one transaction (Database.run_request) checks the token there too, first."""
     if credentials_ is None or credentials_.scheme.lower() != "bearer":
         raise tokens.Unauthenticated()
     actor, slug = tokens.authenticate(
-        get_ports(request), credentials_.credentials, client_ip(request)
+        get_ports(request), credentials_.credentials, client_ip(request), session=session
     )
     return _remember(request, Caller(actor, slug))
 
 
-def scm_caller(
-    request: Request,
-    credentials_: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> Caller:
+def scm_caller(request: Request, credentials_: BearerCredentials) -> Caller:
     """The SCM-compatible API: a bearer token, or its `login`/`password`/`customerUri` headers."""
     if credentials_ is not None:
         return token_caller(request, credentials_)
@@ -81,5 +95,6 @@ def scm_caller(
 
 TokenCaller = Annotated[Caller, Depends(token_caller)]
 ScmCaller = Annotated[Caller, Depends(scm_caller)]
+BearerToken = Annotated[HTTPAuthorizationCredentials, Depends(bearer_present)]
 PortsDep = Annotated[Ports, Depends(get_ports)]
 LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]

@@ -333,6 +333,42 @@ def record_refusal(
     ports.db.run(work)
 
 
+def record_refusal_after(
+    session: Session,
+    ports: Ports,
+    *,
+    account_id: int | None,
+    actor: Actor,
+    action: str,
+    reason_code: str,
+    target_type: str = "",
+    target_id: str | int = "",
+    details: Mapping[str, Any] | None = None,
+) -> None:
+    """Audit a refused attempt made inside ``session``'s transaction (a request's one
+    transaction) once that transaction is over, in a transaction of its own: recorded while the
+    refused work still held its locks, it could wait on them."""
+    recorded = False
+
+    def _after_end(s: Session, transaction: SessionTransaction) -> None:
+        nonlocal recorded
+        if recorded or transaction.parent is not None:
+            return
+        recorded = True
+        record_refusal(
+            ports,
+            account_id=account_id,
+            actor=actor,
+            action=action,
+            reason_code=reason_code,
+            target_type=target_type,
+            target_id=target_id,
+            details=details,
+        )
+
+    event.listen(session, "after_transaction_end", _after_end)
+
+
 @contextmanager
 def refusals_audited(
     ports: Ports,

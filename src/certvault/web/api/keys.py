@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from sqlalchemy.orm import Session
 
 from certvault.errors import CertvaultError, InvalidInput
 from certvault.services.vault import imports, release
@@ -25,7 +26,7 @@ from certvault.web.api.schemas import (
     KeyDownload,
     KeyUpload,
 )
-from certvault.web.deps import PortsDep, TokenCaller
+from certvault.web.deps import BearerToken, PortsDep, TokenCaller, token_caller_in
 from certvault.web.limits import download_counter
 
 router = APIRouter(tags=["keys"], responses=ERRORS)  # type: ignore[arg-type]
@@ -170,21 +171,27 @@ def download_key(
     certificate_id: Id,
     body: KeyDownload,
     request: Request,
-    caller: TokenCaller,
+    credentials_: BearerToken,
     ports: PortsDep,
 ) -> Response:
-    batch = release.release_keys(
-        ports,
-        caller.actor,
-        caller.account_slug,
-        [certificate_id],
-        passphrase=body.passphrase,
-        encryption=_encryption(body),
-        reason=body.reason,
-        channel="api",
-        admit=download_counter(request, caller),
-        format=body.format,
-    )
+    def work(session: Session) -> release.ReleaseBatch:
+        caller = token_caller_in(request, credentials_, session)
+        return release.release_keys(
+            ports,
+            caller.actor,
+            caller.account_slug,
+            [certificate_id],
+            passphrase=body.passphrase,
+            encryption=_encryption(body),
+            reason=body.reason,
+            channel="api",
+            admit=download_counter(request, caller),
+            format=body.format,
+            session=session,
+        )
+
+    # The token check, the release and its audit in one transaction (DESIGN.md §10).
+    batch = ports.db.run_request(work)
     [item] = batch.releases
     return _attachment(item.data, item.format.media_type, item.filename, batch.generated_passphrase)
 
@@ -204,21 +211,26 @@ def download_person_keys(
     person_id: Id,
     body: KeyDownload,
     request: Request,
-    caller: TokenCaller,
+    credentials_: BearerToken,
     ports: PortsDep,
 ) -> Response:
-    batch = release.release_person_keys(
-        ports,
-        caller.actor,
-        caller.account_slug,
-        person_id,
-        passphrase=body.passphrase,
-        encryption=_encryption(body),
-        reason=body.reason,
-        channel="api",
-        admit=download_counter(request, caller),
-        format=body.format,
-    )
+    def work(session: Session) -> release.ReleaseBatch:
+        caller = token_caller_in(request, credentials_, session)
+        return release.release_person_keys(
+            ports,
+            caller.actor,
+            caller.account_slug,
+            person_id,
+            passphrase=body.passphrase,
+            encryption=_encryption(body),
+            reason=body.reason,
+            channel="api",
+            admit=download_counter(request, caller),
+            format=body.format,
+            session=session,
+        )
+
+    batch = ports.db.run_request(work)
     if batch.releases[0].format is ReleaseFormat.MOBILECONFIG:
         [item] = batch.releases
         return _attachment(

@@ -169,16 +169,19 @@ def download_key(
 ) -> Response:
     """Needs the privilege key_vault_download. Every download is audited and told to the
     certificate's owner; downloads are rate-limited per administrator, token and address."""
-    batch = release.release_key(
-        ports,
-        caller.actor,
-        caller.account_slug,
-        cert_id,
-        passphrase=body.passphrase,
-        encryption=body.encryption_type,
-        reason=body.reason,
-        channel="scm",
-        admit=download_counter(request, caller),
+    batch = ports.db.run_request(
+        lambda session: release.release_key(
+            ports,
+            caller.actor,
+            caller.account_slug,
+            cert_id,
+            passphrase=body.passphrase,
+            encryption=body.encryption_type,
+            reason=body.reason,
+            channel="scm",
+            admit=download_counter(request, caller),
+            session=session,
+        )
     )
     [released] = batch.releases
     return Response(
