@@ -93,8 +93,28 @@ def scm_caller(request: Request, credentials_: BearerCredentials) -> Caller:
     return _remember(request, Caller(actor, customer))
 
 
+def scm_login_or_bearer(
+    request: Request, credentials_: BearerCredentials
+) -> Caller | HTTPAuthorizationCredentials:
+    """The SCM-compatible API's caller when it signs in with the login headers, or its bearer
+    token not yet checked, for a route that checks it in its own transaction (scm_caller_in)."""
+    if credentials_ is not None:
+        return credentials_
+    return scm_caller(request, None)
+
+
+def scm_caller_in(
+    request: Request, found: Caller | HTTPAuthorizationCredentials, session: Session
+) -> Caller:
+    """scm_caller, with a bearer token checked in ``session`` (a request's one transaction)."""
+    if isinstance(found, Caller):
+        return found
+    return token_caller_in(request, found, session)
+
+
 TokenCaller = Annotated[Caller, Depends(token_caller)]
 ScmCaller = Annotated[Caller, Depends(scm_caller)]
 BearerToken = Annotated[HTTPAuthorizationCredentials, Depends(bearer_present)]
+ScmLoginOrBearer = Annotated[Caller | HTTPAuthorizationCredentials, Depends(scm_login_or_bearer)]
 PortsDep = Annotated[Ports, Depends(get_ports)]
 LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]

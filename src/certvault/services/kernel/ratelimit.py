@@ -77,21 +77,26 @@ class DatabaseRateLimiter:
         self._hits += 1
         sweep = self._hits % self.SWEEP_EVERY == 0
 
+        # One statement counts every limit (one round trip), rows in one order for every
+        # caller, so that concurrent counts lock them the same way round.
+        windows = sorted({(lim.key[:200], now - now % lim.window_seconds) for lim in limits})
+
         def work(session: Session) -> list[Decision]:
+            if not windows:
+                return []
             dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+            stmt = dialect.insert(RateLimitCounter).values(
+                [{"key": key, "window_start": window, "count": 1} for key, window in windows]
+            )
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["key", "window_start"],
+                set_={"count": RateLimitCounter.count + 1},
+            ).returning(RateLimitCounter.key, RateLimitCounter.window_start, RateLimitCounter.count)
+            counts = {(key, window): count for key, window, count in session.execute(stmt)}
             decisions = []
             for lim in limits:
                 window = now - now % lim.window_seconds
-                key = lim.key[:200]
-                stmt = dialect.insert(RateLimitCounter).values(
-                    key=key, window_start=window, count=1
-                )
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=["key", "window_start"],
-                    set_={"count": RateLimitCounter.count + 1},
-                ).returning(RateLimitCounter.count)
-                count = int(session.execute(stmt).scalar_one())
-                if count > lim.limit:
+                if counts[(lim.key[:200], window)] > lim.limit:
                     decisions.append(Decision(False, window + lim.window_seconds - now))
                 else:
                     decisions.append(Decision(True, 0))

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import Field
+from sqlalchemy.orm import Session
 
 from certvault.db.models import Certificate
 from certvault.errors import InvalidInput
@@ -38,7 +39,7 @@ from certvault.web.compat.schemas import (
     on_versions,
 )
 from certvault.web.control_characters import MULTI_LINE
-from certvault.web.deps import PortsDep, ScmCaller
+from certvault.web.deps import PortsDep, ScmCaller, ScmLoginOrBearer, scm_caller_in
 from certvault.web.limits import download_counter
 
 router = APIRouter(tags=["SCM-compatible: client certificates"], responses=SCM_ERRORS)
@@ -165,12 +166,19 @@ _P12: Responses = {
     summary="Download a certificate's private key from the Key Vault as PKCS#12",
 )
 def download_key(
-    request: Request, cert_id: CertId, body: KeystoreRequest, caller: ScmCaller, ports: PortsDep
+    request: Request,
+    cert_id: CertId,
+    body: KeystoreRequest,
+    credentials_: ScmLoginOrBearer,
+    ports: PortsDep,
 ) -> Response:
     """Needs the privilege key_vault_download. Every download is audited and told to the
     certificate's owner; downloads are rate-limited per administrator, token and address."""
-    batch = ports.db.run_request(
-        lambda session: release.release_key(
+
+    def work(session: Session) -> release.ReleaseBatch:
+        # A bearer token is checked in the release's transaction (DESIGN.md §10).
+        caller = scm_caller_in(request, credentials_, session)
+        return release.release_key(
             ports,
             caller.actor,
             caller.account_slug,
@@ -182,7 +190,8 @@ def download_key(
             admit=download_counter(request, caller),
             session=session,
         )
-    )
+
+    batch = ports.db.run_request(work)
     [released] = batch.releases
     return Response(
         released.data,
