@@ -15,7 +15,9 @@ from __future__ import annotations
 import io
 import zipfile
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
+from functools import partial
 
 from cryptography import x509
 from sqlalchemy import select
@@ -146,25 +148,9 @@ def release_keys(
     """
     refusal = _Refusal(",".join(str(i) for i in certificate_ids)[:64])
     try:
-        if session is None:
-            with ports.db.read() as reading:
-                account, plan, releases = _prepare(
-                    reading,
-                    ports,
-                    actor,
-                    account_slug,
-                    certificate_ids,
-                    refusal,
-                    passphrase=passphrase,
-                    encryption=encryption,
-                    reason=reason,
-                    passphrase_generated=passphrase_generated,
-                    admit=admit,
-                    format=format,
-                )
-        else:
+        with _reading(ports, session) as reading:
             account, plan, releases = _prepare(
-                session,
+                reading,
                 ports,
                 actor,
                 account_slug,
@@ -199,20 +185,26 @@ class _Refusal:
         exc: CertvaultError,
         channel: str,
     ) -> None:
-        refusal = {
-            "account_id": self.account_id,
-            "actor": actor,
-            "action": RELEASE,
-            "reason_code": exc.code,
-            "target_type": "certificate",
-            "target_id": self.target,
-            "details": {"channel": channel},
-        }
         if session is None:
-            audit.record_refusal(ports, **refusal)  # type: ignore[arg-type]
+            record = audit.record_refusal
         else:
             # Once the request's transaction has rolled back: it may hold locks.
-            audit.record_refusal_after(session, ports, **refusal)  # type: ignore[arg-type]
+            record = partial(audit.record_refusal_after, session)
+        record(
+            ports,
+            account_id=self.account_id,
+            actor=actor,
+            action=RELEASE,
+            reason_code=exc.code,
+            target_type="certificate",
+            target_id=self.target,
+            details={"channel": channel},
+        )
+
+
+def _reading(ports: Ports, session: Session | None) -> AbstractContextManager[Session]:
+    """The request's transaction when there is one, otherwise a read of the release's own."""
+    return ports.db.read() if session is None else nullcontext(session)
 
 
 def kdf_rounds(settings: Settings, generated: bool) -> int:
@@ -527,11 +519,8 @@ def release_person_keys(
         target_id=person_id,
     ):
         actor.require_scope(Scope.KEYS_DOWNLOAD)
-        if session is None:
-            with ports.db.read() as reading:
-                names = _person_files(reading, actor, account_slug, person_id)
-        else:
-            names = _person_files(session, actor, account_slug, person_id)
+        with _reading(ports, session) as reading:
+            names = _person_files(reading, actor, account_slug, person_id)
     batch = release_keys(
         ports,
         actor,
