@@ -48,7 +48,7 @@ from certvault.services.kernel.passwords import is_text, verify_password
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.ratelimit import Limit, RateLimiter, enforce, rate_limiter
 from certvault.services.kernel.tenancy import get_account
-from certvault.services.vault import recovery_rules, release
+from certvault.services.vault import person_keys, recovery_rules, release
 from certvault.services.vault.archive import KeyVaultDisabled
 from certvault.services.vault.profiles import ReleaseFormat
 
@@ -818,7 +818,7 @@ def _packaged(batch: release.ReleaseBatch, request_uuid: str) -> Download:
         [item] = batch.releases
         return Download(item.data, item.filename, item.format.media_type)
     return Download(
-        release.zip_of(batch), f"recovered-keys-{request_uuid[:8]}.zip", "application/zip"
+        person_keys.zip_of(batch), f"recovered-keys-{request_uuid[:8]}.zip", "application/zip"
     )
 
 

@@ -33,7 +33,7 @@ from certvault.services.directory.accounts import account_status
 from certvault.services.kernel.actors import Privilege
 from certvault.services.kernel.paging import MAX_LIMIT
 from certvault.services.kernel.ratelimit import Quota
-from certvault.services.vault import release
+from certvault.services.vault import person_keys, release
 from certvault.services.vault.archive import KeyVaultDisabled
 from certvault.services.vault.profiles import ReleaseFormat
 from certvault.services.vault.release import MAX_REASON, RELEASE, NoEscrowedKey, ReasonRequired
@@ -279,7 +279,7 @@ def _release(
     admit: Quota | None = None,
 ) -> release.ReleaseBatch:
     release_target = (
-        release.release_key if target.kind == "certificate" else release.release_person_keys
+        release.release_key if target.kind == "certificate" else person_keys.release_person_keys
     )
     # ``generated`` only for the passphrase this form made and held sealed on the server.
     return console.ports.db.run_request(

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 
 from certvault.errors import CertvaultError, InvalidInput
-from certvault.services.vault import imports, release
+from certvault.services.vault import imports, person_keys, release
 from certvault.services.vault.archive import EntryResult
 from certvault.services.vault.profiles import ReleaseFormat
 from certvault.web.api.schemas import (
@@ -216,7 +216,7 @@ def download_person_keys(
 ) -> Response:
     def work(session: Session) -> release.ReleaseBatch:
         caller = token_caller_in(request, credentials_, session)
-        return release.release_person_keys(
+        return person_keys.release_person_keys(
             ports,
             caller.actor,
             caller.account_slug,
@@ -248,4 +248,4 @@ def _encryption(body: KeyDownload) -> str | None:
 def person_keys_zip(person_id: int, batch: release.ReleaseBatch) -> tuple[bytes, str]:
     """Every key of a person's download as one zip, and the zip's file name (the API and the
     console hand out the same file)."""
-    return release.zip_of(batch), f"person-{person_id}-keys.zip"
+    return person_keys.zip_of(batch), f"person-{person_id}-keys.zip"
