@@ -400,8 +400,7 @@ def _commit(
     admit: Quota | None,
 ) -> None:
     # ``account`` and the plan's rows were loaded before the KDF; only what may have changed
-    # since is read again: whether the keys still exist. Everything that can refuse comes
-    # before the first audit event, which locks the account's audit chain until commit.
+    # since is read again: whether the keys still exist.
     key_ids = {item.key.id for item in plan.items}
     live = set(
         session.scalars(
@@ -412,15 +411,19 @@ def _commit(
     )
     if live != key_ids:
         raise NoEscrowedKey()
-    if admit is not None:
-        admit.count(session)
     for item in plan.items:
-        cert = item.certificate
-        notice = _release_notice(account, cert, actor, plan.reason, plan.format)
+        notice = _release_notice(account, item.certificate, actor, plan.reason, plan.format)
         for address in item.recipients:
             notify.queue_mail(session, account, address, "Your private key was recovered", notice)
         if actor.is_operator:
             notify.queue_for_admins(session, account, "An operator released a private key", notice)
+    session.flush()
+    # Concurrent releases wait for the quota's counter rows and the account's audit chain: both
+    # are locked last, until commit. The count may refuse; it comes before the first event.
+    if admit is not None:
+        admit.count(session)
+    for item in plan.items:
+        cert = item.certificate
         audit.record(
             session,
             ports,
