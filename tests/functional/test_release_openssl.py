@@ -28,6 +28,33 @@ def _openssl(*args: str) -> str:
     return done.stdout + done.stderr
 
 
+def _files(tmp_path: Path, data: bytes, phrase: str) -> tuple[Path, Path]:
+    """The file and its passphrase file, for openssl's -in and -passin."""
+    p12 = tmp_path / "out.p12"
+    p12.write_bytes(data)
+    pw = tmp_path / "pw"
+    pw.write_text(phrase + "\n", encoding="utf-8")
+    return p12, pw
+
+
+def _info(p12: Path, pw: Path, legacy: bool) -> str:
+    return _openssl(
+        "pkcs12",
+        "-info",
+        "-noout",
+        "-in",
+        str(p12),
+        "-passin",
+        f"file:{pw}",
+        *(["-legacy"] if legacy else []),
+    )
+
+
+def _counts(info: str, mac: str, bag: str) -> tuple[int, set[int]]:
+    [mac_rounds] = re.findall(rf"MAC: {mac}, Iteration (\d+)", info)
+    return int(mac_rounds), {int(n) for n in re.findall(bag, info)}
+
+
 @pytest.mark.parametrize(
     ("encryption", "mac", "bag"),
     [
@@ -60,22 +87,10 @@ def test_production_rounds_for_mac_and_bags(tmp_path, database_url, operator, en
         )
     finally:
         ports.close()
-    p12 = tmp_path / "out.p12"
-    p12.write_bytes(batch.releases[0].data)
-    pw = tmp_path / "pw"
-    pw.write_text(phrase + "\n", encoding="utf-8")
-    info = _openssl(
-        "pkcs12",
-        "-info",
-        "-noout",
-        "-in",
-        str(p12),
-        "-passin",
-        f"file:{pw}",
-        *(["-legacy"] if encryption == "TripleDES-SHA1" else []),
-    )
-    assert f"MAC: {mac}, Iteration {default_rounds}" in info
-    bag_rounds = {int(n) for n in re.findall(bag, info)}
+    legacy = encryption == "TripleDES-SHA1"
+    p12, pw = _files(tmp_path, batch.releases[0].data, phrase)
+    mac_rounds, bag_rounds = _counts(_info(p12, pw, legacy), mac, bag)
+    assert mac_rounds == default_rounds
     assert bag_rounds == {default_rounds}
     pem = _openssl(
         "pkcs12",
@@ -85,7 +100,7 @@ def test_production_rounds_for_mac_and_bags(tmp_path, database_url, operator, en
         "-nodes",
         "-passin",
         f"file:{pw}",
-        *(["-legacy"] if encryption == "TripleDES-SHA1" else []),
+        *(["-legacy"] if legacy else []),
     )
     got = serialization.load_pem_private_key(pem[pem.index("-----BEGIN") :].encode(), None)
     assert got.private_numbers() == key.private_numbers()
@@ -96,28 +111,6 @@ def test_production_rounds_for_mac_and_bags(tmp_path, database_url, operator, en
 HIGH = 10_000
 GENERATED = Settings.model_fields["p12_generated_kdf_rounds"].default
 OWN_PASSPHRASE = "Straße-Ünïcode-Ω-passphrase"
-
-
-def _info(tmp_path: Path, data: bytes, phrase: str, legacy: bool) -> str:
-    p12 = tmp_path / "counted.p12"
-    p12.write_bytes(data)
-    pw = tmp_path / "counted-pw"
-    pw.write_text(phrase + "\n", encoding="utf-8")
-    return _openssl(
-        "pkcs12",
-        "-info",
-        "-noout",
-        "-in",
-        str(p12),
-        "-passin",
-        f"file:{pw}",
-        *(["-legacy"] if legacy else []),
-    )
-
-
-def _counts(info: str, mac: str, bag: str) -> tuple[int, set[int]]:
-    [mac_rounds] = re.findall(rf"MAC: {mac}, Iteration (\d+)", info)
-    return int(mac_rounds), {int(n) for n in re.findall(bag, info)}
 
 
 @pytest.fixture
@@ -166,8 +159,8 @@ def test_the_kdf_count_follows_the_passphrase(
     )
     phrase = phrase or batch.generated_passphrase
     assert phrase is not None
-    info = _info(tmp_path, batch.releases[0].data, phrase, encryption == "TripleDES-SHA1")
-    mac_rounds, bag_rounds = _counts(info, mac, bag)
+    p12, pw = _files(tmp_path, batch.releases[0].data, phrase)
+    mac_rounds, bag_rounds = _counts(_info(p12, pw, encryption == "TripleDES-SHA1"), mac, bag)
     assert mac_rounds == expected
     assert bag_rounds == {expected}
 
@@ -186,7 +179,7 @@ def test_a_profiles_pkcs12_follows_the_same_rule(tmp_path, counted, operator, ge
         format="mobileconfig",
     )
     [payload] = plistlib.loads(batch.releases[0].data)["PayloadContent"]
-    info = _info(tmp_path, payload["PayloadContent"], OWN_PASSPHRASE, legacy=True)
-    mac_rounds, bag_rounds = _counts(info, "sha1", TRIPLE_DES)
+    p12, pw = _files(tmp_path, payload["PayloadContent"], OWN_PASSPHRASE)
+    mac_rounds, bag_rounds = _counts(_info(p12, pw, legacy=True), "sha1", TRIPLE_DES)
     assert mac_rounds == expected
     assert bag_rounds == {expected}

@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -333,38 +333,18 @@ def record_refusal(
     ports.db.run(work)
 
 
-def record_refusal_after(
-    session: Session,
-    ports: Ports,
-    *,
-    account_id: int | None,
-    actor: Actor,
-    action: str,
-    reason_code: str,
-    target_type: str = "",
-    target_id: str | int = "",
-    details: Mapping[str, Any] | None = None,
-) -> None:
-    """Audit a refused attempt made inside ``session``'s transaction (a request's one
-    transaction) once that transaction is over, in a transaction of its own: recorded while the
-    refused work still held its locks, it could wait on them."""
-    recorded = False
+def after_transaction(session: Session, then: Callable[[], None]) -> None:
+    """Run ``then`` once ``session``'s outermost transaction is over: for a refusal made inside
+    a request's one transaction, audited (record_refusal) once that transaction has rolled
+    back, since while the refused work still holds its locks the audit could wait on them."""
+    done = False
 
-    def _after_end(s: Session, transaction: SessionTransaction) -> None:
-        nonlocal recorded
-        if recorded or transaction.parent is not None:
+    def _after_end(_s: Session, transaction: SessionTransaction) -> None:
+        nonlocal done
+        if done or transaction.parent is not None:
             return
-        recorded = True
-        record_refusal(
-            ports,
-            account_id=account_id,
-            actor=actor,
-            action=action,
-            reason_code=reason_code,
-            target_type=target_type,
-            target_id=target_id,
-            details=details,
-        )
+        done = True
+        then()
 
     event.listen(session, "after_transaction_end", _after_end)
 

@@ -183,12 +183,8 @@ class _Refusal:
         exc: CertvaultError,
         channel: str,
     ) -> None:
-        if session is None:
-            record = audit.record_refusal
-        else:
-            # Once the request's transaction has rolled back: it may hold locks.
-            record = partial(audit.record_refusal_after, session)
-        record(
+        record = partial(
+            audit.record_refusal,
             ports,
             account_id=self.account_id,
             actor=actor,
@@ -198,6 +194,10 @@ class _Refusal:
             target_id=self.target,
             details={"channel": channel},
         )
+        if session is None:
+            record()
+        else:
+            audit.after_transaction(session, record)
 
 
 def read_in(ports: Ports, session: Session | None) -> AbstractContextManager[Session]:
