@@ -7,7 +7,6 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session
 
 from certvault.services.access import credentials, tokens
 from certvault.services.kernel.actors import Actor
@@ -43,36 +42,23 @@ def _remember(request: Request, caller: Caller) -> Caller:
     return caller
 
 
-BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-
-
-def bearer_present(credentials_: BearerCredentials) -> HTTPAuthorizationCredentials:
-    """A bearer token, not yet checked: for routes that check it in their own transaction
-    (token_caller_in). A request without one is refused before anything else."""
-    if credentials_ is None or credentials_.scheme.lower() != "bearer":
-        raise tokens.Unauthenticated()
-    return credentials_
-
-
-def token_caller(request: Request, credentials_: BearerCredentials) -> Caller:
-    """The own API: bearer tokens only."""
-    return token_caller_in(request, credentials_, None)
-
-
-def token_caller_in(
-    request: Request, credentials_: HTTPAuthorizationCredentials | None, session: Session | None
+def token_caller(
+    request: Request,
+    credentials_: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Caller:
-    """The bearer token's caller, checked in ``session`` when given: a route that does all its
-    work in one transaction (Database.run_request) checks the token there too, first."""
+    """The own API: bearer tokens only."""
     if credentials_ is None or credentials_.scheme.lower() != "bearer":
         raise tokens.Unauthenticated()
     actor, slug = tokens.authenticate(
-        get_ports(request), credentials_.credentials, client_ip(request), session=session
+        get_ports(request), credentials_.credentials, client_ip(request)
     )
     return _remember(request, Caller(actor, slug))
 
 
-def scm_caller(request: Request, credentials_: BearerCredentials) -> Caller:
+def scm_caller(
+    request: Request,
+    credentials_: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Caller:
     """The SCM-compatible API: a bearer token, or its `login`/`password`/`customerUri` headers."""
     if credentials_ is not None:
         return token_caller(request, credentials_)
@@ -93,28 +79,7 @@ def scm_caller(request: Request, credentials_: BearerCredentials) -> Caller:
     return _remember(request, Caller(actor, customer))
 
 
-def scm_login_or_bearer(
-    request: Request, credentials_: BearerCredentials
-) -> Caller | HTTPAuthorizationCredentials:
-    """The SCM-compatible API's caller when it signs in with the login headers, or its bearer
-    token not yet checked, for a route that checks it in its own transaction (scm_caller_in)."""
-    if credentials_ is not None:
-        return credentials_
-    return scm_caller(request, None)
-
-
-def scm_caller_in(
-    request: Request, found: Caller | HTTPAuthorizationCredentials, session: Session
-) -> Caller:
-    """scm_caller, with a bearer token checked in ``session`` (a request's one transaction)."""
-    if isinstance(found, Caller):
-        return found
-    return token_caller_in(request, found, session)
-
-
 TokenCaller = Annotated[Caller, Depends(token_caller)]
 ScmCaller = Annotated[Caller, Depends(scm_caller)]
-BearerToken = Annotated[HTTPAuthorizationCredentials, Depends(bearer_present)]
-ScmLoginOrBearer = Annotated[Caller | HTTPAuthorizationCredentials, Depends(scm_login_or_bearer)]
 PortsDep = Annotated[Ports, Depends(get_ports)]
 LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]

@@ -8,7 +8,7 @@ import hmac
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -106,59 +106,45 @@ def create_token(
     return ports.db.run(work)
 
 
-def authenticate(
-    ports: Ports, token: str, ip: str = "", *, session: Session | None = None
-) -> tuple[Actor, str]:
-    """The actor a bearer token stands for, and its account's slug; read in ``session`` when
-    given (a request's one transaction), otherwise in a transaction of its own."""
+def authenticate(ports: Ports, token: str, ip: str = "") -> tuple[Actor, str]:
+    """The actor a bearer token stands for, and its account's slug."""
     if not token.startswith(PREFIX) or len(token) > 200:
         raise Unauthenticated()
     digest = token_digest(token)
     now = ports.clock()
-    if session is None:
-        with ports.db.read() as reading:
-            actor, account, scopes, token_id, needs_touch = _look_up(reading, digest, ip, now)
-    else:
-        actor, account, scopes, token_id, needs_touch = _look_up(session, digest, ip, now)
+    with ports.db.read() as session:
+        # One round trip for token, administrator and account (all three sealed rows, checked
+        # as they load): this runs before every API request.
+        found = session.execute(
+            select(ApiToken, Admin, Account)
+            .join(Admin, Admin.id == ApiToken.admin_id)
+            .join(Account, Account.id == Admin.account_id)
+            .where(ApiToken.token_sha256 == digest)
+        ).first()
+        # compare_digest keeps the final check constant-time even though the lookup is indexed.
+        if found is None or not hmac.compare_digest(found[0].token_sha256, digest):
+            raise Unauthenticated()
+        row, admin, account_row = found
+        account = account_row.slug
+        if (
+            row.revoked_at is not None
+            or (row.expires_at is not None and row.expires_at <= now)
+            or admin is None
+            or not admin.active
+        ):
+            raise Unauthenticated()
+        actor = actor_for(admin, ip=ip)
+        scopes = frozenset(Scope(s) for s in row.scopes.split()) & actor.allowed_scopes()
+        needs_touch = row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION
     if needs_touch:
-        # Its own short transaction, at most once a minute: a request's transaction must not
-        # hold the token's row lock across its slow part (a release's KDF).
 
         def touch(s: Session) -> None:
-            current = s.get(ApiToken, token_id)
+            current = s.get(ApiToken, row.id)
             if current is not None:
                 current.last_used_at = now
 
         ports.db.run(touch)
-    return _with_scopes(actor, scopes, token_id), account
-
-
-def _look_up(
-    session: Session, digest: str, ip: str, now: datetime
-) -> tuple[Actor, str, frozenset[Scope], int, bool]:
-    # One round trip for token, administrator and account (all three sealed rows, checked as
-    # they load): this runs before every API request.
-    found = session.execute(
-        select(ApiToken, Admin, Account)
-        .join(Admin, Admin.id == ApiToken.admin_id)
-        .join(Account, Account.id == Admin.account_id)
-        .where(ApiToken.token_sha256 == digest)
-    ).first()
-    # compare_digest keeps the final check constant-time even though the lookup is indexed.
-    if found is None or not hmac.compare_digest(found[0].token_sha256, digest):
-        raise Unauthenticated()
-    row, admin, account_row = found
-    if (
-        row.revoked_at is not None
-        or (row.expires_at is not None and row.expires_at <= now)
-        or admin is None
-        or not admin.active
-    ):
-        raise Unauthenticated()
-    actor = actor_for(admin, ip=ip)
-    scopes = frozenset(Scope(s) for s in row.scopes.split()) & actor.allowed_scopes()
-    needs_touch = row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION
-    return actor, account_row.slug, scopes, row.id, needs_touch
+    return _with_scopes(actor, scopes, row.id), account
 
 
 def _with_scopes(actor: Actor, scopes: frozenset[Scope], token_id: int) -> Actor:

@@ -39,7 +39,7 @@ from certvault.web.compat.schemas import (
     on_versions,
 )
 from certvault.web.control_characters import MULTI_LINE
-from certvault.web.deps import PortsDep, ScmCaller, ScmLoginOrBearer, scm_caller_in
+from certvault.web.deps import PortsDep, ScmCaller
 from certvault.web.limits import download_counter
 
 router = APIRouter(tags=["SCM-compatible: client certificates"], responses=SCM_ERRORS)
@@ -169,15 +169,14 @@ def download_key(
     request: Request,
     cert_id: CertId,
     body: KeystoreRequest,
-    credentials_: ScmLoginOrBearer,
+    caller: ScmCaller,
     ports: PortsDep,
 ) -> Response:
     """Needs the privilege key_vault_download. Every download is audited and told to the
     certificate's owner; downloads are rate-limited per administrator, token and address."""
 
     def work(session: Session) -> release.ReleaseBatch:
-        # A bearer token is checked in the release's transaction (DESIGN.md §10).
-        caller = scm_caller_in(request, credentials_, session)
+        # The quota and the release in one transaction (DESIGN.md §10).
         return release.release_key(
             ports,
             caller.actor,
