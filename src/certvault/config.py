@@ -26,8 +26,12 @@ class Settings(BaseSettings):
     public_url: str | None = None
     port: int = 8080
 
-    # PKCS#12 written on release: the KDF is the one deliberate cost (DESIGN.md §10).
+    # PKCS#12 written on release: the KDF is the one deliberate cost (DESIGN.md §10). The high
+    # count protects a passphrase a person chose; the MAC is written with the same count.
     p12_kdf_rounds: int = Field(default=600_000, ge=1_000, le=10_000_000)
+    # A passphrase certvault generated carries 120 random bits: stretching it protects nothing,
+    # so its files get OpenSSL's default count (2,048), which keeps them quick to open.
+    p12_generated_kdf_rounds: int = Field(default=2_048, ge=1_000, le=100_000)
     # Ceilings checked before any KDF of an uploaded file runs.
     p12_max_bytes: int = Field(default=1024 * 1024, ge=1024)
     p12_max_iterations: int = Field(default=2_000_000, ge=1)

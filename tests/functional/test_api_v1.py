@@ -15,7 +15,7 @@ from asn1crypto import keys as asn1_keys
 from asn1crypto import pkcs12 as asn1_pkcs12
 from asn1crypto import x509 as asn1_x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from certvault.crypto import keys as keylib
 from certvault.crypto.pkcs12.reader import read_pkcs12
@@ -437,6 +437,61 @@ def test_upload_with_some_entries_refused_answers_200_with_codes(api):
 
 
 # --- key download -------------------------------------------------------------------------------
+
+
+def _mac_iterations(p12: bytes) -> int:
+    return int(asn1_pkcs12.Pfx.load(p12)["mac_data"]["iterations"].native)
+
+
+def test_the_kdf_count_follows_who_chose_the_passphrase_never_the_client(api):
+    """A generated passphrase gets the low count, the caller's own one the high count, and a
+    caller cannot claim its passphrase was generated."""
+    api.ports.settings.p12_kdf_rounds = 10_000  # high, and unlike the generated count
+    generated_rounds = api.ports.settings.p12_generated_kdf_rounds
+    assert generated_rounds == 2048
+    cert_id = api.alice.cert_ids[1]
+    own = _download(api, "keys", cert_id)
+    assert own.status_code == 200, own.text
+    assert _mac_iterations(own.content) == 10_000
+    made = api.post("keys", f"{V1}/certificates/{cert_id}/key", json={"generate_passphrase": True})
+    assert made.status_code == 200, made.text
+    assert _mac_iterations(made.content) == generated_rounds
+    claimed = _download(api, "keys", cert_id, passphrase_generated=True)
+    assert claimed.status_code == 422, claimed.text
+    assert len(_released(api.ports)) == 2
+
+
+def test_a_download_writes_in_one_transaction(api):
+    """The quota's count, the release's audit event and the owner's notice commit together, in
+    the one transaction that writes. On PostgreSQL the release also reads in it (the token was
+    checked before, in a read of its own); on SQLite its reads come before, the KDF outside."""
+    path = f"{V1}/certificates/{api.alice.cert_ids[1]}/key"
+    body = {"generate_passphrase": True}
+    # The token's first use is noted in a transaction of its own (at most once a minute).
+    assert api.post("keys", path, json=body).status_code == 200
+    commits: list[bool] = []
+    wrote: dict[int, bool] = {}
+
+    def on_sql(conn, _cursor, statement, *_args):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
+            wrote[id(conn)] = True
+
+    def on_commit(conn):  # type: ignore[no-untyped-def]
+        commits.append(wrote.pop(id(conn), False))
+
+    engine = api.ports.db.engine
+    event.listen(engine, "before_cursor_execute", on_sql)
+    event.listen(engine, "commit", on_commit)
+    try:
+        r = api.post("keys", path, json=body)
+    finally:
+        event.remove(engine, "before_cursor_execute", on_sql)
+        event.remove(engine, "commit", on_commit)
+    assert r.status_code == 200, r.text
+    assert commits.count(True) == 1
+    if not api.ports.db.is_sqlite:
+        assert commits == [False, True]  # the token's read, then the release
+    assert len(_released(api.ports)) == 2
 
 
 def test_download_one_key_with_either_encryption(api):

@@ -18,6 +18,7 @@ from certvault.services.kernel.passwords import password_hashing
 from certvault.services.kernel.ratelimit import (
     DatabaseRateLimiter,
     Limit,
+    Quota,
     RateLimited,
     RedisRateLimiter,
     enforce,
@@ -189,6 +190,28 @@ def test_database_limiter_is_shared_between_processes(ports, settings):
                 enforce(b, Limit("k", 3, 60))
     finally:
         other.close()
+
+
+def test_a_quota_is_checked_without_counting_and_counted_with_the_work(ports):
+    now = [1_000_000.0]
+    limiter = DatabaseRateLimiter(ports.db, clock=lambda: now[0])
+    quota = Quota(limiter, (Limit("q-a", 2, 60), Limit("q-b", 5, 60)))
+    quota.check()
+    quota.check()  # checking counts nothing
+    with pytest.raises(RuntimeError), ports.db.transaction() as session:
+        quota.count(session)
+        raise RuntimeError("the work failed")  # its count rolls back with it
+    for _ in range(2):
+        quota.check()
+        ports.db.run(quota.count)
+    with pytest.raises(RateLimited):
+        quota.check()
+    with pytest.raises(RateLimited):
+        ports.db.run(quota.count)  # over the limit: refused, and rolled back with the work
+    # Both limits were counted by the two that committed, and only by them.
+    assert limiter.check(Limit("q-b", 3, 60)).allowed
+    assert not limiter.check(Limit("q-b", 2, 60)).allowed
+    assert not limiter.check(Limit("q-a", 2, 60)).allowed
 
 
 def test_redis_limiter():

@@ -25,18 +25,14 @@ from certvault.services.kernel.actors import Actor
 from certvault.services.kernel.ports import Ports
 from certvault.services.vault import settings as kv_settings
 from certvault.services.vault.imports import import_p12
+from certvault.services.vault.person_keys import release_person_keys
 from certvault.services.vault.profiles import (
     ProfileEncryptionFixed,
     SigningIdentityExpired,
     SigningIdentityMissing,
     UnsupportedFormat,
 )
-from certvault.services.vault.release import (
-    Release,
-    release_key,
-    release_keys,
-    release_person_keys,
-)
+from certvault.services.vault.release import Release, release_key, release_keys
 from certvault.services.vault.settings import RecoveryOptions, SigningIdentityInvalid
 from tests.factories import NOW, make_ca, make_cert, make_p12, new_key
 from tests.functional.helpers import events, mails

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 
 import pytest
+from sqlalchemy.orm import Session
 
 from certvault.crypto import keys as keylib
 from certvault.crypto.pkcs12.reader import read_pkcs12
@@ -14,6 +15,13 @@ from certvault.errors import CertvaultError, Forbidden, KeyMismatch, NotFound
 from certvault.services.access import admins
 from certvault.services.directory import accounts
 from certvault.services.kernel import keyring, tenancy
+from certvault.services.kernel.ratelimit import (
+    DatabaseRateLimiter,
+    Decision,
+    Limit,
+    Quota,
+    RateLimited,
+)
 from certvault.services.vault.archive import (
     ALREADY_EXISTS,
     IMPORTED,
@@ -337,3 +345,44 @@ def test_profile_without_escrow_is_refused_by_the_way_in(ports, operator, accoun
                 with pytest.raises(EscrowNotAllowed):
                     archive_entry(s, ports, acct, operator, req)
     assert counts(ports)["keys"] == 1
+
+
+class _RoomAtTheCheck(DatabaseRateLimiter):
+    """A limiter whose check always finds room: what two concurrent releases at the edge of a
+    limit both see before either has counted."""
+
+    def check(self, *limits: Limit, session: Session | None = None) -> Decision:
+        return Decision(True, 0)
+
+
+def test_a_release_over_the_quota_at_its_count_releases_nothing_and_is_audited(
+    ports, operator, account
+):
+    """The quota is counted in the release's own transaction: refused there, the whole release
+    rolls back (no event, no notice, no count) and the refusal is audited on its own; on
+    PostgreSQL inside a request's one transaction too."""
+    _, [entry] = _import(ports, operator, new_key("ec256"))
+    limiter = _RoomAtTheCheck(ports.db)
+    quota = Quota(limiter, (Limit("dl-test", 1, 3600),))
+    ports.db.run(quota.count)  # someone else took the one download of the hour
+    before = counts(ports)
+    with pytest.raises(RateLimited):
+        ports.db.run_request(
+            lambda session: release_key(
+                ports,
+                operator,
+                "acme",
+                entry.client_cert_id,
+                passphrase=None,
+                reason="test",
+                admit=quota,
+                session=session,
+            )
+        )
+    assert counts(ports) == before  # no notice queued
+    [refused] = events(ports, "key.release")  # and no release event
+    assert json.loads(refused.details)["reason"] == "rate_limited"
+    assert refused.target_id == str(entry.client_cert_id)
+    assert refused.outcome == "refused"
+    # The refused release counted nothing: one download so far, this hit is the second.
+    assert limiter.hit(Limit("dl-test", 2, 3600)).allowed

@@ -18,6 +18,7 @@ from sqlalchemy.orm.exc import StaleDataError
 T = TypeVar("T")
 
 _RETRYABLE_PG = {"40001", "40P01"}  # serialization failure, deadlock detected
+_REQUEST = "certvault_request_transaction"
 
 
 def is_retryable(exc: DBAPIError) -> bool:
@@ -78,6 +79,31 @@ class Database:
         """
         with self._read_sessions() as session, session.begin():
             yield session
+
+    def run_request(self, work: Callable[[Session], T]) -> T:
+        """Run a whole request's ``work`` in as few transactions as the database allows.
+
+        PostgreSQL: one transaction for every read and write of the request (one commit, one
+        round trip each), run again from the start after a retryable conflict. SQLite serialises
+        writers, so slow work (a release's KDF) must not hold the write lock: ``work`` runs in a
+        read transaction and :meth:`write` opens a short transaction of its own at the end.
+        """
+        if self.is_sqlite:
+            with self.read() as session:
+                return work(session)
+
+        def in_request(session: Session) -> T:
+            session.info[_REQUEST] = True
+            return work(session)
+
+        return self.run(in_request)
+
+    def write(self, session: Session | None, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in ``session`` when it is a request's transaction that may write
+        (:meth:`run_request` on PostgreSQL), otherwise in a transaction of its own."""
+        if session is not None and session.info.get(_REQUEST):
+            return work(session)
+        return self.run(work)
 
     def run(self, work: Callable[[Session], T], *, attempts: int = 4) -> T:
         """Run ``work`` in a transaction, again from the start after a retryable conflict (a

@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -331,6 +331,22 @@ def record_refusal(
         )
 
     ports.db.run(work)
+
+
+def after_transaction(session: Session, then: Callable[[], None]) -> None:
+    """Run ``then`` once ``session``'s outermost transaction is over: for a refusal made inside
+    a request's one transaction, audited (record_refusal) once that transaction has rolled
+    back, since while the refused work still holds its locks the audit could wait on them."""
+    done = False
+
+    def _after_end(_s: Session, transaction: SessionTransaction) -> None:
+        nonlocal done
+        if done or transaction.parent is not None:
+            return
+        done = True
+        then()
+
+    event.listen(session, "after_transaction_end", _after_end)
 
 
 @contextmanager

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -45,11 +45,14 @@ class Limit:
 
 
 class RateLimiter(Protocol):
-    def hit(self, *limits: Limit) -> Decision:
-        """Count one event against every limit; allowed only if it stays within all of them."""
+    def hit(self, *limits: Limit, session: Session | None = None) -> Decision:
+        """Count one event against every limit; allowed only if it stays within all of them.
+
+        A database limiter counts in ``session`` when given (so that the count commits or rolls
+        back with the work it admits), otherwise in a transaction of its own."""
         ...
 
-    def check(self, *limits: Limit) -> Decision:
+    def check(self, *limits: Limit, session: Session | None = None) -> Decision:
         """Whether one more event would stay within every limit, without counting it."""
         ...
 
@@ -69,26 +72,31 @@ class DatabaseRateLimiter:
         self._clock = clock
         self._hits = 0
 
-    def hit(self, *limits: Limit) -> Decision:
+    def hit(self, *limits: Limit, session: Session | None = None) -> Decision:
         now = int(self._clock())  # type: ignore[operator]
         self._hits += 1
         sweep = self._hits % self.SWEEP_EVERY == 0
 
+        # One statement counts every limit (one round trip), rows in one order for every
+        # caller, so that concurrent counts lock them the same way round.
+        windows = sorted({(lim.key[:200], now - now % lim.window_seconds) for lim in limits})
+
         def work(session: Session) -> list[Decision]:
+            if not windows:
+                return []
             dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+            stmt = dialect.insert(RateLimitCounter).values(
+                [{"key": key, "window_start": window, "count": 1} for key, window in windows]
+            )
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["key", "window_start"],
+                set_={"count": RateLimitCounter.count + 1},
+            ).returning(RateLimitCounter.key, RateLimitCounter.window_start, RateLimitCounter.count)
+            counts = {(key, window): count for key, window, count in session.execute(stmt)}
             decisions = []
             for lim in limits:
                 window = now - now % lim.window_seconds
-                key = lim.key[:200]
-                stmt = dialect.insert(RateLimitCounter).values(
-                    key=key, window_start=window, count=1
-                )
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=["key", "window_start"],
-                    set_={"count": RateLimitCounter.count + 1},
-                ).returning(RateLimitCounter.count)
-                count = int(session.execute(stmt).scalar_one())
-                if count > lim.limit:
+                if counts[(lim.key[:200], window)] > lim.limit:
                     decisions.append(Decision(False, window + lim.window_seconds - now))
                 else:
                     decisions.append(Decision(True, 0))
@@ -99,24 +107,34 @@ class DatabaseRateLimiter:
                 )
             return decisions
 
-        return _worst(self._db.run(work))
+        return _worst(work(session) if session is not None else self._db.run(work))
 
-    def check(self, *limits: Limit) -> Decision:
+    def check(self, *limits: Limit, session: Session | None = None) -> Decision:
         now = int(self._clock())  # type: ignore[operator]
+        windows = {(lim.key[:200], now - now % lim.window_seconds): lim for lim in limits}
+        if not windows:
+            return Decision(True, 0)
+        # Every limit in one round trip.
+        query = select(
+            RateLimitCounter.key, RateLimitCounter.window_start, RateLimitCounter.count
+        ).where(
+            or_(
+                *(
+                    and_(RateLimitCounter.key == key, RateLimitCounter.window_start == window)
+                    for key, window in windows
+                )
+            )
+        )
+        if session is not None:
+            rows = session.execute(query).all()
+        else:
+            with self._db.read() as reading:
+                rows = reading.execute(query).all()
+        counts = {(key, window): count for key, window, count in rows}
         decisions = []
-        with self._db.read() as session:
-            for lim in limits:
-                window = now - now % lim.window_seconds
-                count = session.scalar(
-                    select(RateLimitCounter.count).where(
-                        RateLimitCounter.key == lim.key[:200],
-                        RateLimitCounter.window_start == window,
-                    )
-                )
-                allowed = (count or 0) < lim.limit
-                decisions.append(
-                    Decision(allowed, 0 if allowed else window + lim.window_seconds - now)
-                )
+        for (key, window), lim in windows.items():
+            allowed = counts.get((key, window), 0) < lim.limit
+            decisions.append(Decision(allowed, 0 if allowed else window + lim.window_seconds - now))
         return _worst(decisions)
 
 
@@ -128,7 +146,7 @@ class RedisRateLimiter:
         self._storage = storage_from_string(url)
         self._limiter = MovingWindowRateLimiter(self._storage)
 
-    def hit(self, *limits: Limit) -> Decision:
+    def hit(self, *limits: Limit, session: Session | None = None) -> Decision:
         from limits import RateLimitItemPerSecond
 
         decisions = []
@@ -141,7 +159,7 @@ class RedisRateLimiter:
             decisions.append(Decision(False, max(int(stats.reset_time - time.time()), 1)))
         return _worst(decisions)
 
-    def check(self, *limits: Limit) -> Decision:
+    def check(self, *limits: Limit, session: Session | None = None) -> Decision:
         from limits import RateLimitItemPerSecond
 
         decisions = []
@@ -173,3 +191,28 @@ def enforce_within(limiter: RateLimiter, *limits: Limit) -> None:
     decision = limiter.check(*limits)
     if not decision.allowed:
         raise RateLimited(decision.retry_after)
+
+
+@dataclass(frozen=True)
+class Quota:
+    """The limits one costly action counts against, checked before its costly part and counted
+    in the transaction that completes it.
+
+    Checking first (without counting, without a lock) refuses a caller over a limit before any
+    costly work; counting at the end, in the work's own transaction, holds no counter row lock
+    across that work and counts an attempt only when it commits. Concurrent attempts at the
+    edge of a limit may each pass the check: the count then refuses all but those that fit.
+    """
+
+    limiter: RateLimiter
+    limits: tuple[Limit, ...]
+
+    def check(self, session: Session | None = None) -> None:
+        decision = self.limiter.check(*self.limits, session=session)
+        if not decision.allowed:
+            raise RateLimited(decision.retry_after)
+
+    def count(self, session: Session | None = None) -> None:
+        decision = self.limiter.hit(*self.limits, session=session)
+        if not decision.allowed:
+            raise RateLimited(decision.retry_after)

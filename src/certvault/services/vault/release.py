@@ -1,25 +1,28 @@
 """The one way out: every decrypted escrowed key leaves certvault through :func:`release_keys`.
 
 In order, as every release path must: authorization per certificate, policy (Key Vault enabled,
-reason, passphrase), the caller's rate limits (``admit``: only an attempt that could release a
-key counts against them), then the audit event and the owner's notification in one transaction.
-The PKCS#12 is built before that transaction (the KDF is slow and must not hold the write lock)
-and handed out only once the transaction has committed. Asked for as an iOS configuration profile,
-the batch is one profile holding those PKCS#12 files (services/vault/profiles.py).
+reason, passphrase), the caller's rate limits (``admit``: checked here, so that only an attempt
+that could release a key counts against them), the PKCS#12 files (the KDF), then in one
+transaction the quota's count, the audit event and the owner's notification. Nothing before the
+KDF writes or locks a row, so concurrent releases do not wait on each other's KDF; on PostgreSQL
+a request runs all of it in its one transaction (Database.run_request). The files are handed out
+only once the transaction has committed. Asked for as an iOS configuration profile, the batch is
+one profile holding those PKCS#12 files (services/vault/profiles.py).
 """
 
 from __future__ import annotations
 
-import io
-import zipfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from functools import partial
 
 from cryptography import x509
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from certvault import timing
+from certvault.config import Settings
 from certvault.crypto import keys as keylib
 from certvault.crypto.mobileconfig import P12_ENCRYPTION
 from certvault.crypto.passphrase import check_passphrase, generate_passphrase
@@ -30,6 +33,7 @@ from certvault.services.audit import log as audit
 from certvault.services.kernel import keyring, notify
 from certvault.services.kernel.actors import Actor, Privilege, Scope
 from certvault.services.kernel.ports import Ports
+from certvault.services.kernel.ratelimit import Quota
 from certvault.services.kernel.tenancy import get_account
 from certvault.services.vault import profiles, recovery_rules
 from certvault.services.vault.archive import KeyVaultDisabled
@@ -89,8 +93,9 @@ def release_key(
     reason: str | None = None,
     channel: str = "cli",
     passphrase_generated: bool = False,
-    admit: Callable[[], None] | None = None,
+    admit: Quota | None = None,
     format: str | ReleaseFormat | None = None,
+    session: Session | None = None,
 ) -> ReleaseBatch:
     return release_keys(
         ports,
@@ -104,6 +109,7 @@ def release_key(
         passphrase_generated=passphrase_generated,
         admit=admit,
         format=format,
+        session=session,
     )
 
 
@@ -118,80 +124,161 @@ def release_keys(
     reason: str | None = None,
     channel: str = "cli",
     passphrase_generated: bool = False,
-    admit: Callable[[], None] | None = None,
+    admit: Quota | None = None,
     format: str | ReleaseFormat | None = None,
+    session: Session | None = None,
 ) -> ReleaseBatch:
     """Release the keys of ``certificate_ids`` as PKCS#12 files under one passphrase, or as one
     iOS configuration profile holding them (``format`` "mobileconfig").
 
     ``passphrase_generated``: ``passphrase`` was made by generate_passphrase and shown to the
-    caller before (the console shows it with the download form), so no policy check applies and
-    the batch does not hand it out again. ``admit`` counts the attempt against the caller's rate
-    limits (raising RateLimited over one): called once the release is authorized and its policy
-    checked, before any key is opened, so that a refused attempt uses up nobody's quota.
+    caller before (the console and the recovery form hold it sealed on the server between
+    showing it and the download), so no policy check applies, the batch does not hand it out
+    again, and its KDF is the low generated count. Only server code that made the passphrase
+    may say so: a client's word never counts. ``admit`` is the caller's quota: checked once the
+    release is authorized and its policy checked, before any key is opened, so that a refused
+    attempt uses up nobody's quota; counted in the transaction that audits the release.
+
+    ``session``: the request's transaction (Database.run_request) to run in. On PostgreSQL the
+    release reads, counts, audits and queues its notice there, and the caller hands the file
+    out once that transaction has committed; on SQLite it reads there and writes in a short
+    transaction of its own.
     """
-    account_id: int | None = None
-    target = ",".join(str(i) for i in certificate_ids)[:64]
+    refusal = _Refusal(",".join(str(i) for i in certificate_ids)[:64])
     try:
-        with ports.db.read() as session:
-            account = get_account(session, account_slug)
-            account_id = account.id
-            actor.require_visible(account.id, None, "Account")
-            plan = _plan(
-                session,
+        with read_in(ports, session) as reading:
+            account, plan, releases = _prepare(
+                reading,
                 ports,
                 actor,
-                account,
+                account_slug,
                 certificate_ids,
-                passphrase,
-                encryption,
-                reason,
-                passphrase_generated,
+                refusal,
+                passphrase=passphrase,
+                encryption=encryption,
+                reason=reason,
+                passphrase_generated=passphrase_generated,
+                admit=admit,
+                format=format,
             )
-            options = None
-            plan.format = profiles.release_format(format, encryption)
-            if plan.format is ReleaseFormat.MOBILECONFIG:
-                # Before admit: an account that cannot sign its profiles releases nothing.
-                options = profiles.profile_options(session, ports, account)
-                plan.encryption = P12_ENCRYPTION
-            if admit is not None:
-                admit()
-            rounds = ports.settings.p12_kdf_rounds
-            releases = []
-            for item in plan.items:
-                cert = item.certificate
-                # Validated on the way in and authenticated by AES-GCM: no re-validation here.
-                key = keylib.load_pkcs8_der(
-                    keyring.open_private_key(session, ports, account, item.key), validate=False
-                )
-                certificate = x509.load_der_x509_certificate(cert.der)
-                with timing.measure("kdf"):  # Server-Timing, when switched on
-                    data = write_pkcs12(
-                        key,
-                        certificate,
-                        item.chain,
-                        plan.passphrase,
-                        plan.encryption,
-                        rounds,
-                        cert.friendly_name or next(iter(cert.emails.split()), None),
-                    )
-                releases.append(Release(cert.id, data, plan.encryption, f"{cert.id}.p12"))
-            if options is not None:
-                releases = [_profile(session, account, options, plan, releases)]
-        ports.db.run(lambda s: _commit(s, ports, actor, account, plan, channel))
+        ports.db.write(session, lambda s: _commit(s, ports, actor, account, plan, channel, admit))
     except CertvaultError as exc:
-        audit.record_refusal(
+        refusal.record(ports, session, actor, exc, channel)
+        raise
+    return ReleaseBatch(releases, None if passphrase_generated else plan.generated)
+
+
+@dataclass
+class _Refusal:
+    """What a refused release is audited as; the account is known once it has been read."""
+
+    target: str
+    account_id: int | None = None
+
+    def record(
+        self,
+        ports: Ports,
+        session: Session | None,
+        actor: Actor,
+        exc: CertvaultError,
+        channel: str,
+    ) -> None:
+        record = partial(
+            audit.record_refusal,
             ports,
-            account_id=account_id,
+            account_id=self.account_id,
             actor=actor,
             action=RELEASE,
             reason_code=exc.code,
             target_type="certificate",
-            target_id=target,
+            target_id=self.target,
             details={"channel": channel},
         )
-        raise
-    return ReleaseBatch(releases, None if passphrase_generated else plan.generated)
+        if session is None:
+            record()
+        else:
+            audit.after_transaction(session, record)
+
+
+def read_in(ports: Ports, session: Session | None) -> AbstractContextManager[Session]:
+    """The request's transaction when there is one, otherwise a read transaction of its own."""
+    return ports.db.read() if session is None else nullcontext(session)
+
+
+def kdf_rounds(settings: Settings, generated: bool) -> int:
+    """The PKCS#12 KDF count (bags and MAC alike) for a release's passphrase.
+
+    A passphrase certvault generated carries 120 random bits: no guessing attack gets near it,
+    so stretching it protects nothing and the low count only keeps the file cheap to open. A
+    passphrase a person chose may be guessable: it gets the configured high count. Whether a
+    passphrase was generated is known only from the server's own code path, never from a claim.
+    """
+    return settings.p12_generated_kdf_rounds if generated else settings.p12_kdf_rounds
+
+
+def _prepare(
+    session: Session,
+    ports: Ports,
+    actor: Actor,
+    account_slug: str,
+    certificate_ids: Sequence[int],
+    refusal: _Refusal,
+    *,
+    passphrase: str | None,
+    encryption: str | EncryptionType | None,
+    reason: str | None,
+    passphrase_generated: bool,
+    admit: Quota | None,
+    format: str | ReleaseFormat | None,
+) -> tuple[Account, _Plan, list[Release]]:
+    """Authorize, check policy and the quota, then write the files (the KDF): nothing here
+    writes to the database or locks a row."""
+    account = get_account(session, account_slug)
+    refusal.account_id = account.id
+    actor.require_visible(account.id, None, "Account")
+    plan = _plan(
+        session,
+        ports,
+        actor,
+        account,
+        certificate_ids,
+        passphrase,
+        encryption,
+        reason,
+        passphrase_generated,
+    )
+    options = None
+    plan.format = profiles.release_format(format, encryption)
+    if plan.format is ReleaseFormat.MOBILECONFIG:
+        # Before admit: an account that cannot sign its profiles releases nothing.
+        options = profiles.profile_options(session, ports, account)
+        plan.encryption = P12_ENCRYPTION
+    if admit is not None:
+        admit.check(session)
+    # A profile's PKCS#12 files follow the same rule: the profile is as protected as they are.
+    rounds = kdf_rounds(ports.settings, plan.generated is not None)
+    releases = []
+    for item in plan.items:
+        cert = item.certificate
+        # Validated on the way in and authenticated by AES-GCM: no re-validation here.
+        key = keylib.load_pkcs8_der(
+            keyring.open_private_key(session, ports, account, item.key), validate=False
+        )
+        certificate = x509.load_der_x509_certificate(cert.der)
+        with timing.measure("kdf"):  # Server-Timing, when switched on
+            data = write_pkcs12(
+                key,
+                certificate,
+                item.chain,
+                plan.passphrase,
+                plan.encryption,
+                rounds,
+                cert.friendly_name or next(iter(cert.emails.split()), None),
+            )
+        releases.append(Release(cert.id, data, plan.encryption, f"{cert.id}.p12"))
+    if options is not None:
+        releases = [_profile(session, account, options, plan, releases)]
+    return account, plan, releases
 
 
 @dataclass(frozen=True)
@@ -304,10 +391,16 @@ def _require_self_recovery(
 
 
 def _commit(
-    session: Session, ports: Ports, actor: Actor, account: Account, plan: _Plan, channel: str
+    session: Session,
+    ports: Ports,
+    actor: Actor,
+    account: Account,
+    plan: _Plan,
+    channel: str,
+    admit: Quota | None,
 ) -> None:
-    # ``account`` and the plan's rows were loaded by the reading transaction; only what may have
-    # changed since is read again: whether the keys still exist.
+    # ``account`` and the plan's rows were loaded before the KDF; only what may have changed
+    # since is read again: whether the keys still exist.
     key_ids = {item.key.id for item in plan.items}
     live = set(
         session.scalars(
@@ -319,12 +412,18 @@ def _commit(
     if live != key_ids:
         raise NoEscrowedKey()
     for item in plan.items:
-        cert = item.certificate
-        notice = _release_notice(account, cert, actor, plan.reason, plan.format)
+        notice = _release_notice(account, item.certificate, actor, plan.reason, plan.format)
         for address in item.recipients:
             notify.queue_mail(session, account, address, "Your private key was recovered", notice)
         if actor.is_operator:
             notify.queue_for_admins(session, account, "An operator released a private key", notice)
+    session.flush()
+    # Concurrent releases wait for the quota's counter rows and the account's audit chain: both
+    # are locked last, until commit. The count may refuse; it comes before the first event.
+    if admit is not None:
+        admit.count(session)
+    for item in plan.items:
+        cert = item.certificate
         audit.record(
             session,
             ports,
@@ -363,96 +462,3 @@ def _released_by(actor: Actor) -> str:
     if actor.is_person:
         return f"you ({actor.address}), at the Private Key Recovery Form"
     return actor.name
-
-
-def zip_of(batch: ReleaseBatch) -> bytes:
-    """Several released files as one zip (the console, the API and the recovery form hand out
-    the same kind of file)."""
-    buffer = io.BytesIO()
-    # Stored, not deflated: the files are encrypted and would not shrink.
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for item in batch.releases:
-            archive.writestr(item.filename, item.data)
-    return buffer.getvalue()
-
-
-def certificates_of_person(session: Session, account: Account, person_id: int) -> list[Certificate]:
-    """Every certificate of a person with a key in the vault, current and old."""
-    return list(
-        session.scalars(
-            select(Certificate)
-            .where(
-                Certificate.account_id == account.id,
-                Certificate.person_id == person_id,
-                Certificate.escrowed_key_id.is_not(None),
-            )
-            .order_by(Certificate.not_before)
-        )
-    )
-
-
-def release_person_keys(
-    ports: Ports,
-    actor: Actor,
-    account_slug: str,
-    person_id: int,
-    *,
-    passphrase: str | None,
-    encryption: str | EncryptionType | None = None,
-    reason: str | None = None,
-    channel: str = "api",
-    passphrase_generated: bool = False,
-    admit: Callable[[], None] | None = None,
-    format: str | ReleaseFormat | None = None,
-) -> ReleaseBatch:
-    """Release every key of a person, current and old (old mail needs old keys), under one
-    passphrase, as files named ``<certificate id>-<serial>.p12`` or as one profile named
-    ``person-<person id>-keys.mobileconfig``: one release event per key.
-
-    An organization administrator gets the certificates of their own organizations only.
-    """
-    with audit.refusals_audited(
-        ports,
-        account_id=actor.account_id,
-        actor=actor,
-        action=RELEASE,
-        target_type="person",
-        target_id=person_id,
-    ):
-        actor.require_scope(Scope.KEYS_DOWNLOAD)
-        with ports.db.read() as session:
-            account = get_account(session, account_slug)
-            person = session.get(Person, person_id)
-            if person is None or person.account_id != account.id:
-                raise NotFound("Person not found.")
-            actor.require_visible(account.id, person.organization_id, "Person")
-            names = {
-                c.id: f"{c.id}-{c.serial}.p12"
-                for c in certificates_of_person(session, account, person_id)
-                if actor.can_see(account.id, c.organization_id)
-            }
-        if not names:
-            raise NoEscrowedKey("This person has no keys in the vault.")
-    batch = release_keys(
-        ports,
-        actor,
-        account_slug,
-        list(names),
-        passphrase=passphrase,
-        encryption=encryption,
-        reason=reason,
-        channel=channel,
-        passphrase_generated=passphrase_generated,
-        admit=admit,
-        format=format,
-    )
-    return ReleaseBatch(
-        [replace(r, filename=_person_filename(person_id, names, r)) for r in batch.releases],
-        batch.generated_passphrase,
-    )
-
-
-def _person_filename(person_id: int, names: dict[int, str], item: Release) -> str:
-    if item.format is ReleaseFormat.P12:
-        return names[item.certificate_id]
-    return f"person-{person_id}-keys{item.format.extension}"

@@ -32,7 +32,8 @@ from certvault.services.directory import certificates, persons
 from certvault.services.directory.accounts import account_status
 from certvault.services.kernel.actors import Privilege
 from certvault.services.kernel.paging import MAX_LIMIT
-from certvault.services.vault import release
+from certvault.services.kernel.ratelimit import Quota
+from certvault.services.vault import person_keys, release
 from certvault.services.vault.archive import KeyVaultDisabled
 from certvault.services.vault.profiles import ReleaseFormat
 from certvault.services.vault.release import MAX_REASON, RELEASE, NoEscrowedKey, ReasonRequired
@@ -275,23 +276,27 @@ def _release(
     passphrase: str | None,
     choices: _Choices | None,
     generated: bool = False,
-    admit: Callable[[], None] | None = None,
+    admit: Quota | None = None,
 ) -> release.ReleaseBatch:
     release_target = (
-        release.release_key if target.kind == "certificate" else release.release_person_keys
+        release.release_key if target.kind == "certificate" else person_keys.release_person_keys
     )
-    return release_target(
-        console.ports,
-        console.actor,
-        console.account_slug,
-        target.id,
-        passphrase=passphrase,
-        encryption=choices.encryption if choices else None,
-        reason=choices.reason if choices else None,
-        channel=CHANNEL,
-        passphrase_generated=generated,
-        admit=admit,
-        format=choices.format if choices else None,
+    # ``generated`` only for the passphrase this form made and held sealed on the server.
+    return console.ports.db.run_request(
+        lambda session: release_target(
+            console.ports,
+            console.actor,
+            console.account_slug,
+            target.id,
+            passphrase=passphrase,
+            encryption=choices.encryption if choices else None,
+            reason=choices.reason if choices else None,
+            channel=CHANNEL,
+            passphrase_generated=generated,
+            admit=admit,
+            format=choices.format if choices else None,
+            session=session,
+        )
     )
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import Field
+from sqlalchemy.orm import Session
 
 from certvault.db.models import Certificate
 from certvault.errors import InvalidInput
@@ -171,21 +172,31 @@ _P12: Responses = {
     summary="Download a certificate's private key from the Key Vault as PKCS#12",
 )
 def download_key(
-    request: Request, cert_id: CertId, body: KeystoreRequest, caller: ScmCaller, ports: PortsDep
+    request: Request,
+    cert_id: CertId,
+    body: KeystoreRequest,
+    caller: ScmCaller,
+    ports: PortsDep,
 ) -> Response:
     """Needs the privilege key_vault_download. Every download is audited and told to the
     certificate's owner; downloads are rate-limited per administrator, token and address."""
-    batch = release.release_key(
-        ports,
-        caller.actor,
-        caller.account_slug,
-        cert_id,
-        passphrase=body.passphrase,
-        encryption=body.encryption_type,
-        reason=body.reason,
-        channel="scm",
-        admit=download_counter(request, caller),
-    )
+
+    def work(session: Session) -> release.ReleaseBatch:
+        # The quota and the release in one transaction (DESIGN.md §10).
+        return release.release_key(
+            ports,
+            caller.actor,
+            caller.account_slug,
+            cert_id,
+            passphrase=body.passphrase,
+            encryption=body.encryption_type,
+            reason=body.reason,
+            channel="scm",
+            admit=download_counter(request, caller),
+            session=session,
+        )
+
+    batch = ports.db.run_request(work)
     [released] = batch.releases
     return Response(
         released.data,
