@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from cryptography import x509
@@ -218,13 +219,23 @@ def _owner(
     return person, session.get_one(Organization, person.organization_id)
 
 
-def archive_entry(
-    session: Session, ports: Ports, account: Account, actor: Actor, req: EscrowRequest
-) -> EntryResult:
-    """Escrow one key with its certificate, inside the caller's transaction.
+@dataclass(frozen=True)
+class EntryFacts:
+    """What an entry's key and certificate say, checked before the database is asked."""
 
-    Raises a :class:`CertvaultError` for a refusal; the caller rolls back and audits it.
-    """
+    key: keylib.PrivateKey
+    spki: bytes
+    sha256: bytes
+    sha1: str
+    md5: str
+    issuer_sha256: bytes
+    serial: str
+    emails: list[str]
+    alias: str
+
+
+def entry_facts(session: Session, account: Account, req: EscrowRequest) -> EntryFacts:
+    """The checks of :func:`archive_entry` that need no row of the entry's own, in its order."""
     if not account.key_vault_enabled:
         raise KeyVaultDisabled()
     if req.profile is not None and not req.profile.escrow:
@@ -237,13 +248,37 @@ def archive_entry(
     if spki in _ArchiveCache.of(session, account).service_spkis:
         raise ServiceKeyRefused()
     der = cert.public_bytes(Encoding.DER)
-    sha256 = hashlib.sha256(der).digest()
-    sha1 = hashlib.sha1(der).hexdigest()  # noqa: S324 - an identifier for the SCM API, not security
-    md5 = hashlib.md5(der).hexdigest()  # noqa: S324
-    issuer_sha256 = hashlib.sha256(cert.issuer.public_bytes()).digest()
-    serial = format(cert.serial_number, "x")
     emails = keylib.certificate_emails(cert)
-    alias = _alias(req, emails)
+    return EntryFacts(
+        key=key,
+        spki=spki,
+        sha256=hashlib.sha256(der).digest(),
+        sha1=hashlib.sha1(der).hexdigest(),  # noqa: S324 - an identifier for the SCM API
+        md5=hashlib.md5(der).hexdigest(),  # noqa: S324
+        issuer_sha256=hashlib.sha256(cert.issuer.public_bytes()).digest(),
+        serial=format(cert.serial_number, "x"),
+        emails=emails,
+        alias=_alias(req, emails),
+    )
+
+
+def archive_entry(
+    session: Session, ports: Ports, account: Account, actor: Actor, req: EscrowRequest
+) -> EntryResult:
+    """Escrow one key with its certificate, inside the caller's transaction.
+
+    Raises a :class:`CertvaultError` for a refusal; the caller rolls back and audits it.
+    A bulk import plans and writes many entries at once with the same rules (bulk.py).
+    """
+    facts = entry_facts(session, account, req)
+    key, spki, sha256, sha1, md5 = facts.key, facts.spki, facts.sha256, facts.sha1, facts.md5
+    issuer_sha256, serial, emails, alias = (
+        facts.issuer_sha256,
+        facts.serial,
+        facts.emails,
+        facts.alias,
+    )
+    cert = req.certificate
 
     clash = session.scalars(
         select(Certificate.id).where(
@@ -333,7 +368,7 @@ def archive_entry(
             session,
             account,
             address,
-            "Your private key has been escrowed",
+            ESCROW_SUBJECT,
             _escrow_notice(account, row),
         )
     # Last, so that nothing after it can fail and leave a head for an event never committed.
@@ -356,13 +391,22 @@ def archive_entry(
     return EntryResult(alias, row.id, md5, sha1, IMPORTED)
 
 
+ESCROW_SUBJECT = "Your private key has been escrowed"
+
+
 def _escrow_notice(account: Account, cert: Certificate) -> str:
+    return escrow_notice(account, cert.subject, cert.issuer, cert.serial, cert.not_after)
+
+
+def escrow_notice(
+    account: Account, subject: str, issuer: str, serial: str, not_after: datetime
+) -> str:
     return (
         f"A copy of the private key of your certificate has been stored, encrypted, in the key "
         f"vault of {account.name}, so that it can be recovered if you lose it.\n\n"
-        f"Certificate subject: {cert.subject}\n"
-        f"Issuer: {cert.issuer}\n"
-        f"Serial number: {cert.serial}\n"
-        f"Valid until: {cert.not_after:%Y-%m-%d}\n\n"
+        f"Certificate subject: {subject}\n"
+        f"Issuer: {issuer}\n"
+        f"Serial number: {serial}\n"
+        f"Valid until: {not_after:%Y-%m-%d}\n\n"
         "Every recovery of this key is recorded, and you will be told of it by mail.\n"
     )

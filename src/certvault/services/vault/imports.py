@@ -29,6 +29,7 @@ from certvault.services.vault.archive import (
     archive_entry,
     failed_entry,
 )
+from certvault.services.vault.bulk import BatchPlan
 
 log = logging.getLogger("certvault.import")
 
@@ -193,7 +194,53 @@ def _requests(item: ImportItem, contents: P12Contents | None) -> list[EscrowRequ
 def _archive_batch(
     session: Session, ports: Ports, account_id: int, actor: Actor, batch: _Batch
 ) -> None:
+    """Plan every entry of the batch, then write the rows with set-based statements (bulk.py).
+    Should the database refuse those writes, the savepoint undoes them and each entry is
+    archived again in a savepoint of its own, so that one entry never takes the others down."""
     account = session.get_one(Account, account_id)
+    audit.lock_chain(session, ports, account)  # before the savepoint: kept should it roll back
+    try:
+        with session.begin_nested():
+            _archive_set_based(session, ports, account, actor, batch)
+        return
+    except DBAPIError as exc:
+        if is_retryable(exc):
+            raise  # a race: the whole batch runs again and finds what the other wrote
+        log.warning("a set-based import write failed in the database: %s", type(exc).__name__)
+    _archive_one_by_one(session, ports, account, actor, batch)
+
+
+def _archive_set_based(
+    session: Session, ports: Ports, account: Account, actor: Actor, batch: _Batch
+) -> None:
+    plan = BatchPlan(session, ports, account, actor)
+    files = [(item, result, _requests(item, contents)) for item, result, contents in batch]
+    requests = [req for _, _, reqs in files for req in reqs]
+    facts = iter(plan.read(requests))
+    planned = [
+        (item, result, [plan.plan(req, next(facts)) for req in reqs])
+        for item, result, reqs in files
+    ]
+    plan.write()
+    events: list[audit.Planned] = []
+    for item, result, entries in planned:
+        if result.error is not None:
+            events.append(
+                audit.Planned(
+                    ARCHIVE,
+                    outcome="refused",
+                    details={"reason": result.error_code, "file": item.name[-200:]},
+                )
+            )
+            continue
+        result.entries = [plan.result(entry) for entry in entries]
+        events += [event for entry in entries if (event := plan.event(entry)) is not None]
+    audit.record_many(session, ports, account=account, actor=actor, planned=events)
+
+
+def _archive_one_by_one(
+    session: Session, ports: Ports, account: Account, actor: Actor, batch: _Batch
+) -> None:
     for item, result, contents in batch:
         result.entries = []  # the whole batch runs again after a retryable conflict
         if contents is None:
