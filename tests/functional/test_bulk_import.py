@@ -214,3 +214,21 @@ def test_inserts_per_batch_do_not_grow_with_its_entries(ports, operator, account
     assert counts(ports)["certs"] == 67
     assert seals.check_rows(ports).ok
     assert audit_checks.verify_chains(ports).ok
+
+
+def test_a_stored_row_that_does_not_verify_refuses_only_its_entry(ports, operator, account):
+    ca = make_ca("Bulk CA")
+    stored = _fresh("stored@example.org", ca)
+    import_files(ports, operator, "acme", [_item("stored.p12", stored)])
+    with ports.db.engine.begin() as conn:  # altered behind certvault's back
+        conn.execute(text("UPDATE certificates SET subject = 'CN=Mallory'"))
+    items = [
+        _item("good-1.p12", _fresh("good1@example.org", ca)),
+        _item("stored-again.p12", stored),
+        _item("good-2.p12", _fresh("good2@example.org", ca)),
+    ]
+    results = import_files(ports, operator, "acme", items)
+    assert [r.ok for r in results] == [True, False, True]
+    assert [e.code for e in results[1].entries] == ["row_tampered"]
+    assert counts(ports)["certs"] == 3
+    assert audit_checks.verify_chains(ports).ok

@@ -207,6 +207,8 @@ def _archive_batch(
         if is_retryable(exc):
             raise  # a race: the whole batch runs again and finds what the other wrote
         log.warning("a set-based import write failed in the database: %s", type(exc).__name__)
+    except CertvaultError as exc:  # say, a stored row that does not verify: the entry's refusal
+        log.warning("a set-based import was refused: %s", exc.code)
     _archive_one_by_one(session, ports, account, actor, batch)
 
 
