@@ -216,17 +216,19 @@ def _archive_set_based(
     session: Session, ports: Ports, account: Account, actor: Actor, batch: _Batch
 ) -> None:
     plan = BatchPlan(session, ports, account, actor)
-    files = [(item, result, _requests(item, contents)) for item, result, contents in batch]
-    requests = [req for _, _, reqs in files for req in reqs]
-    facts = iter(plan.read(requests))
+    files = [
+        (item, result, contents, _requests(item, contents)) for item, result, contents in batch
+    ]
+    facts = iter(plan.read([req for *_, reqs in files for req in reqs]))
     planned = [
-        (item, result, [plan.plan(req, next(facts)) for req in reqs])
-        for item, result, reqs in files
+        (item, result, contents, [plan.plan(req, next(facts)) for req in reqs])
+        for item, result, contents, reqs in files
     ]
     plan.write()
     events: list[audit.Planned] = []
-    for item, result, entries in planned:
-        if result.error is not None:
+    for item, result, contents, entries in planned:
+        result.entries = []
+        if contents is None:
             events.append(
                 audit.Planned(
                     ARCHIVE,
