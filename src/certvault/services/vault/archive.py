@@ -109,9 +109,10 @@ class EscrowRequest:
     ca_id: int | None = None  # the built-in CA that issued it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EntryResult:
-    """One entry of an import, in the shape of the SCM import-key response."""
+    """One entry of an import, in the shape of the SCM import-key response. Kept for every
+    entry of a bulk import until it ends: small (slots; no key, no certificate)."""
 
     alias: str
     client_cert_id: int | None

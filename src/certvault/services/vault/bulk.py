@@ -352,7 +352,7 @@ class BatchPlan:
             strict=True,
         ):
             cert.id = cert_id
-        for cert in self.linked:  # sealed again by the flush, one UPDATE for all of them
+        for cert in self.linked:  # sealed again by the flush, which batches the UPDATEs
             assert cert.row is not None and cert.key is not None
             cert.row.escrowed_key_id = cert.key.id
         session.flush()
