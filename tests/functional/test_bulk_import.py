@@ -232,3 +232,19 @@ def test_a_stored_row_that_does_not_verify_refuses_only_its_entry(ports, operato
     assert [e.code for e in results[1].entries] == ["row_tampered"]
     assert counts(ports)["certs"] == 3
     assert audit_checks.verify_chains(ports).ok
+
+
+def test_results_go_only_to_on_file_when_not_kept(ports, operator, account):
+    ca = make_ca("Bulk CA")
+    items = [_item(f"f{i}.p12", _fresh(f"f{i}@example.org", ca)) for i in range(3)]
+    items.append(_item("unreadable.p12", b"not a PKCS#12 file"))
+    seen: list[FileResult] = []
+    kept = import_files(ports, operator, "acme", items, on_file=seen.append, keep=False)
+    assert kept == []
+    assert [(r.name, r.ok) for r in seen] == [
+        ("f0.p12", True),
+        ("f1.p12", True),
+        ("f2.p12", True),
+        ("unreadable.p12", False),
+    ]
+    assert counts(ports)["certs"] == 3

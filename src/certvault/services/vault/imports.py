@@ -102,11 +102,14 @@ def import_files(
     items: Iterable[ImportItem],
     *,
     on_file: Callable[[FileResult], None] | None = None,
+    keep: bool = True,
 ) -> list[FileResult]:
     """Import many PKCS#12 files, committing in batches (DESIGN.md §10).
 
-    Parsing (the KDF and key validation) runs outside any transaction; each entry is archived in
-    a savepoint, so one bad entry or file never stops the others.
+    Parsing (the KDF and key validation) runs outside any transaction; the entries of a batch
+    are written set-based (bulk.py), so one bad entry or file never stops the others. With
+    ``keep=False`` the results go only to ``on_file`` and nothing is kept per file: memory
+    stays flat however many files there are.
     """
     with audit.refusals_audited(ports, account_id=None, actor=actor, action=ARCHIVE):
         actor.require_scope(Scope.KEYS_UPLOAD)
@@ -132,7 +135,8 @@ def import_files(
         if batch:
             _store(ports, account_id, actor, batch)
             for _, result, _ in batch:
-                results.append(result)
+                if keep:
+                    results.append(result)
                 if on_file:
                     on_file(result)
         batch.clear()
