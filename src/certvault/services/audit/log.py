@@ -264,22 +264,8 @@ def append_event(
     details: Mapping[str, Any] | None,
 ) -> AuditEvent:
     chain = head.chain
-    ev = AuditEvent(
-        chain=chain,
-        seq=seq,
-        account_id=account.id if account else None,
-        occurred_at=canonical_time(ports),
-        actor=actor.name[:320],
-        action=action,
-        outcome=outcome,
-        target_type=target_type,
-        target_id=str(target_id),
-        ip=actor.ip[:64],
-        details=canonical_json(dict(details or {})),
-        prev_mac=head.mac or GENESIS,
-        mac="",
-    )
-    ev.mac = event_mac(key, ev)
+    planned = Planned(action, outcome, target_type, target_id, details)
+    ev = _linked_event(ports, key, chain, seq, account, actor, planned, head.mac or GENESIS)
     head.seq, head.mac = ev.seq, ev.mac
     session.add(ev)
     session.flush()
@@ -318,29 +304,45 @@ def record_many(
     rows: list[dict[str, Any]] = []
     for p in planned:
         seq += 1
-        ev = AuditEvent(
-            chain=chain,
-            seq=seq,
-            account_id=account.id if account else None,
-            occurred_at=canonical_time(ports),
-            actor=actor.name[:320],
-            action=p.action,
-            outcome=p.outcome,
-            target_type=p.target_type,
-            target_id=str(p.target_id),
-            ip=actor.ip[:64],
-            details=canonical_json(dict(p.details or {})),
-            prev_mac=prev,
-            mac="",
-        )
-        prev = event_mac(key, ev)
-        rows.append({c.key: getattr(ev, c.key) for c in _EVENT_COLUMNS} | {"mac": prev})
+        ev = _linked_event(ports, key, chain, seq, account, actor, p, prev)
+        prev = ev.mac
+        rows.append({c.key: getattr(ev, c.key) for c in _EVENT_COLUMNS})
     session.connection().execute(insert(AuditEvent), rows)
     head.seq, head.mac = seq, prev
     _remember_head(session, ports, ChainHead(chain, seq, prev))
 
 
 _EVENT_COLUMNS = [c for c in AuditEvent.__table__.c if not c.primary_key]
+
+
+def _linked_event(
+    ports: Ports,
+    key: bytes,
+    chain: str,
+    seq: int,
+    account: Account | None,
+    actor: Actor,
+    p: Planned,
+    prev_mac: str,
+) -> AuditEvent:
+    """The next event of ``chain`` after the one whose MAC is ``prev_mac``, its own MAC set."""
+    ev = AuditEvent(
+        chain=chain,
+        seq=seq,
+        account_id=account.id if account else None,
+        occurred_at=canonical_time(ports),
+        actor=actor.name[:320],
+        action=p.action,
+        outcome=p.outcome,
+        target_type=p.target_type,
+        target_id=str(p.target_id),
+        ip=actor.ip[:64],
+        details=canonical_json(dict(p.details or {})),
+        prev_mac=prev_mac,
+        mac="",
+    )
+    ev.mac = event_mac(key, ev)
+    return ev
 
 
 def _remember_head(session: Session, ports: Ports, head: ChainHead) -> None:

@@ -263,6 +263,36 @@ def entry_facts(session: Session, account: Account, req: EscrowRequest) -> Entry
     )
 
 
+def escrowed_key_values(
+    session: Session,
+    ports: Ports,
+    account: Account,
+    actor: Actor,
+    req: EscrowRequest,
+    facts: EntryFacts,
+) -> dict[str, Any]:
+    """The column values of a new escrowed key: the key sealed under its own data key."""
+    key_uuid = new_uuid()
+    sealed = keyring.seal_private_key(
+        session, ports, account, key_uuid, facts.spki, keylib.to_pkcs8_der(facts.key)
+    )
+    algorithm, size = keylib.describe_key(facts.key)
+    return {
+        "uuid": key_uuid,
+        "account_id": account.id,
+        "spki_sha256": facts.spki,
+        "algorithm": algorithm,
+        "key_size": str(size),
+        "nonce": sealed.nonce,
+        "ciphertext": sealed.ciphertext,
+        "data_key_nonce": sealed.data_key_nonce,
+        "wrapped_data_key": sealed.wrapped_data_key,
+        "account_key_version": sealed.account_key_version,
+        "source": req.source,
+        "created_by": actor.name[:320],
+    }
+
+
 def archive_entry(
     session: Session, ports: Ports, account: Account, actor: Actor, req: EscrowRequest
 ) -> EntryResult:
@@ -272,7 +302,7 @@ def archive_entry(
     A bulk import plans and writes many entries at once with the same rules (bulk.py).
     """
     facts = entry_facts(session, account, req)
-    key, spki, sha256, sha1, md5 = facts.key, facts.spki, facts.sha256, facts.sha1, facts.md5
+    spki, sha256, sha1, md5 = facts.spki, facts.sha256, facts.sha1, facts.md5
     issuer_sha256, serial, emails, alias = (
         facts.issuer_sha256,
         facts.serial,
@@ -322,25 +352,7 @@ def archive_entry(
 
     new_key = escrowed is None
     if escrowed is None:
-        key_uuid = new_uuid()
-        sealed = keyring.seal_private_key(
-            session, ports, account, key_uuid, spki, keylib.to_pkcs8_der(key)
-        )
-        algorithm, size = keylib.describe_key(key)
-        escrowed = EscrowedKey(
-            uuid=key_uuid,
-            account_id=account.id,
-            spki_sha256=spki,
-            algorithm=algorithm,
-            key_size=str(size),
-            nonce=sealed.nonce,
-            ciphertext=sealed.ciphertext,
-            data_key_nonce=sealed.data_key_nonce,
-            wrapped_data_key=sealed.wrapped_data_key,
-            account_key_version=sealed.account_key_version,
-            source=req.source,
-            created_by=actor.name[:320],
-        )
+        escrowed = EscrowedKey(**escrowed_key_values(session, ports, account, actor, req, facts))
         session.add(escrowed)
         session.flush()
 

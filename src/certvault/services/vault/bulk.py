@@ -16,14 +16,13 @@ from cryptography.hazmat.primitives import hashes
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from certvault.crypto import keys as keylib
 from certvault.crypto.ca import chains_to
-from certvault.db.models import Account, Certificate, EscrowedKey, Person, new_uuid
+from certvault.db.models import Account, Certificate, EscrowedKey, Person
 from certvault.errors import CertvaultError, NotFound
 from certvault.services.audit import log as audit
 from certvault.services.directory import persons
 from certvault.services.directory.certificates import certificate_values
-from certvault.services.kernel import keyring, notify
+from certvault.services.kernel import notify
 from certvault.services.kernel.actors import Actor, Privilege
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.seal_events import insert_sealed, inserted_ids
@@ -43,6 +42,7 @@ from certvault.services.vault.archive import (
     _ArchiveCache,
     entry_facts,
     escrow_notice,
+    escrowed_key_values,
     failed_entry,
 )
 
@@ -261,28 +261,7 @@ class BatchPlan:
 
         new_key = escrowed is None
         if escrowed is None:
-            key_uuid = new_uuid()
-            sealed = keyring.seal_private_key(
-                session, self.ports, account, key_uuid, f.spki, keylib.to_pkcs8_der(f.key)
-            )
-            algorithm, size = keylib.describe_key(f.key)
-            escrowed = _Key(
-                None,
-                {
-                    "uuid": key_uuid,
-                    "account_id": account.id,
-                    "spki_sha256": f.spki,
-                    "algorithm": algorithm,
-                    "key_size": str(size),
-                    "nonce": sealed.nonce,
-                    "ciphertext": sealed.ciphertext,
-                    "data_key_nonce": sealed.data_key_nonce,
-                    "wrapped_data_key": sealed.wrapped_data_key,
-                    "account_key_version": sealed.account_key_version,
-                    "source": req.source,
-                    "created_by": actor.name[:320],
-                },
-            )
+            escrowed = _Key(None, escrowed_key_values(session, self.ports, account, actor, req, f))
         if existing is None:
             assert owner is not None
             values = certificate_values(
