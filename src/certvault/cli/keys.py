@@ -108,25 +108,38 @@ def import_command(
         ) as progress,
     ):
         task = progress.add_task("import", total=len(items))
-        results = guarded(
-            lambda: import_files(
-                ports, operator(), account, items, on_file=lambda _: progress.advance(task)
-            )
+        report = _Report(as_json)
+
+        def on_file(result: FileResult) -> None:
+            report.add(result)
+            progress.advance(task)
+
+        # Each file's result is reported as it comes and not kept: memory stays flat.
+        guarded(
+            lambda: import_files(ports, operator(), account, items, on_file=on_file, keep=False)
         )
 
-    _report(results, as_json)
-    if not all(r.ok for r in results):
+    report.finish()
+    if not report.ok:
         raise SystemExit(1)
 
 
-def _report(results: list[FileResult], as_json: bool) -> None:
-    imported = existing = failed = 0
-    rows: list[dict[str, object]] = []
-    for r in results:
+class _Report:
+    """Counts, failures on stderr, and (with --json) the per-entry rows."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.files = self.imported = self.existing = self.failed = 0
+        self.ok = True
+        self.rows: list[dict[str, object]] = []
+
+    def add(self, r: FileResult) -> None:
+        self.files += 1
+        self.ok = self.ok and r.ok
         if r.error is not None:
-            failed += 1
+            self.failed += 1
             err.print(f"FAILED {r.name}: [{r.error.code}] {r.error.message}", markup=False)
-            rows.append(
+            self._row(
                 {
                     "alias": None,
                     "clientCertId": None,
@@ -137,24 +150,31 @@ def _report(results: list[FileResult], as_json: bool) -> None:
                     "warnings": [],
                 }
             )
-            continue
+            return
         for code, text in r.warning_messages:
             err.print(f"WARNING {r.name}: [{code}] {text}", markup=False)
         for e in r.entries:
             if not e.ok:
-                failed += 1
+                self.failed += 1
                 err.print(f"FAILED {r.name} ({e.alias}): [{e.code}] {e.message}", markup=False)
             elif e.client_cert_id is not None and e.message.startswith("Already"):
-                existing += 1
+                self.existing += 1
             else:
-                imported += 1
-            rows.append({**e.scm(), "file": r.name, "warnings": r.warnings})
-    if as_json:
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
-    err.print(
-        f"files: {len(results)}, imported: {imported}, already there: {existing}, failed: {failed}",
-        markup=False,
-    )
+                self.imported += 1
+            self._row({**e.scm(), "file": r.name, "warnings": r.warnings})
+
+    def _row(self, row: dict[str, object]) -> None:
+        if self.as_json:
+            self.rows.append(row)
+
+    def finish(self) -> None:
+        if self.as_json:
+            sys.stdout.write(json.dumps(self.rows, indent=2) + "\n")
+        err.print(
+            f"files: {self.files}, imported: {self.imported}, already there: {self.existing}, "
+            f"failed: {self.failed}",
+            markup=False,
+        )
 
 
 def export_command(

@@ -15,12 +15,13 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import event, insert, select
 from sqlalchemy.orm import Session, SessionTransaction
 
 from certvault.db.models import Account, AuditEvent, AuditHead, ServiceKey
@@ -206,6 +207,12 @@ def _verified_tip(session: Session, ports: Ports, key: bytes, chain: str) -> Cha
     return tip
 
 
+def lock_chain(session: Session, ports: Ports, account: Account | None) -> None:
+    """Lock the account's chain for the rest of the transaction and set its head to the
+    verified tip now (say, before a savepoint that may roll back)."""
+    _locked_head(session, ports, audit_key(session, ports), chain_of(account))
+
+
 def record(
     session: Session,
     ports: Ports,
@@ -257,26 +264,84 @@ def append_event(
     details: Mapping[str, Any] | None,
 ) -> AuditEvent:
     chain = head.chain
+    planned = Planned(action, outcome, target_type, target_id, details)
+    ev = _linked_event(ports, key, chain, seq, account, actor, planned, head.mac or GENESIS)
+    head.seq, head.mac = ev.seq, ev.mac
+    session.add(ev)
+    session.flush()
+    _remember_head(session, ports, ChainHead(chain, ev.seq, ev.mac))
+    return ev
+
+
+@dataclass(frozen=True)
+class Planned:
+    """An event for :func:`record_many`, in the terms of :func:`record`."""
+
+    action: str
+    outcome: str = "success"
+    target_type: str = ""
+    target_id: str | int = ""
+    details: Mapping[str, Any] | None = None
+
+
+def record_many(
+    session: Session,
+    ports: Ports,
+    *,
+    account: Account | None,
+    actor: Actor,
+    planned: Sequence[Planned],
+) -> None:
+    """Append ``planned`` to the account's chain in their order with one set-based INSERT, each
+    event linked to the one before exactly as :func:`record` links them. The head moves only
+    once the events are written."""
+    if not planned:
+        return
+    key = audit_key(session, ports)
+    chain = chain_of(account)
+    head = _locked_head(session, ports, key, chain)
+    seq, prev = head.seq, head.mac or GENESIS
+    rows: list[dict[str, Any]] = []
+    for p in planned:
+        seq += 1
+        ev = _linked_event(ports, key, chain, seq, account, actor, p, prev)
+        prev = ev.mac
+        rows.append({c.key: getattr(ev, c.key) for c in _EVENT_COLUMNS})
+    session.connection().execute(insert(AuditEvent), rows)
+    head.seq, head.mac = seq, prev
+    _remember_head(session, ports, ChainHead(chain, seq, prev))
+
+
+_EVENT_COLUMNS = [c for c in AuditEvent.__table__.c if not c.primary_key]
+
+
+def _linked_event(
+    ports: Ports,
+    key: bytes,
+    chain: str,
+    seq: int,
+    account: Account | None,
+    actor: Actor,
+    p: Planned,
+    prev_mac: str,
+) -> AuditEvent:
+    """The next event of ``chain`` after the one whose MAC is ``prev_mac``, its own MAC set."""
     ev = AuditEvent(
         chain=chain,
         seq=seq,
         account_id=account.id if account else None,
         occurred_at=canonical_time(ports),
         actor=actor.name[:320],
-        action=action,
-        outcome=outcome,
-        target_type=target_type,
-        target_id=str(target_id),
+        action=p.action,
+        outcome=p.outcome,
+        target_type=p.target_type,
+        target_id=str(p.target_id),
         ip=actor.ip[:64],
-        details=canonical_json(dict(details or {})),
-        prev_mac=head.mac or GENESIS,
+        details=canonical_json(dict(p.details or {})),
+        prev_mac=prev_mac,
         mac="",
     )
     ev.mac = event_mac(key, ev)
-    head.seq, head.mac = ev.seq, ev.mac
-    session.add(ev)
-    session.flush()
-    _remember_head(session, ports, ChainHead(chain, ev.seq, ev.mac))
     return ev
 
 

@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -61,11 +62,46 @@ def add_certificate(
     serial number; ``chain`` runs from the issuer up to the root. Names from the certificate and
     the file go in through :func:`column_text`; addresses that are not text are refused.
     """
-    der = cert.public_bytes(Encoding.DER)
     row = Certificate(
+        **certificate_values(
+            account,
+            cert,
+            chain,
+            person_id=person.id if person is not None else None,
+            organization_id=organization_id,
+            source=source,
+            profile=profile,
+            ca_id=ca_id,
+            escrowed_key_id=escrowed_key_id,
+            trusted_issuer=trusted_issuer,
+            friendly_name=friendly_name,
+        )
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def certificate_values(
+    account: Account,
+    cert: x509.Certificate,
+    chain: Sequence[x509.Certificate],
+    *,
+    person_id: int | None,
+    organization_id: int,
+    source: str,
+    profile: str | None = None,
+    ca_id: int | None = None,
+    escrowed_key_id: int | None = None,
+    trusted_issuer: bool = False,
+    friendly_name: str | None = None,
+) -> dict[str, Any]:
+    """The column values of a new certificate row (see :func:`add_certificate`)."""
+    der = cert.public_bytes(Encoding.DER)
+    return dict(
         account_id=account.id,
         organization_id=organization_id,
-        person_id=person.id if person is not None else None,
+        person_id=person_id,
         escrowed_key_id=escrowed_key_id,
         der=der,
         chain_pem="".join(c.public_bytes(Encoding.PEM).decode() for c in chain),
@@ -86,9 +122,6 @@ def add_certificate(
         trusted_issuer=trusted_issuer,
         friendly_name=column_text(friendly_name or "", 200) or None,
     )
-    session.add(row)
-    session.flush()
-    return row
 
 
 @dataclass(frozen=True)

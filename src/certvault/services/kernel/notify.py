@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import smtplib
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -23,7 +24,7 @@ from certvault.config import Settings
 from certvault.crypto import envelope
 from certvault.db.models import Account, Admin, MailMessage, new_uuid
 from certvault.errors import CertvaultError, ConfigurationError, SealBroken
-from certvault.services.kernel import keyring, seals
+from certvault.services.kernel import keyring, seal_events, seals
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.seal_events import UNBOUND_ONLY
 
@@ -97,6 +98,25 @@ def queue_mail(
     else:
         message.body = body
     session.add(message)
+
+
+def queue_mails(
+    session: Session, account: Account, messages: Sequence[tuple[str, str, str]]
+) -> None:
+    """Queue many plain messages (recipient, subject, body) of an account in the caller's
+    transaction with set-based statements, sealed as :func:`queue_mail` seals each one."""
+    rows = [
+        {
+            "account_id": account.id,
+            "to_addr": to,
+            "subject": subject[:300],
+            "body": body,
+            "discard": False,
+            "expires_at": None,
+        }
+        for to, subject, body in messages
+    ]
+    seal_events.insert_sealed(session, MailMessage, rows)
 
 
 def queue_for_admins(session: Session, account: Account, subject: str, body: str) -> int:

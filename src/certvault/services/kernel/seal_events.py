@@ -3,15 +3,18 @@ every sealed row the ORM loads is checked, and every one certvault inserts or ch
 the same flush. Installed for every session when the services are imported (kernel/__init__.py).
 
 Bulk ``insert()``/``update()``/``delete()`` statements pass no row events, so on a sealed table
-they are refused: such rows are written through the ORM, one by one. A statement that changes only
-columns the seal does not bind says so with the execution option ``UNBOUND_ONLY``.
+they are refused through the session: such rows are written through the ORM, one by one, or by
+:func:`insert_sealed`, which seals a set of new rows itself exactly as a flush would. A statement
+that changes only columns the seal does not bind says so with the execution option
+``UNBOUND_ONLY``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, event, inspect, update
+from sqlalchemy import Connection, bindparam, event, insert, inspect, update
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, SessionTransaction, object_session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -29,23 +32,68 @@ def _spec(mapper: Mapper[Any]) -> seals.SealedTable:
     return spec
 
 
+def _default(mapper: Mapper[Any], spec: seals.SealedTable, name: str) -> Any:
+    column = mapper.columns[name]
+    default = column.default
+    if default is None or column.primary_key:
+        return None
+    if default.is_callable:
+        return default.arg(None)  # type: ignore[attr-defined]
+    if default.is_scalar:
+        return default.arg  # type: ignore[attr-defined]
+    raise ConfigurationError(f"A sealed column has a SQL default: {spec.table}.{name}.")
+
+
 def _fill_defaults(mapper: Mapper[Any], obj: Any, spec: seals.SealedTable) -> None:
     # Column defaults are set now rather than by the INSERT, so that the MAC covers them.
     state = inspect(obj)
     for name in spec.columns:
-        if state.dict.get(name) is not None:
-            continue
-        column = mapper.columns[name]
-        default = column.default
-        if default is None or column.primary_key:
-            value = None
-        elif default.is_callable:
-            value = default.arg(None)  # type: ignore[attr-defined]
-        elif default.is_scalar:
-            value = default.arg  # type: ignore[attr-defined]
-        else:
-            raise ConfigurationError(f"A sealed column has a SQL default: {spec.table}.{name}.")
-        setattr(obj, name, value)
+        if state.dict.get(name) is None:
+            setattr(obj, name, _default(mapper, spec, name))
+
+
+def inserted_ids(connection: Connection, table: Any, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Insert ``rows`` (each with its unique ``uuid``) with INSERT ... RETURNING, in as few
+    statements as the driver allows, and give their new ids in the order of ``rows``. The ids
+    are matched by uuid, not by the order RETURNING gives them: asking for that order makes
+    SQLite insert one row per statement."""
+    returned = connection.execute(insert(table).returning(table.c.uuid, table.c.id), list(rows))
+    by_uuid = {row_uuid: row_id for row_uuid, row_id in returned}
+    return [by_uuid[row["uuid"]] for row in rows]
+
+
+def insert_sealed(session: Session, model: type[Any], rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Insert new rows of a sealed table with set-based statements, sealed as a flush seals them:
+    column defaults filled in first (so that the MAC covers them), the ids taken from one
+    INSERT ... RETURNING, then every MAC written by one executemany UPDATE. ``rows`` are filled
+    in place; the new ids come back in their order. Grant rows are not written this way: their
+    generation belongs to a flush."""
+    spec = seals.sealed_table(model)
+    if spec is None or spec.grant:
+        raise ConfigurationError(f"Not a sealed table for set-based inserts: {model.__name__}.")
+    if not rows:
+        return []
+    mapper: Mapper[Any] = inspect(model)
+    keys = {column.key for column in mapper.primary_key}
+    for row in rows:
+        for name in spec.columns:
+            if name not in keys and row.get(name) is None:
+                row[name] = _default(mapper, spec, name)
+    table = model.__table__
+    connection = session.connection()
+    ports = seals.ports_of(session)
+    ids = inserted_ids(connection, table, rows)
+    seals_of = []
+    for row, row_id in zip(rows, ids, strict=True):
+        row["id"] = row_id
+        seals_of.append(
+            {"row_id": row_id, "row_mac": seals.seal_values(connection, ports, spec, row)}
+        )
+    connection.execute(
+        update(table).where(table.c.id == bindparam("row_id")).values(mac=bindparam("row_mac")),
+        seals_of,
+    )
+    return ids
 
 
 def _sync_organization_ids(admin: Admin) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from cryptography import x509
@@ -110,9 +111,10 @@ class EscrowRequest:
     password_encoding: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EntryResult:
-    """One entry of an import, in the shape of the SCM import-key response."""
+    """One entry of an import, in the shape of the SCM import-key response. Kept for every
+    entry of a bulk import until it ends: small (slots; no key, no certificate)."""
 
     alias: str
     client_cert_id: int | None
@@ -220,13 +222,23 @@ def _owner(
     return person, session.get_one(Organization, person.organization_id)
 
 
-def archive_entry(
-    session: Session, ports: Ports, account: Account, actor: Actor, req: EscrowRequest
-) -> EntryResult:
-    """Escrow one key with its certificate, inside the caller's transaction.
+@dataclass(frozen=True)
+class EntryFacts:
+    """What an entry's key and certificate say, checked before the database is asked."""
 
-    Raises a :class:`CertvaultError` for a refusal; the caller rolls back and audits it.
-    """
+    key: keylib.PrivateKey
+    spki: bytes
+    sha256: bytes
+    sha1: str
+    md5: str
+    issuer_sha256: bytes
+    serial: str
+    emails: list[str]
+    alias: str
+
+
+def entry_facts(session: Session, account: Account, req: EscrowRequest) -> EntryFacts:
+    """The checks of :func:`archive_entry` that need no row of the entry's own, in its order."""
     if not account.key_vault_enabled:
         raise KeyVaultDisabled()
     if req.profile is not None and not req.profile.escrow:
@@ -239,13 +251,67 @@ def archive_entry(
     if spki in _ArchiveCache.of(session, account).service_spkis:
         raise ServiceKeyRefused()
     der = cert.public_bytes(Encoding.DER)
-    sha256 = hashlib.sha256(der).digest()
-    sha1 = hashlib.sha1(der).hexdigest()  # noqa: S324 - an identifier for the SCM API, not security
-    md5 = hashlib.md5(der).hexdigest()  # noqa: S324
-    issuer_sha256 = hashlib.sha256(cert.issuer.public_bytes()).digest()
-    serial = format(cert.serial_number, "x")
     emails = keylib.certificate_emails(cert)
-    alias = _alias(req, emails)
+    return EntryFacts(
+        key=key,
+        spki=spki,
+        sha256=hashlib.sha256(der).digest(),
+        sha1=hashlib.sha1(der).hexdigest(),  # noqa: S324 - an identifier for the SCM API
+        md5=hashlib.md5(der).hexdigest(),  # noqa: S324
+        issuer_sha256=hashlib.sha256(cert.issuer.public_bytes()).digest(),
+        serial=format(cert.serial_number, "x"),
+        emails=emails,
+        alias=_alias(req, emails),
+    )
+
+
+def escrowed_key_values(
+    session: Session,
+    ports: Ports,
+    account: Account,
+    actor: Actor,
+    req: EscrowRequest,
+    facts: EntryFacts,
+) -> dict[str, Any]:
+    """The column values of a new escrowed key: the key sealed under its own data key."""
+    key_uuid = new_uuid()
+    sealed = keyring.seal_private_key(
+        session, ports, account, key_uuid, facts.spki, keylib.to_pkcs8_der(facts.key)
+    )
+    algorithm, size = keylib.describe_key(facts.key)
+    return {
+        "uuid": key_uuid,
+        "account_id": account.id,
+        "spki_sha256": facts.spki,
+        "algorithm": algorithm,
+        "key_size": str(size),
+        "nonce": sealed.nonce,
+        "ciphertext": sealed.ciphertext,
+        "data_key_nonce": sealed.data_key_nonce,
+        "wrapped_data_key": sealed.wrapped_data_key,
+        "account_key_version": sealed.account_key_version,
+        "source": req.source,
+        "created_by": actor.name[:320],
+    }
+
+
+def archive_entry(
+    session: Session, ports: Ports, account: Account, actor: Actor, req: EscrowRequest
+) -> EntryResult:
+    """Escrow one key with its certificate, inside the caller's transaction.
+
+    Raises a :class:`CertvaultError` for a refusal; the caller rolls back and audits it.
+    A bulk import plans and writes many entries at once with the same rules (bulk.py).
+    """
+    facts = entry_facts(session, account, req)
+    spki, sha256, sha1, md5 = facts.spki, facts.sha256, facts.sha1, facts.md5
+    issuer_sha256, serial, emails, alias = (
+        facts.issuer_sha256,
+        facts.serial,
+        facts.emails,
+        facts.alias,
+    )
+    cert = req.certificate
 
     clash = session.scalars(
         select(Certificate.id).where(
@@ -288,25 +354,7 @@ def archive_entry(
 
     new_key = escrowed is None
     if escrowed is None:
-        key_uuid = new_uuid()
-        sealed = keyring.seal_private_key(
-            session, ports, account, key_uuid, spki, keylib.to_pkcs8_der(key)
-        )
-        algorithm, size = keylib.describe_key(key)
-        escrowed = EscrowedKey(
-            uuid=key_uuid,
-            account_id=account.id,
-            spki_sha256=spki,
-            algorithm=algorithm,
-            key_size=str(size),
-            nonce=sealed.nonce,
-            ciphertext=sealed.ciphertext,
-            data_key_nonce=sealed.data_key_nonce,
-            wrapped_data_key=sealed.wrapped_data_key,
-            account_key_version=sealed.account_key_version,
-            source=req.source,
-            created_by=actor.name[:320],
-        )
+        escrowed = EscrowedKey(**escrowed_key_values(session, ports, account, actor, req, facts))
         session.add(escrowed)
         session.flush()
 
@@ -335,7 +383,7 @@ def archive_entry(
             session,
             account,
             address,
-            "Your private key has been escrowed",
+            ESCROW_SUBJECT,
             _escrow_notice(account, row),
         )
     # Last, so that nothing after it can fail and leave a head for an event never committed.
@@ -347,25 +395,41 @@ def archive_entry(
         action=ARCHIVE,
         target_type="certificate",
         target_id=row.id,
-        details={
-            "certificate_sha256": sha256.hex(),
-            "spki_sha256": spki.hex(),
-            "source": req.source,
-            "new_key": new_key,
-            "trusted_issuer": trusted,
-            **({"password_encoding": req.password_encoding} if req.password_encoding else {}),
-        },
+        details=archive_details(req, sha256, spki, new_key, trusted),
     )
     return EntryResult(alias, row.id, md5, sha1, IMPORTED)
 
 
+def archive_details(
+    req: EscrowRequest, sha256: bytes, spki: bytes, new_key: bool, trusted: bool
+) -> dict[str, Any]:
+    """The audit details of an archived entry, the same whichever path stored it."""
+    return {
+        "certificate_sha256": sha256.hex(),
+        "spki_sha256": spki.hex(),
+        "source": req.source,
+        "new_key": new_key,
+        "trusted_issuer": trusted,
+        **({"password_encoding": req.password_encoding} if req.password_encoding else {}),
+    }
+
+
+ESCROW_SUBJECT = "Your private key has been escrowed"
+
+
 def _escrow_notice(account: Account, cert: Certificate) -> str:
+    return escrow_notice(account, cert.subject, cert.issuer, cert.serial, cert.not_after)
+
+
+def escrow_notice(
+    account: Account, subject: str, issuer: str, serial: str, not_after: datetime
+) -> str:
     return (
         f"A copy of the private key of your certificate has been stored, encrypted, in the key "
         f"vault of {account.name}, so that it can be recovered if you lose it.\n\n"
-        f"Certificate subject: {cert.subject}\n"
-        f"Issuer: {cert.issuer}\n"
-        f"Serial number: {cert.serial}\n"
-        f"Valid until: {cert.not_after:%Y-%m-%d}\n\n"
+        f"Certificate subject: {subject}\n"
+        f"Issuer: {issuer}\n"
+        f"Serial number: {serial}\n"
+        f"Valid until: {not_after:%Y-%m-%d}\n\n"
         "Every recovery of this key is recorded, and you will be told of it by mail.\n"
     )

@@ -29,6 +29,7 @@ from certvault.services.vault.archive import (
     archive_entry,
     failed_entry,
 )
+from certvault.services.vault.bulk import BatchPlan
 
 log = logging.getLogger("certvault.import")
 
@@ -111,11 +112,14 @@ def import_files(
     items: Iterable[ImportItem],
     *,
     on_file: Callable[[FileResult], None] | None = None,
+    keep: bool = True,
 ) -> list[FileResult]:
     """Import many PKCS#12 files, committing in batches (DESIGN.md §10).
 
-    Parsing (the KDF and key validation) runs outside any transaction; each entry is archived in
-    a savepoint, so one bad entry or file never stops the others.
+    Parsing (the KDF and key validation) runs outside any transaction; the entries of a batch
+    are written set-based (bulk.py), so one bad entry or file never stops the others. With
+    ``keep=False`` the results go only to ``on_file`` and nothing is kept per file: memory
+    stays flat however many files there are.
     """
     with audit.refusals_audited(ports, account_id=None, actor=actor, action=ARCHIVE):
         actor.require_scope(Scope.KEYS_UPLOAD)
@@ -141,7 +145,8 @@ def import_files(
         if batch:
             _store(ports, account_id, actor, batch)
             for _, result, _ in batch:
-                results.append(result)
+                if keep:
+                    results.append(result)
                 if on_file:
                     on_file(result)
         batch.clear()
@@ -204,7 +209,57 @@ def _requests(item: ImportItem, contents: P12Contents | None) -> list[EscrowRequ
 def _archive_batch(
     session: Session, ports: Ports, account_id: int, actor: Actor, batch: _Batch
 ) -> None:
+    """Plan every entry of the batch, then write the rows with set-based statements (bulk.py).
+    Should the database refuse those writes, the savepoint undoes them and each entry is
+    archived again in a savepoint of its own, so that one entry never takes the others down."""
     account = session.get_one(Account, account_id)
+    audit.lock_chain(session, ports, account)  # before the savepoint: kept should it roll back
+    try:
+        with session.begin_nested():
+            _archive_set_based(session, ports, account, actor, batch)
+        return
+    except DBAPIError as exc:
+        if is_retryable(exc):
+            raise  # a race: the whole batch runs again and finds what the other wrote
+        log.warning("a set-based import write failed in the database: %s", type(exc).__name__)
+    except CertvaultError as exc:  # say, a stored row that does not verify: the entry's refusal
+        log.warning("a set-based import was refused: %s", exc.code)
+    _archive_one_by_one(session, ports, account, actor, batch)
+
+
+def _archive_set_based(
+    session: Session, ports: Ports, account: Account, actor: Actor, batch: _Batch
+) -> None:
+    plan = BatchPlan(session, ports, account, actor)
+    files = [
+        (item, result, contents, _requests(item, contents)) for item, result, contents in batch
+    ]
+    facts = iter(plan.read([req for *_, reqs in files for req in reqs]))
+    planned = [
+        (item, result, contents, [plan.plan(req, next(facts)) for req in reqs])
+        for item, result, contents, reqs in files
+    ]
+    plan.write()
+    events: list[audit.Planned] = []
+    for item, result, contents, entries in planned:
+        result.entries = []
+        if contents is None:
+            events.append(
+                audit.Planned(
+                    ARCHIVE,
+                    outcome="refused",
+                    details={"reason": result.error_code, "file": item.name[-200:]},
+                )
+            )
+            continue
+        result.entries = [plan.result(entry) for entry in entries]
+        events += [event for entry in entries if (event := plan.event(entry)) is not None]
+    audit.record_many(session, ports, account=account, actor=actor, planned=events)
+
+
+def _archive_one_by_one(
+    session: Session, ports: Ports, account: Account, actor: Actor, batch: _Batch
+) -> None:
     for item, result, contents in batch:
         result.entries = []  # the whole batch runs again after a retryable conflict
         if contents is None:
