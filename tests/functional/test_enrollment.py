@@ -190,6 +190,40 @@ def test_own_passphrase_when_the_form_allows_it(ports, acme, smtp_server):
     assert read_pkcs12(result.p12, OWN).entries
 
 
+def test_kdf_count_follows_who_chose_the_passphrase(
+    ports, acme, smtp_server, tmp_path, monkeypatch
+):
+    # The generated passphrase carries 120 bits: the low count; an own one the configured count.
+    monkeypatch.setattr(ports.settings, "p12_kdf_rounds", 10_000)
+    assert ports.settings.p12_generated_kdf_rounds == 2048
+    send(ports)
+    shown = do_enroll(ports, last_code(smtp_server))
+    send(ports)
+    own = do_enroll(ports, last_code(smtp_server), passphrase=OWN, passphrase_confirm=OWN)
+    for result, phrase, count in ((shown, shown.passphrase_shown, 2048), (own, OWN, 10_000)):
+        assert phrase
+        (tmp_path / "f.p12").write_bytes(result.p12)
+        (tmp_path / "pw").write_text(phrase + "\n", encoding="utf-8")
+        info = subprocess.run(
+            [
+                "openssl",
+                "pkcs12",
+                "-info",
+                "-noout",
+                "-in",
+                str(tmp_path / "f.p12"),
+                "-passin",
+                f"file:{tmp_path / 'pw'}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        said = info.stdout + info.stderr
+        assert f"MAC: sha256, Iteration {count}" in said
+        assert {int(n) for n in re.findall(r"Iteration (\d+)", said)} == {count}
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 

@@ -64,6 +64,7 @@ from certvault.services.pki.enrollment_forms import (
 )
 from certvault.services.pki.issuance import CertificateIssuer, IssueRequest
 from certvault.services.vault import archive
+from certvault.services.vault.release import kdf_rounds
 
 ENROLL = "certificate.enroll"  # the same action as enrollment with a client CSR
 DELIVER = "key.deliver"
@@ -463,7 +464,8 @@ def enroll(
         issued.chain,
         chosen,
         EncryptionType.AES256_SHA256,
-        ports.settings.p12_kdf_rounds,
+        # A passphrase certvault generated needs no stretching; a person's own gets the high count.
+        kdf_rounds(ports.settings, generated),
     )
     return EnrollmentResult(
         p12=data,
