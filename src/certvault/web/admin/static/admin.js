@@ -57,3 +57,24 @@ document.addEventListener("click", (event) => {
     }
   }
 });
+
+// The Download key form: once sent, the stale error goes, the button is used up, and the page
+// says which file is coming and what to do with it (a file answer leaves this page in place).
+document.addEventListener("submit", (event) => {
+  const form = event.target;
+  if (!(form instanceof HTMLFormElement) || form.id !== "download-form") return;
+  const done = document.getElementById("download-done");
+  if (!done) return;
+  const select = form.querySelector("#encryption");
+  const profile = select && select.value === "mobileconfig";
+  const name = profile ? done.dataset.fileMobileconfig : done.dataset.fileP12;
+  const file = document.getElementById("download-file");
+  if (file && name) file.textContent = name;
+  const error = document.getElementById("error");
+  if (error) error.hidden = true;
+  done.hidden = false;
+  done.focus();
+  const button = form.querySelector("button[type=submit]");
+  // Disabled after the browser has taken the form's fields, not before.
+  if (button) setTimeout(() => { button.disabled = true; }, 0);
+});
