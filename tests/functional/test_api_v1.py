@@ -20,6 +20,7 @@ from sqlalchemy import event, select
 from certvault.crypto import keys as keylib
 from certvault.crypto.pkcs12.reader import read_pkcs12
 from certvault.db.models import Account, AuditEvent, Certificate
+from certvault.services.kernel import notify
 from certvault.services.pki import crl
 from certvault.services.vault.archive import ALREADY_EXISTS, IMPORTED
 from tests.factories import make_cert, make_p12, new_key
@@ -375,6 +376,10 @@ def test_subjects_read_as_names_with_an_email_attribute(api):
     assert body["issuer"] == api.ca[1].subject.rfc4514_string()
     listed = api.get("keys", f"{V1}/certificates?person_id={api.alice.person_id}").json()
     assert "Alice Able" in [c["display_name"] for c in listed["items"]]
+    # The owner's notice names the subject the same way.
+    last = mails(api.ports)[-1]
+    notice = notify._open_body(api.ports, last) if last.body_sealed else last.body
+    assert "Certificate subject: CN=Alice Able,emailAddress=alice@acme.example" in notice
 
 
 def test_upload_refusals(api):

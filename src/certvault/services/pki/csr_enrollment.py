@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 from sqlalchemy.orm import Session
 
 from certvault.crypto.ca import check_csr, load_csr
+from certvault.crypto.names import subject_name
 from certvault.crypto.profiles import PROFILES, Profile, get_profile, key_type_of
 from certvault.db.models import Account, Certificate, Organization, Person
 from certvault.errors import (
@@ -289,8 +290,8 @@ def _notice(account: Account, cert: Certificate) -> str:
         f"A certificate naming your email address was issued by {account.name} at the request "
         f"of an administrator. Its private key stays with whoever sent the request; no copy of "
         f"it is kept in the key vault.\n\n"
-        f"Certificate subject: {cert.subject}\n"
-        f"Issuer: {cert.issuer}\n"
+        f"Certificate subject: {subject_name(cert.subject).dn}\n"
+        f"Issuer: {subject_name(cert.issuer).dn}\n"
         f"Serial number: {cert.serial}\n"
         f"Valid until: {cert.not_after:%Y-%m-%d}\n\n"
         "If you did not expect this certificate, tell your administrators.\n"

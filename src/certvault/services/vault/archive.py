@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from certvault.crypto import keys as keylib
 from certvault.crypto.ca import chains_to
+from certvault.crypto.names import subject_name
 from certvault.crypto.profiles import Profile
 from certvault.db.models import (
     Account,
@@ -427,8 +428,8 @@ def escrow_notice(
     return (
         f"A copy of the private key of your certificate has been stored, encrypted, in the key "
         f"vault of {account.name}, so that it can be recovered if you lose it.\n\n"
-        f"Certificate subject: {subject}\n"
-        f"Issuer: {issuer}\n"
+        f"Certificate subject: {subject_name(subject).dn}\n"
+        f"Issuer: {subject_name(issuer).dn}\n"
         f"Serial number: {serial}\n"
         f"Valid until: {not_after:%Y-%m-%d}\n\n"
         "Every recovery of this key is recorded, and you will be told of it by mail.\n"

@@ -25,6 +25,7 @@ from certvault import timing
 from certvault.config import Settings
 from certvault.crypto import keys as keylib
 from certvault.crypto.mobileconfig import P12_ENCRYPTION
+from certvault.crypto.names import subject_name
 from certvault.crypto.passphrase import check_passphrase, generate_passphrase
 from certvault.crypto.pkcs12.writer import EncryptionType, write_pkcs12
 from certvault.db.models import Account, Certificate, EscrowedKey, Person
@@ -449,7 +450,7 @@ def _release_notice(
 ) -> str:
     return (
         f"The private key of your certificate was taken out of the key vault of {account.name}.\n\n"
-        f"Certificate subject: {cert.subject}\n"
+        f"Certificate subject: {subject_name(cert.subject).dn}\n"
         f"Serial number: {cert.serial}\n"
         f"Released by: {_released_by(actor)}\n"
         f"Delivered as: {kind.label}\n"
