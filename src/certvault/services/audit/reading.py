@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, select
 
 from certvault.db.models import Account, AuditEvent
-from certvault.errors import Forbidden, InvalidInput
+from certvault.errors import Forbidden
 from certvault.services.audit.log import (
     chain_of,
 )
@@ -19,8 +19,10 @@ from certvault.services.kernel.paging import (
     Page,
     SortedPage,
     check_limit,
+    count_rows,
     decode_cursor,
     encode_cursor,
+    ordering_named,
     sorted_page,
 )
 from certvault.services.kernel.ports import Ports
@@ -106,9 +108,7 @@ def sorted_events(
 ) -> SortedPage[AuditEvent]:
     """A page of the account's events in one of SORTS, with Previous and Next (the console)."""
     actor.require_scope(Scope.READ)
-    ordering = SORTS.get(sort)
-    if ordering is None:
-        raise InvalidInput("Sort by one of: " + ", ".join(SORTS) + ".")
+    ordering = ordering_named(SORTS, sort)
     with ports.db.read() as session:
         account = get_account(session, account_slug)
         require_log_reader(actor, account)
@@ -120,8 +120,7 @@ def count_events(ports: Ports, actor: Actor, account_slug: str, f: EventFilter) 
     with ports.db.read() as session:
         account = get_account(session, account_slug)
         require_log_reader(actor, account)
-        inner = _events_query(account, f).with_only_columns(AuditEvent.id).subquery()
-        return int(session.scalar(select(func.count()).select_from(inner)) or 0)
+        return count_rows(session, _events_query(account, f).with_only_columns(AuditEvent.id))
 
 
 def _events_query(account: Account, f: EventFilter) -> Select[AuditEvent]:

@@ -23,7 +23,9 @@ from certvault.services.kernel.paging import (
     Page,
     SortedPage,
     check_limit,
+    count_rows,
     decode_cursor,
+    ordering_named,
     page_of,
     sorted_page,
 )
@@ -239,9 +241,7 @@ def sorted_certificates(
 ) -> SortedPage[Certificate]:
     """A page of certificates in one of SORTS, with Previous and Next (the console)."""
     actor.require_scope(Scope.READ)
-    ordering = SORTS.get(sort)
-    if ordering is None:
-        raise InvalidInput("Sort by one of: " + ", ".join(SORTS) + ".")
+    ordering = ordering_named(SORTS, sort)
     with ports.db.read() as session:
         account = get_account(session, account_slug)
         actor.require_visible(account.id, None, "Account")
@@ -255,8 +255,8 @@ def count_certificates(ports: Ports, actor: Actor, account_slug: str, f: Certifi
     with ports.db.read() as session:
         account = get_account(session, account_slug)
         actor.require_visible(account.id, None, "Account")
-        inner = _query(actor, account, f, ports.clock()).with_only_columns(Certificate.id)
-        return int(session.scalar(select(func.count()).select_from(inner.subquery())) or 0)
+        query = _query(actor, account, f, ports.clock()).with_only_columns(Certificate.id)
+        return count_rows(session, query)
 
 
 @dataclass(frozen=True)

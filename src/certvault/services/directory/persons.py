@@ -21,7 +21,9 @@ from certvault.services.kernel.paging import (
     Page,
     SortedPage,
     check_limit,
+    count_rows,
     decode_cursor,
+    ordering_named,
     page_of,
     sorted_page,
 )
@@ -296,9 +298,7 @@ def sorted_persons(
 ) -> SortedPage[Person]:
     """A page of the persons ``actor`` sees, in one of SORTS, with Previous and Next."""
     actor.require_scope(Scope.READ)
-    ordering = SORTS.get(sort)
-    if ordering is None:
-        raise InvalidInput("Sort by one of: " + ", ".join(SORTS) + ".")
+    ordering = ordering_named(SORTS, sort)
     with ports.db.read() as session:
         query = _searched(session, actor, account_slug, search)
         return sorted_page(session, query, ordering, cursor, limit)
@@ -307,8 +307,8 @@ def sorted_persons(
 def count_persons(ports: Ports, actor: Actor, account_slug: str, search: str | None) -> int:
     actor.require_scope(Scope.READ)
     with ports.db.read() as session:
-        inner = _searched(session, actor, account_slug, search).with_only_columns(Person.id)
-        return int(session.scalar(select(func.count()).select_from(inner.subquery())) or 0)
+        query = _searched(session, actor, account_slug, search).with_only_columns(Person.id)
+        return count_rows(session, query)
 
 
 def _searched(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, and_, or_
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from certvault.errors import InvalidInput
@@ -84,6 +84,20 @@ class SortedPage(Generic[T]):
 
 
 _MAX_CURSOR = 600  # characters; a cursor holds one sort value and an id
+
+
+def ordering_named(sorts: dict[str, Ordering], name: str) -> Ordering:
+    """The sort a list offers under ``name``; any other name is refused, never echoed."""
+    ordering = sorts.get(name)
+    if ordering is None:
+        raise InvalidInput("Sort by one of: " + ", ".join(sorts) + ".")
+    return ordering
+
+
+def count_rows(session: Session, query: Select[Any]) -> int:
+    """How many rows ``query`` selects (its columns do not matter)."""
+    inner = query.subquery()
+    return int(session.scalar(select(func.count()).select_from(inner)) or 0)
 
 
 def _encode_value(value: Any) -> str:

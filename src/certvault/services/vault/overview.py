@@ -19,6 +19,7 @@ from certvault.db.models import Account, AuditEvent, Certificate, Person
 from certvault.services.audit.log import chain_of
 from certvault.services.audit.reading import canonical_time
 from certvault.services.kernel.actors import Actor, Privilege, Role, Scope
+from certvault.services.kernel.paging import count_rows
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.tenancy import get_account
 from certvault.services.vault import recovery, settings
@@ -66,8 +67,8 @@ def account_overview(ports: Ports, actor: Actor, account_slug: str) -> Overview:
         account = get_account(session, account_slug)
         actor.require_visible(account.id, None, "Account")
         visible = _visible(actor, account)
-        persons = _count(session, select(Person.id).where(*_visible_persons(actor, account)))
-        certificates = _count(session, select(Certificate.id).where(*visible))
+        persons = count_rows(session, select(Person.id).where(*_visible_persons(actor, account)))
+        certificates = count_rows(session, select(Certificate.id).where(*visible))
         keys = int(
             session.scalar(
                 select(func.count(func.distinct(Certificate.escrowed_key_id))).where(
@@ -76,7 +77,7 @@ def account_overview(ports: Ports, actor: Actor, account_slug: str) -> Overview:
             )
             or 0
         )
-        expiring = _count(
+        expiring = count_rows(
             session,
             select(Certificate.id).where(
                 *visible,
@@ -88,7 +89,7 @@ def account_overview(ports: Ports, actor: Actor, account_slug: str) -> Overview:
         )
         releases = audit_check = key_check = None
         if reads_log:
-            releases = _count(
+            releases = count_rows(
                 session,
                 select(AuditEvent.id).where(
                     AuditEvent.chain == chain_of(account),
@@ -130,11 +131,6 @@ def _visible_persons(actor: Actor, account: Account) -> list[ColumnElement[bool]
     if orgs is not None:
         conditions.append(Person.organization_id.in_(orgs))
     return conditions
-
-
-def _count(session: Session, query: object) -> int:
-    inner = query.subquery()  # type: ignore[attr-defined]
-    return int(session.scalar(select(func.count()).select_from(inner)) or 0)
 
 
 def _last_check(session: Session, account: Account, action: str) -> LastCheck | None:
