@@ -682,3 +682,15 @@ class AgentRequest(Base):
     mac: Mapped[str | None] = mapped_column(String(64))
 
     __mapper_args__ = sealed_by_mac(mac)
+
+
+class DutyLock(Base):
+    """The lock of a background duty (services/kernel/duties.py): one run at a time per name."""
+
+    __tablename__ = "duty_locks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    renewed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
