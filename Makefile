@@ -6,7 +6,7 @@ PYTHON ?= python3
 export CERTVAULT_HOME ?= ./var
 export CERTVAULT_PORT ?= 8080
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench drills clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ bench: setup
 	@set -e; for script in bench/[!_]*.py; do \
 		echo "== $$script"; $(BIN)/python $$script; \
 	done
+
+# The fault drills in their long form (tests/faults; `make test` runs each in a short form).
+drills: setup
+	bash scripts/ensure-system-packages.sh
+	CERTVAULT_DRILLS=long $(BIN)/pytest -p no:cacheprovider -s tests/faults
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
