@@ -306,7 +306,8 @@ def test_verification_drill_finds_a_damaged_key(ports, operator, account):
         row.ciphertext = bytes([row.ciphertext[0] ^ 1]) + row.ciphertext[1:]
     report = verify_escrow(ports, operator)
     assert not report.ok and len(report.failures) == 1
-    assert "seal_broken" in report.failures[0].reason
+    assert report.failures[0].reason == "cannot_open"
+    assert report.failures[0].detail == "seal_broken"
 
 
 def test_stored_key_is_not_plaintext(ports, operator, account):

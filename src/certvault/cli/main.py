@@ -17,11 +17,11 @@ from certvault.cli.ca import ca_app
 from certvault.cli.common import err, guarded, operator, out, ports_for_command, read_secret_file
 from certvault.cli.form import form_app
 from certvault.cli.serve import serve
+from certvault.cli.verify import verify
 from certvault.services.access import admins, tokens
 from certvault.services.audit import checks as audit_checks
 from certvault.services.directory import accounts
-from certvault.services.kernel import notify, seals, tenancy
-from certvault.services.vault.verification import verify_escrow
+from certvault.services.kernel import notify, tenancy
 
 app = typer.Typer(
     name="certvault",
@@ -50,6 +50,7 @@ app.add_typer(agent_app, name="agent")
 app.command("import")(keys_commands.import_command)
 app.command("export")(keys_commands.export_command)
 app.command("serve")(serve)
+app.command("verify")(verify)
 admin_app.command("reset-totp")(reset_totp)
 admin_app.command("reset-password")(reset_password)
 
@@ -344,29 +345,6 @@ def mail_send() -> None:
                 markup=False,
             )
         if result.failed or result.held:
-            raise SystemExit(1)
-
-
-@app.command()
-def verify(account: Annotated[str | None, typer.Option(help="Only this account.")] = None) -> None:
-    """Check the seal of every row that grants access or decides policy, then decrypt every
-    escrowed key in memory, validate it and check it against its certificates."""
-    with ports_for_command() as ports:
-        rows = guarded(lambda: seals.check_rows(ports))
-        for p in rows.problems:
-            err.print(f"TAMPERED {p.table} row {p.uuid}: {p.reason}", markup=False)
-        out.print(f"sealed rows checked: {rows.rows}, failures: {len(rows.problems)}")
-        if not rows.ok:
-            # The drill would stop at the first refused row; the rows above come first.
-            raise SystemExit(1)
-        report = guarded(lambda: verify_escrow(ports, operator(), account))
-        for f in report.failures:
-            err.print(f"FAILED {f.account} key {f.escrowed_key_uuid}: {f.reason}", markup=False)
-        out.print(
-            f"keys checked: {report.keys}, certificates: {report.certificates}, "
-            f"failures: {len(report.failures)}"
-        )
-        if not report.ok:
             raise SystemExit(1)
 
 

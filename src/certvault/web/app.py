@@ -151,7 +151,7 @@ def create_app(
                 request, 403, "forbidden", "Metrics answer on loopback or with the metrics token."
             )
         body, content_type = metrics.render()
-        return Response(body, media_type=content_type)
+        return Response(body + metrics.render_drill(ports), media_type=content_type)
 
     # Outermost last: Shield wraps everything, so nothing escapes with its message.
     app.add_middleware(BodyLimit, limit_for=body_limit)
