@@ -73,6 +73,7 @@ class DrillReport:
     cursor: str = ""
     previous: DrillRecord = field(default_factory=lambda: DrillRecord("none"))
     last_full_pass_at: str | None = None
+    sampled: list[str] = field(default_factory=list)  # a sample's keys (uuids), in visit order
 
     @property
     def ok(self) -> bool:
@@ -103,7 +104,10 @@ class _Drill:
         self.report = DrillReport(mode="full" if sample is None else "sample")
         self.per_account: dict[int, DrillReport] = {}
         self.slugs: dict[int, str] = {}
+        # A sample remembers its keys, so the random draws and the checks again of broken keys
+        # skip them; a walk over every key meets each once and keeps nothing (memory stays flat).
         self.seen: set[str] = set()
+        self.tracked = sample is not None
         self.renewed = time.monotonic()
 
     def run(self, actor: Actor) -> DrillReport:
@@ -195,6 +199,7 @@ class _Drill:
         with self.ports.db.read() as session:
             total = session.scalar(select(func.count(EscrowedKey.id)).where(*scope)) or 0
         if n >= total:  # the whole key space: a pass of its own
+            self.tracked = False
             self._walk(scope, "", None)
             return "", True
         at_random = n // RANDOM_SHARE
@@ -233,7 +238,8 @@ class _Drill:
                     select(EscrowedKey).where(EscrowedKey.uuid == key_uuid)
                 ).first()
                 if row is not None:
-                    self._visit(session, row)
+                    if self.tracked:  # else the walk over every key has just checked it
+                        self._visit(session, row)
                     continue
             self.seen.add(key_uuid)
             self.report.failures.append(
@@ -243,9 +249,11 @@ class _Drill:
     # --- checking one key ------------------------------------------------------------------
 
     def _visit(self, session: Session, row: EscrowedKey) -> None:
-        if row.uuid in self.seen:
-            return
-        self.seen.add(row.uuid)
+        if self.tracked:
+            if row.uuid in self.seen:
+                return
+            self.seen.add(row.uuid)
+            self.report.sampled.append(row.uuid)
         result = self.per_account.setdefault(row.account_id, DrillReport(mode=self.report.mode))
         outcome = _check(session, self.ports, row)
         if isinstance(outcome, _Destroyed):
@@ -328,11 +336,14 @@ def _check(session: Session, ports: Ports, row: EscrowedKey) -> _Checked | _Dest
         return _Checked(0, "tampered_row", exc.code)
     try:
         der = keyring.open_private_key(session, ports, account, row)
-        key = keylib.load_pkcs8_der(der, validate=True)  # the drill validates in full
     except keyring.AccountKeyDestroyed:
         return _Destroyed()
     except CertvaultError as exc:
         return _Checked(len(certs), "cannot_open", exc.code)
+    try:
+        key = keylib.load_pkcs8_der(der, validate=True)  # the drill validates in full
+    except CertvaultError as exc:
+        return _Checked(len(certs), "invalid_key", exc.code)
     except ValueError:
         return _Checked(len(certs), "invalid_key")
     if keylib.spki_sha256(key.public_key()) != row.spki_sha256:
