@@ -23,7 +23,9 @@ from certvault.services.vault.archive import EscrowRequest, archive_entry
 from certvault.services.vault.verification import verify_escrow
 from certvault.web.app import create_app
 from certvault.web.metrics import drill_text
+from tests.conftest import TEST_OPERATOR
 from tests.factories import make_cert, new_key
+from tests.functional import cli_env
 
 
 def _escrow(ports, operator, count, slug="acme"):  # type: ignore[no-untyped-def]
@@ -240,6 +242,25 @@ def test_destroyed_keys_are_counted_as_destroyed_not_as_failures(ports, operator
     assert len(all_keys) == 5
 
 
+def test_an_account_sample_walks_that_account_with_a_cursor_of_its_own(ports, operator, account):
+    acme_keys = _escrow(ports, operator, 3)
+    accounts.create_account(ports, operator, "Beta", "beta", key_vault_enabled=True)
+    beta_keys = sorted(set(_escrow(ports, operator, 3, slug="beta")) - set(acme_keys))
+    first = verify_escrow(ports, operator, "beta", sample=2)
+    assert first.sampled == beta_keys[:2] and not first.full_pass
+    _, details = _records(ports)[-1]
+    with ports.db.read() as s:
+        beta_uuid = get_account(s, "beta").uuid
+    assert details["account_cursors"] == {beta_uuid: beta_keys[1]}
+    assert details["cursor"] == "" and details["scope"] == "beta"
+    assert (
+        verify_escrow(ports, operator, "beta", sample=2).sampled == [beta_keys[2]] + beta_keys[:1]
+    )
+    # The installation's own walk has not moved: it begins at the first key of all.
+    every = sorted(acme_keys + beta_keys)
+    assert verify_escrow(ports, operator, sample=2).sampled == every[:2]
+
+
 def test_only_one_drill_runs_at_a_time(ports, operator, account):
     _escrow(ports, operator, 2)
     with duty(ports, "verify"):
@@ -329,3 +350,69 @@ def test_a_removed_record_is_not_believed(ports, operator, account):
     assert gauges["certvault_last_verify_ok"] == 0
     with pytest.raises(AuditChainBroken):  # nor does a drill go on from the older record
         verify_escrow(ports, operator, sample=1)
+
+
+# --- the command, as a timer runs it ----------------------------------------------------------
+
+
+@pytest.fixture
+def cli(backend, tmp_path):  # type: ignore[no-untyped-def]
+    yield from cli_env.cli_for(backend, tmp_path)
+
+
+def test_the_command_samples_locks_and_writes_metrics(cli, tmp_path):
+    cli.bootstrap()
+    ports = cli.ports()
+    try:
+        keys = _escrow(ports, TEST_OPERATOR, 3)
+    finally:
+        ports.close()
+
+    def drills() -> int:
+        [(n,)] = cli.sql("SELECT count(*) FROM audit_events WHERE action = ?", ["vault.verify"])
+        return int(n)
+
+    for bad in ("0", "-3"):
+        refused = cli.run("verify", "--sample", bad)
+        assert refused.returncode == 2, refused.stderr
+        assert "Invalid value for '--sample'" in cli_env.text(refused)
+    nowhere = cli.run("verify", "--metrics-file", tmp_path / "missing" / "drill.prom")
+    assert nowhere.returncode == 2
+    assert "does not exist" in cli_env.text(nowhere)
+    assert drills() == 0  # nothing was checked or recorded
+
+    prom = tmp_path / "textfile" / "certvault.prom"
+    prom.parent.mkdir()
+    ran = cli.run("verify", "--sample", "2", "--metrics-file", prom)
+    assert ran.returncode == 0, ran.stderr
+    assert "sample: 2 keys" in ran.stdout
+    assert "keys checked: 2, certificates: 2, failures: 0, destroyed: 0" in ran.stdout
+    gauges = _gauges(prom.read_text())
+    assert gauges["certvault_last_verify_ok"] == 1 and gauges["certvault_verify_keys_checked"] == 2
+    assert [p.name for p in prom.parent.iterdir()] == ["certvault.prom"]  # no temporary left
+
+    huge = cli.run("verify", "--sample", str(10**30))
+    assert huge.returncode == 0, huge.stderr
+    assert "a full pass completed" in huge.stdout and "keys checked: 3" in huge.stdout
+
+    recorded = drills()
+    ports = cli.ports()
+    try:
+        with duty(ports, "verify"):  # another node is running the drill
+            busy = cli.run("verify", "--sample", "1", "--metrics-file", prom)
+    finally:
+        ports.close()
+    assert busy.returncode == 75
+    said = cli_env.text(busy)
+    assert "[duty_running]" in said and "already running" in said and "FAILED" not in said
+    assert drills() == recorded
+
+    broken = keys[1]
+    cli.sql("UPDATE escrowed_keys SET nonce = ? WHERE uuid = ?", [b"\x00" * 12, broken])
+    failed = cli.run("verify", "--metrics-file", prom)
+    assert failed.returncode == 1
+    assert f"FAILED acme key {broken}: cannot_open" in cli_env.text(failed)
+    assert "failures: 1" in failed.stdout
+    gauges = _gauges(prom.read_text())
+    assert gauges["certvault_last_verify_ok"] == 0
+    assert gauges['certvault_verify_failures{reason="cannot_open"}'] == 1
