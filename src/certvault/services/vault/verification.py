@@ -108,6 +108,7 @@ class _Drill:
         # skip them; a walk over every key meets each once and keeps nothing (memory stays flat).
         self.seen: set[str] = set()
         self.tracked = sample is not None
+        self.scope_id: int | None = None
         self.renewed = time.monotonic()
 
     def run(self, actor: Actor) -> DrillReport:
@@ -120,6 +121,7 @@ class _Drill:
             if self.account_slug:
                 account = get_account(session, self.account_slug)
                 scope_id, scope_uuid = account.id, account.uuid
+                self.scope_id = scope_id
                 self.slugs[account.id] = account.slug
             everything = list(session.execute(select(Account.id, Account.slug)))
         self.report.previous = previous
@@ -171,12 +173,14 @@ class _Drill:
 
     # --- choosing keys ---------------------------------------------------------------------
 
-    def _walk(self, scope: list[ColumnElement[bool]], after: str, limit: int | None) -> str:
-        """Visit keys in uuid order after ``after``, at most ``limit``; the last uuid visited
-        (``""`` when the end of the key space was reached before the limit)."""
-        left = limit
-        while left is None or left > 0:
-            size = BATCH if left is None else min(BATCH, left)
+    def _walk(
+        self, scope: list[ColumnElement[bool]], after: str, limit: int | None
+    ) -> tuple[str, int]:
+        """Visit keys in uuid order after ``after``, at most ``limit`` not yet visited; the last
+        uuid read (``""`` when the end of the key space came first) and how many were visited."""
+        visited = 0
+        while limit is None or visited < limit:
+            size = BATCH if limit is None else min(BATCH, limit - visited)
             with self.ports.db.read() as session:
                 rows = session.scalars(
                     select(EscrowedKey)
@@ -185,13 +189,11 @@ class _Drill:
                     .limit(size)
                 ).all()
                 for row in rows:
-                    self._visit(session, row)
+                    visited += self._visit(session, row)
             if not rows:
-                return ""
+                return "", visited
             after = rows[-1].uuid
-            if left is not None:
-                left -= len(rows)
-        return after
+        return after, visited
 
     def _sample(self, scope: list[ColumnElement[bool]], cursor: str, n: int) -> tuple[str, bool]:
         """Check ``n`` keys: the next ones after ``cursor`` and a share at random; the new cursor
@@ -204,24 +206,22 @@ class _Drill:
             return "", True
         at_random = n // RANDOM_SHARE
         in_order = n - at_random
-        end = self._walk(scope, cursor, in_order)
-        wrapped = False
-        if end == "":  # the cursor ran off the end: the pass is complete, the next one begins
-            wrapped = True
-            done = len(self.seen)  # the keys visited before the wrap count toward n
-            end = self._walk(scope, "", in_order - done) if in_order > done else ""
-        attempts = 0
-        drawn = 0
-        while drawn < at_random and attempts < 4 * at_random:
-            attempts += 1
+        end, done = self._walk(scope, cursor, in_order)
+        wrapped = end == ""
+        if wrapped:  # the cursor ran off the end: the pass is complete, the next one begins
+            end, _ = self._walk(scope, "", in_order - done)
+        drawn, attempts = 0, 0
+        while drawn < at_random and attempts < 4 * at_random + 16:
+            attempts += 1  # a uniform draw among the keys not visited yet (uuids are uniform)
             with self.ports.db.read() as session:
-                point = str(uuid.uuid4())
                 query = select(EscrowedKey).where(*scope).order_by(EscrowedKey.uuid).limit(1)
-                row = session.scalars(query.where(EscrowedKey.uuid >= point)).first()
+                row = session.scalars(query.where(EscrowedKey.uuid >= str(uuid.uuid4()))).first()
                 row = row or session.scalars(query).first()
-                if row is not None and row.uuid not in self.seen:
-                    self._visit(session, row)
-                    drawn += 1
+                if row is not None:
+                    drawn += self._visit(session, row)
+        if drawn < at_random:  # most keys visited already (a small vault): the next unvisited
+            _, got = self._walk(scope, str(uuid.uuid4()), at_random - drawn)
+            self._walk(scope, "", at_random - drawn - got)
         return end, wrapped
 
     def _recheck(self, failing: object) -> None:
@@ -238,7 +238,9 @@ class _Drill:
                     select(EscrowedKey).where(EscrowedKey.uuid == key_uuid)
                 ).first()
                 if row is not None:
-                    if self.tracked:  # else the walk over every key has just checked it
+                    # Untracked, the walk has just checked every key of its scope.
+                    outside = self.scope_id is not None and row.account_id != self.scope_id
+                    if self.tracked or outside:
                         self._visit(session, row)
                     continue
             self.seen.add(key_uuid)
@@ -248,10 +250,11 @@ class _Drill:
 
     # --- checking one key ------------------------------------------------------------------
 
-    def _visit(self, session: Session, row: EscrowedKey) -> None:
+    def _visit(self, session: Session, row: EscrowedKey) -> int:
+        """Check the key unless this run has already; 1 if it did now."""
         if self.tracked:
             if row.uuid in self.seen:
-                return
+                return 0
             self.seen.add(row.uuid)
             self.report.sampled.append(row.uuid)
         result = self.per_account.setdefault(row.account_id, DrillReport(mode=self.report.mode))
@@ -272,6 +275,7 @@ class _Drill:
         if time.monotonic() - self.renewed > RENEW_SECONDS:
             self.held.renew()  # DutyLost stops the run: another node has taken it over
             self.renewed = time.monotonic()
+        return 1
 
     def _slug(self, session: Session, account_id: int) -> str:
         if account_id not in self.slugs:
