@@ -10,16 +10,16 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, select, update
 
-from certvault.db.models import AccountKey, AuditEvent, Certificate, EscrowedKey
+from certvault.db.models import AccountKey, AuditEvent, Certificate, DutyLock, EscrowedKey
 from certvault.errors import InvalidInput
 from certvault.services.audit import log as audit
 from certvault.services.audit.log import INSTALLATION_CHAIN, AuditChainBroken
 from certvault.services.directory import accounts
 from certvault.services.kernel import keyring
-from certvault.services.kernel.duties import DutyRunning, duty
+from certvault.services.kernel.duties import DutyLost, DutyRunning, duty
 from certvault.services.kernel.ports import open_ports
 from certvault.services.kernel.tenancy import get_account
-from certvault.services.vault import drill_record
+from certvault.services.vault import drill_record, verification
 from certvault.services.vault.archive import EscrowRequest, archive_entry
 from certvault.services.vault.verification import verify_escrow
 from certvault.web.app import create_app
@@ -302,6 +302,27 @@ def test_only_one_drill_runs_at_a_time(ports, operator, account):
     assert refused.value.code == "duty_running"
     assert _records(ports) == []  # nothing was checked, nothing recorded
     assert verify_escrow(ports, operator, sample=1).ok  # free again
+
+
+def test_a_drill_whose_lock_is_taken_over_stops_and_records_nothing(
+    ports, operator, account, monkeypatch
+):
+    _escrow(ports, operator, 3)
+    checked = []
+    real_check = verification._check
+
+    def check_then_lose_the_lock(session, ports_, row):  # type: ignore[no-untyped-def]
+        checked.append(row.uuid)
+        if len(checked) == 1:  # its lease ran out while it worked: another node took over
+            with ports.db.transaction() as s:
+                s.execute(update(DutyLock).values(holder="othernode:1:x"))
+        return real_check(session, ports_, row)
+
+    monkeypatch.setattr(verification, "_check", check_then_lose_the_lock)
+    monkeypatch.setattr(verification, "RENEW_SECONDS", -1.0)  # renew after every key
+    with pytest.raises(DutyLost):
+        verify_escrow(ports, operator, sample=3)
+    assert len(checked) == 1 and _records(ports) == []
 
 
 def test_metrics_before_any_drill_say_not_ok(scrape, ports, operator, account):
