@@ -49,7 +49,7 @@ def render() -> tuple[bytes, str]:
 class _DrillCollector(Collector):
     """The verification drill's gauges, from its MAC-proven record (drill_record.py): every node
     reads the same record from the database, and a record that does not verify is not believed
-    (``certvault_verify_record_intact`` 0, ``certvault_last_verify_ok`` 0, no times)."""
+    (``certvault_verify_record_intact`` 0, ``certvault_last_verify_ok`` 0, times 0)."""
 
     def __init__(self, record: DrillRecord) -> None:
         self.record = record
@@ -70,8 +70,7 @@ class _DrillCollector(Collector):
             "1 if the last verification drill found no failures",
             1 if r.ok else 0,
         )
-        if not r.intact:
-            return
+        # 0 for "never" or "not believed": an alert on the age of a time fires then too.
         for name, doc, field in (
             ("certvault_last_verify_timestamp_seconds", "End of the last drill", "finished_at"),
             (
@@ -81,8 +80,9 @@ class _DrillCollector(Collector):
             ),
         ):
             moment = r.time(field)
-            if moment is not None:
-                yield gauge(name, doc, moment.timestamp())
+            yield gauge(name, doc, moment.timestamp() if moment else 0)
+        if not r.intact:
+            return
         failures = GaugeMetricFamily(
             "certvault_verify_failures", "Keys the last drill found broken", labels=["reason"]
         )
