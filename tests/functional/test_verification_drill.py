@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, select, update
 
+from certvault.crypto import keys as keylib
 from certvault.db.models import AccountKey, AuditEvent, Certificate, DutyLock, EscrowedKey
 from certvault.errors import InvalidInput
 from certvault.services.audit import log as audit
@@ -30,7 +31,8 @@ from tests.functional import cli_env
 
 
 def _escrow(ports, operator, count, slug="acme"):  # type: ignore[no-untyped-def]
-    """``count`` EC keys with a certificate each, in one transaction; their uuids, sorted."""
+    """Escrow ``count`` EC keys with a certificate each, in one transaction; the uuids of every
+    escrowed key, sorted (the order the cursor walks)."""
     with ports.db.transaction() as s:
         account = get_account(s, slug)
         for n in range(count):
@@ -213,7 +215,12 @@ def test_each_way_a_key_can_fail_has_its_reason(ports, operator, account):
             s, ports, acme, keys[0], rows[keys[0]].spki_sha256, b"\x30\x03\x02\x01\x00"
         )
         other = keyring.seal_private_key(
-            s, ports, acme, keys[1], rows[keys[1]].spki_sha256, _pkcs8(new_key("ec256"))
+            s,
+            ports,
+            acme,
+            keys[1],
+            rows[keys[1]].spki_sha256,
+            keylib.to_pkcs8_der(new_key("ec256")),
         )
         for uuid, sealed in ((keys[0], garbage), (keys[1], other)):
             r = rows[uuid]
@@ -241,12 +248,6 @@ def test_each_way_a_key_can_fail_has_its_reason(ports, operator, account):
     }
     text = drill_text(drill_record.latest(ports)).decode()
     assert 'certvault_verify_failures{reason="no_certificate"} 2.0' in text
-
-
-def _pkcs8(key) -> bytes:  # type: ignore[no-untyped-def]
-    from certvault.crypto import keys as keylib
-
-    return keylib.to_pkcs8_der(key)
 
 
 def test_destroyed_keys_are_counted_as_destroyed_not_as_failures(scrape, ports, operator, account):
