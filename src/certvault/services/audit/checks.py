@@ -169,6 +169,28 @@ def _verify_chain(
     return _Walk(problem, walk.events, walk.tip, walk.acknowledged, walk.tip_id)
 
 
+def database_tips(ports: Ports) -> tuple[dict[str, ChainHead], list[AuditProblem]]:
+    """Each chain's newest event as the database alone proves it, link by link, and the chains
+    that do not verify: what a restore compares with the witness outside."""
+    tips: dict[str, ChainHead] = {}
+    problems: list[AuditProblem] = []
+    with ports.db.read() as session:
+        key = audit_key(session, ports)
+        owners = _account_ids(session)
+        chains = set(session.scalars(select(AuditEvent.chain).distinct()))
+        chains |= set(session.scalars(select(AuditHead.chain)))
+        for chain in sorted(chains):
+            owner: int | None | bool = (
+                None if chain == INSTALLATION_CHAIN else owners.get(chain, False)
+            )
+            walk = _walk(session, key, chain, owner)
+            if walk.problem is not None:
+                problems.append(walk.problem)
+            else:
+                tips[chain] = walk.tip
+    return tips, problems
+
+
 def chain_named(ports: Ports, account_slug: str | None) -> str:
     """The chain of an account (or, for None, the installation's), found without reading the
     account's row: after a restore it may be older than the grant generation outside."""
