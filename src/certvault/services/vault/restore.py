@@ -357,7 +357,7 @@ def _start_generations(ports: Ports, manifest: Manifest) -> None:
             ):
                 if account_id is not None and generation is not None:
                     highest[account_id] = max(highest.get(account_id, 0), int(generation))
-        uuids = dict(connection.execute(select(Account.id, Account.uuid)).tuples().all())
+        uuids = {row.id: row.uuid for row in connection.execute(select(Account.id, Account.uuid))}
     for account_id, generation in highest.items():
         account_uuid = uuids.get(account_id)
         if account_uuid and witness.generation(account_uuid) == 0 and generation > 0:

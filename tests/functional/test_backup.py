@@ -1,0 +1,312 @@
+"""`certvault backup` and `certvault restore` (issue 14, §6), through the real command: a backup
+holds the database with keys still wrapped and a manifest MAC-bound through the master key, never
+the master key; a restore goes into an empty database only, after every check, and never writes
+the audit witness back. Hostile backups are refused with a stable code and change nothing.
+SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from certvault.errors import CertvaultError
+from certvault.services.audit import checks as audit_checks
+from certvault.services.directory import accounts
+from certvault.services.kernel import keyring, seals
+from certvault.services.vault.backup import BackupExists, make_backup
+from certvault.services.vault.backup_manifest import (
+    MAC_KEY_PURPOSE,
+    MANIFEST,
+    MANIFEST_MAX_BYTES,
+    manifest_mac,
+)
+from certvault.services.vault.restore import restore_backup
+from certvault.services.vault.verification import verify_escrow
+from tests.conftest import TEST_OPERATOR, _pg_exec
+from tests.functional import cli_env
+from tests.functional.backup_helpers import archive_keys, destroy_database, escrowed_key_uuids
+
+
+@pytest.fixture
+def cli(backend, tmp_path):  # type: ignore[no-untyped-def]
+    yield from cli_env.cli_for(backend, tmp_path)
+
+
+def _master_key_bytes(cli: cli_env.Cli) -> bytes:
+    [path] = cli.master_key_dir.glob("master-v*.key")
+    return path.read_bytes()
+
+
+def _data_file(backup: Path) -> Path:
+    [path] = [p for p in backup.iterdir() if p.name != MANIFEST]
+    return path
+
+
+def test_backup_and_restore_into_a_fresh_home(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cli.bootstrap()
+    keys = archive_keys(cli, 3)
+    backup = tmp_path / "backup-1"
+    made = cli.run("backup", backup)
+    shown = cli_env.text(made)
+    assert made.returncode == 0, shown
+    assert "useless without the master key" in shown and "apart from this backup" in shown
+    assert "3 escrowed keys" in shown
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in backup.iterdir()} == {0o600}
+    master = _master_key_bytes(cli)
+    for path in backup.iterdir():  # never the master key, in any file of the backup
+        assert master not in path.read_bytes()
+    manifest = json.loads((backup / MANIFEST).read_text())["manifest"]
+    assert manifest["counts"]["escrowed_keys"] == 3 and manifest["alembic_revision"] == "0013"
+    assert manifest["master_key"]["versions"] == [1]
+
+    destroy_database(cli, witness=True)  # a fresh home: only the master key is left
+    restored = cli.run("restore", backup)
+    shown = cli_env.text(restored)
+    assert restored.returncode == 0, shown
+    assert "started from the restored heads" in shown and "certvault retention run" in shown
+    assert escrowed_key_uuids(cli) == keys
+    audit = cli.run("audit", "verify")
+    assert audit.returncode == 0 and "NOTE" not in cli_env.text(audit), cli_env.text(audit)
+    verify = cli.run("verify")
+    assert verify.returncode == 0 and "keys checked: 3," in cli_env.text(verify)
+    if cli.database_url is None:
+        db = cli.home / "db" / "certvault.sqlite3"
+        assert stat.S_IMODE(db.stat().st_mode) == 0o600
+
+
+def test_restore_behind_the_witness_acknowledges_the_gap(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The database is lost but the witness outside it is not: the restored chains are behind
+    it, and the restore records the gap through the operator's acknowledgement."""
+    cli.bootstrap()
+    before = archive_keys(cli, 2, "old")
+    backup = tmp_path / "backup"
+    assert cli.run("backup", backup).returncode == 0
+    after = archive_keys(cli, 1, "new")  # events the backup does not hold
+    destroy_database(cli, witness=False)
+    restored = cli.run("restore", backup)
+    shown = cli_env.text(restored)
+    assert restored.returncode == 0, shown
+    assert "had events this backup does not hold" in shown
+    assert escrowed_key_uuids(cli) == before and after - before
+    ports = cli.ports()
+    try:
+        audit = audit_checks.verify_chains(ports)
+        assert audit.ok, audit.problems
+        # The account's chain (the archival after the backup) and the installation's (the
+        # backup's own event, written after its snapshot).
+        notes = {note.chain: note.reason for note in audit.acknowledged}
+        assert len(notes) == 2 and "installation" in notes, notes
+        assert all("acknowledged as lost in a database restore" in r for r in notes.values())
+        assert seals.check_rows(ports).ok
+        drill = verify_escrow(ports, TEST_OPERATOR)
+        assert drill.ok and drill.keys == 2
+    finally:
+        ports.close()
+    again = archive_keys(cli, 1, "again")  # the log and the vault go on
+    assert len(again) == 3
+
+
+def test_backup_refuses_an_existing_path(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cli.bootstrap()
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    done = cli.run("backup", taken)
+    assert done.returncode == 1 and "[backup_exists]" in cli_env.text(done)
+    assert taken.read_text() == "keep me"
+    link = tmp_path / "dangling"
+    link.symlink_to(tmp_path / "nowhere")
+    ports = cli.ports()
+    try:
+        with pytest.raises(BackupExists):
+            make_backup(ports, TEST_OPERATOR, link)
+    finally:
+        ports.close()
+    assert not (tmp_path / "nowhere").exists()
+
+
+# --- hostile backups ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def made(cli, tmp_path):  # type: ignore[no-untyped-def]
+    """A vault with two keys, its backup, and the database lost (witness and key kept)."""
+    cli.bootstrap()
+    archive_keys(cli, 2)
+    backup = tmp_path / "good"
+    ports = cli.ports()
+    try:
+        make_backup(ports, TEST_OPERATOR, backup)
+        secret = keyring.service_secrets(ports, MAC_KEY_PURPOSE)[0]
+    finally:
+        ports.close()
+    destroy_database(cli, witness=False)
+    return cli, backup, secret
+
+
+def _copy(backup: Path, tmp_path: Path, name: str) -> Path:
+    target = tmp_path / name
+    shutil.copytree(backup, target)
+    return target
+
+
+def _edit_manifest(path: Path, secret: bytes | None, **changes: object) -> None:
+    """Change manifest fields; with ``secret``, sign it again as certvault would."""
+    outer = json.loads((path / MANIFEST).read_text())
+    outer["manifest"].update(changes)
+    if secret is not None:
+        outer["mac"] = manifest_mac(secret, outer["manifest"])
+    (path / MANIFEST).write_text(json.dumps(outer))
+
+
+def _refused(cli: cli_env.Cli, source: Path, code: str) -> str:
+    """Restore in-process and expect the stable ``code``; the database must be left empty."""
+    with pytest.raises(CertvaultError) as caught:
+        restore_backup(cli.settings(), TEST_OPERATOR, source)
+    assert caught.value.code == code, caught.value.message
+    _assert_empty(cli)
+    return caught.value.message
+
+
+def _assert_empty(cli: cli_env.Cli) -> None:
+    if cli.database_url is None:
+        db = cli.home / "db" / "certvault.sqlite3"
+        assert not db.exists() or db.stat().st_size == 0
+        leftovers = list((cli.home / "db").glob("*")) if (cli.home / "db").exists() else []
+        assert [p for p in leftovers if p.name != db.name] == []
+    else:
+        tables = cli.sql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+        assert tables == [(0,)]
+    assert [p for p in cli.home.iterdir() if p.name.startswith(".restore-")] == []
+
+
+def test_hostile_backups_are_refused_and_change_nothing(made, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cli, good, secret = made
+    data_name = _data_file(good).name
+
+    assert "no backup" in _refused(cli, tmp_path / "missing", "backup_invalid")
+    empty_file = tmp_path / "empty-file"
+    empty_file.write_bytes(b"")
+    assert "is a file" in _refused(cli, empty_file, "backup_invalid")
+    (tmp_path / "empty-dir").mkdir()
+    assert "has no manifest.json" in _refused(cli, tmp_path / "empty-dir", "backup_invalid")
+
+    truncated = _copy(good, tmp_path, "truncated")
+    with (truncated / data_name).open("r+b") as f:
+        f.truncate(os.path.getsize(truncated / data_name) // 2)
+    assert "truncated" in _refused(cli, truncated, "backup_invalid")
+
+    cut_manifest = _copy(good, tmp_path, "cut-manifest")
+    raw = (cut_manifest / MANIFEST).read_bytes()
+    (cut_manifest / MANIFEST).write_bytes(raw[: len(raw) // 2])
+    assert "not JSON" in _refused(cli, cut_manifest, "backup_invalid")
+
+    altered = _copy(good, tmp_path, "altered")  # one byte, same size
+    with (altered / data_name).open("r+b") as f:
+        f.seek(os.path.getsize(altered / data_name) - 100)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 1]))
+    assert "SHA-256" in _refused(cli, altered, "backup_invalid")
+
+    bad_mac = _copy(good, tmp_path, "bad-mac")  # counts edited, not signed again
+    _edit_manifest(bad_mac, None, counts={"accounts": 99})
+    assert "altered" in _refused(cli, bad_mac, "backup_not_authentic")
+
+    swapped = _copy(good, tmp_path, "swapped")  # another database, its digest put in unsigned
+    (swapped / data_name).write_bytes(b"x" * 4096)
+    _edit_manifest(
+        swapped,
+        None,
+        files=[{"name": data_name, "sha256": "ab" * 32, "size": 4096}],
+    )
+    _refused(cli, swapped, "backup_not_authentic")
+
+    outside = _copy(good, tmp_path, "outside")
+    (tmp_path / "elsewhere.sqlite3").write_bytes(_data_file(good).read_bytes())
+    files = json.loads((good / MANIFEST).read_text())["manifest"]["files"]
+    _edit_manifest(outside, secret, files=[{**files[0], "name": "../elsewhere.sqlite3"}])
+    assert "outside the backup" in _refused(cli, outside, "backup_invalid")
+
+    linked = _copy(good, tmp_path, "linked")  # the file a link to somewhere else
+    (linked / data_name).unlink()
+    (linked / data_name).symlink_to(_data_file(good))
+    assert "Cannot read" in _refused(cli, linked, "backup_invalid")
+
+    huge = _copy(good, tmp_path, "huge")
+    with (huge / MANIFEST).open("wb") as f:
+        f.write(b'{"manifest": {"pad": "' + b"a" * MANIFEST_MAX_BYTES + b'"}, "mac": ""}')
+    assert "larger than" in _refused(cli, huge, "backup_invalid")
+
+    nested = _copy(good, tmp_path, "nested")
+    (nested / MANIFEST).write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    _refused(cli, nested, "backup_invalid")
+
+    newer = _copy(good, tmp_path, "newer")  # signed by this installation: the revision decides
+    _edit_manifest(newer, secret, alembic_revision="9999")
+    assert "does not know" in _refused(cli, newer, "backup_unsupported")
+    newer_format = _copy(good, tmp_path, "newer-format")
+    _edit_manifest(newer_format, secret, format_version=2)
+    _refused(cli, newer_format, "backup_unsupported")
+    wrong_field = _copy(good, tmp_path, "wrong-field")
+    _edit_manifest(wrong_field, secret, counts="many")
+    assert "at counts" in _refused(cli, wrong_field, "backup_invalid")
+
+    other_kind = "postgresql" if cli.database_url is None else "sqlite"
+    kind = _copy(good, tmp_path, "kind")
+    _edit_manifest(kind, secret, database_kind=other_kind)
+    _refused(cli, kind, "backup_invalid")  # its one file is not the kind's file
+
+    # After all that, the good backup still restores.
+    restore_backup(cli.settings(), TEST_OPERATOR, good)
+    assert len(escrowed_key_uuids(cli)) == 2
+
+
+def test_a_backup_of_another_installation_is_refused(made, tmp_path, backend) -> None:  # type: ignore[no-untyped-def]
+    """Another master key cannot open the manifest's key: the MAC cannot be checked, and the
+    keys inside could not be opened either. Refused through the real command."""
+    cli, good, _ = made
+    for other in cli_env.cli_for(backend, tmp_path / "other"):
+        ports = other.ports()
+        try:
+            accounts.initialize(ports, TEST_OPERATOR)  # its own, new master key
+        finally:
+            ports.close()
+        if other.database_url is None:
+            shutil.rmtree(other.home / "db")
+        else:
+            name = other.database_url.rsplit("/", 1)[1]
+            _pg_exec(f'DROP DATABASE "{name}" WITH (FORCE)')
+            _pg_exec(f'CREATE DATABASE "{name}"')
+        done = other.run("restore", good)
+        shown = cli_env.text(done)
+        assert done.returncode == 1 and "[backup_not_authentic]" in shown, shown
+        assert "another installation" in shown
+        _assert_empty(other)
+
+
+def test_restore_refuses_a_database_that_is_not_empty(made, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cli, good, _ = made
+    if cli.database_url is None:
+        (cli.home / "db").mkdir(mode=0o700, exist_ok=True)
+        cli.sql("CREATE TABLE notes (x TEXT)")
+        cli.sql("INSERT INTO notes VALUES ('mine')")
+        before = (cli.home / "db" / "certvault.sqlite3").read_bytes()
+    else:
+        cli.sql("CREATE TABLE notes (x TEXT)")
+    done = cli.run("restore", good)
+    shown = cli_env.text(done)
+    assert done.returncode == 1 and "[restore_target_not_empty]" in shown, shown
+    if cli.database_url is None:
+        assert (cli.home / "db" / "certvault.sqlite3").read_bytes() == before
+    else:
+        assert cli.sql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(1,)]
+        cli.sql("DROP TABLE notes")
+        cli.sql("CREATE SCHEMA other")  # an empty schema of someone else's is not empty either
+        with pytest.raises(CertvaultError, match="not empty"):
+            restore_backup(cli.settings(), TEST_OPERATOR, good)
