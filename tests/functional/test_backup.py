@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from certvault.errors import CertvaultError
+from certvault.masterkey.file import FileMasterKeyProvider
 from certvault.services.audit import checks as audit_checks
 from certvault.services.directory import accounts
 from certvault.services.kernel import keyring, seals
@@ -310,3 +311,41 @@ def test_restore_refuses_a_database_that_is_not_empty(made, tmp_path) -> None:  
         cli.sql("CREATE SCHEMA other")  # an empty schema of someone else's is not empty either
         with pytest.raises(CertvaultError, match="not empty"):
             restore_backup(cli.settings(), TEST_OPERATOR, good)
+
+
+def test_a_new_machine_rebuilds_the_master_key_from_shares(made, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The server and its master-key file are lost; custodians' shares rebuild the key, which
+    is checked against the backup before the database is restored, and installed after."""
+    cli, good, _ = made
+    ports = cli.ports()
+    try:
+        shares = ports.master_key.export_shares(2, 3)  # type: ignore[attr-defined]
+    finally:
+        ports.close()
+    stranger = FileMasterKeyProvider.create(tmp_path / "stranger-key")
+    wrong = stranger.export_shares(2, 3)
+    master = _master_key_bytes(cli)
+    shutil.rmtree(cli.master_key_dir)
+
+    with pytest.raises(CertvaultError) as caught:
+        restore_backup(cli.settings(), TEST_OPERATOR, good, wrong[:2])
+    assert caught.value.code == "shares_invalid"
+    with pytest.raises(CertvaultError) as caught:
+        restore_backup(cli.settings(), TEST_OPERATOR, good, shares[:1])
+    assert caught.value.code == "shares_invalid"
+    _assert_empty(cli)
+    assert not cli.master_key_dir.exists()
+
+    files = [cli_env.write_secret(tmp_path / f"share-{n}.txt", s) for n, s in enumerate(shares)]
+    done = cli.run("restore", good, "--share-file", files[0], "--share-file", files[2])
+    shown = cli_env.text(done)
+    assert done.returncode == 0, shown
+    assert "rebuilt from 2 shares" in shown and shares[0].split()[0] not in shown
+    assert _master_key_bytes(cli) == master
+    assert stat.S_IMODE(cli.master_key_dir.stat().st_mode) == 0o700
+    ports = cli.ports()
+    try:
+        drill = verify_escrow(ports, TEST_OPERATOR)
+        assert drill.ok and drill.keys == 2
+    finally:
+        ports.close()

@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from certvault.cli.common import err, guarded, operator, out, ports_for_command
+from certvault.cli.common import (
+    err,
+    guarded,
+    operator,
+    out,
+    ports_for_command,
+    read_secret_file,
+)
 from certvault.config import Settings
 from certvault.services.vault.backup import make_backup
 from certvault.services.vault.backup_manifest import Manifest
@@ -56,11 +63,25 @@ def restore_command(
     in_path: Annotated[
         Path, typer.Argument(metavar="IN", help="A backup folder made by `certvault backup`.")
     ],
+    share_file: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="On a new machine without the master key: a file holding one custodian's share "
+            "(repeat for M shares). The rebuilt key must open the backup."
+        ),
+    ] = None,
 ) -> None:
     """Restore a backup into an EMPTY database, with the master key it was made with. The audit
     witness is never written back: a gap against it is acknowledged in the audit log."""
     settings = guarded(Settings)
-    result = guarded(lambda: restore_backup(settings, operator(), in_path))
+    shares = [read_secret_file(p, "share") for p in share_file or []]
+    result = guarded(lambda: restore_backup(settings, operator(), in_path, shares))
+    if shares:
+        out.print(
+            f"master key rebuilt from {len(shares)} shares into "
+            f"{settings.effective_master_key_dir}",
+            markup=False,
+        )
     m = result.manifest
     out.print(
         f"restored {in_path} (made {m.created_at}, {m.database_kind}, schema revision "

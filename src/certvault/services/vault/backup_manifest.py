@@ -197,6 +197,18 @@ def open_backup_file(directory: Path, name: str) -> int:
 def read_manifest(directory: Path, master_key: MasterKeyProvider) -> Manifest:
     """The backup's manifest, refused unless it is whole, in a form this version reads, and
     its MAC verifies under the master key configured here."""
+    manifest, body, mac = parse_manifest(directory)
+    secret = _open_mac_key(manifest.mac_key, master_key)
+    if not hmac.compare_digest(mac, manifest_mac(secret, body)):
+        raise BackupNotAuthentic(
+            "The backup's manifest MAC does not verify: the manifest was altered."
+        )
+    return manifest
+
+
+def parse_manifest(directory: Path) -> tuple[Manifest, dict[str, Any], str]:
+    """The backup's manifest in a form this version reads, with the body and MAC as read: not
+    yet authenticated (:func:`read_manifest` is)."""
     fd = open_backup_file(directory, MANIFEST)
     try:
         raw = os.read(fd, MANIFEST_MAX_BYTES + 1)
@@ -236,12 +248,7 @@ def read_manifest(directory: Path, master_key: MasterKeyProvider) -> Manifest:
     expected = DATA_FILES[manifest.database_kind]
     if len(manifest.files) != 1 or manifest.files[0].name != expected:
         raise BackupInvalid(f"The backup's manifest must name exactly one file, {expected}.")
-    secret = _open_mac_key(manifest.mac_key, master_key)
-    if not hmac.compare_digest(mac, manifest_mac(secret, body)):
-        raise BackupNotAuthentic(
-            "The backup's manifest MAC does not verify: the manifest was altered."
-        )
-    return manifest
+    return manifest, body, mac
 
 
 def _open_mac_key(mac_key: MacKey, master_key: MasterKeyProvider) -> bytes:

@@ -16,6 +16,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,11 +28,14 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 
 from certvault.config import Settings
+from certvault.crypto import envelope
 from certvault.db import migrate
 from certvault.db.migrate import MIGRATIONS
 from certvault.db.models import Account, AuditEvent
 from certvault.errors import CertvaultError, ConfigurationError
 from certvault.masterkey import MasterKeyProvider
+from certvault.masterkey.file import FileMasterKeyProvider, MasterKeyExists, blob_version
+from certvault.masterkey.shares import SharesInvalid, combine_shares
 from certvault.services.audit import checks as audit_checks
 from certvault.services.audit import log as audit
 from certvault.services.audit.checks import AuditProblem
@@ -45,7 +49,9 @@ from certvault.services.vault.backup_manifest import (
     BackupUnsupported,
     Manifest,
     open_backup_file,
+    parse_manifest,
     read_manifest,
+    wrapped_mac_key,
 )
 
 _CHUNK = 1024 * 1024
@@ -88,9 +94,63 @@ def check_backup(master_key: MasterKeyProvider, source: Path) -> Manifest:
     return manifest
 
 
-def restore_backup(settings: Settings, actor: Actor, source: Path) -> RestoreResult:
+def restore_backup(
+    settings: Settings, actor: Actor, source: Path, shares: Sequence[str] = ()
+) -> RestoreResult:
+    """Restore ``source`` into the empty database ``settings`` name. With ``shares``, the master
+    key is rebuilt from them first (a new machine), checked against the backup, and installed
+    only once the database is restored."""
     source = Path(os.path.abspath(source))
-    master_key = master_key_provider(settings)
+    staged: _StagedKey | None = None
+    try:
+        if shares:
+            staged = _stage_master_key(settings, source, shares)
+            master_key: MasterKeyProvider = staged.provider
+        else:
+            master_key = master_key_provider(settings)
+        manifest = _restore_database(settings, master_key, source)
+        if staged is not None:
+            FileMasterKeyProvider.install_restored(
+                settings.effective_master_key_dir, staged.key, staged.version
+            )
+    finally:
+        if staged is not None:
+            shutil.rmtree(staged.folder, ignore_errors=True)
+    return _after_restore(settings, actor, source, manifest, from_shares=staged is not None)
+
+
+@dataclass(frozen=True)
+class _StagedKey:
+    provider: FileMasterKeyProvider
+    folder: Path
+    key: bytes = field(repr=False)
+    version: int
+
+
+def _stage_master_key(settings: Settings, source: Path, shares: Sequence[str]) -> _StagedKey:
+    """The master key rebuilt from custodians' shares, in a private folder of its own until the
+    restore is done; refused unless it opens the backup's manifest key."""
+    configured = master_key_provider(settings)
+    if not isinstance(configured, FileMasterKeyProvider):
+        raise ConfigurationError("Only the file master key can be rebuilt from shares.")
+    if configured.versions_on_disk():
+        raise MasterKeyExists(
+            "A master key is configured here already; restore without --share-file."
+        )
+    manifest, _, _ = parse_manifest(source)
+    key = combine_shares(shares)
+    row = wrapped_mac_key(manifest.mac_key)
+    aad = envelope.service_key_aad(row.uuid, row.purpose)
+    if not FileMasterKeyProvider.opens(key, row.wrapped_data_key, aad):
+        raise SharesInvalid("The shares rebuild a key, but not the one this backup was made with.")
+    version = blob_version(row.wrapped_data_key)
+    settings.home_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=".restore-key-", dir=settings.home_dir))
+    provider = FileMasterKeyProvider.install_restored(folder / "master-key", key, version)
+    return _StagedKey(provider, folder, key, version)
+
+
+def _restore_database(settings: Settings, master_key: MasterKeyProvider, source: Path) -> Manifest:
     manifest = check_backup(master_key, source)
     url = make_url(settings.effective_database_url)
     kind = "sqlite" if url.get_backend_name() == "sqlite" else "postgresql"
@@ -103,6 +163,12 @@ def restore_backup(settings: Settings, actor: Actor, source: Path) -> RestoreRes
         _restore_sqlite(settings, url, source, manifest)
     else:
         _restore_postgresql(settings, url, source, manifest)
+    return manifest
+
+
+def _after_restore(
+    settings: Settings, actor: Actor, source: Path, manifest: Manifest, *, from_shares: bool
+) -> RestoreResult:
     result = RestoreResult(manifest, needs_upgrade=manifest.alembic_revision != _head_revision())
     ports = open_ports(settings)
     try:
@@ -123,6 +189,7 @@ def restore_backup(settings: Settings, actor: Actor, source: Path) -> RestoreRes
                     "created_at": manifest.created_at,
                     "acknowledged_chains": len(result.acknowledged),
                     "missing_chains": len(result.missing),
+                    "master_key_from_shares": from_shares,
                 },
             )
         )
