@@ -89,20 +89,27 @@ def test_restore_behind_the_witness_acknowledges_the_gap(cli, tmp_path) -> None:
     backup = tmp_path / "backup"
     assert cli.run("backup", backup).returncode == 0
     after = archive_keys(cli, 1, "new")  # events the backup does not hold
+    ports = cli.ports()
+    try:  # and an account made after it: its whole chain is lost
+        late = accounts.create_account(ports, TEST_OPERATOR, "Late", "late").uuid
+    finally:
+        ports.close()
     destroy_database(cli, witness=False)
     restored = cli.run("restore", backup)
     shown = cli_env.text(restored)
     assert restored.returncode == 0, shown
     assert "had events this backup does not hold" in shown
+    assert f"the audit witness knows chain {late}" in shown
     assert escrowed_key_uuids(cli) == before and after - before
     ports = cli.ports()
     try:
         audit = audit_checks.verify_chains(ports)
         assert audit.ok, audit.problems
-        # The account's chain (the archival after the backup) and the installation's (the
-        # backup's own event, written after its snapshot).
+        # The account's chain (the archival after the backup), the installation's (the
+        # backup's own event, written after its snapshot), and the late account's.
         notes = {note.chain: note.reason for note in audit.acknowledged}
-        assert len(notes) == 2 and "installation" in notes, notes
+        assert len(notes) == 3 and "installation" in notes, notes
+        assert "lost with their account" in notes.pop(late)
         assert all("acknowledged as lost in a database restore" in r for r in notes.values())
         assert seals.check_rows(ports).ok
         drill = verify_escrow(ports, TEST_OPERATOR)

@@ -104,8 +104,9 @@ def restore_command(
         )
     for chain in result.missing:
         err.print(
-            f"WARNING: the audit witness knows chain {chain}, which this backup does not hold "
-            "(an account made after the backup, now gone); `certvault audit verify` reports it",
+            f"WARNING: the audit witness knows chain {chain}, which this backup does not hold: "
+            "an account made after the backup is gone with its keys. Its loss is recorded on "
+            "the installation's chain (`certvault audit verify` names it).",
             markup=False,
         )
     for p in result.broken:

@@ -78,7 +78,8 @@ class RestoreResult:
     acknowledged: list[str] = field(default_factory=list)
     # Chains the witness had not seen (a fresh home): it starts from the restored heads.
     started: list[str] = field(default_factory=list)
-    # Chains the witness has seen but the backup does not hold at all (accounts made after it).
+    # Chains the witness has seen but the backup does not hold at all (accounts made after
+    # it): acknowledged as lost whole.
     missing: list[str] = field(default_factory=list)
     # Chains of the restored database that do not verify by themselves.
     broken: list[AuditProblem] = field(default_factory=list)
@@ -390,6 +391,8 @@ def _reconcile_witness(
             audit_checks.acknowledge_restore(ports, actor, chain, reason)
             result.acknowledged.append(chain)
     result.missing = sorted(h.chain for h in witness.all() if h.chain not in tips and h.seq)
+    for chain in result.missing:  # accounts made after the backup: lost with it
+        audit_checks.acknowledge_lost_chain(ports, actor, chain, reason)
     _start_generations(ports, manifest)
 
 
