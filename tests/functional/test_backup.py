@@ -335,6 +335,9 @@ def test_a_new_machine_rebuilds_the_master_key_from_shares(made, tmp_path) -> No
     shutil.rmtree(cli.master_key_dir)
 
     with pytest.raises(CertvaultError) as caught:
+        restore_backup(cli.settings(), TEST_OPERATOR, good)  # no key here, and no shares
+    assert caught.value.code == "master_key_missing" and "--share-file" in caught.value.message
+    with pytest.raises(CertvaultError) as caught:
         restore_backup(cli.settings(), TEST_OPERATOR, good, wrong[:2])
     assert caught.value.code == "shares_invalid"
     with pytest.raises(CertvaultError) as caught:
@@ -356,3 +359,22 @@ def test_a_new_machine_rebuilds_the_master_key_from_shares(made, tmp_path) -> No
         assert drill.ok and drill.keys == 2
     finally:
         ports.close()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])  # SQLite has no password
+def test_the_database_password_is_never_shown(made, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """pg_dump and pg_restore get the password in their environment; no output, error or file
+    of the backup carries it (the test server trusts local connections and ignores it)."""
+    cli, good, _ = made
+    canary = "Canary-Pw-7f3e1b"
+    url = cli.database_url.replace("postgres@", f"postgres:{canary}@", 1)
+    restored = cli.run("restore", good, env={"CERTVAULT_DATABASE_URL": url})
+    assert restored.returncode == 0, cli_env.text(restored)
+    again = cli.run("restore", good, env={"CERTVAULT_DATABASE_URL": url})
+    assert "[restore_target_not_empty]" in cli_env.text(again)
+    made_again = cli.run("backup", tmp_path / "again", env={"CERTVAULT_DATABASE_URL": url})
+    assert made_again.returncode == 0, cli_env.text(made_again)
+    for proc in (restored, again, made_again):
+        assert canary not in proc.stdout + proc.stderr
+    for path in (tmp_path / "again").iterdir():
+        assert canary.encode() not in path.read_bytes()

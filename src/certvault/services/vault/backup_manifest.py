@@ -254,7 +254,12 @@ def parse_manifest(directory: Path) -> tuple[Manifest, dict[str, Any], str]:
 def _open_mac_key(mac_key: MacKey, master_key: MasterKeyProvider) -> bytes:
     try:
         return keyring.open_sealed_service_key(master_key, wrapped_mac_key(mac_key))
-    except (SealBroken, MasterKeyMissing, ValueError):
+    except MasterKeyMissing:
+        raise MasterKeyMissing(
+            "The master key this backup was made with is not configured here. Put it in place "
+            "(or restore with --share-file to rebuild it from custodians' shares) and try again."
+        ) from None
+    except (SealBroken, ValueError):
         raise BackupNotAuthentic(
             "The backup does not verify under the master key configured here: it was made by "
             "another installation (another master key), or its manifest was altered. Restore "
