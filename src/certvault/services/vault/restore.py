@@ -23,7 +23,7 @@ from pathlib import Path
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import create_engine, func, inspect, select, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 
@@ -31,7 +31,6 @@ from certvault.config import Settings
 from certvault.crypto import envelope
 from certvault.db import migrate
 from certvault.db.migrate import MIGRATIONS
-from certvault.db.models import Account, AuditEvent
 from certvault.errors import CertvaultError, ConfigurationError
 from certvault.masterkey import MasterKeyProvider
 from certvault.masterkey.file import FileMasterKeyProvider, MasterKeyExists, blob_version
@@ -41,8 +40,7 @@ from certvault.services.audit import log as audit
 from certvault.services.audit.checks import AuditProblem
 from certvault.services.kernel import seals
 from certvault.services.kernel.actors import Actor
-from certvault.services.kernel.ports import Ports, master_key_provider, open_ports
-from certvault.services.kernel.witness import ChainHead
+from certvault.services.kernel.ports import master_key_provider, open_ports
 from certvault.services.vault.backup import postgresql_tool, run_tool
 from certvault.services.vault.backup_manifest import (
     BackupInvalid,
@@ -53,6 +51,7 @@ from certvault.services.vault.backup_manifest import (
     read_manifest,
     wrapped_mac_key,
 )
+from certvault.services.vault.restore_witness import reconcile_witness, start_generations
 
 _CHUNK = 1024 * 1024
 
@@ -175,7 +174,11 @@ def _after_restore(
     try:
         if result.needs_upgrade:
             migrate.upgrade(ports.db)  # what `certvault init` would do next
-        _reconcile_witness(ports, actor, manifest, source, result)
+        tips, result.broken = audit_checks.database_tips(ports)
+        reason = f"restored from backup {source.name} made {manifest.created_at}"
+        found = reconcile_witness(ports, actor, tips, reason)
+        result.started, result.acknowledged, result.missing = found
+        start_generations(ports, manifest.witness_generations.get(seals.INSTALLATION, 0))
         seals.seal_existing(ports)  # tables sealed since the backup's version, if any
         ports.db.run(
             lambda session: audit.record(
@@ -365,70 +368,3 @@ def _restore_postgresql(settings: Settings, url: URL, source: Path, manifest: Ma
         run_tool([*args, "--no-password", f"--dbname={url.database}", str(copy)], url)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-# --- the witness --------------------------------------------------------------------------------
-
-
-def _reconcile_witness(
-    ports: Ports, actor: Actor, manifest: Manifest, source: Path, result: RestoreResult
-) -> None:
-    """Compare the restored chains with the witness outside; never move the witness back."""
-    witness = ports.audit_heads
-    witness.ensure_directory()
-    tips, result.broken = audit_checks.database_tips(ports)
-    reason = f"restored from backup {source.name} made {manifest.created_at}"
-    for chain, tip in tips.items():
-        seen = witness.read(chain)
-        if seen is None:
-            if tip.seq:
-                witness.advance([tip])
-                result.started.append(chain)
-        elif seen.seq <= tip.seq and _holds(ports, chain, seen):
-            if seen.seq < tip.seq:
-                witness.advance([tip])  # the same chain, further on: a writer would do this
-        else:
-            audit_checks.acknowledge_restore(ports, actor, chain, reason)
-            result.acknowledged.append(chain)
-    result.missing = sorted(h.chain for h in witness.all() if h.chain not in tips and h.seq)
-    for chain in result.missing:  # accounts made after the backup: lost with it
-        audit_checks.acknowledge_lost_chain(ports, actor, chain, reason)
-    _start_generations(ports, manifest)
-
-
-def _holds(ports: Ports, chain: str, seen: ChainHead) -> bool:
-    """Whether the restored chain holds the witnessed event (its MAC checked by the walk)."""
-    with ports.db.read() as session:
-        mac = session.scalar(
-            select(AuditEvent.mac).where(AuditEvent.chain == chain, AuditEvent.seq == seen.seq)
-        )
-    return mac is not None and mac == seen.mac
-
-
-def _start_generations(ports: Ports, manifest: Manifest) -> None:
-    """Where the witness has no grant generation yet (a fresh home), start it from the restored
-    rows: the highest generation any of an account's grant rows was sealed at."""
-    witness = ports.audit_heads
-    if witness.generation(seals.INSTALLATION) == 0:
-        # The seals this installation had made (from the authenticated manifest): from here on
-        # a row without a MAC in those tables is refused, never sealed by `certvault init`.
-        sealed = manifest.witness_generations.get(seals.INSTALLATION, 0)
-        witness.advance_generation(seals.INSTALLATION, min(sealed, seals.SEALS))
-    with ports.db.read() as session:
-        connection = session.connection()
-        highest: dict[int, int] = {}
-        for spec in seals.GRANTS:
-            table = spec.model.__table__
-            owner = table.c.id if spec.model is Account else table.c.account_id
-            if "grant_generation" not in table.c or not inspect(connection).has_table(table.name):
-                continue
-            for account_id, generation in connection.execute(
-                select(owner, func.max(table.c.grant_generation)).group_by(owner)
-            ):
-                if account_id is not None and generation is not None:
-                    highest[account_id] = max(highest.get(account_id, 0), int(generation))
-        uuids = {row.id: row.uuid for row in connection.execute(select(Account.id, Account.uuid))}
-    for account_id, generation in highest.items():
-        account_uuid = uuids.get(account_id)
-        if account_uuid and witness.generation(account_uuid) == 0 and generation > 0:
-            witness.advance_generation(account_uuid, generation)
