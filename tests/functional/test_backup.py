@@ -156,6 +156,9 @@ def test_backup_refuses_an_existing_path(cli, tmp_path) -> None:  # type: ignore
     try:
         with pytest.raises(BackupExists):
             make_backup(ports, TEST_OPERATOR, link)
+        with pytest.raises(CertvaultError, match="does not exist") as caught:
+            make_backup(ports, TEST_OPERATOR, tmp_path / "no-such-folder" / "backup")
+        assert caught.value.code == "invalid_input"
     finally:
         ports.close()
     assert not (tmp_path / "nowhere").exists()

@@ -100,6 +100,8 @@ def make_backup(ports: Ports, actor: Actor, out: Path) -> BackupResult:
         os.mkdir(out, 0o700)
     except FileExistsError:
         raise BackupExists(f"{out} exists; a backup is written to a new path only.") from None
+    except OSError as exc:
+        raise InvalidInput(f"Cannot make the folder {out}: {exc.strerror}.") from None
     try:
         kind: DatabaseKind = "sqlite" if ports.db.is_sqlite else "postgresql"
         target = out / DATA_FILES[kind]
