@@ -25,7 +25,7 @@ from certvault.services.audit import checks as audit_checks
 from certvault.services.directory import accounts
 from certvault.services.kernel import keyring, seals
 from certvault.services.kernel.ports import open_ports
-from certvault.services.vault.backup import BackupExists, make_backup
+from certvault.services.vault.backup import BackupExists, file_digest, make_backup
 from certvault.services.vault.backup_manifest import (
     MAC_KEY_PURPOSE,
     MANIFEST,
@@ -451,5 +451,45 @@ def test_a_backup_made_while_keys_are_archived_is_consistent(cli, tmp_path) -> N
         drill = verify_escrow(ports, TEST_OPERATOR)
         assert drill.ok and drill.keys == manifest.counts["escrowed_keys"] >= 2
         assert audit_checks.verify_chains(ports).ok
+    finally:
+        ports.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # the schema step is the same on both
+def test_a_backup_of_an_older_schema_is_brought_up_to_date(made, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A backup made by an older version (one migration behind) restores, and the restore runs
+    the migrations `certvault init` would."""
+    from alembic import command
+
+    from certvault.db import migrate
+    from certvault.db.engine import Database
+
+    cli, good, secret = made
+    older = _copy(good, tmp_path, "older")
+    data = _data_file(older)
+    db = Database(f"sqlite:///{data}")
+    try:
+        command.downgrade(migrate.alembic_config(db), "0012")
+    finally:
+        db.dispose()
+    for stray in older.iterdir():  # what opening it left beside it
+        if stray.name not in (MANIFEST, data.name):
+            stray.unlink()
+    size, digest = file_digest(data)
+    _edit_manifest(
+        older,
+        secret,
+        alembic_revision="0012",
+        files=[{"name": data.name, "sha256": digest, "size": size}],
+    )
+    result = restore_backup(cli.settings(), TEST_OPERATOR, older)
+    assert result.needs_upgrade
+    assert cli.sql("SELECT version_num FROM alembic_version") == [("0013",)]
+    assert cli.sql("SELECT count(*) FROM duty_locks") == [(0,)]
+    ports = cli.ports()
+    try:
+        assert seals.check_rows(ports).ok and audit_checks.verify_chains(ports).ok
+        drill = verify_escrow(ports, TEST_OPERATOR)
+        assert drill.ok and drill.keys == 2
     finally:
         ports.close()
