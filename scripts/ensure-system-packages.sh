@@ -5,6 +5,8 @@ need=()
 command -v openssl >/dev/null || need+=(openssl)
 command -v psql >/dev/null || need+=(postgresql-client)
 command -v certtool >/dev/null || need+=(gnutls-bin)
+# Backup and restore of PostgreSQL drive pg_dump and pg_restore.
+command -v pg_dump >/dev/null && command -v pg_restore >/dev/null || need+=(postgresql-client)
 # The interop suite (tests/interop) opens files the way Firefox/Thunderbird (NSS) and Java do.
 command -v pk12util >/dev/null && command -v certutil >/dev/null || need+=(libnss3-tools)
 command -v keytool >/dev/null || need+=(openjdk-17-jre-headless)

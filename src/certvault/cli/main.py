@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from certvault import __version__
+from certvault.cli import backup as backup_commands
 from certvault.cli import keys as keys_commands
 from certvault.cli.admin_password import reset_password
 from certvault.cli.admin_totp import reset_totp
@@ -53,6 +54,8 @@ app.command("serve")(serve)
 app.command("verify")(verify)
 admin_app.command("reset-totp")(reset_totp)
 admin_app.command("reset-password")(reset_password)
+app.command("backup")(backup_commands.backup_command)
+app.command("restore")(backup_commands.restore_command)
 
 
 @app.command()

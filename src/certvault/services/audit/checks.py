@@ -4,10 +4,11 @@ account each event is filed under; and the operator's acknowledgement of a delib
 from __future__ import annotations
 
 import hmac
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from certvault.db.models import Account, AuditEvent, AuditHead
@@ -32,6 +33,8 @@ from certvault.services.kernel.actors import Actor, Scope
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.tenancy import get_account
 from certvault.services.kernel.witness import ChainHead
+
+CHAIN_LOST = "audit.chain_lost_acknowledged"
 
 
 @dataclass(frozen=True)
@@ -67,14 +70,48 @@ def verify_chains(ports: Ports) -> AuditReport:
         owners = _account_ids(session)
         chains = set(session.scalars(select(AuditEvent.chain).distinct()))
         heads = {h.chain: h for h in ports.audit_heads.all()}
+        lost = _lost_chains(session, key)
         for chain in sorted(chains | set(heads)):
             report.chains += 1
             check = _verify_chain(session, key, chain, heads.get(chain), owners)
             report.events += check.events
             report.acknowledged.extend(check.acknowledged)
+            head = heads.get(chain)
+            if check.problem and not check.events and chain not in owners and head:
+                if lost.get(chain) == (head.seq, head.mac):
+                    report.acknowledged.append(
+                        AuditProblem(
+                            chain,
+                            head.seq,
+                            None,
+                            f"events 1..{head.seq} seen by the witness were acknowledged as "
+                            "lost with their account in a database restore",
+                        )
+                    )
+                    continue
             if check.problem:
                 report.problems.append(check.problem)
     return report
+
+
+def _lost_chains(session: Session, key: bytes) -> dict[str, tuple[int, str]]:
+    """Chains the operator acknowledged as lost whole in a restore (an account made after the
+    backup): chain -> the witness head it had, from MAC-proven installation events."""
+    found: dict[str, tuple[int, str]] = {}
+    events = session.scalars(
+        select(AuditEvent).where(
+            AuditEvent.chain == INSTALLATION_CHAIN, AuditEvent.action == CHAIN_LOST
+        )
+    )
+    for ev in events:
+        if not hmac.compare_digest(ev.mac, event_mac(key, ev)):
+            continue  # the installation chain's own check reports it
+        try:
+            details = json.loads(ev.details)
+            found[ev.target_id] = (int(details["witness_seq"]), str(details["witness_mac"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return found
 
 
 @dataclass(frozen=True)
@@ -169,6 +206,28 @@ def _verify_chain(
     return _Walk(problem, walk.events, walk.tip, walk.acknowledged, walk.tip_id)
 
 
+def database_tips(ports: Ports) -> tuple[dict[str, ChainHead], list[AuditProblem]]:
+    """Each chain's newest event as the database alone proves it, link by link, and the chains
+    that do not verify: what a restore compares with the witness outside."""
+    tips: dict[str, ChainHead] = {}
+    problems: list[AuditProblem] = []
+    with ports.db.read() as session:
+        key = audit_key(session, ports)
+        owners = _account_ids(session)
+        chains = set(session.scalars(select(AuditEvent.chain).distinct()))
+        chains |= set(session.scalars(select(AuditHead.chain)))
+        for chain in sorted(chains):
+            owner: int | None | bool = (
+                None if chain == INSTALLATION_CHAIN else owners.get(chain, False)
+            )
+            walk = _walk(session, key, chain, owner)
+            if walk.problem is not None:
+                problems.append(walk.problem)
+            else:
+                tips[chain] = walk.tip
+    return tips, problems
+
+
 def chain_named(ports: Ports, account_slug: str | None) -> str:
     """The chain of an account (or, for None, the installation's), found without reading the
     account's row: after a restore it may be older than the grant generation outside."""
@@ -238,6 +297,44 @@ def acknowledge_restore(ports: Ports, actor: Actor, chain: str, reason: str) -> 
             target_id=chain,
             details={
                 "after_seq": walk.tip.seq,
+                "witness_seq": witness.seq,
+                "witness_mac": witness.mac,
+                "reason": reason[:500],
+            },
+        )
+
+    return ports.db.run(work)
+
+
+def acknowledge_lost_chain(ports: Ports, actor: Actor, chain: str, reason: str) -> AuditEvent:
+    """After a restore of a backup older than an account: the witness keeps the chain of an
+    account the database no longer has. The operator's event on the installation chain names
+    the chain and the witness head it loses, and `certvault audit verify` names it from then on.
+    """
+    if not actor.is_operator:
+        raise Forbidden("Only the operator acknowledges a database restore.")
+    reason = reason.strip()
+    if not reason:
+        raise InvalidInput("Say why the database was restored (--reason).")
+    witness = ports.audit_heads.read(chain) if chain != INSTALLATION_CHAIN else None
+    if witness is None:
+        raise NotFound("No such audit chain.")
+
+    def work(session: Session) -> AuditEvent:
+        held = session.scalar(
+            select(func.count()).select_from(AuditEvent).where(AuditEvent.chain == chain)
+        )
+        if held or session.scalar(select(Account.id).where(Account.uuid == chain)) is not None:
+            raise Conflict("The database holds this chain: it was not lost whole.")
+        return record(
+            session,
+            ports,
+            account=None,
+            actor=actor,
+            action=CHAIN_LOST,
+            target_type="audit_chain",
+            target_id=chain,
+            details={
                 "witness_seq": witness.seq,
                 "witness_mac": witness.mac,
                 "reason": reason[:500],

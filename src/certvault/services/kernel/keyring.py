@@ -24,6 +24,7 @@ from certvault.db.models import (
     new_uuid,
 )
 from certvault.errors import CertvaultError
+from certvault.masterkey import MasterKeyProvider
 from certvault.services.kernel.ports import Ports
 
 
@@ -164,8 +165,14 @@ def create_service_key(
 
 
 def open_service_key(ports: Ports, row: ServiceKey) -> bytes:
+    return open_sealed_service_key(ports.master_key, row)
+
+
+def open_sealed_service_key(master_key: MasterKeyProvider, row: ServiceKey) -> bytes:
+    """A service key's material through the master-key provider alone, without the database:
+    how a backup's manifest key is opened before anything is restored."""
     aad = envelope.service_key_aad(row.uuid, row.purpose)
-    data_key = ports.master_key.unwrap(row.wrapped_data_key, aad)
+    data_key = master_key.unwrap(row.wrapped_data_key, aad)
     return envelope.open_sealed(data_key, envelope.Sealed(row.nonce, row.ciphertext), aad)
 
 
