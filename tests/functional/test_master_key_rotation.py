@@ -216,6 +216,9 @@ def test_migrate_into_the_token_then_retire_the_file_key(
         node.close()
 
 
+@pytest.mark.parametrize(
+    "backend", ["sqlite"], indirect=True
+)  # the token's part, not the database's
 def test_token_pulled_out_during_migration(
     ports: Ports,
     account: str,
