@@ -252,3 +252,31 @@ def test_token_pulled_out_during_migration(
         _everything_opens(node)
     finally:
         node.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_an_hsm_outage_answers_503_and_readiness_says_so(
+    ports: Ports, account: str, softhsm: SoftToken, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from certvault.web.app import create_app
+
+    softhsm.provider().create_version()
+    node = _token_ports(ports, softhsm, tmp_path)
+    try:
+        rotation.migrate(node, TEST_OPERATOR, "pkcs11")
+        client = TestClient(create_app(node), base_url="https://testserver")
+        assert client.get("/readyz").json()["checks"]["master_key"] is True
+        away = softhsm.pull_out()
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["master_key"] is False
+        with pytest.raises(Pkcs11TokenMissing) as caught:
+            accounts.create_account(node, TEST_OPERATOR, "Gamma", "gamma")
+        assert caught.value.status == 503
+        softhsm.put_back(away)
+        assert client.get("/readyz").status_code == 200
+        accounts.create_account(node, TEST_OPERATOR, "Gamma", "gamma")
+        assert set(_origins(node)) == {("pkcs11", 1)}
+    finally:
+        node.close()

@@ -457,8 +457,16 @@ class Pkcs11MasterKeyProvider:
             carrier.destroy()
 
     def is_available(self) -> bool:
+        """Whether the token answers for the newest key now (not from what this process knows)."""
+
+        def probe() -> None:
+            found = self._load()
+            if not found:
+                raise Pkcs11KeyMissing()
+            found[max(found)].key[Attribute.LABEL]  # noqa: B018 - a round trip to the token
+
         try:
-            self.version  # noqa: B018 - reaching the newest key is the check
+            self._with_token(probe)
         except ConfigurationError:
             return False
         return True
