@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from certvault.db.models import AccountKey, ServiceKey
-from certvault.errors import CertvaultError
+from certvault.errors import CertvaultError, InvalidInput
 from certvault.masterkey import blob_origin
 from certvault.masterkey.file import FileMasterKeyProvider
 from certvault.masterkey.pkcs11 import Pkcs11TokenMissing
@@ -151,6 +151,24 @@ def test_a_run_that_fails_midway_leaves_every_row_whole_and_a_rerun_finishes(
     _everything_opens(ports)
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_bad_requests_are_refused_and_change_nothing(ports: Ports, account: str) -> None:
+    blobs = _origins(ports)
+    for kind in ("bogus", "x" * 500, "file\n[red]", ""):
+        with pytest.raises(InvalidInput) as caught:
+            rotation.retire(ports, TEST_OPERATOR, kind, 1)
+        assert len(caught.value.message) < 200
+    for version in (0, -1, 2, 2**31):
+        with pytest.raises(CertvaultError) as refused:
+            rotation.retire(ports, TEST_OPERATOR, "file", version)
+        assert refused.value.code in ("invalid_input", "conflict")
+    for target in ("file", "PKCS11", "", "pkcs11 "):
+        with pytest.raises(InvalidInput):
+            rotation.migrate(ports, TEST_OPERATOR, target)
+    assert _origins(ports) == blobs
+    assert FileMasterKeyProvider(ports.settings.effective_master_key_dir).versions() == [1]
+
+
 def test_a_second_rotation_refuses_while_one_runs(ports: Ports, account: str) -> None:
     _escrow(ports)
     blobs = _origins(ports)
@@ -193,6 +211,8 @@ def test_migrate_into_the_token_then_retire_the_file_key(
         _everything_opens(node)
         dry = rotation.migrate(node, TEST_OPERATOR, "pkcs11", dry_run=True)
         assert dry.total == live and set(_origins(node)) == {("file", 1)}
+        with duty(node, rotation.DUTY), pytest.raises(DutyRunning):
+            rotation.migrate(node, TEST_OPERATOR, "pkcs11")
         report = rotation.migrate(node, TEST_OPERATOR, "pkcs11")
         assert report.total == live and report.by_origin == {"file v1": live}
         assert set(_origins(node)) == {("pkcs11", 1)}
@@ -278,5 +298,32 @@ def test_an_hsm_outage_answers_503_and_readiness_says_so(
         assert client.get("/readyz").status_code == 200
         accounts.create_account(node, TEST_OPERATOR, "Gamma", "gamma")
         assert set(_origins(node)) == {("pkcs11", 1)}
+    finally:
+        node.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_new_installation_starts_in_the_token(settings, softhsm: SoftToken, tmp_path: Path):
+    pin_file = tmp_path / "pin"
+    pin_file.write_text(softhsm.pin)
+    pin_file.chmod(0o600)
+    in_token = settings.model_copy(
+        update={
+            "master_key_provider": "pkcs11",
+            "pkcs11_token_label": softhsm.label,
+            "pkcs11_pin_file": pin_file,
+        }
+    )
+    node = open_ports(in_token)
+    try:
+        with pytest.raises(CertvaultError) as missing:
+            accounts.initialize(node, TEST_OPERATOR)
+        assert "kek create --provider pkcs11" in missing.value.message
+        assert not settings.effective_master_key_dir.exists()  # no file key made instead
+        softhsm.provider().create_version()
+        accounts.initialize(node, TEST_OPERATOR)
+        accounts.create_account(node, TEST_OPERATOR, "Acme Corp", "acme", key_vault_enabled=True)
+        assert set(_origins(node)) == {("pkcs11", 1)}
+        assert audit_checks.verify_chains(node).ok
     finally:
         node.close()
