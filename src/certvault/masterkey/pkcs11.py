@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -28,18 +27,14 @@ from typing import Any, TypeVar
 import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11e
-from pkcs11.mechanisms import GCMParams
 
 from certvault.errors import ConfigurationError, SealBroken
 from certvault.masterkey import FORMAT_PKCS11_GCM, FORMAT_PKCS11_KEY_WRAP, HEADER
+from certvault.masterkey import pkcs11_mechanisms as mechanisms
 from certvault.masterkey.file import MasterKeyMissing
 
 T = TypeVar("T")
 MECHANISMS = ("auto", "gcm", "key-wrap")
-_NONCE = 12
-_TAG = 16
-_MAC = 32
-_LENGTH = struct.Struct(">I")
 _RELOAD_SECONDS = 30.0
 LABEL = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -362,66 +357,35 @@ class Pkcs11MasterKeyProvider:
                 raise Pkcs11KeyMissing()
             entry = self._versions[version]
             if self._gcm:
-                header = HEADER.pack(FORMAT_PKCS11_GCM, version)
-                nonce = os.urandom(_NONCE)
-                params = GCMParams(nonce, header + aad, _TAG * 8)
-                return (
-                    header
-                    + nonce
-                    + entry.key.encrypt(data, mechanism_param=params, mechanism=Mechanism.AES_GCM)
+                return mechanisms.gcm_wrap(
+                    entry.key, HEADER.pack(FORMAT_PKCS11_GCM, version), data, aad
                 )
-            return self._key_wrap(entry, version, data, aad)
+            header = HEADER.pack(FORMAT_PKCS11_KEY_WRAP, version)
+            mac_key = self._mac_key(entry, version)
+            return mechanisms.key_wrap(self._session, entry.key, mac_key, header, data, aad)
 
         return self._with_token(work)
 
-    def _key_wrap(self, entry: _Version, version: int, data: bytes, aad: bytes) -> bytes:
+    def _mac_key(self, entry: _Version, version: int) -> Any:
         if entry.mac is None:
             raise MasterKeyMissing(f"The token holds no {self.key_label}-mac-v{version} key.")
-        if len(data) % 8 or not 16 <= len(data) <= 1024:
-            # Everything certvault wraps is a 256-bit key; whole blocks avoid padding quirks.
-            raise ConfigurationError("Key wrapping takes 16 to 1024 bytes in 8-byte blocks.")
-        header = HEADER.pack(FORMAT_PKCS11_KEY_WRAP, version)
-        session = self._session
-        # The bytes enter the token as a short-lived session object, so that C_WrapKey can
-        # wrap them; it is destroyed at once.
-        carrier = session.create_object(
-            {
-                Attribute.CLASS: ObjectClass.SECRET_KEY,
-                Attribute.KEY_TYPE: KeyType.GENERIC_SECRET,
-                Attribute.TOKEN: False,
-                Attribute.VALUE: data,
-                Attribute.EXTRACTABLE: True,
-                Attribute.SENSITIVE: False,
-            }
-        )
-        try:
-            wrapped = entry.key.wrap_key(carrier, mechanism=Mechanism.AES_KEY_WRAP_PAD)
-        finally:
-            carrier.destroy()
-        tag = entry.mac.sign(_mac_input(header, wrapped, aad), mechanism=Mechanism.SHA256_HMAC)
-        return header + wrapped + bytes(tag)
+        return entry.mac
 
     def unwrap(self, blob: bytes, aad: bytes) -> bytes:
-        if len(blob) < HEADER.size + _NONCE + _TAG:
+        if len(blob) < HEADER.size + mechanisms.NONCE + mechanisms.TAG:
             raise SealBroken("A wrapped key is truncated.")
         fmt, version = HEADER.unpack(blob[: HEADER.size])
         if fmt not in (FORMAT_PKCS11_GCM, FORMAT_PKCS11_KEY_WRAP):
             raise SealBroken("A wrapped key has an unknown format.")
-        header = blob[: HEADER.size]
+        header, body = blob[: HEADER.size], blob[HEADER.size :]
 
         def work() -> bytes | None:
             entry = self._version_key(version)
             try:
                 if fmt == FORMAT_PKCS11_GCM:
-                    nonce, ct = (
-                        blob[HEADER.size : HEADER.size + _NONCE],
-                        blob[HEADER.size + _NONCE :],
-                    )
-                    params = GCMParams(nonce, header + aad, _TAG * 8)
-                    return bytes(
-                        entry.key.decrypt(ct, mechanism=Mechanism.AES_GCM, mechanism_param=params)
-                    )
-                return self._key_unwrap(entry, version, header, blob[HEADER.size :], aad)
+                    return mechanisms.gcm_unwrap(entry.key, header, body, aad)
+                mac_key = self._mac_key(entry, version)
+                return mechanisms.key_unwrap(entry.key, mac_key, header, body, aad)
             except p11e.PKCS11Error:
                 # A token that failed the tag looks like one that went away (GeneralError):
                 # ask it something harmless to tell the two apart.
@@ -432,29 +396,6 @@ class Pkcs11MasterKeyProvider:
         if plain is None:
             raise SealBroken("A wrapped key failed authentication under the master key.")
         return plain
-
-    def _key_unwrap(
-        self, entry: _Version, version: int, header: bytes, rest: bytes, aad: bytes
-    ) -> bytes | None:
-        if entry.mac is None:
-            raise MasterKeyMissing(f"The token holds no {self.key_label}-mac-v{version} key.")
-        wrapped, tag = rest[:-_MAC], rest[-_MAC:]
-        if not entry.mac.verify(
-            _mac_input(header, wrapped, aad), tag, mechanism=Mechanism.SHA256_HMAC
-        ):
-            return None
-        carrier = entry.key.unwrap_key(
-            ObjectClass.SECRET_KEY,
-            KeyType.GENERIC_SECRET,
-            wrapped,
-            mechanism=Mechanism.AES_KEY_WRAP_PAD,
-            store=False,
-            template={Attribute.EXTRACTABLE: True, Attribute.SENSITIVE: False},
-        )
-        try:
-            return bytes(carrier[Attribute.VALUE])
-        finally:
-            carrier.destroy()
 
     def is_available(self) -> bool:
         """Whether the token answers for the newest key now (not from what this process knows)."""
@@ -470,8 +411,3 @@ class Pkcs11MasterKeyProvider:
         except ConfigurationError:
             return False
         return True
-
-
-def _mac_input(header: bytes, wrapped: bytes, aad: bytes) -> bytes:
-    # Lengths first, so that no split of wrapped bytes and associated data reads as another.
-    return header + _LENGTH.pack(len(wrapped)) + wrapped + _LENGTH.pack(len(aad)) + aad
