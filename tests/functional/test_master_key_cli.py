@@ -126,7 +126,7 @@ def test_token_errors_are_clear_and_never_echo_the_pin(
     sqlite_cli: Cli, softhsm: SoftToken, tmp_path: Path
 ) -> None:
     cli = sqlite_cli
-    _ok(cli.run("init"))
+    cli.bootstrap()
     wrong = "wrong-pin-canary-5521"
     bad_pin = softhsm.env(write_secret(tmp_path / "wrong", wrong))
     said = _refused(
@@ -156,7 +156,7 @@ def test_token_errors_are_clear_and_never_echo_the_pin(
 
 def test_a_master_key_file_others_can_read_stops_every_kek_command(sqlite_cli: Cli) -> None:
     cli = sqlite_cli
-    _ok(cli.run("init"))
+    cli.bootstrap()
     key_file = cli.master_key_dir / "master-v1.key"
     key_file.chmod(0o644)
     for args in (
