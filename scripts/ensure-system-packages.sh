@@ -14,6 +14,8 @@ command -v keytool >/dev/null || need+=(openjdk-17-jre-headless)
 # text needs a font that has every glyph.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -d /usr/share/fonts/truetype/dejavu ] || need+=(fonts-dejavu-core)
+# The pkcs11 master-key provider is tested against a real SoftHSM2 token.
+command -v softhsm2-util >/dev/null && [ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

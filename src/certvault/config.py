@@ -16,6 +16,14 @@ class Settings(BaseSettings):
     database_url: str | None = None
     master_key_provider: str = "file"
     master_key_dir: Path | None = None
+    # The pkcs11 provider (docs/master-key.md): the PIN comes from a 0600 file or the
+    # environment, never from a command line.
+    pkcs11_module: str = "/usr/lib/softhsm/libsofthsm2.so"
+    pkcs11_token_label: str | None = None
+    pkcs11_key_label: str = Field(default="certvault-master", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    pkcs11_pin_file: Path | None = None
+    pkcs11_pin: SecretStr | None = None
+    pkcs11_mechanism: str = Field(default="auto", pattern="^(auto|gcm|key-wrap)$")
     audit_head_dir: Path | None = None
     # The audit witness for several nodes: a Redis the database's credentials cannot write.
     audit_witness_url: str | None = None

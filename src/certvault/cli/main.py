@@ -11,6 +11,7 @@ import typer
 from certvault import __version__
 from certvault.cli import backup as backup_commands
 from certvault.cli import keys as keys_commands
+from certvault.cli import master_key as master_key_commands
 from certvault.cli.admin_password import reset_password
 from certvault.cli.admin_totp import reset_totp
 from certvault.cli.agent import agent_app
@@ -45,6 +46,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(mail_app, name="mail")
 app.add_typer(token_app, name="token")
 app.add_typer(keys_commands.kek_app, name="kek")
+master_key_commands.register(keys_commands.kek_app)
 app.add_typer(ca_app, name="ca")
 app.add_typer(form_app, name="form")
 app.add_typer(agent_app, name="agent")

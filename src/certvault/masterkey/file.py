@@ -9,17 +9,20 @@ from __future__ import annotations
 import os
 import re
 import stat
-import struct
+import time
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from certvault.errors import ConfigurationError, SealBroken
+from certvault.masterkey import FORMAT_FILE, HEADER
 
 KEY_BYTES = 32
-_FORMAT = 1
-_HEADER = struct.Struct(">BI")  # format, master-key version
+_FORMAT = FORMAT_FILE
+_HEADER = HEADER  # format, master-key version
+# Another process may add a version (rotation): keys on disk are read again after this long.
+_RELOAD_SECONDS = 30.0
 _NAME = re.compile(r"^master-v(\d+)\.key$")
 
 
@@ -85,6 +88,7 @@ class FileMasterKeyProvider:
     def __init__(self, directory: Path) -> None:
         self._dir = directory
         self._keys: dict[int, bytes] | None = None
+        self._loaded_at = 0.0
 
     # --- creation -----------------------------------------------------------------------------
 
@@ -115,22 +119,33 @@ class FileMasterKeyProvider:
         _check_private(directory, directory=True)
         if cls(directory).versions_on_disk():
             raise MasterKeyExists()
-        path = directory / f"master-v{version}.key"
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except FileExistsError:
-            raise MasterKeyExists() from None
-        try:
-            os.write(fd, key)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _write_key(directory, version, key)
         return cls(directory)
+
+    # --- rotation -----------------------------------------------------------------------------
+
+    def versions(self) -> list[int]:
+        return self.versions_on_disk()
+
+    def create_version(self) -> int:
+        """Write ``master-v{N+1}.key`` (0600, O_EXCL); new wraps use it from now on."""
+        _check_private(self._dir, directory=True)
+        version = max(self._load()) + 1
+        _write_key(self._dir, version, os.urandom(KEY_BYTES))
+        self._keys = None
+        return version
+
+    def retire_version(self, version: int) -> None:
+        """Delete ``master-v{version}.key``. Callers check first that no blob uses it and that
+        new wraps do not."""
+        keys = self._load()
+        if version not in keys:
+            keys = self._load(fresh=True)  # made by a rotation since this process read them
+        if version not in keys:
+            raise MasterKeyMissing(f"Master key version {version} is not here.")
+        (self._dir / f"master-v{version}.key").unlink()
+        _fsync_directory(self._dir)
+        self._keys = None
 
     # --- loading ------------------------------------------------------------------------------
 
@@ -140,8 +155,9 @@ class FileMasterKeyProvider:
         found = (_NAME.match(p.name) for p in self._dir.iterdir())
         return sorted(int(m.group(1)) for m in found if m)
 
-    def _load(self) -> dict[int, bytes]:
-        if self._keys is not None:
+    def _load(self, *, fresh: bool = False) -> dict[int, bytes]:
+        stale = time.monotonic() - self._loaded_at > _RELOAD_SECONDS
+        if self._keys is not None and not fresh and not stale:
             return self._keys
         if not self._dir.is_dir():
             raise MasterKeyMissing()
@@ -160,7 +176,7 @@ class FileMasterKeyProvider:
             keys[version] = data
         if not keys:
             raise MasterKeyMissing()
-        self._keys = keys
+        self._keys, self._loaded_at = keys, time.monotonic()
         return keys
 
     @property
@@ -196,3 +212,25 @@ class FileMasterKeyProvider:
 
         keys = self._load()
         return split_secret(keys[max(keys)], threshold, count)
+
+
+def _write_key(directory: Path, version: int, key: bytes) -> None:
+    path = directory / f"master-v{version}.key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise MasterKeyExists() from None
+    try:
+        os.write(fd, key)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

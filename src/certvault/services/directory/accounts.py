@@ -51,7 +51,10 @@ def initialize(ports: Ports, actor: Actor) -> InitResult:
                 "Rebuild it with `certvault kek restore-shares`; certvault will not make a new one."
             )
         if not isinstance(ports.master_key, FileMasterKeyProvider):
-            raise MasterKeyMissing()
+            raise MasterKeyMissing(
+                f"The {ports.master_key.name} provider holds no master key; create it first "
+                f"(`certvault kek create --provider {ports.master_key.name}`)."
+            )
         FileMasterKeyProvider.create(ports.master_key.directory)
         created_key = True
 

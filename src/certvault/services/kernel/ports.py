@@ -7,6 +7,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from certvault.config import Settings
 from certvault.crypto.keys import PrivateKey
@@ -15,6 +16,9 @@ from certvault.errors import ConfigurationError
 from certvault.masterkey import MasterKeyProvider
 from certvault.masterkey.file import FileMasterKeyProvider
 from certvault.services.kernel.witness import AuditHeadStore, Witness
+
+if TYPE_CHECKING:
+    from certvault.masterkey.pkcs11 import Pkcs11MasterKeyProvider
 
 # Where a session finds the ports it was opened with (row seals need the master key and witness).
 PORTS_INFO = "certvault_ports"
@@ -46,11 +50,45 @@ class Ports:
 
 
 def master_key_provider(settings: Settings) -> MasterKeyProvider:
+    if settings.master_key_provider == "pkcs11":
+        from certvault.masterkey.chain import MasterKeyChain
+
+        token = pkcs11_provider(settings)
+        files = file_master_key_provider(settings)
+        # A file key still on disk keeps opening what it wrapped until `kek migrate` is done.
+        return MasterKeyChain(token, files) if files.versions_on_disk() else MasterKeyChain(token)
     if settings.master_key_provider != "file":
         raise ConfigurationError(
             f"Unknown master-key provider {settings.master_key_provider[:40]!r}; "
-            "this version supports 'file'."
+            "this version supports 'file' and 'pkcs11'."
         )
+    return file_master_key_provider(settings)
+
+
+def pkcs11_provider(settings: Settings) -> Pkcs11MasterKeyProvider:
+    """The token provider the CERTVAULT_PKCS11_* settings describe (its session opens lazily)."""
+    from certvault.masterkey.pkcs11 import Pkcs11MasterKeyProvider, read_pin_file
+
+    if not settings.pkcs11_token_label:
+        raise ConfigurationError("Set CERTVAULT_PKCS11_TOKEN_LABEL to use the pkcs11 provider.")
+    if settings.pkcs11_pin_file is not None:
+        pin = read_pin_file(settings.pkcs11_pin_file.expanduser())
+    elif settings.pkcs11_pin is not None:
+        pin = settings.pkcs11_pin.get_secret_value()
+    else:
+        raise ConfigurationError(
+            "Set CERTVAULT_PKCS11_PIN_FILE (a 0600 file) or CERTVAULT_PKCS11_PIN for the token."
+        )
+    return Pkcs11MasterKeyProvider(
+        settings.pkcs11_module,
+        settings.pkcs11_token_label,
+        settings.pkcs11_key_label,
+        pin,
+        mechanism=settings.pkcs11_mechanism,
+    )
+
+
+def file_master_key_provider(settings: Settings) -> FileMasterKeyProvider:
     key_dir = settings.effective_master_key_dir
     db_dir = settings.database_dir if settings.database_url is None else None
     if db_dir is not None and (key_dir == db_dir or db_dir in key_dir.parents):
