@@ -32,11 +32,13 @@ from certvault.services.vault.backup_manifest import (
     MANIFEST_MAX_BYTES,
     manifest_mac,
 )
-from certvault.services.vault.restore import restore_backup
+from certvault.services.vault.restore import _head_revision, restore_backup
 from certvault.services.vault.verification import verify_escrow
 from tests.conftest import TEST_OPERATOR, _pg_exec, make_settings
 from tests.functional import cli_env
 from tests.functional.backup_helpers import archive_keys, destroy_database, escrowed_key_uuids
+
+HEAD = _head_revision()  # the newest schema this code knows
 
 
 @pytest.fixture
@@ -79,8 +81,9 @@ def test_backup_and_restore_into_a_fresh_home(cli, tmp_path) -> None:  # type: i
     for path in backup.iterdir():  # never the master key, in any file of the backup
         assert master not in path.read_bytes()
     manifest = json.loads((backup / MANIFEST).read_text())["manifest"]
-    assert manifest["counts"]["escrowed_keys"] == 3 and manifest["alembic_revision"] == "0013"
+    assert manifest["counts"]["escrowed_keys"] == 3 and manifest["alembic_revision"] == HEAD
     assert manifest["master_key"]["versions"] == [1]
+    assert manifest["master_key"]["held_by"] == ["file v1"]
 
     destroy_database(cli, witness=True)  # a fresh home: only the master key is left
     restored = cli.run("restore", backup)
@@ -484,7 +487,7 @@ def test_a_backup_of_an_older_schema_is_brought_up_to_date(made, tmp_path) -> No
     )
     result = restore_backup(cli.settings(), TEST_OPERATOR, older)
     assert result.needs_upgrade
-    assert cli.sql("SELECT version_num FROM alembic_version") == [("0013",)]
+    assert cli.sql("SELECT version_num FROM alembic_version") == [(HEAD,)]
     assert cli.sql("SELECT count(*) FROM duty_locks") == [(0,)]
     ports = cli.ports()
     try:

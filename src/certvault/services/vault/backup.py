@@ -37,7 +37,7 @@ from certvault.db.models import (
     ServiceKey,
 )
 from certvault.errors import CertvaultError, ConfigurationError, InvalidInput, SealBroken
-from certvault.masterkey.file import blob_version
+from certvault.masterkey import blob_origin
 from certvault.services.audit import log as audit
 from certvault.services.kernel import keyring, seals
 from certvault.services.kernel.actors import Actor
@@ -123,7 +123,9 @@ def make_backup(ports: Ports, actor: Actor, out: Path) -> BackupResult:
             counts=facts.counts,
             witness_heads=heads,
             witness_generations=generations,
-            master_key=MasterKeyNeeds(provider=ports.master_key.name, versions=facts.versions),
+            master_key=MasterKeyNeeds(
+                provider=ports.master_key.name, versions=facts.versions, held_by=facts.held_by
+            ),
             mac_key=mac_key_of(mac_row),
         )
         write_manifest(out, manifest, secret)
@@ -156,6 +158,7 @@ class _Facts:
     created_at: str
     counts: dict[str, int]
     versions: list[int]
+    held_by: list[str]
     server_version: str | None = None
 
 
@@ -171,11 +174,11 @@ def _facts(connection: Connection, created_at: str) -> _Facts:
         raise ConfigurationError("The database holds no certvault installation to back up.")
     blobs = [*connection.scalars(select(AccountKey.wrapped_key))]
     blobs += connection.scalars(select(ServiceKey.wrapped_data_key))
-    versions: set[int] = set()
+    origins: set[tuple[str, int]] = set()
     for blob in blobs:
         try:
-            versions.add(blob_version(blob))
-        except SealBroken:  # another provider's format: `certvault verify` checks it
+            origins.add(blob_origin(blob))
+        except SealBroken:  # not a blob any provider made: `certvault verify` names it
             continue
     return _Facts(
         installation=str(installation),
@@ -189,7 +192,8 @@ def _facts(connection: Connection, created_at: str) -> _Facts:
             "audit_events": count(AuditEvent),
             "audit_chains": count(AuditHead),
         },
-        versions=sorted(versions),
+        versions=sorted({version for _, version in origins}),
+        held_by=[f"{kind} v{version}" for kind, version in sorted(origins)],
     )
 
 

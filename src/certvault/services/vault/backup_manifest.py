@@ -81,6 +81,9 @@ class WitnessHead(_Strict):
 class MasterKeyNeeds(_Strict):
     provider: str = Field(max_length=40)
     versions: list[int] = Field(max_length=1000)
+    # Each version named with the provider kind that holds it ("file v1", "pkcs11 v2"): after a
+    # migration into a token, a backup may need versions of both.
+    held_by: list[str] = Field(default_factory=list, max_length=1000)
 
 
 class MacKey(_Strict):
