@@ -371,4 +371,5 @@ def verify(account: Annotated[str | None, typer.Option(help="Only this account."
 
 
 def main() -> None:
-    app()
+    # A database that goes away mid-command is reported in one line, as everything else is.
+    guarded(app)
