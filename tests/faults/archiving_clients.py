@@ -187,6 +187,13 @@ class ArchivingClients:
             t.join(timeout=self.timeout + 10)
             assert not t.is_alive(), "a client hangs"
 
+    def stop_when_done(self, timeout: float) -> None:
+        """Wait for clients whose ``next_upload`` runs out, then stop the rest."""
+        for t in self._threads[: self.count]:
+            t.join(timeout=timeout)
+            assert not t.is_alive(), "a client hangs"
+        self.stop()
+
     def acknowledged(self) -> list[Answer]:
         with self._lock:
             return [a for a in self.answers if a.acknowledged]

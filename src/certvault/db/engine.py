@@ -94,7 +94,11 @@ class Database:
         else:
             # No pre-ping (a round trip per checkout): a connection found dead is invalidated by
             # SQLAlchemy and `run` starts the unit of work again on a fresh one.
-            self.engine = create_engine(self.url, echo=echo, hide_parameters=True)
+            # A database host that does not answer at all is given up on, not waited for.
+            timeout = {} if "connect_timeout" in self.url.query else {"connect_timeout": 10}
+            self.engine = create_engine(
+                self.url, echo=echo, hide_parameters=True, connect_args=timeout
+            )
             _configure_postgresql(self.engine)
         # Copied into every session's ``info`` (the services put their ports here).
         self.session_info: dict[str, Any] = {}
