@@ -12,6 +12,11 @@ command -v keytool >/dev/null || need+=(openjdk-17-jre-headless)
 # text needs a font that has every glyph.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -d /usr/share/fonts/truetype/dejavu ] || need+=(fonts-dejavu-core)
+# The fault drills (tests/faults) start private PostgreSQL clusters with initdb/pg_ctl, and in
+# their long form make a loop-mounted ext4 filesystem.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v runuser >/dev/null && command -v losetup >/dev/null || need+=(util-linux)
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -16,8 +16,11 @@ from cryptography.hazmat.primitives.serialization import (
 from sqlalchemy import select
 
 from certvault.db.models import AuditEvent, Certificate, EscrowedKey
+from certvault.services.audit import checks as audit_checks
+from certvault.services.kernel import seals
 from certvault.services.vault import release
 from certvault.services.vault.archive import ARCHIVE
+from certvault.services.vault.verification import verify_escrow
 from tests.conftest import TEST_OPERATOR
 from tests.faults.archiving_clients import ACCOUNT, Answer, Upload
 from tests.functional import cli_env
@@ -94,6 +97,7 @@ class Records:
     keys: int
     keyed_certificates: int
     keys_without_certificate: int
+    certificates_without_key: int
     certificates_without_archive_event: int
     archive_events: int
 
@@ -127,18 +131,33 @@ def records(cli: cli_env.Cli) -> Records:
         keys=len(key_ids),
         keyed_certificates=len(keyed),
         keys_without_certificate=len(key_ids - set(keyed.values())),
+        certificates_without_key=sum(1 for k in keyed.values() if k not in key_ids),
         certificates_without_archive_event=sum(1 for c in keyed if str(c) not in events),
         archive_events=len(archived),
     )
 
 
-def assert_clean(cli: cli_env.Cli) -> None:
+def assert_clean(cli: cli_env.Cli, *, commands: bool = True) -> None:
     """`certvault verify` (seals, and every key opened and matched) and `certvault audit
-    verify` both exit 0, and no partial record is left."""
-    verify = cli.run("verify")
-    assert verify.returncode == 0, cli_env.text(verify)
-    audit = cli.run("audit", "verify")
-    assert audit.returncode == 0, cli_env.text(audit)
+    verify` both exit 0, and no partial record is left. ``commands=False`` runs the same checks
+    in-process (the services behind both commands), sparing two interpreter starts."""
+    if commands:
+        verify = cli.run("verify")
+        assert verify.returncode == 0, cli_env.text(verify)
+        audit = cli.run("audit", "verify")
+        assert audit.returncode == 0, cli_env.text(audit)
+    else:
+        ports = cli.ports()
+        try:
+            rows = seals.check_rows(ports)
+            assert rows.ok, rows.problems
+            drill = verify_escrow(ports, TEST_OPERATOR)
+            assert drill.ok, drill.failures
+            chains = audit_checks.verify_chains(ports)
+            assert chains.ok, chains.problems
+        finally:
+            ports.close()
     found = records(cli)
     assert found.keys_without_certificate == 0, found
+    assert found.certificates_without_key == 0, found
     assert found.certificates_without_archive_event == 0, found

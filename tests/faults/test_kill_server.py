@@ -43,7 +43,8 @@ def test_kill_9_the_server_while_clients_archive(
     cli: cli_env.Cli, backend: str, tmp_path: Path
 ) -> None:
     vault = prepare_vault(cli, CLIENTS)
-    server = ServerProcess(cli, tmp_path / "serve.log")
+    # The long form kills a master and its two workers; the short one a single process.
+    server = ServerProcess(cli, tmp_path / "serve.log", workers=size(1, 2))
     rng = random.Random(f"kill-9-{backend}")
     runs = size(2, 10)
     answers = []
@@ -53,7 +54,7 @@ def test_kill_9_the_server_while_clients_archive(
             clients = ArchivingClients(vault, lambda _c: server.url, CLIENTS)
             clients.start()
             # A random moment, but never before the run has archived something.
-            clients.wait_for(len(clients.acknowledged()) + 1)
+            assert clients.wait_for(len(clients.acknowledged()) + 1), server.log_tail()
             time.sleep(rng.uniform(0.0, 1.5))
             server.kill()
             clients.stop()
