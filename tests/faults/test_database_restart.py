@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from certvault.services.vault.archive import IMPORTED
 from tests.faults.archiving_clients import (
@@ -44,6 +45,8 @@ def _unavailable(answer_status: int | None, code: object, retry_after: str | Non
     )
 
 
+# The long form runs many server starts: past the suite's 300 s per test.
+@pytest.mark.timeout(size(300, 3600))
 def test_restart_postgresql_under_load(tmp_path: Path) -> None:
     with private_cluster() as cluster:
         cli = cli_on(cluster, "certvault", tmp_path)
@@ -66,6 +69,12 @@ def test_restart_postgresql_under_load(tmp_path: Path) -> None:
                 recovered.append(time.monotonic() - back_at)
                 assert clients.wait_for(after + 3), (mode, server.log_tail())
             clients.stop()
+            # Idle through a restart: every pooled connection is dead, and the next request is
+            # answered on a fresh one (the pool checks each socket as it hands it out).
+            cluster.restart("fast")
+            with httpx.Client(timeout=30) as http:
+                idle = post_upload(http, server.url, vault.headers, 0, make_upload(vault, 0))
+            assert idle.status == 200 and idle.message == IMPORTED, (idle, server.log_tail())
             down = _while_stopped(cluster, server, vault, cli)
             # Back: the first request succeeds; the pool does not hand out a dead connection.
             cluster.start()
@@ -76,7 +85,7 @@ def test_restart_postgresql_under_load(tmp_path: Path) -> None:
             clients.stop()
             server.stop()
 
-        answers = [*clients.answers, first]
+        answers = [*clients.answers, idle, first]
         check = check_acknowledged(cli, answers)
         report(
             "restart PostgreSQL",

@@ -39,6 +39,8 @@ def cli(backend: str, tmp_path: Path) -> Iterator[cli_env.Cli]:
     yield from cli_env.cli_for(backend, tmp_path)
 
 
+# The long form runs many server starts: past the suite's 300 s per test.
+@pytest.mark.timeout(size(300, 3600))
 def test_kill_9_the_server_while_clients_archive(
     cli: cli_env.Cli, backend: str, tmp_path: Path
 ) -> None:

@@ -54,6 +54,8 @@ def _counts(cli: cli_env.Cli) -> tuple[int, int, int]:
     return int(keys or 0), int(certs or 0), int(archived or 0)
 
 
+# The long form runs many server starts: past the suite's 300 s per test.
+@pytest.mark.timeout(size(300, 3600))
 def test_two_servers_race_on_the_same_keys(cli: cli_env.Cli, tmp_path: Path) -> None:
     vault = prepare_vault(cli, 2)
     files = size(12, 60)
