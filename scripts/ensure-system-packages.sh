@@ -4,6 +4,11 @@ set -euo pipefail
 need=()
 command -v openssl >/dev/null || need+=(openssl)
 command -v psql >/dev/null || need+=(postgresql-client)
+# The fault drills (tests/faults) start private PostgreSQL clusters with initdb/pg_ctl, and in
+# their long form make a loop-mounted ext4 filesystem.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v runuser >/dev/null && command -v losetup >/dev/null || need+=(util-linux)
 command -v certtool >/dev/null || need+=(gnutls-bin)
 # The interop suite (tests/interop) opens files the way Firefox/Thunderbird (NSS) and Java do.
 command -v pk12util >/dev/null && command -v certutil >/dev/null || need+=(libnss3-tools)
@@ -12,11 +17,6 @@ command -v keytool >/dev/null || need+=(openjdk-17-jre-headless)
 # text needs a font that has every glyph.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -d /usr/share/fonts/truetype/dejavu ] || need+=(fonts-dejavu-core)
-# The fault drills (tests/faults) start private PostgreSQL clusters with initdb/pg_ctl, and in
-# their long form make a loop-mounted ext4 filesystem.
-compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
-command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
-command -v runuser >/dev/null && command -v losetup >/dev/null || need+=(util-linux)
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
