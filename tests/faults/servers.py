@@ -4,6 +4,7 @@ workers at once), on a free port, with the environment of a tests/functional/cli
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from certvault.cli.serve import metrics_parent
 from tests.functional import cli_env
 from tests.functional.smtp_server import free_port
 
@@ -96,6 +98,9 @@ class ServerProcess:
             except ProcessLookupError:
                 pass
         self.proc = None
+        # A killed server leaves its workers' metric files (in memory, /dev/shm): the next
+        # server of this home would remove them, but a drill's home is gone by then.
+        shutil.rmtree(metrics_parent(self.cli.home) / f"serve-{pgid}", ignore_errors=True)
 
     def log_tail(self, chars: int = 3000) -> str:
         try:
