@@ -4,6 +4,11 @@ set -euo pipefail
 need=()
 command -v openssl >/dev/null || need+=(openssl)
 command -v psql >/dev/null || need+=(postgresql-client)
+# The fault drills (tests/faults) start private PostgreSQL clusters with initdb/pg_ctl, and in
+# their long form make a loop-mounted ext4 filesystem.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v runuser >/dev/null && command -v losetup >/dev/null || need+=(util-linux)
 command -v certtool >/dev/null || need+=(gnutls-bin)
 # Backup and restore of PostgreSQL drive pg_dump and pg_restore.
 command -v pg_dump >/dev/null && command -v pg_restore >/dev/null || need+=(postgresql-client)

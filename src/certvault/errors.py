@@ -63,6 +63,22 @@ class ConfigurationError(CertvaultError):
     status = 500
 
 
+class DatabaseUnavailable(CertvaultError):
+    """The database cannot be reached just now; nothing was done. Try again shortly."""
+
+    code = "database_unavailable"
+    status = 503
+    retry_after = 5
+
+
+class StorageFull(CertvaultError):
+    """The database has no room left; nothing was stored. Try again once space is freed."""
+
+    code = "storage_full"
+    status = 507
+    retry_after = 60
+
+
 # --- crypto -------------------------------------------------------------------------------------
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 import pytest
 
-from certvault.cli.serve import is_loopback
+from certvault.cli.serve import is_loopback, metrics_parent
 from certvault.services.kernel import notify
 from certvault.services.kernel.passwords import PasswordChecksBusy
 from certvault.web.logging import JsonFormatter
@@ -338,15 +338,15 @@ def test_end_to_end_through_the_scm_paths(cli, tmp_path):
     output = server.output()
     for secret in (ADMIN_PASSWORD, P12_PASSWORD, PASSPHRASE, token, token[4:]):
         assert secret not in output
-    assert not (cli.home / "run" / "prometheus").exists() or not any(
-        (cli.home / "run" / "prometheus").iterdir()
-    ), "the metrics directory outlived the server"
+    assert not metrics_parent(cli.home).exists() or not any(metrics_parent(cli.home).iterdir()), (
+        "the metrics directory outlived the server"
+    )
 
 
 def test_metrics_add_up_every_worker(cli, tmp_path):
     cli.bootstrap()
     with serving(cli, tmp_path) as server:
-        metrics_dir = next((cli.home / "run" / "prometheus").iterdir())
+        metrics_dir = next(metrics_parent(cli.home).iterdir())
         assert metrics_dir.stat().st_mode & 0o077 == 0
         for _ in range(6):  # a new connection each time: either worker may answer
             with server.client() as c:

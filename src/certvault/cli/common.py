@@ -13,11 +13,11 @@ from typing import NoReturn, TypeVar
 from rich.console import Console
 from rich.markup import escape
 from sqlalchemy import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from certvault.config import Settings
 from certvault.db import migrate
-from certvault.db.engine import Database
+from certvault.db.engine import Database, failure_of
 from certvault.errors import CertvaultError
 from certvault.services.kernel.actors import Actor
 from certvault.services.kernel.ports import Ports, open_ports, operator_name
@@ -103,17 +103,26 @@ def guarded(work: Callable[[], T]) -> T:
         return work()
     except CertvaultError as exc:
         fail(exc.message, exc.code)
+    except DBAPIError as exc:
+        failure = failure_of(exc)
+        if failure is None:
+            _unexpected(exc)
+        fail(failure.message, failure.code)
     except KeyboardInterrupt:
         fail("interrupted", "interrupted", 130)
     except Exception as exc:  # noqa: BLE001 - the last line of defence for secrets
-        if os.environ.get("CERTVAULT_DEBUG") == "1":
-            # Frames only: no exception message and no local variables.
-            err.print("".join(traceback.format_tb(exc.__traceback__)), markup=False)
-        fail(
-            f"unexpected {type(exc).__name__}; its message is not shown because it may carry "
-            "data. Set CERTVAULT_DEBUG=1 to see where it happened.",
-            "internal",
-        )
+        _unexpected(exc)
+
+
+def _unexpected(exc: BaseException) -> NoReturn:
+    if os.environ.get("CERTVAULT_DEBUG") == "1":
+        # Frames only: no exception message and no local variables.
+        err.print("".join(traceback.format_tb(exc.__traceback__)), markup=False)
+    fail(
+        f"unexpected {type(exc).__name__}; its message is not shown because it may carry "
+        "data. Set CERTVAULT_DEBUG=1 to see where it happened.",
+        "internal",
+    )
 
 
 def read_secret_file(path: Path, what: str) -> str:

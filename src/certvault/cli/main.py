@@ -354,4 +354,5 @@ def mail_send() -> None:
 
 
 def main() -> None:
-    app()
+    # A database that goes away mid-command is reported in one line, as everything else is.
+    guarded(app)

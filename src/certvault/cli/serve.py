@@ -3,12 +3,15 @@ holds the GIL), TLS or loopback-only plain HTTP, JSON logs and multiprocess metr
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import logging.config
 import os
 import shutil
 import socket
+import stat
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +20,7 @@ import typer
 from certvault.cli.common import fail, ports_for_command
 
 APP = "certvault.web.app:create_served_app"
+WORKER_HEALTHCHECK_SECONDS = 60
 USAGE = 2  # exit status for a refused command line, as click uses for usage errors
 
 
@@ -49,11 +53,44 @@ def trusted_proxies(value: str) -> list[str]:
     return [p.strip() for p in value.split(",") if p.strip()]
 
 
+def metrics_parent(home: Path) -> Path:
+    """Where the servers of ``home`` keep their workers' metric files: in memory (/dev/shm) when
+    the system has it, never beside the data. prometheus_client maps these files into memory, and
+    a mapped file on a full filesystem kills the process writing to it (SIGBUS) where a full
+    database only fails the request."""
+    shm = Path("/dev/shm")  # noqa: S108 - a private folder of our own is made and checked in it
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else None
+    if base is None:
+        base = Path(tempfile.gettempdir())
+    installation = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:16]
+    return base / f"certvault-{os.geteuid()}" / installation / "prometheus"
+
+
+def _private_dirs(top: Path, path: Path) -> bool:
+    """Make ``path`` and the folders between ``top`` and it, each 0700 and owned by us (a shared
+    temporary folder lets anyone make a name first); False if one is not."""
+    for part in [*reversed(path.relative_to(top).parents), path.relative_to(top)]:
+        folder = top / part
+        if folder == top:
+            continue
+        try:
+            folder.mkdir(mode=0o700, exist_ok=True)
+            st = os.lstat(folder)
+        except OSError:
+            return False
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            return False
+    return True
+
+
 def prepare_metrics_dir(home: Path) -> Path:
     """A fresh, private PROMETHEUS_MULTIPROC_DIR for this server; stale ones of servers that are
     gone are removed (their numbers would be added to ours)."""
-    parent = home / "run" / "prometheus"
-    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    parent = metrics_parent(home)
+    top = parent.parents[2]
+    if not _private_dirs(top, parent):
+        parent = home / "run" / "prometheus"  # no private folder in memory: beside the data
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     for old in parent.iterdir():
         pid = old.name.removeprefix("serve-")
         if pid.isdigit() and not _alive(int(pid)):
@@ -146,6 +183,10 @@ def serve(
             ssl_certfile=str(tls_cert) if tls_cert else None,
             ssl_keyfile=str(tls_key) if tls_key else None,
             timeout_graceful_shutdown=10,
+            # uvicorn kills a worker that does not answer its health check in time, and a worker
+            # still starting on a busy machine (importing the application takes seconds) cannot:
+            # with uvicorn's 5 s, a loaded host restarts its workers over and over.
+            timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
         )
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)

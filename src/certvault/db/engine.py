@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,14 +12,29 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
+
+from certvault.errors import DatabaseUnavailable, StorageFull
 
 T = TypeVar("T")
 
 _RETRYABLE_PG = {"40001", "40P01"}  # serialization failure, deadlock detected
 _REQUEST = "certvault_request_transaction"
+# SQLite's primary result codes (the low byte of an extended code).
+_SQLITE_FULL = 13
+# busy and locked (once busy_timeout is spent), I/O error, cannot open, lock protocol
+_SQLITE_UNAVAILABLE = {5, 6, 10, 14, 15}
+_PG_DISK_FULL = "53100"
+# connection exception, operator intervention (admin shutdown, cannot connect now), resources
+_PG_UNAVAILABLE = ("08", "57P", "53")
 
 
 def is_retryable(exc: DBAPIError) -> bool:
@@ -31,6 +47,30 @@ def is_retryable(exc: DBAPIError) -> bool:
     if code in _RETRYABLE_PG or exc.connection_invalidated:
         return True
     return isinstance(exc, OperationalError) and "database is locked" in str(exc.orig)
+
+
+def failure_of(exc: DBAPIError) -> DatabaseUnavailable | StorageFull | None:
+    """What a database error means to a client when the fault is the database's, not the work's:
+    no room left (:class:`StorageFull`) or no database to talk to (:class:`DatabaseUnavailable`).
+    None for anything else (a constraint, a bug), which stays an internal error."""
+    orig = exc.orig
+    sqlite_code = getattr(orig, "sqlite_errorcode", None)
+    if sqlite_code is not None:
+        primary = sqlite_code & 0xFF
+        if primary == _SQLITE_FULL:
+            return StorageFull()
+        return DatabaseUnavailable() if primary in _SQLITE_UNAVAILABLE else None
+    if type(orig).__module__.startswith("sqlite3"):
+        return None
+    state = getattr(orig, "sqlstate", None)
+    if state == _PG_DISK_FULL:
+        return StorageFull()
+    if exc.connection_invalidated or isinstance(exc, InterfaceError):
+        return DatabaseUnavailable()
+    # A driver's connection failure (refused, closed by the server) carries no SQLSTATE.
+    if isinstance(exc, OperationalError) and (state is None or state.startswith(_PG_UNAVAILABLE)):
+        return DatabaseUnavailable()
+    return None
 
 
 class Database:
@@ -54,7 +94,12 @@ class Database:
         else:
             # No pre-ping (a round trip per checkout): a connection found dead is invalidated by
             # SQLAlchemy and `run` starts the unit of work again on a fresh one.
-            self.engine = create_engine(self.url, echo=echo, hide_parameters=True)
+            # A database host that does not answer at all is given up on, not waited for.
+            timeout = {} if "connect_timeout" in self.url.query else {"connect_timeout": 10}
+            self.engine = create_engine(
+                self.url, echo=echo, hide_parameters=True, connect_args=timeout
+            )
+            _configure_postgresql(self.engine)
         # Copied into every session's ``info`` (the services put their ports here).
         self.session_info: dict[str, Any] = {}
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, info=self.session_info)
@@ -128,6 +173,21 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _configure_postgresql(engine: Engine) -> None:
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        # An idle connection has nothing to read. If its socket is readable, the server closed it
+        # (a restart, a failover, an administrator) or spoke unprompted: the pool drops it and
+        # hands out a fresh one, so the first request after a database restart does not fail.
+        # One select() on the socket, no round trip (pool_pre_ping costs one per checkout).
+        try:
+            readable, _, _ = select.select([dbapi_conn.fileno()], [], [], 0)
+        except Exception as exc:  # noqa: BLE001 - a closed connection's fileno() raises
+            raise DisconnectionError() from exc
+        if readable:
+            raise DisconnectionError()
 
 
 def _configure_sqlite(engine: Engine) -> None:

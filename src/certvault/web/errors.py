@@ -20,10 +20,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import iter_route_contexts
 from pydantic_core.core_schema import ErrorType
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import Scope
 
+from certvault.db.engine import failure_of
 from certvault.errors import CertvaultError
 from certvault.services.pki.agent_refusals import AgentRequestRefused
 
@@ -195,15 +197,44 @@ async def _page_error(request: Request, status: int, message: str) -> Response:
     return await run_in_threadpool(error_page, request, status, message)
 
 
+def database_failure(request: Request, exc: DBAPIError) -> JSONResponse | None:
+    """A database that is down, restarting or full answers 503 ``database_unavailable`` or 507
+    ``storage_full`` with Retry-After: the client may try again, nothing was stored. None for
+    any other database error (a bug: 500)."""
+    failure = failure_of(exc)
+    if failure is None:
+        return None
+    log.warning(
+        "%s (%s) on %s %s",
+        failure.code,
+        type(exc.orig).__name__,
+        request.method,
+        request.url.path,
+    )
+    return certvault_error_response(request, failure)
+
+
+def certvault_error_response(request: Request, exc: CertvaultError) -> JSONResponse:
+    retry_after = getattr(exc, "retry_after", None)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    if exc.status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    extra = _refusal_fields(exc) if isinstance(exc, AgentRequestRefused) else None
+    return error_response(request, exc.status, exc.code, exc.message, headers, extra)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(CertvaultError)
     async def certvault_error(request: Request, exc: CertvaultError) -> JSONResponse:
-        retry_after = getattr(exc, "retry_after", None)
-        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-        if exc.status == 401:
-            headers = {"WWW-Authenticate": "Bearer"}
-        extra = _refusal_fields(exc) if isinstance(exc, AgentRequestRefused) else None
-        return error_response(request, exc.status, exc.code, exc.message, headers, extra)
+        return certvault_error_response(request, exc)
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        answer = database_failure(request, exc)
+        if answer is not None:
+            return answer
+        log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
+        return error_response(request, 500, "internal", "Internal error.")
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:

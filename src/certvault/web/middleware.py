@@ -8,9 +8,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from certvault.db.engine import failure_of
 from certvault.web import metrics
 from certvault.web.errors import compat_code, is_compat
 
@@ -18,12 +20,20 @@ access_log = logging.getLogger("certvault.access")
 log = logging.getLogger("certvault.web")
 
 
-async def _send_json(send: Send, path: str, status: int, code: str, description: str) -> None:
+async def _send_json(
+    send: Send,
+    path: str,
+    status: int,
+    code: str,
+    description: str,
+    headers: dict[str, str] | None = None,
+) -> None:
     body: dict[str, Any] = {
         "code": compat_code(status) if is_compat(path) else code,
         "description": description,
     }
     raw = json.dumps(body).encode()
+    extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send(
         {
             "type": "http.response.start",
@@ -31,6 +41,7 @@ async def _send_json(send: Send, path: str, status: int, code: str, description:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(raw)).encode()),
+                *extra,
             ],
         }
     )
@@ -126,6 +137,19 @@ class Shield:
         try:
             await self.app(scope, receive, watch)
         except Exception as exc:  # noqa: BLE001 - nothing may escape with its message
+            failure = failure_of(exc) if isinstance(exc, DBAPIError) else None
+            if failure is not None:
+                # A database that is down or full, met outside any route (a middleware's query).
+                if not watch.started:
+                    await _send_json(
+                        send,
+                        scope["path"],
+                        failure.status,
+                        failure.code,
+                        failure.message,
+                        {"Retry-After": str(failure.retry_after)},
+                    )
+                return
             log.error(
                 "unhandled %s on %s %s", type(exc).__name__, scope.get("method"), scope.get("path")
             )

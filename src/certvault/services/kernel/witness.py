@@ -12,6 +12,7 @@ nodes need a store the database's credentials cannot write (DESIGN.md §8), behi
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -21,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from certvault.errors import StorageFull
 
 _CHAIN = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
@@ -131,10 +134,16 @@ def _replace_durably(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a synced temporary file and an atomic rename: a crash
     leaves the old content or the new, never a torn file."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, text.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # The old head stays; the next writer moves it up to the committed events.
+            raise StorageFull() from exc
+        raise

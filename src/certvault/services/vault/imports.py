@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from certvault.crypto.pkcs12.limits import P12Limits
 from certvault.crypto.pkcs12.reader import WARNINGS, P12Contents, read_pkcs12
-from certvault.db.engine import is_retryable
+from certvault.db.engine import failure_of, is_retryable
 from certvault.db.models import Account
 from certvault.errors import CertvaultError, InvalidInput
 from certvault.services.audit import log as audit
@@ -170,6 +170,8 @@ def _store(ports: Ports, account_id: int, actor: Actor, batch: _Batch) -> None:
         ports.db.run(lambda s: _archive_batch(s, ports, account_id, actor, batch))
         return
     except DBAPIError as exc:
+        if failure_of(exc) is not None:
+            raise  # the database is down or full: no file is stored, the caller is told so
         if len(batch) > 1:
             for one in batch:
                 _store(ports, account_id, actor, [one])
@@ -219,8 +221,10 @@ def _archive_batch(
             _archive_set_based(session, ports, account, actor, batch)
         return
     except DBAPIError as exc:
-        if is_retryable(exc):
-            raise  # a race: the whole batch runs again and finds what the other wrote
+        if is_retryable(exc) or failure_of(exc) is not None:
+            # A race: the whole batch runs again and finds what the other wrote. A database
+            # that is down or full: no entry can be stored.
+            raise
         log.warning("a set-based import write failed in the database: %s", type(exc).__name__)
     except CertvaultError as exc:  # say, a stored row that does not verify: the entry's refusal
         log.warning("a set-based import was refused: %s", exc.code)
@@ -281,8 +285,8 @@ def _archive_one_by_one(
             except CertvaultError as exc:
                 refusal = exc
             except DBAPIError as exc:
-                if is_retryable(exc):
-                    raise  # a race: the whole batch runs again and finds what the other wrote
+                if is_retryable(exc) or failure_of(exc) is not None:
+                    raise  # a race (the batch runs again), or a database down or full
                 # Say, a value the database will not take. Only the type is logged: the
                 # statement's text and parameters may carry what the file held.
                 log.warning("an import entry failed in the database: %s", type(exc).__name__)
