@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from certvault.crypto import keys
 from certvault.crypto.ber import ASN1_ERRORS
 from certvault.crypto.keys import PrivateKey
+from certvault.crypto.pkcs12 import pfx_der
 from certvault.crypto.pkcs12.limits import DEFAULT_LIMITS, Budget, Derivation, P12Limits
 from certvault.crypto.pkcs12.pbe import (
     ID_IV,
@@ -281,8 +282,31 @@ def read_pkcs12(data: bytes, password: str, limits: P12Limits = DEFAULT_LIMITS) 
         raise malformed("nested too deeply") from exc
 
 
+def _parse_pfx(
+    data: bytes, budget: Budget
+) -> tuple[bytes, Mac | None, list[list[Bag] | Encrypted]]:
+    """parse_pfx, by the fast path when the file has the common shape (pfx_der.py)."""
+    fast = pfx_der.pfx(data)
+    if fast is None:
+        return parse_pfx(data, budget)
+    for section in fast[2]:
+        for _ in [section] if isinstance(section, Encrypted) else section:
+            budget.count_bag()  # as parse_pfx counts them
+    return fast
+
+
+def _parse_safe_contents(der: bytes, budget: Budget) -> list[Bag]:
+    """parse_safe_contents, by the fast path when the bags have the common shape."""
+    fast = pfx_der.safe_contents(der)
+    if fast is None:
+        return parse_safe_contents(der, budget)
+    for _ in fast:
+        budget.count_bag()
+    return fast
+
+
 def _read(data: bytes, password: str, budget: Budget) -> P12Contents:
-    auth_octets, mac, sections = parse_pfx(data, budget)
+    auth_octets, mac, sections = _parse_pfx(data, budget)
     plain: list[tuple[int, list[Bag]]] = []
     encrypted: list[tuple[int, Encrypted]] = []
     for i, section in enumerate(sections):
@@ -323,7 +347,7 @@ def _read(data: bytes, password: str, budget: Budget) -> P12Contents:
         budget.release()
         budget.admit(enc.pbe)
         contents = reading.open(
-            enc.pbe, enc.ciphertext, lambda der: parse_safe_contents(der, budget)
+            enc.pbe, enc.ciphertext, lambda der: _parse_safe_contents(der, budget)
         )
         # Keys found inside are priced as soon as they are seen, before any of them runs.
         for bag in contents:
