@@ -12,8 +12,8 @@ what the general path reads (tests compare the two on every vector and on mutate
 from __future__ import annotations
 
 from certvault.crypto.ber import ASN1_ERRORS
+from certvault.crypto.pkcs12 import pfx as general
 from certvault.crypto.pkcs12.pfx import Bag, Encrypted, Mac, Pbe
-from certvault.crypto.text import safe_text
 
 _Value = tuple[int, int, int]  # tag, where its contents start, where they end
 
@@ -181,7 +181,7 @@ def _attributes(data: bytes, bag: list[_Value]) -> tuple[str | None, bytes | Non
                 text = data[start:end].decode("utf-16-be")
             except UnicodeDecodeError:
                 raise _Other from None
-            name = safe_text(text)
+            name = general.friendly_name(text)
         elif kind == _LOCAL_KEY_ID and tag == _OCTETS:
             local_key_id = data[start:end]
         else:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from asn1crypto import x509 as asn1_x509
+from asn1crypto import parser
 from cryptography import x509
 from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4, TripleDES
 from cryptography.hazmat.primitives import serialization
@@ -239,15 +239,25 @@ def _load_key(der: bytes) -> PrivateKey:
 _NAME_STRING_TYPES = frozenset({12, 18, 19, 20, 22, 26, 28, 30})
 
 
+def _serial_number(der: bytes) -> int:
+    """The serialNumber of a certificate's TBSCertificate, read from three headers (its shape
+    was checked): the INTEGER after the optional [0] version."""
+    tbs = parser.parse(parser.parse(der, strict=True)[4])[4]
+    first = parser.parse(tbs)
+    if first[0] == 2 and first[2] == 0:  # context-specific [0]: the version
+        first = parser.parse(tbs[len(first[3]) + len(first[4]) + len(first[5]) :])
+    if first[:3] != (0, 0, 2):  # universal, primitive, INTEGER
+        raise malformed("damaged certificate")
+    return int.from_bytes(first[4], "big", signed=True)
+
+
 def _load_certificate(der: bytes) -> x509.Certificate:
     check_shape(der)
     try:
         # cryptography only warns about a serial number below 1 today and will refuse it in a
         # later release; refusing now keeps the vault from holding certificates an upgrade
         # could no longer load.
-        tbs = asn1_x509.Certificate.load(der)["tbs_certificate"]
-        serial = tbs["serial_number"].native
-        if not isinstance(serial, int) or serial < 1:
+        if _serial_number(der) < 1:
             raise malformed("certificate serial number not positive")
         cert = x509.load_der_x509_certificate(der)
         # cryptography parses names only when they are first used, which would be in the
