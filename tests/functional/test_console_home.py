@@ -9,9 +9,9 @@ from sqlalchemy import func, select
 
 from certvault.db.models import Certificate, Person
 from certvault.services.audit import checks
-from certvault.services.vault import release, verification
+from certvault.services.vault import recovery, release, verification
 from tests.conftest import TEST_OPERATOR
-from tests.functional.console_fixtures import console_fixture  # noqa: F401
+from tests.functional.console_fixtures import ask_for_approval, console_fixture  # noqa: F401
 
 
 def _figure(html: str, name: str) -> int:
@@ -108,3 +108,30 @@ def test_the_other_account_sees_none_of_acme(console):
     acme = _expected(console)
     assert _figure(html, "certificates") != acme["certificates"] or acme["certificates"] == 0
     assert console.world.alice.email not in html
+
+
+def test_recovery_requests_waiting_are_counted_once_and_shown_alike(console, monkeypatch):
+    ask_for_approval(console, "acme", console.world.alice.email)  # default organization
+    recovery.request_recovery(console.ports, "acme", console.world.sam.email, "192.0.2.8")
+    counted = []
+    pending = recovery.pending_requests
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        counted.append(args[2])
+        return pending(*args, **kwargs)
+
+    monkeypatch.setattr(recovery, "pending_requests", counting)
+    for login, waiting in (("boss", 2), ("salesboss", 1)):  # salesboss: only Sales (sam)
+        client = console.sign_in(login)
+        counted.clear()
+        html = client.get("/admin/").text
+        assert counted == ["acme"], login  # the home page counts them once
+        item = html.split('id="attention-recovery">')[1].split("</li>")[0]
+        plural = "s" if waiting != 1 else ""
+        assert f"{waiting} recovery request{plural} waiting for approval." in item, login
+        badge = f'<span class="count" id="nav-recovery-count">({waiting} waiting)</span>'
+        assert badge in html, login
+        # Another page counts them for its navigation, and shows the same number.
+        counted.clear()
+        assert badge in client.get("/admin/about").text
+        assert counted == ["acme"], login

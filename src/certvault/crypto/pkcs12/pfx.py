@@ -258,10 +258,15 @@ def _attributes(bag: Any) -> tuple[str | None, bytes | None]:
         if not all(_primitive_fits(v.dump()) for v in values):
             raise malformed("bad attribute value")
         if kind == "friendly_name" and len(values) and name is None:
-            name = safe_text(values[0].native)
+            name = friendly_name(values[0].native)
         elif kind == "local_key_id" and len(values) and local_key_id is None:
             local_key_id = bytes(values[0])
     return name, local_key_id
+
+
+def friendly_name(text: str) -> str | None:
+    """A bag's friendly name as certvault keeps it (None when it is not safe to show)."""
+    return safe_text(text)
 
 
 def _collect_bags(contents: Any, budget: Budget, out: list[Bag], depth: int = 0) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from asn1crypto import x509 as asn1_x509
+from asn1crypto import parser
 from cryptography import x509
 from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4, TripleDES
 from cryptography.hazmat.primitives import serialization
@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from certvault.crypto import keys
 from certvault.crypto.ber import ASN1_ERRORS
 from certvault.crypto.keys import PrivateKey
+from certvault.crypto.pkcs12 import pfx_der
 from certvault.crypto.pkcs12.limits import DEFAULT_LIMITS, Budget, Derivation, P12Limits
 from certvault.crypto.pkcs12.pbe import (
     ID_IV,
@@ -238,15 +239,25 @@ def _load_key(der: bytes) -> PrivateKey:
 _NAME_STRING_TYPES = frozenset({12, 18, 19, 20, 22, 26, 28, 30})
 
 
+def _serial_number(der: bytes) -> int:
+    """The serialNumber of a certificate's TBSCertificate, read from three headers (its shape
+    was checked): the INTEGER after the optional [0] version."""
+    tbs = parser.parse(parser.parse(der, strict=True)[4])[4]
+    first = parser.parse(tbs)
+    if first[0] == 2 and first[2] == 0:  # context-specific [0]: the version
+        first = parser.parse(tbs[len(first[3]) + len(first[4]) + len(first[5]) :])
+    if first[:3] != (0, 0, 2):  # universal, primitive, INTEGER
+        raise malformed("damaged certificate")
+    return int.from_bytes(first[4], "big", signed=True)
+
+
 def _load_certificate(der: bytes) -> x509.Certificate:
     check_shape(der)
     try:
         # cryptography only warns about a serial number below 1 today and will refuse it in a
         # later release; refusing now keeps the vault from holding certificates an upgrade
         # could no longer load.
-        tbs = asn1_x509.Certificate.load(der)["tbs_certificate"]
-        serial = tbs["serial_number"].native
-        if not isinstance(serial, int) or serial < 1:
+        if _serial_number(der) < 1:
             raise malformed("certificate serial number not positive")
         cert = x509.load_der_x509_certificate(der)
         # cryptography parses names only when they are first used, which would be in the
@@ -281,8 +292,31 @@ def read_pkcs12(data: bytes, password: str, limits: P12Limits = DEFAULT_LIMITS) 
         raise malformed("nested too deeply") from exc
 
 
+def _parse_pfx(
+    data: bytes, budget: Budget
+) -> tuple[bytes, Mac | None, list[list[Bag] | Encrypted]]:
+    """parse_pfx, by the fast path when the file has the common shape (pfx_der.py)."""
+    fast = pfx_der.pfx(data)
+    if fast is None:
+        return parse_pfx(data, budget)
+    for section in fast[2]:
+        for _ in [section] if isinstance(section, Encrypted) else section:
+            budget.count_bag()  # as parse_pfx counts them
+    return fast
+
+
+def _parse_safe_contents(der: bytes, budget: Budget) -> list[Bag]:
+    """parse_safe_contents, by the fast path when the bags have the common shape."""
+    fast = pfx_der.safe_contents(der)
+    if fast is None:
+        return parse_safe_contents(der, budget)
+    for _ in fast:
+        budget.count_bag()
+    return fast
+
+
 def _read(data: bytes, password: str, budget: Budget) -> P12Contents:
-    auth_octets, mac, sections = parse_pfx(data, budget)
+    auth_octets, mac, sections = _parse_pfx(data, budget)
     plain: list[tuple[int, list[Bag]]] = []
     encrypted: list[tuple[int, Encrypted]] = []
     for i, section in enumerate(sections):
@@ -323,7 +357,7 @@ def _read(data: bytes, password: str, budget: Budget) -> P12Contents:
         budget.release()
         budget.admit(enc.pbe)
         contents = reading.open(
-            enc.pbe, enc.ciphertext, lambda der: parse_safe_contents(der, budget)
+            enc.pbe, enc.ciphertext, lambda der: _parse_safe_contents(der, budget)
         )
         # Keys found inside are priced as soon as they are seen, before any of them runs.
         for bag in contents:

@@ -172,11 +172,16 @@ def _verified_tip(session: Session, ports: Ports, key: bytes, chain: str) -> Cha
     not tampering). A missing or different witnessed event, or a bad link after it, refuses.
     """
     witness = ports.audit_heads.read(chain) or ChainHead(chain, 0, GENESIS)
+    # The witnessed event and those after it, in one read.
+    since = AuditEvent.seq >= witness.seq if witness.seq > 0 else AuditEvent.seq > 0
+    events = iter(
+        session.scalars(
+            select(AuditEvent).where(AuditEvent.chain == chain, since).order_by(AuditEvent.seq)
+        )
+    )
     if witness.seq > 0:
-        at = session.scalars(
-            select(AuditEvent).where(AuditEvent.chain == chain, AuditEvent.seq == witness.seq)
-        ).first()
-        if at is None:
+        at = next(events, None)
+        if at is None or at.seq != witness.seq:
             raise AuditChainBroken(
                 f"The audit log of chain {chain} cannot be written: the database is behind the "
                 f"audit witness (event {witness.seq} is missing). Run `certvault audit verify`."
@@ -190,12 +195,7 @@ def _verified_tip(session: Session, ports: Ports, key: bytes, chain: str) -> Cha
                 "database differs from the audit witness. Run `certvault audit verify`."
             )
     tip = witness
-    after = session.scalars(
-        select(AuditEvent)
-        .where(AuditEvent.chain == chain, AuditEvent.seq > witness.seq)
-        .order_by(AuditEvent.seq)
-    )
-    for ev in after:
+    for ev in events:
         if not continues(key, tip, ev):
             raise AuditChainBroken(
                 f"The audit log of chain {chain} cannot be written: event {ev.seq} does not "

@@ -1,9 +1,10 @@
-"""Archiving many entries at once (a bulk import, DESIGN.md §10): every entry is checked and
-planned in Python with the rules of :func:`archive.archive_entry`, against the rows the batch
-read up front and the rows planned before it in the batch; then the planned rows are written
-with a few set-based statements per table, sealed as a flush seals them, and audited in entry
-order. A refused entry writes nothing; the caller falls back to one savepoint per entry should
-the database refuse the set-based writes.
+"""What an archival does, decided in one place for one entry and for many (DESIGN.md §10).
+
+Every entry is checked and planned in Python, in entry order, against the rows read up front
+and the rows planned before it; then the planned rows are written with a few set-based
+statements per table, sealed as a flush seals them, and audited in entry order. A refused entry
+writes nothing. :func:`archive.archive_entry` (the one way in) is a batch of one; a bulk import
+falls back to it, one savepoint per entry, should the database refuse the set-based writes.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from certvault.services.kernel.actors import Actor, Privilege
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.seal_events import insert_sealed, inserted_ids
 from certvault.services.kernel.tenancy import find_organization
-from certvault.services.vault.archive import (
+from certvault.services.vault.archive_rules import (
     ALREADY_EXISTS,
     ARCHIVE,
     ESCROW_SUBJECT,
     IMPORTED,
+    ArchiveCache,
     CertificateConflict,
     EntryFacts,
     EntryResult,
@@ -39,7 +41,6 @@ from certvault.services.vault.archive import (
     NoOwner,
     PersonMismatch,
     UntrustedIssuer,
-    _ArchiveCache,
     archive_details,
     entry_facts,
     escrow_notice,
@@ -203,7 +204,8 @@ class BatchPlan:
         return planned
 
     def _owner(self, req: EscrowRequest, emails: list[str]) -> _Person:
-        """As archive._owner, with the persons read up front and those planned before."""
+        """The entry's owner: the person named, else found or planned by address (the persons read
+        up front and those planned before)."""
         session, account = self.session, self.account
         if req.person_id is not None:
             person = session.get(Person, req.person_id)
@@ -216,7 +218,7 @@ class BatchPlan:
         org_id = (
             find_organization(session, account, req.organization).id
             if req.organization
-            else _ArchiveCache.of(session, account).default_organization.id
+            else ArchiveCache.of(session, account).default_organization.id
         )
         email = req.person_email or (emails[0] if emails else None)
         if email is None:
@@ -238,7 +240,7 @@ class BatchPlan:
         known = self.serials.get((f.issuer_sha256, f.serial))
         if known is not None and known != f.sha256:
             raise CertificateConflict()
-        cache = _ArchiveCache.of(session, account)
+        cache = ArchiveCache.of(session, account)
         trusted = chains_to(cert, req.chain, cache.trusted_issuers)
         if account.require_trusted_issuer and not trusted:
             raise UntrustedIssuer()

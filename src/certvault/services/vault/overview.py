@@ -56,6 +56,8 @@ class Overview:
     last_key_check: LastCheck | None
     reads_log: bool
     signing_not_after: datetime | None
+    # Recovery requests waiting for this administrator; None without recovery_approve.
+    recovery_waiting: int | None = None
     attention: list[Attention] = field(default_factory=list)
 
 
@@ -102,6 +104,9 @@ def account_overview(ports: Ports, actor: Actor, account_slug: str) -> Overview:
             key_check = _last_check(session, account, "vault.verify")
     view = settings.get_key_vault_settings(ports, actor, account_slug)
     signing_not_after = view.signing.not_after if view.signing else None
+    waiting = None
+    if actor.is_operator or Privilege.RECOVERY_APPROVE in actor.privileges:
+        waiting = recovery.requests_waiting(ports, actor, account_slug)
     overview = Overview(
         persons,
         certificates,
@@ -112,8 +117,9 @@ def account_overview(ports: Ports, actor: Actor, account_slug: str) -> Overview:
         key_check,
         reads_log,
         signing_not_after,
+        waiting,
     )
-    overview.attention.extend(_attention(ports, actor, account_slug, overview, now))
+    overview.attention.extend(_attention(overview, now))
     return overview
 
 
@@ -162,21 +168,17 @@ def _last_check(session: Session, account: Account, action: str) -> LastCheck | 
     return LastCheck(at, ok, summary)
 
 
-def _attention(
-    ports: Ports, actor: Actor, account_slug: str, overview: Overview, now: datetime
-) -> list[Attention]:
+def _attention(overview: Overview, now: datetime) -> list[Attention]:
     found: list[Attention] = []
-    if actor.is_operator or Privilege.RECOVERY_APPROVE in actor.privileges:
-        waiting = recovery.requests_waiting(ports, actor, account_slug)
-        if waiting:
-            found.append(
-                Attention(
-                    "recovery",
-                    f"{waiting} recovery request{'s' if waiting != 1 else ''} "
-                    "waiting for approval.",
-                    "/admin/recovery",
-                )
+    waiting = overview.recovery_waiting
+    if waiting:
+        found.append(
+            Attention(
+                "recovery",
+                f"{waiting} recovery request{'s' if waiting != 1 else ''} waiting for approval.",
+                "/admin/recovery",
             )
+        )
     if overview.expiring:
         found.append(
             Attention(

@@ -129,8 +129,11 @@ class Console:
         headers: Mapping[str, str] | None = None,
         *,
         section: str = "",
+        counted: Mapping[str, int | None] | None = None,
         **context: Any,
     ) -> Response:
+        """The page; ``counted``: what waits in a section (by key), already counted for this
+        page, so that the navigation does not count it again."""
         notice = NOTICES.get(self.request.query_params.get("notice", ""))
         return pages.render(
             self.csrf,
@@ -140,13 +143,13 @@ class Console:
             console=self.session,
             me=self,
             section=section,
-            navigation=self.navigation(),
+            navigation=self.navigation(counted or {}),
             notice=notice,
             script=SCRIPT_PATH,
             **context,
         )
 
-    def navigation(self) -> list[NavigationEntry]:
+    def navigation(self, counted: Mapping[str, int | None]) -> list[NavigationEntry]:
         """The sections this administrator may open, with what waits in them."""
         entries = []
         for section in NAVIGATION:
@@ -154,9 +157,8 @@ class Console:
                 continue
             if section.privilege is not None and not self.can(section.privilege):
                 continue
-            entries.append(
-                NavigationEntry(section.key, section.label, section.path, self._waiting(section))
-            )
+            count = counted[section.key] if section.key in counted else self._waiting(section)
+            entries.append(NavigationEntry(section.key, section.label, section.path, count))
         return entries
 
     def _waiting(self, section: Section) -> int | None:

@@ -21,4 +21,6 @@ def home(request: Request) -> Response:
         summary = overview.account_overview(console.ports, console.actor, console.account_slug)
     except CertvaultError as exc:
         return console.error(exc)
-    return console.render("home.html", section="home", overview=summary)
+    # The overview counted the waiting recovery requests already: the navigation shows that.
+    counted = {"recovery": summary.recovery_waiting}
+    return console.render("home.html", section="home", counted=counted, overview=summary)
