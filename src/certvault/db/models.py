@@ -17,8 +17,9 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    select,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 NAMING = {
@@ -212,6 +213,15 @@ class Certificate(Base):
 
     escrowed_key: Mapped[EscrowedKey | None] = relationship()
     person: Mapped[Person | None] = relationship()
+    # Whether the key is in the vault: escrowed and not destroyed (a destroyed key keeps its row,
+    # and its certificates still point at it). The one test of "has a key" for lists, filters
+    # and counts, in SQL and in Python alike.
+    key_in_vault: Mapped[bool] = column_property(
+        select(EscrowedKey.id)
+        .where(EscrowedKey.id == escrowed_key_id, EscrowedKey.destroyed_at.is_(None))
+        .correlate_except(EscrowedKey)  # its own escrowed_keys, whatever the query joins
+        .exists()
+    )
 
     __mapper_args__ = sealed_by_mac(mac)
 
@@ -694,3 +704,74 @@ class DutyLock(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     renewed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RetentionPolicy(Base):
+    """How long an account keeps escrowed keys after their certificates expire
+    (services/vault/retention.py): for the account (``profile`` NULL) or for the certificates
+    issued under one profile. ``days`` NULL: kept forever (off)."""
+
+    __tablename__ = "retention_policies"
+    __table_args__ = (Index("ix_retention_policies_account_profile", "account_id", "profile"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), default=new_uuid, index=True, unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    profile: Mapped[str | None] = mapped_column(String(32))
+    days: Mapped[int | None] = mapped_column(Integer)
+    created_by: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(320))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    mac: Mapped[str | None] = mapped_column(String(64))
+
+    __mapper_args__ = sealed_by_mac(mac)
+
+
+class LegalHold(Base):
+    """A legal hold on a person's or one certificate's keys: while active (``released_at``
+    NULL) no key it covers is destroyed (services/vault/holds.py)."""
+
+    __tablename__ = "legal_holds"
+    __table_args__ = (Index("ix_legal_holds_account_released", "account_id", "released_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), default=new_uuid, index=True, unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    person_id: Mapped[int | None] = mapped_column(ForeignKey("persons.id"))
+    certificate_id: Mapped[int | None] = mapped_column(ForeignKey("certificates.id"))
+    reason: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    released_by: Mapped[str | None] = mapped_column(String(320))
+    release_reason: Mapped[str | None] = mapped_column(Text)
+    mac: Mapped[str | None] = mapped_column(String(64))
+
+    __mapper_args__ = sealed_by_mac(mac)
+
+
+class KeyDestruction(Base):
+    """The record left by destroying an escrowed key: which key, which certificates used it,
+    when (the database's time) and under which policy. One per key."""
+
+    __tablename__ = "key_destructions"
+    __table_args__ = (UniqueConstraint("escrowed_key_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), default=new_uuid, index=True, unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    escrowed_key_id: Mapped[int] = mapped_column(ForeignKey("escrowed_keys.id"))
+    key_uuid: Mapped[str] = mapped_column(String(36))
+    spki_sha256: Mapped[str] = mapped_column(String(64))  # hex
+    # JSON: [{"id": ..., "sha256": "..."}, ...], the certificates that used the key.
+    certificates: Mapped[str] = mapped_column(Text)
+    destroyed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # "retention" (a policy) | "account destroy-keys" (crypto-shredding of the account)
+    cause: Mapped[str] = mapped_column(String(32))
+    policy_profile: Mapped[str | None] = mapped_column(String(32))
+    policy_days: Mapped[int | None] = mapped_column(Integer)
+    destroyed_by: Mapped[str] = mapped_column(String(320))
+    mac: Mapped[str | None] = mapped_column(String(64))
+
+    __mapper_args__ = sealed_by_mac(mac)

@@ -11,7 +11,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import ColumnElement, Select, func, or_, select
+from sqlalchemy import ColumnElement, Select, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from certvault.crypto import keys as keylib
@@ -180,9 +180,9 @@ def _query(
     if orgs is not None:
         query = query.where(Certificate.organization_id.in_(orgs))
     if f.key_vault is True:
-        query = query.where(Certificate.escrowed_key_id.is_not(None))
+        query = query.where(Certificate.key_in_vault)
     elif f.key_vault is False:
-        query = query.where(Certificate.escrowed_key_id.is_(None))
+        query = query.where(~Certificate.key_in_vault)
     if f.person_id is not None:
         query = query.where(Certificate.person_id == f.person_id)
     if f.email:
@@ -281,7 +281,9 @@ def holdings_of(
             select(
                 Certificate.person_id,
                 func.count(Certificate.id),
-                func.count(func.distinct(Certificate.escrowed_key_id)),
+                func.count(
+                    func.distinct(case((Certificate.key_in_vault, Certificate.escrowed_key_id)))
+                ),
             )
             .where(Certificate.account_id == account.id, Certificate.person_id.in_(person_ids))
             .group_by(Certificate.person_id)

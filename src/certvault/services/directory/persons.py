@@ -564,7 +564,7 @@ def _escrow_organizations(session: Session, person: Person) -> set[int]:
     return set(
         session.scalars(
             select(Certificate.organization_id)
-            .where(Certificate.person_id == person.id, Certificate.escrowed_key_id.is_not(None))
+            .where(Certificate.person_id == person.id, Certificate.key_in_vault)
             .distinct()
         )
     )

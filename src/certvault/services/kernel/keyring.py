@@ -35,7 +35,33 @@ class AccountKeyDestroyed(CertvaultError):
     status = 410
 
 
+class AccountShredded(CertvaultError):
+    """This account's keys were destroyed (crypto-shredding): it takes no new keys."""
+
+    code = "account_shredded"
+    status = 409
+
+
+class EscrowedKeyDestroyed(CertvaultError):
+    """This key was destroyed in the vault; it is not escrowed again."""
+
+    code = "escrowed_key_destroyed"
+    status = 409
+
+
+def is_shredded(session: Session, account: Account) -> bool:
+    """Whether the account's keys were destroyed: a version destroyed and none left alive."""
+    versions = session.execute(
+        select(AccountKey.destroyed_at).where(AccountKey.account_id == account.id)
+    ).all()
+    return bool(versions) and all(destroyed is not None for (destroyed,) in versions)
+
+
 def create_account_key(session: Session, ports: Ports, account: Account) -> AccountKey:
+    # A shredded account stays shredded: a fresh account key would let it take keys again as if
+    # nothing had happened, beside keys nobody can open.
+    if is_shredded(session, account):
+        raise AccountShredded()
     latest = session.scalar(
         select(AccountKey.version)
         .where(AccountKey.account_id == account.id)

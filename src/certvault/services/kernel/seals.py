@@ -45,12 +45,15 @@ from certvault.db.models import (
     Certificate,
     CertificateAuthority,
     EnrollmentForm,
+    KeyDestruction,
     KeyVaultSettings,
+    LegalHold,
     MailMessage,
     Organization,
     PasswordReset,
     Person,
     RecoveryRequest,
+    RetentionPolicy,
     ServiceKey,
     TrustedIssuer,
     UTCDateTime,
@@ -64,7 +67,7 @@ SEAL_KEY_PURPOSE = "row-seal"
 # Beside the witness: the SEALS version whose tables `certvault init` has sealed. The rows of a
 # table are sealed once, when init first meets it; from then on a row without a MAC is refused.
 INSTALLATION = "installation"
-SEALS = 3  # raised by a version that seals another table (SealedTable.since)
+SEALS = 4  # raised by a version that seals another table (SealedTable.since)
 # Refused rows of the session, for audit/log.py to record after the transaction.
 REFUSED = "certvault_refused_rows"
 _BUMPED = "certvault_grant_bumped"  # account id -> the generation this transaction set
@@ -298,6 +301,30 @@ SEALED: tuple[SealedTable, ...] = (
             " outcome reason windows_status certificate_id response created_at"
         ),
         since=2,
+    ),
+    # Retention (services/vault/retention.py, holds.py): when keys are destroyed, which are held
+    # back, and the record of each destruction. A policy or a release of a hold put in by SQL
+    # would destroy keys early or hide that they were; a record altered would hide what was.
+    SealedTable(
+        RetentionPolicy,
+        _columns("id uuid profile days created_by created_at updated_by updated_at"),
+        since=4,
+    ),
+    SealedTable(
+        LegalHold,
+        _columns(
+            "id uuid person_id certificate_id reason created_by created_at released_at"
+            " released_by release_reason"
+        ),
+        since=4,
+    ),
+    SealedTable(
+        KeyDestruction,
+        _columns(
+            "id uuid escrowed_key_id key_uuid spki_sha256 certificates destroyed_at cause"
+            " policy_profile policy_days destroyed_by"
+        ),
+        since=4,
     ),
 )
 _BY_MODEL: dict[type, SealedTable] = {spec.model: spec for spec in SEALED}

@@ -23,7 +23,7 @@ from certvault.errors import CertvaultError, NotFound
 from certvault.services.audit import log as audit
 from certvault.services.directory import persons
 from certvault.services.directory.certificates import certificate_values
-from certvault.services.kernel import notify
+from certvault.services.kernel import keyring, notify
 from certvault.services.kernel.actors import Actor, Privilege
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.seal_events import insert_sealed, inserted_ids
@@ -57,6 +57,7 @@ class _Key:
 
     id: int | None
     values: dict[str, Any] | None = None
+    destroyed: bool = False  # destroyed in the vault: it is not escrowed again
 
 
 @dataclass(eq=False)
@@ -159,12 +160,12 @@ class BatchPlan:
                 row=row,
             )
         for chunk in _chunks(f.spki for f in good):
-            for key_id, spki in self.session.execute(
-                select(EscrowedKey.id, EscrowedKey.spki_sha256).where(
+            for key_id, spki, destroyed_at in self.session.execute(
+                select(EscrowedKey.id, EscrowedKey.spki_sha256, EscrowedKey.destroyed_at).where(
                     EscrowedKey.account_id == account_id, EscrowedKey.spki_sha256.in_(chunk)
                 )
             ):
-                self.keys[bytes(spki)] = _Key(key_id)
+                self.keys[bytes(spki)] = _Key(key_id, destroyed=destroyed_at is not None)
         emails: list[str] = []
         for req, f in zip(requests, facts, strict=True):
             if isinstance(f, EntryFacts) and req.person_id is None:
@@ -246,6 +247,8 @@ class BatchPlan:
             raise UntrustedIssuer()
         existing = self.certs.get(f.sha256)
         escrowed = self.keys.get(f.spki)
+        if escrowed is not None and escrowed.destroyed:
+            raise keyring.EscrowedKeyDestroyed()
         if existing is not None:
             actor.require_visible(account.id, existing.organization_id, "Certificate")
             if req.person_id is not None:

@@ -74,7 +74,7 @@ def account_overview(ports: Ports, actor: Actor, account_slug: str) -> Overview:
         keys = int(
             session.scalar(
                 select(func.count(func.distinct(Certificate.escrowed_key_id))).where(
-                    *visible, Certificate.escrowed_key_id.is_not(None)
+                    *visible, Certificate.key_in_vault
                 )
             )
             or 0
@@ -83,7 +83,7 @@ def account_overview(ports: Ports, actor: Actor, account_slug: str) -> Overview:
             session,
             select(Certificate.id).where(
                 *visible,
-                Certificate.escrowed_key_id.is_not(None),
+                Certificate.key_in_vault,
                 Certificate.status != "revoked",
                 Certificate.not_after >= now,
                 Certificate.not_after < now + EXPIRY_WINDOW,

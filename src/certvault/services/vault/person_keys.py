@@ -43,7 +43,7 @@ def certificates_of_person(session: Session, account: Account, person_id: int) -
             .where(
                 Certificate.account_id == account.id,
                 Certificate.person_id == person_id,
-                Certificate.escrowed_key_id.is_not(None),
+                Certificate.key_in_vault,
             )
             .order_by(Certificate.not_before)
         )

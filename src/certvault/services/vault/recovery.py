@@ -338,7 +338,7 @@ def _find(session: Session, account: Account, address: str) -> _Found:
     candidates = session.scalars(
         select(Certificate).where(
             Certificate.account_id == account.id,
-            Certificate.escrowed_key_id.is_not(None),
+            Certificate.key_in_vault,
             # A cheap first cut on the stored copy; the DER decides below.
             Certificate.emails.contains(address),
         )

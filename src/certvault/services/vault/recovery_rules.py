@@ -53,7 +53,7 @@ def refusal(
     stable code for the audit log; None when it may."""
     if address not in addresses_in(cert):
         return "address_not_in_certificate"
-    if cert.escrowed_key_id is None:
+    if not cert.key_in_vault:
         return "no_escrowed_key"
     if owner is None or not owner.active:
         return "person_inactive"

@@ -350,8 +350,10 @@ def _plan(
             # Out of the actor's organizations answers exactly like a missing certificate.
             actor.require_visible(account.id, cert.organization_id, "Certificate")
             actor.require(Privilege.KEY_VAULT_DOWNLOAD, account.id, cert.organization_id)
-        if key_row is None or key_row.destroyed_at is not None:
+        if key_row is None:
             raise NoEscrowedKey()
+        if key_row.destroyed_at is not None:
+            raise keyring.AccountKeyDestroyed("This escrowed key was destroyed.")
         chain = x509.load_pem_x509_certificates(cert.chain_pem.encode()) if cert.chain_pem else []
         recipients = cert.emails.split() or ([owner.email] if owner is not None else [])
         items.append(_Item(cert, key_row, chain, recipients))
@@ -410,8 +412,8 @@ def _commit(
             )
         )
     )
-    if live != key_ids:
-        raise NoEscrowedKey()
+    if live != key_ids:  # destroyed since it was read (key rows are never deleted)
+        raise keyring.AccountKeyDestroyed("This escrowed key was destroyed.")
     for item in plan.items:
         notice = _release_notice(account, item.certificate, actor, plan.reason, plan.format)
         for address in item.recipients:

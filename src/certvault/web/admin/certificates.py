@@ -92,7 +92,7 @@ class CertificateRow:
             organization_id=cert.organization_id,
             organization=orgs.get(cert.organization_id, ""),
             person_id=cert.person_id,
-            key_in_vault=cert.escrowed_key_id is not None,
+            key_in_vault=cert.key_in_vault,
         )
 
 

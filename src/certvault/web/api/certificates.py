@@ -41,7 +41,7 @@ def certificate_out(c: Certificate, status: str) -> CertificateOut:
         not_before=c.not_before,
         not_after=c.not_after,
         status=status,  # type: ignore[arg-type]
-        key_in_vault=c.escrowed_key_id is not None,
+        key_in_vault=c.key_in_vault,
         source=c.source,
         trusted_issuer=c.trusted_issuer,
     )
