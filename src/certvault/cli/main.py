@@ -18,6 +18,7 @@ from certvault.cli.agent import agent_app
 from certvault.cli.ca import ca_app
 from certvault.cli.common import err, guarded, operator, out, ports_for_command, read_secret_file
 from certvault.cli.form import form_app
+from certvault.cli.retention import destroy_keys, hold_app, retention_app
 from certvault.cli.serve import serve
 from certvault.cli.verify import verify
 from certvault.services.access import admins, tokens
@@ -58,6 +59,9 @@ admin_app.command("reset-totp")(reset_totp)
 admin_app.command("reset-password")(reset_password)
 app.command("backup")(backup_commands.backup_command)
 app.command("restore")(backup_commands.restore_command)
+app.add_typer(retention_app, name="retention")
+app.add_typer(hold_app, name="hold")
+account_app.command("destroy-keys")(destroy_keys)
 
 
 @app.command()
