@@ -709,24 +709,27 @@ class DestructionView:
     def under(self) -> str:
         if self.cause == SHREDDING:
             return "account destroy-keys (all keys of the account)"
-        scope = f"profile {self.policy_profile}" if self.policy_profile else "the account's"
-        return f"{scope} retention policy, {self.policy_days} days after expiry"
+        scope = f"of profile {self.policy_profile}" if self.policy_profile else "of the account"
+        return f"the retention policy {scope}, {self.policy_days} days after expiry"
 
 
-def destruction_of_key(
-    ports: Ports, actor: Actor, account_slug: str, escrowed_key_id: int
-) -> DestructionView | None:
+def destructions_of(
+    ports: Ports, actor: Actor, account_slug: str, escrowed_key_ids: Sequence[int]
+) -> dict[int, DestructionView]:
+    """The destruction records of these keys, by key id (those destroyed)."""
     actor.require_scope(Scope.READ)
+    if not escrowed_key_ids:
+        return {}
     with ports.db.read() as session:
         account = get_account(session, account_slug)
         actor.require_visible(account.id, None, "Account")
-        row = session.scalars(
+        rows = session.scalars(
             select(KeyDestruction).where(
                 KeyDestruction.account_id == account.id,
-                KeyDestruction.escrowed_key_id == escrowed_key_id,
+                KeyDestruction.escrowed_key_id.in_(list(escrowed_key_ids)),
             )
-        ).first()
-        return None if row is None else _destruction(row)
+        )
+        return {row.escrowed_key_id: _destruction(row) for row in rows}
 
 
 def list_destructions(

@@ -13,6 +13,9 @@ from certvault.errors import CertvaultError, InvalidInput, NotFound
 from certvault.services.directory import accounts, certificates, persons
 from certvault.services.directory.certificates import CertificateFilter
 from certvault.services.kernel.paging import MAX_ID, SortedPage
+from certvault.services.vault import holds, retention
+from certvault.services.vault.holds import HoldView
+from certvault.services.vault.retention import DestructionView
 from certvault.web.admin.console import Console, open_console
 
 router = APIRouter(include_in_schema=False)
@@ -79,6 +82,8 @@ class CertificateRow:
     organization: str
     person_id: int | None
     key_in_vault: bool
+    # Escrowed once, destroyed since (key rows are never deleted).
+    key_destroyed: bool = False
 
     @classmethod
     def of(cls, cert: Certificate, now: datetime, orgs: dict[int, str]) -> CertificateRow:
@@ -93,7 +98,36 @@ class CertificateRow:
             organization=orgs.get(cert.organization_id, ""),
             person_id=cert.person_id,
             key_in_vault=cert.key_in_vault,
+            key_destroyed=cert.escrowed_key_id is not None and not cert.key_in_vault,
         )
+
+
+@dataclass(frozen=True)
+class RetentionFacts:
+    """What retention did or holds back for some certificates: by certificate id, the record
+    of their destroyed key; and the active holds covering them or their person."""
+
+    destroyed: dict[int, DestructionView]
+    holds: list[HoldView]
+
+
+def retention_facts(
+    console: Console, certs: list[Certificate], person_id: int | None
+) -> RetentionFacts:
+    gone = {c.id: c.escrowed_key_id for c in certs if c.escrowed_key_id and not c.key_in_vault}
+    records = retention.destructions_of(
+        console.ports, console.actor, console.account_slug, list(set(gone.values()))
+    )
+    covering = holds.holds_covering(
+        console.ports,
+        console.actor,
+        console.account_slug,
+        person_id=person_id,
+        certificate_ids=[c.id for c in certs],
+    )
+    return RetentionFacts(
+        {cid: records[kid] for cid, kid in gone.items() if kid in records}, covering
+    )
 
 
 def fingerprint(digest: bytes) -> str:
@@ -216,9 +250,15 @@ def certificate_page(request: Request, certificate_id: str) -> Response:
                 owner = None
     except CertvaultError as exc:
         return console.error(exc, section="certificates")
+    try:
+        keep = retention_facts(console, [cert], cert.person_id)
+    except CertvaultError as exc:
+        return console.error(exc, section="certificates")
     return console.render(
         "certificate.html",
         section="certificates",
+        destroyed_key=keep.destroyed.get(cert.id),
+        holds=keep.holds,
         cert=cert,
         row=CertificateRow.of(cert, console.ports.clock(), orgs),
         owner=owner,

@@ -9,7 +9,7 @@ from starlette.responses import Response
 from certvault.errors import CertvaultError, CryptoError, Forbidden, InvalidInput
 from certvault.services.access.admins import PRIVILEGE_LABELS
 from certvault.services.kernel.actors import Privilege
-from certvault.services.vault import settings
+from certvault.services.vault import holds, retention, settings
 from certvault.services.vault.archive import KeyVaultDisabled
 from certvault.services.vault.settings import KeyVaultView, RecoveryOptions
 from certvault.web.admin.console import NOTICES, Console, open_console, post_console, redirect
@@ -59,6 +59,12 @@ def _page(
         past_days=settings.PAST_DAYS,
         at_the_form=AT_THE_FORM.get(view.recovery_method, ""),
         kv_url=settings.key_vault_ui_url(console.ports.settings, console.account_slug),
+        retention_policies=retention.list_policies(
+            console.ports, console.actor, console.account_slug
+        ),
+        active_holds=len(
+            holds.list_holds(console.ports, console.actor, console.account_slug, active_only=True)
+        ),
     )
 
 

@@ -17,6 +17,7 @@ from certvault.web.admin.certificates import (
     object_id,
     organization_names,
     query_value,
+    retention_facts,
 )
 from certvault.web.admin.console import NOTICES, Console, open_console, post_console, redirect
 from certvault.web.pages import form_field
@@ -109,9 +110,15 @@ def _person_page(
         for r in rows
         if r.key_in_vault and console.can("key_vault_download", r.organization_id)
     }
+    try:
+        keep = retention_facts(console, found.items, person.id)
+    except CertvaultError as exc:
+        return console.error(exc, section="persons")
     return console.render(
         "person.html",
         status,
+        destroyed=keep.destroyed,
+        holds=keep.holds,
         section="persons",
         person=person,
         label=person_label(person),
