@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
 
 import pytest
 from sqlalchemy import select, text
@@ -167,6 +168,7 @@ def test_run_destroys_what_is_due_holds_back_what_is_held_and_leaves_records(
     holds.add_hold(ports, operator, "acme", certificate_id=by_cert, reason="case 13")
     assert overview.account_overview(ports, operator, "acme").keys == 7
 
+    secret = _key_of(ports, due_plain)
     dry = retention.run_retention(ports, operator, "acme", dry_run=True)
     assert (dry.due, dry.destroyed, dry.held) == (4, 0, 2)
     assert _key_of(ports, due_plain).destroyed_at is None
@@ -177,6 +179,14 @@ def test_run_destroys_what_is_due_holds_back_what_is_held_and_leaves_records(
         row = _key_of(ports, cid)
         assert row.destroyed_at is not None
         assert row.ciphertext == b"" and row.wrapped_data_key == b""
+    if ports.settings.database_url is None:  # SQLite: the freed bytes are overwritten too
+        conn = sqlite3.connect(ports.settings.home_dir / "db" / "certvault.sqlite3")
+        try:
+            assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+        finally:
+            conn.close()
+        stored = b"".join(p.read_bytes() for p in ports.settings.home_dir.glob("db/*"))
+        assert secret.ciphertext not in stored and secret.wrapped_data_key not in stored
     for cid in (old, renewal, recent, kept, by_person, by_cert):
         row = _key_of(ports, cid)
         assert row.destroyed_at is None and row.ciphertext != b""

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from certvault.crypto.profiles import PROFILES
@@ -495,6 +495,7 @@ def _destroy(
     live = [row.id for row in rows]
     if not live:
         return 0
+    overwrite_freed(session)
     result = session.execute(
         update(EscrowedKey)
         .where(EscrowedKey.id.in_(live), EscrowedKey.destroyed_at.is_(None))
@@ -544,6 +545,14 @@ def _destroy(
     session.flush()
     audit.record_many(session, ports, account=account, actor=actor, planned=planned)
     return len(live)
+
+
+def overwrite_freed(session: Session) -> None:
+    """On SQLite, have the bytes a wipe frees overwritten with zeros, not left in free space in
+    the database file (the connection keeps the setting). PostgreSQL keeps old row versions
+    until VACUUM reuses them (docs/retention.md)."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("PRAGMA secure_delete = ON"))
 
 
 # --- crypto-shredding ---------------------------------------------------------------------------
@@ -608,6 +617,7 @@ def destroy_account_keys(ports: Ports, actor: Actor, account_slug: str) -> Shred
                 " nothing was destroyed. See `certvault hold list`."
             )
         now = database_now(session)
+        overwrite_freed(session)
         versions = session.execute(
             update(AccountKey)
             .where(AccountKey.account_id == account.id, AccountKey.destroyed_at.is_(None))
