@@ -11,7 +11,7 @@ import sqlite3
 import pytest
 from sqlalchemy import event, select, text
 
-from certvault.db.models import AccountKey, Certificate, EscrowedKey, KeyDestruction
+from certvault.db.models import Account, AccountKey, Certificate, EscrowedKey, KeyDestruction
 from certvault.errors import CertvaultError, Forbidden
 from certvault.services.directory import certificates
 from certvault.services.kernel import keyring, seals
@@ -252,6 +252,13 @@ def test_run_destroys_what_is_due_holds_back_what_is_held_and_leaves_records(
     )
     assert {c.id: c.key_in_vault for c in page.items}[due_plain] is False
 
+    # The one function that opens keys refuses a destroyed one (what verification drills call).
+    with ports.db.read() as session:
+        destroyed_row = session.get(EscrowedKey, _key_of(ports, due_plain).id)
+        acme = session.get(Account, destroyed_row.account_id)
+        with pytest.raises(keyring.AccountKeyDestroyed):
+            keyring.open_private_key(session, ports, acme, destroyed_row)
+
     # Released: 410 account_key_destroyed, and the refusal is audited.
     with pytest.raises(keyring.AccountKeyDestroyed) as refused:
         release_key(ports, operator, "acme", due_plain, passphrase=None, reason="test")
@@ -358,6 +365,15 @@ def test_destroy_keys_is_refused_under_hold_and_then_nothing_opens_or_comes_in(
 
     with pytest.raises(keyring.AccountKeyDestroyed):
         release_key(ports, operator, "acme", cid, passphrase=None, reason="test")
+    # The one function that opens keys refuses too, also when someone clears the key's mark by
+    # SQL: its account key is gone.
+    _sql(ports, "UPDATE escrowed_keys SET destroyed_at = NULL")
+    with ports.db.read() as session:
+        row = session.scalars(select(EscrowedKey)).one()
+        account_row = session.get(Account, row.account_id)
+        with pytest.raises(keyring.AccountKeyDestroyed):
+            keyring.open_private_key(session, ports, account_row, row)
+    _sql(ports, "UPDATE escrowed_keys SET destroyed_at = CURRENT_TIMESTAMP")
     # No fresh account key behind the operator's back: a new key is refused ...
     with pytest.raises(_Refused) as refused_new:
         _import(ports, operator, email="new@x.org")

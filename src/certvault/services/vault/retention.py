@@ -301,7 +301,6 @@ def run_retention(
     *,
     dry_run: bool = False,
     batch: int = BATCH,
-    progress: Callable[[int], None] | None = None,
 ) -> RunReport:
     """Destroy every escrowed key that is due and not held, in batches (one transaction each).
     One run at a time across nodes (the "retention" duty); a rerun destroys nothing twice."""
@@ -324,8 +323,9 @@ def run_retention(
         return report
     with duty(ports, "retention") as held:
         for slug in slugs:
-            run = _run_account(ports, actor, slug, report, False, batch, held.renew, progress)
-            report.accounts.append(run)
+            report.accounts.append(
+                _run_account(ports, actor, slug, report, False, batch, held.renew)
+            )
     return report
 
 
@@ -337,7 +337,6 @@ def _run_account(
     dry_run: bool,
     batch: int,
     renew: Callable[[], None] | None,
-    progress: Callable[[int], None] | None = None,
 ) -> AccountRun:
     run = AccountRun(slug)
     after = 0
@@ -362,9 +361,7 @@ def _run_account(
             break
         after = last
         if renew is not None:
-            renew()
-        if progress is not None:
-            progress(run.destroyed)
+            renew()  # between batches: a run that lost its lock stops here
     if run.destroyed and not dry_run:
 
         def summary(session: Session) -> None:
