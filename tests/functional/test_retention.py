@@ -62,9 +62,13 @@ def _set_profile(ports, certificate_id: int, profile: str) -> None:  # type: ign
 
 
 def _key_of(ports, certificate_id: int) -> EscrowedKey:  # type: ignore[no-untyped-def]
+    # Without loading the certificate: a test may have altered it.
     with ports.db.read() as session:
-        cert = session.get(Certificate, certificate_id)
-        return session.get(EscrowedKey, cert.escrowed_key_id)
+        return session.scalars(
+            select(EscrowedKey)
+            .join(Certificate, Certificate.escrowed_key_id == EscrowedKey.id)
+            .where(Certificate.id == certificate_id)
+        ).one()
 
 
 def _checkpointed(ports) -> bytes:  # type: ignore[no-untyped-def]
@@ -420,3 +424,25 @@ def test_tampered_policy_and_hold_rows_are_refused_and_named(ports, operator, ac
         holds.release_hold(ports, operator, "acme", hold.id, reason="r")
     assert _key_of(ports, cid).destroyed_at is None
     assert events(ports, "integrity.row_refused")
+
+
+def test_a_tampered_certificate_or_destruction_record_is_refused_and_named(
+    ports, operator, account
+):
+    _, tampered = _import(ports, operator, expired_days_ago=40, email="t@x.org")
+    _, honest = _import(ports, operator, expired_days_ago=40, email="h@x.org")
+    retention.set_policy(ports, operator, "acme", days=30)
+    # Someone moves a certificate's expiry by SQL: its key is left alone, the refusal audited.
+    _sql(ports, f"UPDATE certificates SET serial = 'ff' WHERE id = {tampered}")
+    report = retention.run_retention(ports, operator, "acme")
+    assert (report.destroyed, report.refused) == (1, 1)
+    assert _key_of(ports, tampered).destroyed_at is None
+    assert _key_of(ports, honest).destroyed_at is not None
+    refusals = events(ports, "integrity.row_refused")
+    assert [e.target_type for e in refusals] == ["certificates"]
+    # A destruction record altered by SQL is named by `certvault verify`'s check.
+    _sql(ports, "UPDATE key_destructions SET policy_days = 9999")
+    tables = {p.table for p in seals.check_rows(ports).problems}
+    assert tables == {"certificates", "key_destructions"}
+    with pytest.raises(seals.TamperedRow):
+        retention.list_destructions(ports, operator, "acme")

@@ -422,6 +422,13 @@ def _batch(
     ]
     if not candidates:
         return None, counts
+    if not dry_run:
+        # The keys first, then who uses them: an archival linking a renewal to one of them
+        # (archive.py reads the key FOR SHARE) either commits before, and is seen below, or
+        # waits and then finds the key destroyed.
+        session.execute(
+            select(EscrowedKey.id).where(EscrowedKey.id.in_(candidates)).with_for_update()
+        )
     with seals.lenient(session) as refused:
         certs = list(
             session.scalars(
