@@ -31,6 +31,7 @@ from certvault.services.access import form_nonces, web_sessions
 from certvault.services.directory import certificates, persons
 from certvault.services.directory.accounts import account_status
 from certvault.services.kernel.actors import Privilege
+from certvault.services.kernel.keyring import AccountKeyDestroyed
 from certvault.services.kernel.paging import MAX_LIMIT
 from certvault.services.kernel.ratelimit import Quota
 from certvault.services.vault import person_keys, release
@@ -120,6 +121,8 @@ def _certificate(console: Console, certificate_id: int) -> Target:
     )
     if cert.escrowed_key_id is None:
         raise NoEscrowedKey()
+    if not cert.key_in_vault:  # escrowed once, destroyed since: no form to fill in for nothing
+        raise AccountKeyDestroyed("This escrowed key was destroyed.")
     return Target("certificate", cert.id, frozenset({cert.organization_id}), [cert])
 
 
