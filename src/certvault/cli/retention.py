@@ -197,7 +197,7 @@ def destroy_keys(
                 f"This would destroy {plan.account_key_versions} account-key version(s) and "
                 f"{plan.escrowed_keys} escrowed key(s) of {plan.slug}: none of them could be "
                 "recovered from this installation again, and the account would take no new "
-                "keys.",
+                "keys. Backups taken before would still hold them until they age out.",
                 markup=False,
             )
             if plan.active_holds:
