@@ -103,30 +103,16 @@ def test_hostile_arguments_get_clear_errors_and_change_nothing(cli: Cli) -> None
     assert code == 0 and said == ""
 
 
-def test_policies_holds_run_and_shredding_from_the_command_line(cli: Cli, tmp_path: Path) -> None:
+def test_each_command_as_a_subprocess(cli: Cli, tmp_path: Path) -> None:
     old, new = _vault(cli)
     proc = cli.run("retention", "set", "--account", "acme", "--days", "30")
     assert proc.returncode == 0 and "destroyed 30 days after" in text(proc), text(proc)
-    proc = cli.run(
-        "retention", "set", "--account", "acme", "--days", "off", "--profile", "client-auth"
-    )
-    assert proc.returncode == 0 and "off: kept forever" in text(proc)
-    proc = cli.run("retention", "clear", "--account", "acme", "--profile", "client-auth")
-    assert proc.returncode == 0 and "policy removed" in text(proc)
-
     proc = cli.run("hold", "add", "--account", "acme", "--person", "OLD@x.org", "--reason", "c-1")
     assert proc.returncode == 0 and "on person old@x.org" in text(proc), text(proc)
     hold_id = text(proc).split()[1]
     proc = cli.run("retention", "show", "--account", "acme")
     assert "account\tdestroyed 30 days after" in proc.stdout
     assert "active legal holds: 1" in text(proc)
-
-    proc = cli.run("retention", "run")
-    assert proc.returncode == 0 and "acme: due 1, destroyed 0, held back 1" in text(proc)
-    # Shredding is refused under a hold; without --confirm it only says what it would do.
-    proc = cli.run("account", "destroy-keys", "acme")
-    assert proc.returncode == 2 and "Nothing was done" in text(proc)
-    assert "2 escrowed key(s)" in text(proc) and "1 legal hold(s) active" in text(proc)
     proc = cli.run("account", "destroy-keys", "acme", "--confirm")
     assert proc.returncode == 1 and "[legal_hold_active]" in text(proc)
 
@@ -136,27 +122,76 @@ def test_policies_holds_run_and_shredding_from_the_command_line(cli: Cli, tmp_pa
     assert line.split("\t")[0] == hold_id and line.split("\t")[1].startswith("released ")
     assert line.endswith("\tc-1")
 
-    proc = cli.run("retention", "run", "--account", "acme", "--dry-run")
-    assert "due 1, would destroy 1, held back 0" in text(proc), text(proc)
     proc = cli.run("retention", "run", "--account", "acme")
     assert "acme: due 1, destroyed 1, held back 0" in text(proc), text(proc)
     assert "database time" in text(proc)
     proc = _export(cli, tmp_path, old, "old.p12")
     assert proc.returncode == 1 and "[account_key_destroyed]" in text(proc)
     assert not (tmp_path / "old.p12").exists()
-
-    # A tampered policy row: refused, and `certvault verify` names it.
-    cli.sql("UPDATE retention_policies SET days = 0")
-    proc = cli.run("retention", "run", "--account", "acme")
-    assert proc.returncode == 1 and "[row_tampered]" in text(proc)
-    proc = cli.run("verify")
-    assert proc.returncode == 1 and "TAMPERED retention_policies" in text(proc)
-    cli.sql("DELETE FROM retention_policies")
+    proc = cli.run("retention", "clear", "--account", "acme")
+    assert proc.returncode == 0 and "policy removed" in text(proc)
 
     proc = cli.run("account", "destroy-keys", "acme", "--confirm")
     assert proc.returncode == 0, text(proc)
     assert "destroyed 1 account-key version(s) and 1 escrowed key(s)" in text(proc)
     assert "every backup of this installation taken before" in text(proc)
-    proc = _export(cli, tmp_path, new, "new.p12")
-    assert proc.returncode == 1 and "[account_key_destroyed]" in text(proc)
-    assert cli.run("audit", "verify").returncode == 0
+
+    # A hold altered by SQL: `certvault verify` names it.
+    cli.sql("UPDATE legal_holds SET reason = 'nothing to see'")
+    proc = cli.run("verify")
+    assert proc.returncode == 1 and "TAMPERED legal_holds" in text(proc)
+
+
+def test_the_whole_course_in_process(cli: Cli, tmp_path: Path) -> None:
+    old, new = _vault(cli)
+    code, said = _invoke(cli, "retention", "set", "--account", "acme", "--days", "30")
+    assert code == 0
+    code, said = _invoke(
+        cli, "retention", "set", "--account", "acme", "--days", "off", "--profile", "client-auth"
+    )
+    assert code == 0 and "off: kept forever" in said
+    code, said = _invoke(cli, "retention", "clear", "--account", "acme", "--profile", "smime")
+    assert code == 0 and "had no policy" in said
+    code, said = _invoke(
+        cli, "hold", "add", "--account", "acme", "--certificate", str(old), "--reason", "c-2"
+    )
+    assert code == 0 and f"on certificate {old}" in said
+    hold_id = said.split()[1]
+    code, said = _invoke(cli, "retention", "run")
+    assert code == 0 and "acme: due 1, destroyed 0, held back 1" in said
+    # Without --confirm it only says what it would do (and that a hold stops it).
+    code, said = _invoke(cli, "account", "destroy-keys", "acme")
+    assert code == 2 and "Nothing was done" in said
+    assert "2 escrowed key(s)" in said and "1 legal hold(s) active" in said
+    assert "Backups taken before would still hold them" in said
+    code, said = _invoke(cli, "hold", "release", "--account", "acme", hold_id, "--reason", "ok")
+    assert code == 0
+    code, said = _invoke(cli, "retention", "run", "--account", "acme", "--dry-run")
+    assert "due 1, would destroy 1, held back 0" in said, said
+    code, said = _invoke(cli, "retention", "run", "--account", "acme")
+    assert "acme: due 1, destroyed 1, held back 0" in said, said
+    code, said = _invoke(cli, "retention", "run", "--account", "acme")
+    assert "due 0, destroyed 0" in said
+    # A tampered policy: the run is refused, and `certvault verify` names the row.
+    cli.sql("UPDATE retention_policies SET days = 0 WHERE profile IS NULL")
+    code, said = _invoke(cli, "retention", "run", "--account", "acme")
+    assert code == 1 and "[row_tampered]" in said
+    code, said = _invoke(cli, "verify")
+    assert code == 1 and "TAMPERED retention_policies" in said
+    cli.sql("DELETE FROM retention_policies")
+    code, said = _invoke(cli, "account", "destroy-keys", "acme", "--confirm")
+    assert code == 0 and "1 escrowed key(s)" in said
+    code, said = _invoke(
+        cli,
+        "export",
+        str(new),
+        "--account",
+        "acme",
+        "--out",
+        str(tmp_path / "n.p12"),
+        "--reason",
+        "test",
+    )
+    assert code == 1 and "[account_key_destroyed]" in said
+    code, said = _invoke(cli, "audit", "verify")
+    assert code == 0, said
