@@ -163,7 +163,7 @@ class BatchPlan:
             for key_id, spki, destroyed_at in self.session.execute(
                 select(EscrowedKey.id, EscrowedKey.spki_sha256, EscrowedKey.destroyed_at)
                 .where(EscrowedKey.account_id == account_id, EscrowedKey.spki_sha256.in_(chunk))
-                .with_for_update(read=True)  # as archive.py: a destruction is waited for
+                .with_for_update(read=True)  # a retention run destroying one is waited for
             ):
                 self.keys[bytes(spki)] = _Key(key_id, destroyed=destroyed_at is not None)
         emails: list[str] = []
