@@ -11,7 +11,7 @@ from certvault.db.engine import Database
 from certvault.db.migrate import alembic_config
 from tests.conftest import _pg_exec, _sqla_url
 
-REVISION = "0016"
+REVISION = "0014"
 TABLES = {"retention_policies", "legal_holds", "key_destructions"}
 
 
