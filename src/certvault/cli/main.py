@@ -18,6 +18,7 @@ from certvault.cli.agent import agent_app
 from certvault.cli.ca import ca_app
 from certvault.cli.common import err, guarded, operator, out, ports_for_command, read_secret_file
 from certvault.cli.form import form_app
+from certvault.cli.rotation import rotate_account
 from certvault.cli.serve import serve
 from certvault.cli.verify import verify
 from certvault.services.access import admins, tokens
@@ -58,6 +59,7 @@ admin_app.command("reset-totp")(reset_totp)
 admin_app.command("reset-password")(reset_password)
 app.command("backup")(backup_commands.backup_command)
 app.command("restore")(backup_commands.restore_command)
+keys_commands.kek_app.command("rotate-account")(rotate_account)
 
 
 @app.command()

@@ -70,3 +70,23 @@ def private_key_aad(account_uuid: str, escrowed_key_uuid: str, spki_sha256: byte
 
 def service_key_aad(service_key_uuid: str, purpose: str) -> bytes:
     return _aad("certvault/service-key", SEAL_FORMAT, service_key_uuid, purpose)
+
+
+class Rewrap:
+    """Moves data keys from one wrapping key to another (an account-key rotation, DESIGN.md §4).
+
+    Each data key is opened with the old key and its old associated data, then sealed with the
+    new key under the new associated data. The key objects are made once, not once per data key:
+    at a hundred thousand data keys the rotation's cost should be the database's, not ours.
+    """
+
+    def __init__(self, old_key: bytes, new_key: bytes) -> None:
+        self._old, self._new = AESGCM(old_key), AESGCM(new_key)
+
+    def __call__(self, sealed: Sealed, old_aad: bytes, new_aad: bytes) -> Sealed:
+        try:
+            data_key = self._old.decrypt(sealed.nonce, sealed.ciphertext, old_aad)
+        except InvalidTag:
+            raise SealBroken() from None
+        nonce = os.urandom(NONCE_BYTES)
+        return Sealed(nonce, self._new.encrypt(nonce, data_key, new_aad))
