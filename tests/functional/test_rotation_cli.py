@@ -1,0 +1,85 @@
+"""`certvault kek rotate-account`, the real command: dry run, a rotation, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from certvault.services.vault.imports import ImportItem, import_files
+from tests.conftest import TEST_OPERATOR
+from tests.factories import make_ca, make_cert, make_p12
+from tests.functional import cli_env
+
+PW = "rotation-cli-password-1"
+
+
+@pytest.fixture
+def cli(tmp_path):  # type: ignore[no-untyped-def]
+    yield from cli_env.cli_for("sqlite", tmp_path)
+
+
+def _fill(cli, count: int) -> None:  # type: ignore[no-untyped-def]
+    cli.bootstrap()
+    ca = make_ca()
+    items = []
+    for i in range(count):
+        key = ec.generate_private_key(ec.SECP256R1())
+        data = make_p12(key, make_cert(key, f"u{i}@example.org", issuer=ca), PW)
+        items.append(ImportItem(name=str(i), load=lambda d=data: d, password=PW))
+    ports = cli.ports()
+    try:
+        assert all(r.ok for r in import_files(ports, TEST_OPERATOR, "acme", items))
+    finally:
+        ports.close()
+
+
+def _state(cli) -> tuple[list[tuple], list[tuple]]:  # type: ignore[no-untyped-def]
+    keys = cli.sql("SELECT version, destroyed_at IS NULL FROM account_keys ORDER BY version")
+    rows = cli.sql(
+        "SELECT account_key_version, data_key_nonce, wrapped_data_key FROM escrowed_keys"
+        " ORDER BY id"
+    )
+    return keys, rows
+
+
+def test_dry_run_then_rotation(cli):
+    _fill(cli, 7)
+    before = _state(cli)
+
+    dry = cli.run("kek", "rotate-account", "acme", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    said = cli_env.text(dry)
+    assert "account acme: account key v1 -> v2 (a new version)" in said
+    assert "would rewrap 7 data keys (v1: 7); would retire v1" in said
+    assert "nothing was changed" in said
+    assert _state(cli) == before
+
+    done = cli.run("kek", "rotate-account", "acme", "--batch-size", "3")
+    assert done.returncode == 0, done.stderr
+    said = cli_env.text(done)
+    assert "rewrapped 7 data keys in 3 batches" in said
+    assert "account key v2 in use; retired v1" in said
+    assert "backups taken before still hold it" in said
+    keys, rows = _state(cli)
+    assert keys == [(1, 0), (2, 1)]
+    assert {r[0] for r in rows} == {2} and len(rows) == 7
+    assert all(new[1:] != old[1:] for new, old in zip(rows, before[1], strict=True))
+
+
+# Each call starts the command afresh (seconds); the service's tests try many more values.
+BAD = [
+    (["acme", "--batch-size", "0"], "invalid_input", 2),
+    (["ACME; DROP TABLE accounts", "--dry-run"], "not_found", 1),
+]
+
+
+def test_bad_input_is_refused_and_changes_nothing(cli):
+    _fill(cli, 1)
+    before = _state(cli)
+    for args, code, exit_code in BAD:
+        proc = cli.run("kek", "rotate-account", *args)
+        assert proc.returncode == exit_code, (args, cli_env.text(proc))
+        if code is not None:
+            assert f"[{code}]" in cli_env.text(proc), args
+        assert "Traceback" not in proc.stderr
+    assert _state(cli) == before
