@@ -270,12 +270,12 @@ def test_a_row_changed_under_a_batch_is_not_overwritten(ports, operator, account
         key_id = s.scalars(select(EscrowedKey.id)).one()
     stale = (key_id, b"\x00" * 12, b"\x01" * 12, b"\x02" * 48)  # a nonce that is not the row's
     written = ports.db.run(
-        lambda s: rotation._write(s, account_id=1, old=1, target=2, updates=[stale])
+        lambda s: rotation._write(s, held=None, account_id=1, old=1, target=2, updates=[stale])
     )
     assert written == 0 and _rows(ports)[key_uuid][3:] == (dk_nonce, wrapped)
     fresh = (key_id, dk_nonce, b"\x01" * 12, b"\x02" * 48)
     wrong_account = ports.db.run(
-        lambda s: rotation._write(s, account_id=2, old=1, target=2, updates=[fresh])
+        lambda s: rotation._write(s, held=None, account_id=2, old=1, target=2, updates=[fresh])
     )
     assert wrong_account == 0 and _rows(ports)[key_uuid][3:] == (dk_nonce, wrapped)
 

@@ -7,6 +7,7 @@ their own function, which the release path never calls.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -23,7 +24,7 @@ from certvault.db.models import (
     ServiceKey,
     new_uuid,
 )
-from certvault.errors import CertvaultError
+from certvault.errors import CertvaultError, SealBroken
 from certvault.masterkey import MasterKeyProvider
 from certvault.services.kernel.ports import Ports
 
@@ -268,12 +269,13 @@ class DataKeyRewrap:
         self.ports, self.account, self.target = ports, account, target
         self._new_key = _unwrap_account_key(session, ports, account, target)[1]
         self._by_version: dict[int, envelope.Rewrap | CertvaultError] = {}
+        self._aad = envelope.data_key_aad_of(account.uuid)
 
-    def __call__(
-        self, session: Session, version: int, key_uuid: str, wrapped: envelope.Sealed
-    ) -> envelope.Sealed:
-        """The data key of escrowed key ``key_uuid``, now wrapped under the target version;
-        raises a :class:`CertvaultError` when its old wrapping does not open."""
+    def batch(
+        self, session: Session, version: int, rows: Sequence[tuple[str, bytes, bytes]]
+    ) -> list[tuple[bytes, bytes] | str]:
+        """For each (escrowed-key uuid, data-key nonce, wrapped data key) under ``version``: the
+        new (nonce, wrapped data key) under the target, or an error code where it does not open."""
         rewrap = self._by_version.get(version)
         if rewrap is None:
             try:
@@ -283,10 +285,10 @@ class DataKeyRewrap:
                 rewrap = exc
             self._by_version[version] = rewrap
         if isinstance(rewrap, CertvaultError):
-            raise type(rewrap)(rewrap.message)  # a new one: a raised one keeps its traceback
-        uuid = self.account.uuid
-        return rewrap(
-            wrapped,
-            envelope.data_key_aad(uuid, key_uuid, version),
-            envelope.data_key_aad(uuid, key_uuid, self.target),
+            return [rewrap.code] * len(rows)
+        aad, target = self._aad, self.target
+        done = rewrap.many(
+            (nonce, wrapped, aad(key_uuid, version), aad(key_uuid, target))
+            for key_uuid, nonce, wrapped in rows
         )
+        return [SealBroken.code if new is None else new for new in done]

@@ -25,7 +25,6 @@ from typing import Any
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from certvault.crypto import envelope
 from certvault.db.models import Account, AccountKey, EscrowedKey
 from certvault.errors import CertvaultError, InvalidInput
 from certvault.services.audit import log as audit
@@ -274,10 +273,10 @@ class _Batches:
                     break
                 after = read[-1]
                 if updates:
-                    self.held.renew()
                     written = self.ports.db.run(
                         partial(
                             _write,
+                            held=self.held,
                             account_id=self.account.id,
                             old=version,
                             target=target,
@@ -310,16 +309,14 @@ class _Batches:
                 .order_by(EscrowedKey.id)
                 .limit(self.batch_size)
             ).all()
-            for key_id, key_uuid, nonce, wrapped in rows:
-                if key_id in self.failed:
-                    continue
-                try:
-                    new = self.rewrap(session, version, key_uuid, envelope.Sealed(nonce, wrapped))
-                except CertvaultError as exc:
-                    self.failed.add(key_id)
-                    self.result.failures.append(RewrapFailure(key_uuid, exc.code))
-                    continue
-                updates.append((key_id, nonce, new.nonce, new.ciphertext))
+            todo = [row for row in rows if row[0] not in self.failed]
+            done = self.rewrap.batch(session, version, [row[1:] for row in todo])
+        for (key_id, key_uuid, nonce, _), new in zip(todo, done, strict=True):
+            if isinstance(new, str):
+                self.failed.add(key_id)
+                self.result.failures.append(RewrapFailure(key_uuid, new))
+            else:
+                updates.append((key_id, nonce, *new))
         return [row[0] for row in rows], updates
 
 
@@ -346,9 +343,17 @@ _UPDATE_SQLITE = (
 
 
 def _write(
-    session: Session, *, account_id: int, old: int, target: int, updates: Sequence[_Update]
+    session: Session,
+    *,
+    held: Duty | None,
+    account_id: int,
+    old: int,
+    target: int,
+    updates: Sequence[_Update],
 ) -> int:
-    """Write one batch; how many rows took the new wrapping."""
+    """Write one batch, the lease renewed in the same transaction; how many rows took it."""
+    if held is not None:
+        held.renew(session)
     connection = session.connection()
     if connection.dialect.name == "sqlite":
         result = connection.exec_driver_sql(
