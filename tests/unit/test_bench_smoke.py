@@ -100,10 +100,8 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
         ],
     ),
     "rotate.py": (
-        ["--count", "300", "--small", "100", "--backends", "sqlite,postgresql"],
-        _per(
-            ["sqlite", "postgresql"], ["rewrap/UPDATE", "rewrap/raw AES-GCM", "peak RSS full/small"]
-        ),
+        ["--count", "300", "--small", "100", "--backends", "postgresql"],
+        _per(["postgresql"], ["rewrap/UPDATE", "rewrap/raw AES-GCM", "peak RSS full/small"]),
     ),
 }
 RATIO = re.compile(r"([\w#/ .-]+?) = \d+\.\d+x")
