@@ -83,3 +83,16 @@ def test_bad_input_is_refused_and_changes_nothing(cli):
             assert f"[{code}]" in cli_env.text(proc), args
         assert "Traceback" not in proc.stderr
     assert _state(cli) == before
+
+
+def test_a_key_that_does_not_open_is_named_and_the_old_version_kept(cli):
+    _fill(cli, 2)
+    [(key_uuid,)] = cli.sql("SELECT uuid FROM escrowed_keys ORDER BY id LIMIT 1")
+    cli.sql("UPDATE escrowed_keys SET data_key_nonce = ? WHERE uuid = ?", [b"\x00" * 12, key_uuid])
+    proc = cli.run("kek", "rotate-account", "acme")
+    said = cli_env.text(proc)
+    assert proc.returncode == 1, said
+    assert f"FAILED key {key_uuid}: its data key does not open (seal_broken)" in said
+    assert "[rotation_failed]: 1 keys could not be rewrapped; the old account key is kept" in said
+    assert "rewrapped 1 data keys" in said
+    assert _state(cli)[0] == [(1, 1), (2, 1)]  # both versions live

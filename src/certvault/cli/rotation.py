@@ -19,6 +19,8 @@ from certvault.services.vault.rotation import (
     rotate_account_key,
 )
 
+SHOWN_FAILURES = 20  # a whole version that does not open would name every key on it
+
 
 def _versions(versions: tuple[int, ...] | list[int]) -> str:
     return ", ".join(f"v{v}" for v in versions) or "none"
@@ -86,11 +88,13 @@ def rotate_account(
                     on_batch=lambda n: progress.advance(task, n),
                 )
             )
-    for failure in result.failures:
+    for failure in result.failures[:SHOWN_FAILURES]:
         err.print(
             f"FAILED key {failure.escrowed_key_uuid}: its data key does not open ({failure.code})",
             markup=False,
         )
+    if len(result.failures) > SHOWN_FAILURES:
+        err.print(f"... and {len(result.failures) - SHOWN_FAILURES:,} more", markup=False)
     out.print(
         f"rewrapped {result.rewrapped:,} data keys in {result.batches:,} batches "
         f"({result.passes} passes, {result.conflicts:,} changed meanwhile and done again); "
