@@ -53,7 +53,7 @@ from certvault.services.directory import accounts
 from certvault.services.kernel import keyring
 from certvault.services.kernel.ports import Ports, open_ports
 from certvault.services.kernel.tenancy import get_account
-from certvault.services.vault.rotation import rotate_account_key
+from certvault.services.vault.rotation import page_of_keys, rotate_account_key
 
 PRIVATE_KEY_BYTES = 138  # an EC P-256 key's PKCS#8 DER
 INSERT_BATCH = 2_000
@@ -135,22 +135,7 @@ def _pages(ports: Ports, account_id: int, batch: int) -> Iterator[list[Any]]:
     after = 0
     while True:
         with ports.db.read() as s:
-            rows = s.execute(
-                select(
-                    EscrowedKey.id,
-                    EscrowedKey.uuid,
-                    EscrowedKey.data_key_nonce,
-                    EscrowedKey.wrapped_data_key,
-                )
-                .where(
-                    EscrowedKey.account_id == account_id,
-                    EscrowedKey.account_key_version == 1,
-                    EscrowedKey.destroyed_at.is_(None),
-                    EscrowedKey.id > after,
-                )
-                .order_by(EscrowedKey.id)
-                .limit(batch)
-            ).all()
+            rows = s.execute(page_of_keys(account_id, 1, after, batch)).all()
         if not rows:
             return
         after = rows[-1][0]

@@ -18,16 +18,12 @@ import subprocess
 import time
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from certvault.services.vault.imports import ImportItem, import_files
 from certvault.services.vault.verification import verify_escrow
 from tests.conftest import TEST_OPERATOR
-from tests.factories import make_ca, make_cert, make_p12
 from tests.faults.drill import LONG, report, size
 from tests.functional import cli_env
 
-PW = "rotation-drill-password-1"
 SEED = 5
 BATCH = "3"  # small, so that kills land between batches of one rotation
 ROTATE = ("kek", "rotate-account", "acme", "--batch-size", BATCH)
@@ -37,21 +33,6 @@ BACKENDS = ["sqlite", "postgresql"] if LONG else ["sqlite"]
 @pytest.fixture
 def cli(backend, tmp_path):  # type: ignore[no-untyped-def]
     yield from cli_env.cli_for(backend, tmp_path)
-
-
-def _fill(cli: cli_env.Cli, count: int) -> None:
-    cli.bootstrap()
-    ca = make_ca("Drill CA")
-    items = []
-    for i in range(count):
-        key = ec.generate_private_key(ec.SECP256R1())
-        data = make_p12(key, make_cert(key, f"d{i}@example.org", issuer=ca), PW)
-        items.append(ImportItem(name=str(i), load=lambda d=data: d, password=PW))
-    ports = cli.ports()
-    try:
-        assert all(r.ok for r in import_files(ports, TEST_OPERATOR, "acme", items))
-    finally:
-        ports.close()
 
 
 def _blobs(cli: cli_env.Cli) -> str:
@@ -151,7 +132,7 @@ def _verify(cli: cli_env.Cli, keys: int, *, last: bool) -> None:
 def test_rotate_account_survives_kill_9(cli, backend):
     keys = size(30, 200)
     runs = size(3, 20)
-    _fill(cli, keys)
+    cli.bootstrap(keys=keys)
     blobs = _blobs(cli)
     rng = random.Random(f"{SEED}:{backend}")
     runner = _Runner(cli, keys, rng)

@@ -24,12 +24,12 @@ from certvault.services.kernel.tenancy import get_account
 from certvault.services.vault import rotation
 from certvault.services.vault.archive import EntryResult, EscrowRequest, archive_entry
 from certvault.services.vault.custody import restore_master_key
-from certvault.services.vault.imports import ImportItem, import_files, import_p12
+from certvault.services.vault.imports import import_p12
 from certvault.services.vault.release import release_key
 from certvault.services.vault.rotation import plan_rotation, rotate_account_key
 from certvault.services.vault.verification import verify_escrow
 from tests.factories import make_ca, make_cert, make_p12
-from tests.functional.helpers import events
+from tests.functional.helpers import events, import_ec_keys
 
 PW = "rotation-password-1"
 # Where both backends run the same statements, SQLite alone (keeps `make test` short).
@@ -45,16 +45,7 @@ def _p12(index: int) -> tuple[bytes, bytes]:
 
 
 def _import(ports, operator, count: int, start: int = 0) -> dict[int, bytes]:  # type: ignore[no-untyped-def]
-    """``count`` keys archived; certificate id -> the key's PKCS#8 DER."""
-    made = [_p12(start + i) for i in range(count)]
-    items = [
-        ImportItem(name=str(i), load=lambda d=data: d, password=PW)
-        for i, (data, _) in enumerate(made)
-    ]
-    results = import_files(ports, operator, "acme", items)
-    ids = [r.entries[0].client_cert_id for r in results]
-    assert all(r.ok for r in results) and None not in ids
-    return {cid: der for cid, (_, der) in zip(ids, made, strict=True)}  # type: ignore[misc]
+    return import_ec_keys(ports, operator, count, start=start)
 
 
 def _rows(ports) -> dict[str, tuple]:  # type: ignore[no-untyped-def]

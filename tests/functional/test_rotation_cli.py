@@ -3,34 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from certvault.services.vault.imports import ImportItem, import_files
-from tests.conftest import TEST_OPERATOR
-from tests.factories import make_ca, make_cert, make_p12
 from tests.functional import cli_env
-
-PW = "rotation-cli-password-1"
 
 
 @pytest.fixture
 def cli(tmp_path):  # type: ignore[no-untyped-def]
     yield from cli_env.cli_for("sqlite", tmp_path)
-
-
-def _fill(cli, count: int) -> None:  # type: ignore[no-untyped-def]
-    cli.bootstrap()
-    ca = make_ca()
-    items = []
-    for i in range(count):
-        key = ec.generate_private_key(ec.SECP256R1())
-        data = make_p12(key, make_cert(key, f"u{i}@example.org", issuer=ca), PW)
-        items.append(ImportItem(name=str(i), load=lambda d=data: d, password=PW))
-    ports = cli.ports()
-    try:
-        assert all(r.ok for r in import_files(ports, TEST_OPERATOR, "acme", items))
-    finally:
-        ports.close()
 
 
 def _state(cli) -> tuple[list[tuple], list[tuple]]:  # type: ignore[no-untyped-def]
@@ -43,7 +22,7 @@ def _state(cli) -> tuple[list[tuple], list[tuple]]:  # type: ignore[no-untyped-d
 
 
 def test_dry_run_then_rotation(cli):
-    _fill(cli, 7)
+    cli.bootstrap(keys=7)
     before = _state(cli)
 
     dry = cli.run("kek", "rotate-account", "acme", "--dry-run")
@@ -74,7 +53,7 @@ BAD = [
 
 
 def test_bad_input_is_refused_and_changes_nothing(cli):
-    _fill(cli, 1)
+    cli.bootstrap(keys=1)
     before = _state(cli)
     for args, code, exit_code in BAD:
         proc = cli.run("kek", "rotate-account", *args)
@@ -86,7 +65,7 @@ def test_bad_input_is_refused_and_changes_nothing(cli):
 
 
 def test_a_key_that_does_not_open_is_named_and_the_old_version_kept(cli):
-    _fill(cli, 2)
+    cli.bootstrap(keys=2)
     [(key_uuid,)] = cli.sql("SELECT uuid FROM escrowed_keys ORDER BY id LIMIT 1")
     cli.sql("UPDATE escrowed_keys SET data_key_nonce = ? WHERE uuid = ?", [b"\x00" * 12, key_uuid])
     proc = cli.run("kek", "rotate-account", "acme")

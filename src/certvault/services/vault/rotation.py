@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Select, func, select, text, update
 from sqlalchemy.orm import Session
 
 from certvault.db.models import Account, AccountKey, EscrowedKey
@@ -205,7 +205,7 @@ def rotate_account_key(
             except _StillInUse:
                 continue
             return result
-        ports.db.run(lambda s: _record_unfinished(s, ports, actor, account.id, result))
+        ports.db.run(lambda s: _record_end(s, ports, actor, account.id, result))
     if not result.failures:
         raise RotationUnfinished(
             f"Keys were still being written under the old account key after {MAX_PASSES} passes;"
@@ -294,20 +294,7 @@ class _Batches:
         updates: list[_Update] = []
         with self.ports.db.read() as session:
             rows = session.execute(
-                select(
-                    EscrowedKey.id,
-                    EscrowedKey.uuid,
-                    EscrowedKey.data_key_nonce,
-                    EscrowedKey.wrapped_data_key,
-                )
-                .where(
-                    EscrowedKey.account_id == self.account.id,
-                    EscrowedKey.account_key_version == version,
-                    EscrowedKey.destroyed_at.is_(None),
-                    EscrowedKey.id > after,
-                )
-                .order_by(EscrowedKey.id)
-                .limit(self.batch_size)
+                page_of_keys(self.account.id, version, after, self.batch_size)
             ).all()
             todo = [row for row in rows if row[0] not in self.failed]
             done = self.rewrap.batch(session, version, [row[1:] for row in todo])
@@ -318,6 +305,29 @@ class _Batches:
             else:
                 updates.append((key_id, nonce, *new))
         return [row[0] for row in rows], updates
+
+
+def page_of_keys(
+    account_id: int, version: int, after: int, limit: int
+) -> Select[int, str, bytes, bytes]:
+    """The next ``limit`` live keys of the account on ``version`` after id ``after`` (keyset
+    paging: each page starts where the last ended, memory stays flat): id, uuid, wrapping."""
+    return (
+        select(
+            EscrowedKey.id,
+            EscrowedKey.uuid,
+            EscrowedKey.data_key_nonce,
+            EscrowedKey.wrapped_data_key,
+        )
+        .where(
+            EscrowedKey.account_id == account_id,
+            EscrowedKey.account_key_version == version,
+            EscrowedKey.destroyed_at.is_(None),
+            EscrowedKey.id > after,
+        )
+        .order_by(EscrowedKey.id)
+        .limit(limit)
+    )
 
 
 # (id, the data-key nonce read, the new nonce, the new wrapped data key)
@@ -412,28 +422,21 @@ def _retire(
     )
     if still:
         raise _StillInUse()
-    retired = tuple(sorted(row.version for row in old))
-    result.retired = retired
-    audit.record(
-        session,
-        ports,
-        account=session.get_one(Account, account_id),
-        actor=actor,
-        action=ACTION,
-        details=result.details(),
-    )
-    return retired
+    result.retired = tuple(sorted(row.version for row in old))
+    _record_end(session, ports, actor, account_id, result)
+    return result.retired
 
 
-def _record_unfinished(
+def _record_end(
     session: Session, ports: Ports, actor: Actor, account_id: int, result: RotationResult
 ) -> None:
+    """The event that ends a run: finished (old versions retired), or stopped short."""
     audit.record(
         session,
         ports,
         account=session.get_one(Account, account_id),
         actor=actor,
         action=ACTION,
-        outcome="failure",
+        outcome="success" if result.retired else "failure",
         details=result.details(),
     )
