@@ -2,7 +2,7 @@
 AES-GCM rewrap (cryptography only) and a plain set-based UPDATE of rows of the same shape.
 
     python bench/rotate.py [--count N] [--small N] [--backends postgresql,sqlite]
-                           [--batch-size N] [--provider file]
+                           [--batch-size N] [--provider file|pkcs11]
 
 For each backend: a throwaway installation with two accounts of --count escrowed keys each,
 sealed the way the service seals them (a 138-byte private key, an EC P-256 PKCS#8's size, under
@@ -22,20 +22,20 @@ Then the peak RSS of the rotation of --small keys in a fresh installation, again
 Printed: "rewrap/UPDATE" (target: >= 0.50x: the database write, not the cryptography, should be
 the cost), "rewrap/raw AES-GCM", and "peak RSS full/small" (flat is 1.00x).
 
---provider names the master-key provider. The rotation unwraps one account key per version
-through it, so the rewrap rate hardly depends on it; `file` is what this tree has, and
-`_provider_settings` is where a PKCS#11 provider's settings go once masterkey/pkcs11.py exists.
+--provider names the master-key provider: `file`, or `pkcs11` (a throwaway SoftHSM2 token made
+for the run, its key made there). The rotation unwraps one account key per version through it, so
+the rewrap rate should hardly depend on it; the run says so.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,16 +60,25 @@ INSERT_BATCH = 2_000
 SAMPLE = 50  # keys opened after the rotation
 
 
-def _provider_settings(provider: str) -> dict[str, Any]:
-    """Settings for the master-key provider ``provider`` (the hook for PKCS#11)."""
+def use_provider(provider: str, workdir: Path) -> None:
+    """Configure the master-key provider through the environment, which the rotation's own
+    process inherits: `file` is the default; `pkcs11` is a throwaway SoftHSM2 token in
+    ``workdir`` holding a new master key."""
     if provider == "file":
-        return {}
-    if provider == "pkcs11" and importlib.util.find_spec("certvault.masterkey.pkcs11"):
-        raise SystemExit(
-            "masterkey/pkcs11.py is here: put its settings (module, token, key label, PIN file"
-            " of a throwaway SoftHSM2 token) in bench/rotate.py:_provider_settings."
-        )
-    raise SystemExit(f"No master-key provider {provider!r} in this tree.")
+        return
+    from certvault.masterkey.pkcs11 import Pkcs11MasterKeyProvider
+    from tests.pkcs11_fixtures import MODULE, PIN, make_token
+
+    token = make_token(workdir)
+    pin_file = workdir / "pin"
+    pin_file.write_text(PIN)
+    pin_file.chmod(0o600)
+    os.environ.update(token.env(pin_file), CERTVAULT_MASTER_KEY_PROVIDER="pkcs11")
+    made = Pkcs11MasterKeyProvider(MODULE, token.label, "certvault-master", PIN)
+    try:
+        made.create_version()
+    finally:
+        made.close()
 
 
 def _private_key(index: int) -> bytes:
@@ -261,9 +270,11 @@ def check_sample(ports: Ports, count: int) -> None:
             assert keyring.open_private_key(s, ports, account, row) == wanted[row.spki_sha256]
 
 
-def run_backend(backend: str, args: argparse.Namespace, figures: Any) -> dict[str, float]:
-    overrides = _provider_settings(args.provider)
-    with installation(backend, **overrides) as ports:
+def run_backend(
+    backend: str, label: str, args: argparse.Namespace, figures: Any
+) -> dict[str, float]:
+    with installation(backend) as ports:
+        assert args.provider in ports.master_key.name, ports.master_key.name
         accounts.create_account(ports, OPERATOR, "Baseline", "baseline", key_vault_enabled=True)
         start = time.perf_counter()
         populate(ports, "bench", args.count)
@@ -277,7 +288,7 @@ def run_backend(backend: str, args: argparse.Namespace, figures: Any) -> dict[st
         assert rotated["rewrapped"] == args.count, rotated
         check_sample(ports, args.count)
     raw_s = raw_rewrap(args.count)
-    with installation(backend, **overrides) as ports:
+    with installation(backend) as ports:
         populate(ports, "bench", args.small)
         small = rotate_in_child(ports, args.batch_size)
     rates = {
@@ -286,15 +297,15 @@ def run_backend(backend: str, args: argparse.Namespace, figures: Any) -> dict[st
         "raw AES-GCM": args.count / raw_s,
     }
     for name, rate in rates.items():
-        figures.value(f"{backend} {name} rate", rate, "keys/s")
-    figures.value(f"{backend} rotation peak RSS {args.count}", rotated["peak_kib"], "KiB")
-    figures.value(f"{backend} rotation peak RSS {args.small}", small["peak_kib"], "KiB")
+        figures.value(f"{label} {name} rate", rate, "keys/s")
+    figures.value(f"{label} rotation peak RSS {args.count}", rotated["peak_kib"], "KiB")
+    figures.value(f"{label} rotation peak RSS {args.small}", small["peak_kib"], "KiB")
     print(
-        f"  {backend}: rewrap {rates['rewrap']:,.0f} keys/s ({rotated['batches']:,} batches), "
+        f"  {label}: rewrap {rates['rewrap']:,.0f} keys/s ({rotated['batches']:,} batches), "
         f"plain UPDATE {rates['UPDATE']:,.0f} rows/s, raw AES-GCM {rates['raw AES-GCM']:,.0f}/s"
     )
     print(
-        f"  {backend}: rotation peak RSS {rotated['peak_kib'] / 1024:,.1f} MiB at "
+        f"  {label}: rotation peak RSS {rotated['peak_kib'] / 1024:,.1f} MiB at "
         f"{args.count:,} keys, {small['peak_kib'] / 1024:,.1f} MiB at {args.small:,} "
         f"({rotated['before_kib'] / 1024:,.1f} / {small['before_kib'] / 1024:,.1f} MiB before)"
     )
@@ -311,7 +322,7 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=10_000, help="keys of the RSS comparison")
     parser.add_argument("--backends", default="postgresql,sqlite")
     parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--provider", default="file", help="master-key provider (file)")
+    parser.add_argument("--provider", choices=["file", "pkcs11"], default="file")
     parser.add_argument("--rotation-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rotation_child:
@@ -319,17 +330,20 @@ def main() -> None:
         rotation_child(home, url, int(batch))
         return
     sizes = {k: v for k, v in vars(args).items() if k != "rotation_child"}
-    with report("rotate", sizes) as figures:
+    with tempfile.TemporaryDirectory() as workdir, report("rotate", sizes) as figures:
+        use_provider(args.provider, Path(workdir))
         for backend in args.backends.split(","):
-            ratios = run_backend(backend, args, figures)
+            # Another provider's figures are kept apart from the file provider's.
+            label = backend if args.provider == "file" else f"{backend} {args.provider}"
+            ratios = run_backend(backend, label, args, figures)
             figures.ratio(
-                f"{backend} rewrap/UPDATE",
+                f"{label} rewrap/UPDATE",
                 ratios["rewrap/UPDATE"],
                 f"{args.provider} provider, {args.count:,} keys; target >= 0.50x",
             )
-            figures.ratio(f"{backend} rewrap/raw AES-GCM", ratios["rewrap/raw"])
+            figures.ratio(f"{label} rewrap/raw AES-GCM", ratios["rewrap/raw"])
             figures.ratio(
-                f"{backend} peak RSS full/small",
+                f"{label} peak RSS full/small",
                 ratios["rss"],
                 f"{args.count:,} and {args.small:,} keys; flat is 1.00x",
             )
