@@ -75,6 +75,13 @@ def _details(event) -> dict:  # type: ignore[no-untyped-def]
     return dict(json.loads(event.details))
 
 
+def _all_open(ports, operator, keys: int, *, destroyed: int = 0) -> None:  # type: ignore[no-untyped-def]
+    """The verification drill opens ``keys`` keys, each matching its certificates, and meets
+    ``destroyed`` destroyed ones (a key under a wiped account key would count there)."""
+    report = verify_escrow(ports, operator, "acme")
+    assert report.ok and (report.keys, report.destroyed) == (keys, destroyed), report
+
+
 def _released_der(ports, operator, cert_id: int) -> bytes:  # type: ignore[no-untyped-def]
     batch = release_key(ports, operator, "acme", cert_id, passphrase=None, reason="rotation test")
     p12 = read_pkcs12(batch.releases[0].data, batch.generated_passphrase)
@@ -100,7 +107,7 @@ def test_rotation_rewraps_every_data_key_and_retires_the_old_version(ports, oper
     # The old version's wrapped key is gone; the new one is live.
     assert _account_keys(ports)[1] == (True, b"")
     assert _account_keys(ports)[2][0] is False
-    assert verify_escrow(ports, operator, "acme").ok
+    _all_open(ports, operator, 12)
     cert_id, der = next(iter(keys.items()))
     assert _released_der(ports, operator, cert_id) == der
 
@@ -116,7 +123,7 @@ def test_rotation_rewraps_every_data_key_and_retires_the_old_version(ports, oper
     again = rotate_account_key(ports, operator, "acme")
     assert again.plan.creates_version and again.plan.target == 3 and again.rewrapped == 12
     assert {v for v, *_ in _rows(ports).values()} == {3}
-    assert verify_escrow(ports, operator, "acme").ok
+    _all_open(ports, operator, 12)
 
 
 @SQLITE_ONLY
@@ -125,7 +132,7 @@ def test_new_archivals_seal_under_the_new_version(ports, operator, account):
     rotate_account_key(ports, operator, "acme")
     _import(ports, operator, 2, start=100)
     assert {v for v, *_ in _rows(ports).values()} == {2}
-    assert verify_escrow(ports, operator, "acme").ok
+    _all_open(ports, operator, 5)
 
 
 class _Crash(Exception):
@@ -149,7 +156,7 @@ def test_a_run_stopped_mid_way_is_resumed_not_restarted(ports, operator, account
     assert not result.plan.creates_version and result.rewrapped == 5
     assert set(_account_keys(ports)) == {1, 2}  # no third version
     assert {v for v, *_ in _rows(ports).values()} == {2}
-    assert verify_escrow(ports, operator, "acme").ok
+    _all_open(ports, operator, 9)
     finished = events(ports, rotation.ACTION)[-1]
     assert _details(finished)["resumed"] is True and _details(finished)["retired_versions"] == [1]
 
@@ -217,7 +224,7 @@ def test_destroyed_escrowed_keys_are_skipped(ports, operator, account):
 
     assert result.rewrapped == 2 and result.retired == (1,)
     assert _rows(ports)[victim_uuid] == before  # left exactly as it was
-    assert verify_escrow(ports, operator, "acme").ok  # a destroyed key is not checked
+    _all_open(ports, operator, 2, destroyed=1)
     assert _details(events(ports, rotation.ACTION)[-1])["skipped_destroyed"] == 1
 
 
@@ -236,6 +243,31 @@ def test_an_account_whose_keys_were_destroyed_refuses(ports, operator, account):
         assert refused.value.code == "account_key_destroyed"
         assert "shredded" in refused.value.message
     assert _rows(ports) == before and set(_account_keys(ports)) == {1}
+
+
+@SQLITE_ONLY
+def test_keys_under_a_destroyed_version_are_left_and_do_not_hold_the_rotation(
+    ports, operator, account
+):
+    # After a shredding, a key may still point at a destroyed account-key version: it cannot be
+    # opened, so it cannot be moved, and it must not keep the live old version from retiring.
+    _import(ports, operator, 3)
+    rotate_account_key(ports, operator, "acme")  # v1 retired
+    with ports.db.transaction() as s:
+        stranded = s.scalars(select(EscrowedKey).order_by(EscrowedKey.id)).first()
+        assert stranded is not None
+        stranded.account_key_version = 1
+        stranded_uuid = stranded.uuid
+    before = _rows(ports)[stranded_uuid]
+    plan = plan_rotation(ports, "acme")
+    assert (plan.creates_version, plan.pending, plan.unopenable) == (True, {2: 2}, 1)
+
+    result = rotate_account_key(ports, operator, "acme")
+
+    assert result.ok and result.finished and result.retired == (2,) and result.rewrapped == 2
+    assert _rows(ports)[stranded_uuid] == before
+    assert _details(events(ports, rotation.ACTION)[-1])["under_destroyed_versions"] == 1
+    _all_open(ports, operator, 2, destroyed=1)  # the drill counts it destroyed, as it is
 
 
 @SQLITE_ONLY
@@ -405,7 +437,7 @@ def test_an_archival_sealing_under_the_old_version_holds_its_retirement(
     [result] = outcome
     assert result.passes == 2 and result.retired == (1,) and result.rewrapped == 4
     assert {v for v, *_ in _rows(ports).values()} == {2}
-    assert verify_escrow(ports, operator, "acme").ok
+    _all_open(ports, operator, 4)
     assert entry.client_cert_id is not None
     assert _released_der(ports, operator, entry.client_cert_id) == keylib.to_pkcs8_der(key)
 
@@ -431,6 +463,6 @@ def test_shares_still_restore_the_master_key_after_a_rotation(ports, operator, a
     fresh = open_ports(settings)
     try:
         assert restore_master_key(fresh, shares[:2]) == 1  # v2; v1 is retired
-        assert verify_escrow(fresh, operator, "acme").ok
+        _all_open(fresh, operator, 2)
     finally:
         fresh.close()

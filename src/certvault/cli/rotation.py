@@ -31,6 +31,16 @@ def _pending(plan: RotationPlan) -> str:
     return f"{plan.to_rewrap:,} data keys" + (f" ({parts})" if parts else "")
 
 
+def _left(plan: RotationPlan) -> str:
+    text = f"destroyed keys left as they are: {plan.destroyed_skipped:,}"
+    if plan.unopenable:
+        text += (
+            f"; {plan.unopenable:,} keys are under an account key destroyed before and cannot be"
+            " opened (crypto-shredded; left as they are)"
+        )
+    return text
+
+
 def _heading(plan: RotationPlan) -> str:
     step = "a new version" if plan.creates_version else "resuming the rotation begun before"
     old = sorted(set(plan.retires) | set(plan.pending))
@@ -59,7 +69,7 @@ def rotate_account(
             out.print(_heading(plan), markup=False)
             out.print(
                 f"would rewrap {_pending(plan)}; would retire {_versions(plan.retires)}; "
-                f"destroyed keys left as they are: {plan.destroyed_skipped:,}",
+                f"{_left(plan)}",
                 markup=False,
             )
             out.print("dry run: nothing was changed", markup=False)
@@ -98,7 +108,7 @@ def rotate_account(
     out.print(
         f"rewrapped {result.rewrapped:,} data keys in {result.batches:,} batches "
         f"({result.passes} passes, {result.conflicts:,} changed meanwhile and done again); "
-        f"destroyed keys left as they are: {result.plan.destroyed_skipped:,}",
+        f"{_left(result.plan)}",
         markup=False,
     )
     if not result.ok:

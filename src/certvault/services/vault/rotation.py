@@ -62,8 +62,11 @@ class RotationPlan:
     live_versions: tuple[int, ...]  # account-key versions not destroyed, oldest first
     target: int
     creates_version: bool  # False: a rotation begun before is resumed
-    pending: dict[int, int]  # old version -> escrowed keys still wrapped under it
+    pending: dict[int, int]  # live old version -> escrowed keys still wrapped under it
     destroyed_skipped: int  # destroyed escrowed keys on older versions: left as they are
+    # Live escrowed keys under an account-key version destroyed before (shredded): they cannot be
+    # opened, so they cannot be moved; left as they are, counted as destroyed (as verify does).
+    unopenable: int = 0
 
     @property
     def to_rewrap(self) -> int:
@@ -89,6 +92,7 @@ class RotationResult:
     passes: int = 0
     failures: list[RewrapFailure] = field(default_factory=list)
     retired: tuple[int, ...] = ()
+    finished: bool = False  # every live key on the target, the older versions retired
 
     @property
     def ok(self) -> bool:
@@ -97,7 +101,7 @@ class RotationResult:
     def details(self) -> dict[str, Any]:
         """What the audit event says: versions and counts, nothing secret."""
         return {
-            "phase": "finished" if self.retired else "stopped",
+            "phase": "finished" if self.finished else "stopped",
             "from_versions": sorted(set(self.plan.retires) | set(self.plan.pending)),
             "to_version": self.plan.target,
             "resumed": not self.plan.creates_version,
@@ -106,6 +110,7 @@ class RotationResult:
             "conflicts": self.conflicts,
             "failures": len(self.failures),
             "skipped_destroyed": self.plan.destroyed_skipped,
+            "under_destroyed_versions": self.plan.unopenable,
             "retired_versions": list(self.retired),
         }
 
@@ -133,12 +138,13 @@ def _plan(session: Session, account: Account) -> RotationPlan:
             "This account's keys were destroyed (crypto-shredded): there is no account key to "
             "rotate. Nothing was done."
         )
-    pending = _pending(session, account.id, below=max(live) + 1)
+    on_versions = _pending(session, account.id, below=max(v for v, _ in versions) + 1)
+    pending = {v: n for v, n in on_versions.items() if v in live}
     newest = live[-1]
     resumes = len(live) > 1 or any(v < newest for v in pending)
     target = newest if resumes else max(v for v, _ in versions) + 1
-    if resumes:
-        pending = {v: n for v, n in pending.items() if v < target}
+    pending = {v: n for v, n in pending.items() if v < target}
+    unopenable = sum(n for v, n in on_versions.items() if v not in live)
     skipped = session.scalar(
         select(func.count())
         .select_from(EscrowedKey)
@@ -156,6 +162,7 @@ def _plan(session: Session, account: Account) -> RotationPlan:
         creates_version=not resumes,
         pending=pending,
         destroyed_skipped=int(skipped or 0),
+        unopenable=unopenable,
     )
 
 
@@ -261,7 +268,11 @@ class _Batches:
             old = list(
                 session.scalars(
                     select(AccountKey.version)
-                    .where(AccountKey.account_id == self.account.id, AccountKey.version < target)
+                    .where(
+                        AccountKey.account_id == self.account.id,
+                        AccountKey.version < target,
+                        AccountKey.destroyed_at.is_(None),
+                    )
                     .order_by(AccountKey.version)
                 )
             )
@@ -394,6 +405,7 @@ def _retire(
     session: Session, ports: Ports, actor: Actor, account_id: int, result: RotationResult
 ) -> tuple[int, ...]:
     """Wipe the wrapped key of every older live version, if no escrowed key uses one; audited."""
+    result.retired, result.finished = (), False  # this attempt's, if the last was rolled back
     target = result.plan.target
     old = session.execute(
         select(AccountKey.id, AccountKey.version).where(
@@ -411,18 +423,22 @@ def _retire(
             .values(destroyed_at=database_now(session), wrapped_key=b"")
             .execution_options(synchronize_session=False)
         )
-    still = session.scalar(
-        select(func.count())
-        .select_from(EscrowedKey)
-        .where(
-            EscrowedKey.account_id == account_id,
-            EscrowedKey.account_key_version < target,
-            EscrowedKey.destroyed_at.is_(None),
+    still = (
+        session.scalar(
+            select(func.count())
+            .select_from(EscrowedKey)
+            .where(
+                EscrowedKey.account_id == account_id,
+                EscrowedKey.account_key_version.in_([row.version for row in old]),
+                EscrowedKey.destroyed_at.is_(None),
+            )
         )
+        if old
+        else 0
     )
     if still:
         raise _StillInUse()
-    result.retired = tuple(sorted(row.version for row in old))
+    result.retired, result.finished = tuple(sorted(row.version for row in old)), True
     _record_end(session, ports, actor, account_id, result)
     return result.retired
 
@@ -437,6 +453,6 @@ def _record_end(
         account=session.get_one(Account, account_id),
         actor=actor,
         action=ACTION,
-        outcome="success" if result.retired else "failure",
+        outcome="success" if result.finished else "failure",
         details=result.details(),
     )
