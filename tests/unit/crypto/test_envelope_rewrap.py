@@ -13,52 +13,47 @@ from certvault.errors import SealBroken
 ACCOUNT = "6f1c8a0e-4d2b-4a57-9c1e-3b5f7d9e2a10"
 
 
-def _uuid(rng: random.Random) -> str:
-    return str(uuid.UUID(int=rng.getrandbits(128)))
-
-
-def test_the_account_bound_aad_is_the_same_as_data_key_aad():
-    rng = random.Random(14)
-    aad = envelope.data_key_aad_of(ACCOUNT)
-    for version in (1, 2, 9, 10, 99, 100, 65_535, 2**40):
-        key_uuid = _uuid(rng)
-        assert aad(key_uuid, version) == envelope.data_key_aad(ACCOUNT, key_uuid, version)
-    other = envelope.data_key_aad_of("7f1c8a0e-4d2b-4a57-9c1e-3b5f7d9e2a10")
-    assert other("k", 1) != aad("k", 1)
-
-
-def test_rewrapped_data_keys_open_only_under_the_new_key_and_new_aad():
+@pytest.mark.parametrize(("old", "new"), [(1, 2), (9, 10), (99, 100), (65_535, 65_536)])
+def test_rewrapped_data_keys_open_only_under_the_new_key_and_version(old, new):
+    rng = random.Random(old)
     old_key, new_key = envelope.new_key(), envelope.new_key()
-    aad = envelope.data_key_aad_of(ACCOUNT)
-    data_keys = [envelope.new_key() for _ in range(5)]
-    sealed = [envelope.seal(old_key, k, aad(f"key-{i}", 1)) for i, k in enumerate(data_keys)]
-    items = [
-        (s.nonce, s.ciphertext, aad(f"key-{i}", 1), aad(f"key-{i}", 2))
-        for i, s in enumerate(sealed)
+    # More keys than one draw of nonces, so that a second draw is used too.
+    keys = [(str(uuid.UUID(int=rng.getrandbits(128))), envelope.new_key()) for _ in range(300)]
+    sealed = [
+        envelope.seal(old_key, data_key, envelope.data_key_aad(ACCOUNT, key_uuid, old))
+        for key_uuid, data_key in keys
     ]
+    items = [(u, s.nonce, s.ciphertext) for (u, _), s in zip(keys, sealed, strict=True)]
 
-    done = list(envelope.Rewrap(old_key, new_key).many(items))
+    done = list(envelope.DataKeyRewrap(ACCOUNT, old_key, old, new_key, new).many(items))
 
-    for i, (new, data_key) in enumerate(zip(done, data_keys, strict=True)):
-        assert new is not None
-        nonce, wrapped = new
-        assert nonce != sealed[i].nonce and len(nonce) == envelope.NONCE_BYTES
-        moved = envelope.Sealed(nonce, wrapped)
-        assert envelope.open_sealed(new_key, moved, aad(f"key-{i}", 2)) == data_key
-        for key, bound in ((old_key, aad(f"key-{i}", 2)), (new_key, aad(f"key-{i}", 1))):
+    assert len({n for n, _ in done}) == len(done)  # a fresh nonce for each
+    for (key_uuid, data_key), moved in zip(keys, done, strict=True):
+        assert moved is not None
+        rewrapped = envelope.Sealed(*moved)
+        bound = envelope.data_key_aad(ACCOUNT, key_uuid, new)
+        assert envelope.open_sealed(new_key, rewrapped, bound) == data_key
+        for key, aad in (
+            (old_key, bound),
+            (new_key, envelope.data_key_aad(ACCOUNT, key_uuid, old)),
+            (new_key, envelope.data_key_aad(ACCOUNT, keys[0][0] + "x", new)),
+        ):
             with pytest.raises(SealBroken):
-                envelope.open_sealed(key, moved, bound)
+                envelope.open_sealed(key, rewrapped, aad)
 
 
 def test_a_wrapping_that_does_not_open_gives_none_and_the_others_go_on():
     old_key, new_key = envelope.new_key(), envelope.new_key()
-    good = envelope.seal(old_key, envelope.new_key(), b"a")
+    good = envelope.seal(old_key, envelope.new_key(), envelope.data_key_aad(ACCOUNT, "k", 1))
     flipped = bytes([good.ciphertext[0] ^ 1]) + good.ciphertext[1:]
     items = [
-        (good.nonce, flipped, b"a", b"b"),  # altered blob
-        (good.nonce, good.ciphertext, b"other", b"b"),  # moved to another key's row
-        (good.nonce, good.ciphertext[:-1], b"a", b"b"),  # cut short
-        (good.nonce, good.ciphertext, b"a", b"b"),
+        ("k", good.nonce, flipped),  # altered blob
+        ("other", good.nonce, good.ciphertext),  # moved from another key's row
+        ("k", good.nonce, good.ciphertext[:-1]),  # cut short
+        ("k", good.nonce, good.ciphertext),
     ]
-    done = list(envelope.Rewrap(old_key, new_key).many(items))
+    done = list(envelope.DataKeyRewrap(ACCOUNT, old_key, 1, new_key, 2).many(items))
     assert done[:3] == [None, None, None] and done[3] is not None
+    # Under another account's name it opens nowhere either.
+    elsewhere = envelope.DataKeyRewrap(ACCOUNT[:-1] + "1", old_key, 1, new_key, 2)
+    assert list(elsewhere.many(items[3:])) == [None]

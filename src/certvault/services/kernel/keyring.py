@@ -268,8 +268,7 @@ class DataKeyRewrap:
     def __init__(self, session: Session, ports: Ports, account: Account, target: int) -> None:
         self.ports, self.account, self.target = ports, account, target
         self._new_key = _unwrap_account_key(session, ports, account, target)[1]
-        self._by_version: dict[int, envelope.Rewrap | CertvaultError] = {}
-        self._aad = envelope.data_key_aad_of(account.uuid)
+        self._by_version: dict[int, envelope.DataKeyRewrap | CertvaultError] = {}
 
     def batch(
         self, session: Session, version: int, rows: Sequence[tuple[str, bytes, bytes]]
@@ -280,15 +279,12 @@ class DataKeyRewrap:
         if rewrap is None:
             try:
                 old_key = _unwrap_account_key(session, self.ports, self.account, version)[1]
-                rewrap = envelope.Rewrap(old_key, self._new_key)
-            except CertvaultError as exc:  # a destroyed or altered account key: every key on it
+                rewrap = envelope.DataKeyRewrap(
+                    self.account.uuid, old_key, version, self._new_key, self.target
+                )
+            except CertvaultError as exc:  # an altered account key: every key on it
                 rewrap = exc
             self._by_version[version] = rewrap
         if isinstance(rewrap, CertvaultError):
             return [rewrap.code] * len(rows)
-        aad, target = self._aad, self.target
-        done = rewrap.many(
-            (nonce, wrapped, aad(key_uuid, version), aad(key_uuid, target))
-            for key_uuid, nonce, wrapped in rows
-        )
-        return [SealBroken.code if new is None else new for new in done]
+        return [SealBroken.code if new is None else new for new in rewrap.many(rows)]
