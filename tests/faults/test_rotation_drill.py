@@ -6,7 +6,9 @@ moment (from the command's start up to the end of its work) or a point of progre
 keys moved to the new version, zero meaning right after the version is made), and kills the
 process with SIGKILL there; then the command is run to its end. After each run: one live
 account-key version, every key on it, the older versions wiped, the key blobs untouched, and
-`certvault verify` clean. Short form: SQLite; long form (`make drills`): SQLite and PostgreSQL.
+every key opening and matching its certificates (`certvault verify`; in the short form the same
+drill in-process between runs, the command after the last), then `certvault audit verify` clean.
+Short form: SQLite, 3 runs; long form (`make drills`): SQLite and PostgreSQL, 20 runs each.
 """
 
 from __future__ import annotations
