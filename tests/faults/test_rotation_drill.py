@@ -131,6 +131,7 @@ def _verify(cli: cli_env.Cli, keys: int, *, last: bool) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.timeout(1800 if LONG else 300)  # the long form starts the command a hundred times
 def test_rotate_account_survives_kill_9(cli, backend):
     keys = size(30, 200)
     runs = size(3, 20)
