@@ -28,6 +28,7 @@ from certvault.services.directory import accounts
 from certvault.services.kernel.ports import Ports, open_ports
 from tests.conftest import IN_CI, PG_ADMIN, TEST_OPERATOR, _pg_available, _pg_exec, _sqla_url
 from tests.conftest import make_settings as _make_settings
+from tests.functional.helpers import import_ec_keys
 
 CERTVAULT = Path(sys.executable).parent / "certvault"
 # Wide enough that rich never wraps a line: a wrapped message could hide what a test greps for.
@@ -84,14 +85,17 @@ class Cli:
     def ports(self) -> Ports:
         return open_ports(self.settings())
 
-    def bootstrap(self, *, key_vault: bool = True) -> None:
-        """What `init` and `account create` do, in-process (cheaper where they are not tested)."""
+    def bootstrap(self, *, key_vault: bool = True, keys: int = 0) -> None:
+        """What `init` and `account create` do, in-process (cheaper where they are not tested),
+        and ``keys`` EC keys archived in the account."""
         ports = self.ports()
         try:
             accounts.initialize(ports, TEST_OPERATOR)
             accounts.create_account(
                 ports, TEST_OPERATOR, "Acme Corp", "acme", key_vault_enabled=key_vault
             )
+            if keys:
+                import_ec_keys(ports, TEST_OPERATOR, keys)
         finally:
             ports.close()
 

@@ -7,10 +7,17 @@ from typing import Any
 
 import argon2
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import func, select
 
+from certvault.crypto import keys as keylib
 from certvault.db.models import AuditEvent, Certificate, EscrowedKey, MailMessage, Person
+from certvault.services.kernel.actors import Actor
 from certvault.services.kernel.ports import Ports
+from certvault.services.vault.imports import ImportItem, import_files
+from tests.factories import make_ca, make_cert, make_p12
+
+IMPORT_PASSWORD = "import-keys-password-1"
 
 
 def counts(ports: Ports) -> dict[str, int]:
@@ -48,3 +55,23 @@ def count_argon2(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
         monkeypatch.setattr(argon2.PasswordHasher, name, counting)
     return calls
+
+
+def import_ec_keys(
+    ports: Ports, operator: Actor, count: int, *, start: int = 0, account: str = "acme"
+) -> dict[int, bytes]:
+    """``count`` fresh EC P-256 keys archived in one import: certificate id -> PKCS#8 DER."""
+    ca = make_ca("Import CA")
+    made = []
+    for i in range(start, start + count):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = make_cert(key, f"user{i}@example.org", issuer=ca)
+        made.append((make_p12(key, cert, IMPORT_PASSWORD), keylib.to_pkcs8_der(key)))
+    items = [
+        ImportItem(name=str(i), load=lambda d=data: d, password=IMPORT_PASSWORD)  # type: ignore[misc]
+        for i, (data, _) in enumerate(made)
+    ]
+    results = import_files(ports, operator, account, items)
+    ids = [r.entries[0].client_cert_id if r.ok else None for r in results]
+    assert None not in ids, [r.error_code for r in results]
+    return {cid: der for cid, (_, der) in zip(ids, made, strict=True) if cid is not None}

@@ -99,6 +99,10 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
             "import peak RSS large/small",
         ],
     ),
+    "rotate.py": (
+        ["--count", "300", "--small", "100", "--backends", "postgresql"],
+        _per(["postgresql"], ["rewrap/UPDATE", "rewrap/raw AES-GCM", "peak RSS full/small"]),
+    ),
 }
 RATIO = re.compile(r"([\w#/ .-]+?) = \d+\.\d+x")
 # Passed on to the benchmarks: the PostgreSQL server the tests use.

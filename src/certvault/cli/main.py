@@ -19,6 +19,7 @@ from certvault.cli.ca import ca_app
 from certvault.cli.common import err, guarded, operator, out, ports_for_command, read_secret_file
 from certvault.cli.form import form_app
 from certvault.cli.retention import destroy_keys, hold_app, retention_app
+from certvault.cli.rotation import rotate_account
 from certvault.cli.serve import serve
 from certvault.cli.verify import verify
 from certvault.services.access import admins, tokens
@@ -62,6 +63,7 @@ app.command("restore")(backup_commands.restore_command)
 app.add_typer(retention_app, name="retention")
 app.add_typer(hold_app, name="hold")
 account_app.command("destroy-keys")(destroy_keys)
+keys_commands.kek_app.command("rotate-account")(rotate_account)
 
 
 @app.command()

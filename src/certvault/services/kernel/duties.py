@@ -80,7 +80,11 @@ class Duty:
         self.ports, self.name, self.holder, self.lease = ports, name, holder, lease
         self.taken_over: str | None = None  # the holder whose run this one took over, if any
 
-    def renew(self) -> None:
+    def renew(self, session: Session | None = None) -> None:
+        """Extend the lease; inside ``session`` when given (a batch's own transaction: one commit
+        for both, and the batch rolls back if the lock was lost), else in a transaction of its own.
+        """
+
         def work(session: Session) -> int:
             now = database_now(session)
             result = session.execute(
@@ -90,7 +94,8 @@ class Duty:
             )
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
-        if self.ports.db.run(work) != 1:
+        renewed = work(session) if session is not None else self.ports.db.run(work)
+        if renewed != 1:
             raise DutyLost(f"The lock of '{self.name}' was taken over; stopped, a rerun goes on.")
 
 

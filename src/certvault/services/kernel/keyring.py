@@ -7,6 +7,7 @@ their own function, which the release path never calls.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -23,7 +24,7 @@ from certvault.db.models import (
     ServiceKey,
     new_uuid,
 )
-from certvault.errors import CertvaultError
+from certvault.errors import CertvaultError, SealBroken
 from certvault.masterkey import MasterKeyProvider
 from certvault.services.kernel.ports import Ports
 
@@ -97,7 +98,13 @@ def _unwrap_account_key(
 ) -> tuple[int, bytes]:
     query = select(AccountKey).where(AccountKey.account_id == account.id)
     if version is None:
-        query = query.where(AccountKey.destroyed_at.is_(None)).order_by(AccountKey.version.desc())
+        # Shared lock (PostgreSQL): a rotation retires an old version only after every
+        # transaction that seals with it has committed, and then counts the keys still on it.
+        query = (
+            query.where(AccountKey.destroyed_at.is_(None))
+            .order_by(AccountKey.version.desc())
+            .with_for_update(read=True)
+        )
     else:
         query = query.where(AccountKey.version == version)
     row = session.scalars(query.limit(1)).first()
@@ -148,11 +155,29 @@ def open_private_key(session: Session, ports: Ports, account: Account, row: Escr
     """The PKCS#8 DER of an escrowed key. Callers: release and the drill, nothing else."""
     if row.destroyed_at is not None:
         raise AccountKeyDestroyed("This escrowed key was destroyed.")
-    _, account_key = _account_key(session, ports, account, row.account_key_version)
-    data_key = envelope.open_sealed(
-        account_key,
+    version, wrapped = (
+        row.account_key_version,
         envelope.Sealed(row.data_key_nonce, row.wrapped_data_key),
-        envelope.data_key_aad(account.uuid, row.uuid, row.account_key_version),
+    )
+    try:
+        _, account_key = _account_key(session, ports, account, version)
+    except AccountKeyDestroyed:
+        # An online rotation may have moved this data key to a newer account key, and retired
+        # the old one, since the row was read (PostgreSQL reads each statement afresh): read
+        # its wrapping again. A key whose account key was destroyed for good stays refused.
+        fresh = session.execute(
+            select(
+                EscrowedKey.account_key_version,
+                EscrowedKey.data_key_nonce,
+                EscrowedKey.wrapped_data_key,
+            ).where(EscrowedKey.id == row.id, EscrowedKey.destroyed_at.is_(None))
+        ).one_or_none()
+        if fresh is None or fresh.account_key_version == version:
+            raise
+        version, wrapped = fresh.account_key_version, envelope.Sealed(fresh[1], fresh[2])
+        _, account_key = _account_key(session, ports, account, version)
+    data_key = envelope.open_sealed(
+        account_key, wrapped, envelope.data_key_aad(account.uuid, row.uuid, version)
     )
     return envelope.open_sealed(
         data_key,
@@ -259,3 +284,33 @@ def service_secrets(ports: Ports, purpose: str) -> list[bytes]:
 def _secret_rows(session: Session, purpose: str) -> list[ServiceKey]:
     query = select(ServiceKey).where(ServiceKey.purpose == purpose).order_by(ServiceKey.id)
     return list(session.scalars(query))
+
+
+class DataKeyRewrap:
+    """Rewraps an account's data keys under its account-key version ``target`` (an online
+    rotation). Each older version is unwrapped once, when a data key first needs it; the private
+    keys' own blobs are never touched (their associated data holds nothing rotation changes)."""
+
+    def __init__(self, session: Session, ports: Ports, account: Account, target: int) -> None:
+        self.ports, self.account, self.target = ports, account, target
+        self._new_key = _unwrap_account_key(session, ports, account, target)[1]
+        self._by_version: dict[int, envelope.DataKeyRewrap | CertvaultError] = {}
+
+    def batch(
+        self, session: Session, version: int, rows: Sequence[tuple[str, bytes, bytes]]
+    ) -> list[tuple[bytes, bytes] | str]:
+        """For each (escrowed-key uuid, data-key nonce, wrapped data key) under ``version``: the
+        new (nonce, wrapped data key) under the target, or an error code where it does not open."""
+        rewrap = self._by_version.get(version)
+        if rewrap is None:
+            try:
+                old_key = _unwrap_account_key(session, self.ports, self.account, version)[1]
+                rewrap = envelope.DataKeyRewrap(
+                    self.account.uuid, old_key, version, self._new_key, self.target
+                )
+            except CertvaultError as exc:  # an altered account key: every key on it
+                rewrap = exc
+            self._by_version[version] = rewrap
+        if isinstance(rewrap, CertvaultError):
+            return [rewrap.code] * len(rows)
+        return [SealBroken.code if new is None else new for new in rewrap.many(rows)]

@@ -10,6 +10,8 @@ from certvault.errors import NotFound
 
 
 def get_account(session: Session, slug: str) -> Account:
+    if "\x00" in slug or len(slug) > 200:  # no account has such a slug; PostgreSQL refuses NUL
+        raise NotFound("Account not found.")
     account = session.scalars(select(Account).where(Account.slug == slug)).first()
     if account is None:
         raise NotFound("Account not found.")

@@ -47,9 +47,9 @@ def restore_master_key(ports: Ports, mnemonics: Sequence[str]) -> int:
     key = combine_shares(mnemonics)
     with ports.db.read() as session:
         rows = session.execute(
-            select(AccountKey.wrapped_key, AccountKey.version, Account.uuid).join(
-                Account, Account.id == AccountKey.account_id
-            )
+            select(AccountKey.wrapped_key, AccountKey.version, Account.uuid)
+            .join(Account, Account.id == AccountKey.account_id)
+            .where(AccountKey.destroyed_at.is_(None))  # a retired version's blob is wiped
         ).all()
     checked, version = 0, 1
     for wrapped, account_key_version, account_uuid in rows:
