@@ -21,7 +21,7 @@ from certvault.services.kernel import keyring
 from certvault.services.kernel.duties import DutyRunning, duty
 from certvault.services.kernel.ports import open_ports
 from certvault.services.kernel.tenancy import get_account
-from certvault.services.vault import rotation
+from certvault.services.vault import master_key_rotation, rotation
 from certvault.services.vault.archive import EntryResult, EscrowRequest, archive_entry
 from certvault.services.vault.custody import restore_master_key
 from certvault.services.vault.imports import import_p12
@@ -206,6 +206,12 @@ def test_a_second_rotation_of_the_same_account_refuses(ports, operator, account)
         with pytest.raises(DutyRunning) as refused:
             rotate_account_key(ports, operator, "acme")
     assert refused.value.code == "duty_running"
+    # A master-key rotation (or migration) running holds the same lock: the account's waits.
+    with duty(ports, master_key_rotation.DUTY), pytest.raises(DutyRunning):
+        rotate_account_key(ports, operator, "acme")
+    # And an account's rotation running makes a master-key rotation wait.
+    with duty(ports, rotation.duty_name(account_uuid)), pytest.raises(DutyRunning):
+        master_key_rotation.rotate_master(ports, operator)
     assert _rows(ports) == before and set(_account_keys(ports)) == {1}
 
 

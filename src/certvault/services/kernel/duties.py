@@ -28,6 +28,9 @@ from certvault.errors import CertvaultError
 from certvault.services.kernel.ports import Ports
 
 DEFAULT_LEASE = timedelta(seconds=120)
+# Every rotation (master key, account key, migration into a token, retirement) holds this one
+# lock: two rotations never run at once, whatever their kind or account.
+KEY_ROTATION = "key-rotation"
 
 
 class DutyRunning(CertvaultError):

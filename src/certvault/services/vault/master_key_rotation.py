@@ -5,8 +5,8 @@ unwrapped and wrapped again by the master key new wraps use. Rows are rewritten 
 batches, each in its own transaction, and a row is rewritten only with a complete new blob that
 was checked to open, and only if its blob is still the one that was read: a run stopped at any
 point (kill -9, a token pulled out) leaves every row with a blob that opens, and a rerun
-rewraps what is left. One run at a time, across nodes: the `master-key-rotation` duty lock,
-shared by rotate-master and migrate.
+rewraps what is left. One rotation at a time, across nodes and of any kind: the `key-rotation`
+duty lock, shared by rotate-master, migrate, retire and rotate-account.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from certvault.masterkey import VersionedProvider, blob_origin
 from certvault.masterkey.chain import members_of
 from certvault.services.audit import log as audit
 from certvault.services.kernel.actors import Actor
-from certvault.services.kernel.duties import Duty, duty
+from certvault.services.kernel.duties import KEY_ROTATION, Duty, duty
 from certvault.services.kernel.ports import Ports
 
-DUTY = "master-key-rotation"
+DUTY = KEY_ROTATION
 BATCH = 50
 
 

@@ -30,7 +30,7 @@ from certvault.errors import CertvaultError, InvalidInput
 from certvault.services.audit import log as audit
 from certvault.services.kernel import keyring
 from certvault.services.kernel.actors import Actor
-from certvault.services.kernel.duties import Duty, database_now, duty
+from certvault.services.kernel.duties import KEY_ROTATION, Duty, database_now, duty
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.tenancy import get_account
 
@@ -43,7 +43,9 @@ MAX_PASSES = 20
 
 
 def duty_name(account_uuid: str) -> str:
-    return f"account-key-rotation:{account_uuid}"
+    """The lock a rotation of this account holds: the one every rotation holds (two rotations
+    never run at once), whatever the account."""
+    return KEY_ROTATION
 
 
 class RotationUnfinished(CertvaultError):
