@@ -17,9 +17,18 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
+    inspect,
     select,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column, relationship
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    column_property,
+    mapped_column,
+    relationship,
+)
 from sqlalchemy.types import TypeDecorator
 
 NAMING = {
@@ -775,3 +784,25 @@ class KeyDestruction(Base):
     mac: Mapped[str | None] = mapped_column(String(64))
 
     __mapper_args__ = sealed_by_mac(mac)
+
+
+# `Certificate.key_in_vault` is computed by the database: a certificate inserted, or linked to a
+# key, in a flush has no value for it until it is read again, and reading it after the session
+# closed fails. Each such certificate reads it once at the end of its flush, while the session is
+# still open, so a certificate a unit of work returns answers it like one it loaded.
+_FLUSHED_CERTIFICATES = "certvault_flushed_certificates"
+
+
+@event.listens_for(Session, "after_flush")
+def _note_flushed_certificates(session: Session, _context: object) -> None:
+    touched = [o for o in (*session.new, *session.dirty) if isinstance(o, Certificate)]
+    if touched:
+        session.info.setdefault(_FLUSHED_CERTIFICATES, []).extend(touched)
+
+
+@event.listens_for(Session, "after_flush_postexec")
+def _load_key_in_vault(session: Session, _context: object) -> None:
+    for cert in session.info.pop(_FLUSHED_CERTIFICATES, []):
+        state = inspect(cert)
+        if state.persistent and "key_in_vault" in state.unloaded:
+            session.refresh(cert, ["key_in_vault"])
