@@ -59,6 +59,7 @@ def _invoke(cli: Cli, *args: str) -> tuple[int, str]:
     return result.exit_code, " ".join(result.output.split())
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # PostgreSQL: in-process tests
 def test_hostile_arguments_get_clear_errors_and_change_nothing(cli: Cli) -> None:
     old, _ = _vault(cli)
     for days in ["-1", "abc", "1.5", "99999999999999999999", "36501", "", "1e3"]:
@@ -103,6 +104,7 @@ def test_hostile_arguments_get_clear_errors_and_change_nothing(cli: Cli) -> None
     assert code == 0 and said == ""
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # PostgreSQL: in-process tests
 def test_each_command_as_a_subprocess(cli: Cli, tmp_path: Path) -> None:
     old, new = _vault(cli)
     proc = cli.run("retention", "set", "--account", "acme", "--days", "30")

@@ -419,6 +419,7 @@ def cli(backend, tmp_path):  # type: ignore[no-untyped-def]
     yield from cli_env.cli_for(backend, tmp_path)
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # PostgreSQL: the in-process tests
 def test_the_command_samples_locks_and_writes_metrics(cli, tmp_path):
     cli.bootstrap()
     ports = cli.ports()
