@@ -5,6 +5,9 @@ INSERT statements per batch that does not grow with its entries."""
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -248,3 +251,68 @@ def test_results_go_only_to_on_file_when_not_kept(ports, operator, account):
         ("unreadable.p12", False),
     ]
     assert counts(ports)["certs"] == 3
+
+
+def _slow_first(data: bytes, started: list[str], name: str, delay: float) -> ImportItem:
+    def load() -> bytes:
+        started.append(threading.current_thread().name)
+        time.sleep(delay)
+        return data
+
+    return ImportItem(name=name, load=load, password=P)
+
+
+def test_files_are_read_on_a_pool_and_answered_in_order(ports, operator, account):
+    ports.settings.import_threads = 3
+    ports.settings.import_batch_size = 2
+    ca = make_ca("Bulk CA")
+    readers: list[str] = []
+    # The first files take longest to read: the answers still come in the order given.
+    items = [
+        _slow_first(_fresh(f"p{i}@example.org", ca), readers, f"p{i}.p12", 0.05 * (6 - i))
+        for i in range(6)
+    ]
+    items.insert(3, _item("unreadable.p12", b"not a PKCS#12 file"))
+    results = import_files(ports, operator, "acme", items)
+    assert [r.name for r in results] == [i.name for i in items]
+    assert [r.ok for r in results] == [True, True, True, False, True, True, True]
+    assert all(name.startswith("certvault-import") for name in readers)
+    assert len(set(readers)) > 1
+    assert counts(ports)["certs"] == 6
+
+
+def test_one_reader_reads_on_the_callers_thread(ports, operator, account):
+    ports.settings.import_threads = 1
+    ca = make_ca("Bulk CA")
+    readers: list[str] = []
+    items = [
+        _slow_first(_fresh(f"s{i}@example.org", ca), readers, f"s{i}.p12", 0) for i in range(3)
+    ]
+    assert all(r.ok for r in import_files(ports, operator, "acme", items))
+    assert set(readers) == {threading.current_thread().name}
+
+
+def test_a_reader_that_fails_stops_the_import_and_reads_no_further(ports, operator, account):
+    ports.settings.import_threads = 2
+    ports.settings.import_batch_size = 1
+    ca = make_ca("Bulk CA")
+    loaded: list[str] = []
+
+    def boom() -> bytes:
+        raise RuntimeError("the source went away")
+
+    def item(i: int) -> ImportItem:
+        data = _fresh(f"b{i}@example.org", ca)
+        return ImportItem(name=f"b{i}.p12", load=lambda: loaded.append(f"b{i}") or data, password=P)
+
+    def items() -> Iterator[ImportItem]:
+        yield item(0)
+        yield ImportItem(name="boom.p12", load=boom, password=P)
+        for i in range(1, 200):
+            yield item(i)
+
+    with pytest.raises(RuntimeError, match="went away"):
+        import_files(ports, operator, "acme", items())
+    # The window bounds what was read ahead; the file before the failure was stored.
+    assert len(loaded) < 20
+    assert counts(ports)["certs"] == 1

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -350,27 +350,59 @@ def owner_of(spec: SealedTable, obj: Any) -> int | None:
 
 
 def _canonical(column_type: Any, value: Any) -> Any:
-    # By the column's type, so that a value written and the same value read back encode alike
-    # on SQLite and PostgreSQL.
-    if value is None:
-        return None
+    return _encoder(column_type)(value)
+
+
+def _encoder(column_type: Any) -> Callable[[Any], Any]:
+    """How a column's values enter the MAC: by the column's type, so that a value written and
+    the same value read back encode alike on SQLite and PostgreSQL."""
     if isinstance(column_type, Boolean):
-        return bool(value)
-    if isinstance(column_type, Integer):
-        return int(value)
-    if isinstance(column_type, LargeBinary):
-        return bytes(value).hex()
-    if isinstance(column_type, UTCDateTime):
-        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return str(value)
+        kind: Callable[[Any], Any] = bool
+    elif isinstance(column_type, Integer):
+        kind = int
+    elif isinstance(column_type, LargeBinary):
+        kind = _hex
+    elif isinstance(column_type, UTCDateTime):
+        kind = _timestamp
+    else:
+        kind = str
+    return partial(_or_none, kind)
+
+
+def _or_none(kind: Callable[[Any], Any], value: Any) -> Any:
+    return None if value is None else kind(value)
+
+
+def _hex(value: Any) -> str:
+    return bytes(value).hex()
+
+
+def _timestamp(value: Any) -> str:
+    return str(value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+
+
+# Per sealed model and its bound columns, each column with its encoder: worked out once, used on
+# every row.
+_Spec = tuple[type[Any], tuple[str, ...]]
+_ENCODERS: dict[_Spec, tuple[tuple[str, Callable[[Any], Any]], ...]] = {}
+
+
+def _encoders(spec: SealedTable) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+    found = _ENCODERS.get((spec.model, spec.columns))
+    if found is None:
+        types = spec.model.__table__.c
+        found = tuple((name, _encoder(types[name].type)) for name in spec.columns)
+        _ENCODERS[spec.model, spec.columns] = found
+    return found
 
 
 def _mac(key: bytes, spec: SealedTable, values: Mapping[Any, Any], account_uuid: str) -> str:
-    types = spec.model.__table__.c
-    row = {name: _canonical(types[name].type, values[name]) for name in spec.columns}
-    for name, added_with in spec.later.items():
-        if row[name] == _canonical(types[name].type, added_with):
-            del row[name]
+    row = {name: encode(values[name]) for name, encode in _encoders(spec)}
+    if spec.later:
+        types = spec.model.__table__.c
+        for name, added_with in spec.later.items():
+            if row[name] == _canonical(types[name].type, added_with):
+                del row[name]
     message = json.dumps(
         {"v": 1, "table": spec.table, "account": account_uuid, "row": row},
         sort_keys=True,
@@ -556,12 +588,33 @@ def _problem(
 
 
 def _row_values(spec: SealedTable, obj: Any) -> dict[str, Any]:
-    state = inspect(obj)
-    names = (*spec.columns, "mac", "account_id")
-    missing = [name for name in names if name not in state.dict and name in state.mapper.attrs]
-    if missing:
-        raise ConfigurationError("A sealed row is loaded whole, or not at all.")
-    return {name: state.dict.get(name) for name in names}
+    present, absent = _loaded_names(spec)
+    loaded = obj.__dict__  # the instance's loaded state (SQLAlchemy keeps it there)
+    try:
+        values = {name: loaded[name] for name in present}
+    except KeyError:
+        raise ConfigurationError("A sealed row is loaded whole, or not at all.") from None
+    for name in absent:
+        values[name] = None
+    return values
+
+
+# Per sealed model and its bound columns: the names a row's check reads that the model maps, and
+# those it does not map (an account has no account_id), which read as None.
+_NAMES: dict[_Spec, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def _loaded_names(spec: SealedTable) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    found = _NAMES.get((spec.model, spec.columns))
+    if found is None:
+        attrs = inspect(spec.model).attrs
+        names = (*spec.columns, "mac", "account_id")
+        found = (
+            tuple(n for n in names if n in attrs),
+            tuple(n for n in names if n not in attrs),
+        )
+        _NAMES[spec.model, spec.columns] = found
+    return found
 
 
 def _outdated(ports: Ports, spec: SealedTable, values: Mapping[Any, Any]) -> bool:
