@@ -122,9 +122,10 @@ class CheckedBody(BaseModel):
         return value
 
 
-def refuse_in_parameters(request: Request) -> None:
+async def refuse_in_parameters(request: Request) -> None:
     """An application dependency: every query parameter (its name too) and every path
-    parameter of every route. It runs before the route's own parameters are read."""
+    parameter of every route. It runs before the route's own parameters are read (on the
+    event loop: it only looks at the request)."""
     bad = [
         ("query", name)
         for name, value in request.query_params.multi_items()

@@ -81,5 +81,17 @@ def scm_caller(
 
 TokenCaller = Annotated[Caller, Depends(token_caller)]
 ScmCaller = Annotated[Caller, Depends(scm_caller)]
-PortsDep = Annotated[Ports, Depends(get_ports)]
-LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]
+
+
+# Dependencies that only look something up are coroutines: FastAPI runs a plain function
+# dependency on its thread pool, a hop between threads for nothing.
+async def _ports(request: Request) -> Ports:
+    return get_ports(request)
+
+
+async def _limiter(request: Request) -> RateLimiter:
+    return get_limiter(request)
+
+
+PortsDep = Annotated[Ports, Depends(_ports)]
+LimiterDep = Annotated[RateLimiter, Depends(_limiter)]

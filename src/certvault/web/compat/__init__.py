@@ -12,7 +12,7 @@ from certvault.web.compat import organizations, persons, smime
 _WITH = "Send `login`, `password` and `customerUri` together, or a bearer token instead. "
 
 
-def header_credentials(
+async def header_credentials(
     login: Annotated[
         str | None,
         Header(
