@@ -55,7 +55,8 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
             for name in [
                 f"{kind} read_pkcs12/load_pkcs12",
                 *_per(
-                    [f"{kind} sqlite", f"{kind} postgresql"], ["import/load_pkcs12", "import/raw"]
+                    [f"{kind} sqlite", f"{kind} postgresql"],
+                    ["import/load_pkcs12", "import/raw", "import/raw on every core"],
                 ),
             ]
         ],
@@ -71,7 +72,11 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "api.py": (
         ["--count", "2", "--kind", "ec256", "--downloads", "4", "--threads", "4", "--serial", "2"]
         + ["--rounds", "2048"],
-        ["server uploads/in-process import", "downloads 4 clients/1 client"],
+        [
+            "server uploads/in-process one file at a time",
+            "server uploads/in-process batched import",
+            "downloads 4 clients/1 client",
+        ],
     ),
     "recovery.py": (
         ["--count", "2", "--floor-ms", "20"],
