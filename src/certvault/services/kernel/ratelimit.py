@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, bindparam, delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -84,15 +84,10 @@ class DatabaseRateLimiter:
         def work(session: Session) -> list[Decision]:
             if not windows:
                 return []
-            dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-            stmt = dialect.insert(RateLimitCounter).values(
-                [{"key": key, "window_start": window, "count": 1} for key, window in windows]
-            )
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["key", "window_start"],
-                set_={"count": RateLimitCounter.count + 1},
-            ).returning(RateLimitCounter.key, RateLimitCounter.window_start, RateLimitCounter.count)
-            counts = {(key, window): count for key, window, count in session.execute(stmt)}
+            stmt = _hit_statement(session.get_bind().dialect.name, len(windows))
+            params = _window_params(windows)
+            rows = session.connection().execute(stmt, params)
+            counts = {(key, window): count for key, window, count in rows}
             decisions = []
             for lim in limits:
                 window = now - now % lim.window_seconds
@@ -115,27 +110,70 @@ class DatabaseRateLimiter:
         if not windows:
             return Decision(True, 0)
         # Every limit in one round trip.
-        query = select(
-            RateLimitCounter.key, RateLimitCounter.window_start, RateLimitCounter.count
-        ).where(
-            or_(
-                *(
-                    and_(RateLimitCounter.key == key, RateLimitCounter.window_start == window)
-                    for key, window in windows
-                )
-            )
-        )
+        query = _check_statement(len(windows))
+        params = _window_params(list(windows))
         if session is not None:
-            rows = session.execute(query).all()
+            rows = session.execute(query, params).all()
         else:
             with self._db.read() as reading:
-                rows = reading.execute(query).all()
+                rows = reading.execute(query, params).all()
         counts = {(key, window): count for key, window, count in rows}
         decisions = []
         for (key, window), lim in windows.items():
             allowed = counts.get((key, window), 0) < lim.limit
             decisions.append(Decision(allowed, 0 if allowed else window + lim.window_seconds - now))
         return _worst(decisions)
+
+
+# The counting and checking statements, built once per dialect and number of limits (a request
+# counts against one to three): built per call, their construction cost more than the round trip.
+_HIT: dict[tuple[str, int], Any] = {}
+_CHECK: dict[int, Any] = {}
+
+
+def _window_params(windows: list[tuple[str, int]]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for i, (key, window) in enumerate(windows):
+        params[f"key_{i}"], params[f"window_{i}"] = key, window
+    return params
+
+
+def _hit_statement(dialect_name: str, rows: int) -> Any:
+    """Count one event in each of ``rows`` windows, creating their counters, in one statement
+    that returns every count."""
+    found = _HIT.get((dialect_name, rows))
+    if found is None:
+        dialect = postgresql if dialect_name == "postgresql" else sqlite
+        stmt = dialect.insert(RateLimitCounter).values(
+            [
+                {"key": bindparam(f"key_{i}"), "window_start": bindparam(f"window_{i}"), "count": 1}
+                for i in range(rows)
+            ]
+        )
+        found = _HIT[dialect_name, rows] = stmt.on_conflict_do_update(
+            index_elements=["key", "window_start"],
+            set_={"count": RateLimitCounter.count + 1},
+        ).returning(RateLimitCounter.key, RateLimitCounter.window_start, RateLimitCounter.count)
+    return found
+
+
+def _check_statement(rows: int) -> Any:
+    found = _CHECK.get(rows)
+    if found is None:
+        found = _CHECK[rows] = select(
+            RateLimitCounter.key, RateLimitCounter.window_start, RateLimitCounter.count
+        ).where(
+            or_(
+                *(
+                    and_(
+                        RateLimitCounter.key == bindparam(f"key_{i}"),
+                        RateLimitCounter.window_start == bindparam(f"window_{i}"),
+                    )
+                    for i in range(rows)
+                )
+            )
+        )
+    return found
 
 
 class RedisRateLimiter:
