@@ -44,8 +44,8 @@ class Settings(BaseSettings):
     p12_max_bytes: int = Field(default=1024 * 1024, ge=1024)
     p12_max_iterations: int = Field(default=2_000_000, ge=1)
     import_batch_size: int = Field(default=100, ge=1, le=10_000)
-    # Threads that read the files of a bulk import (the KDFs); 0: one per CPU core.
-    import_threads: int = Field(default=0, ge=0, le=256)
+    # Processes that read the files of a bulk import; 0: one per CPU core.
+    import_workers: int = Field(default=0, ge=0, le=256)
 
     smtp_host: str | None = None
     smtp_port: int = 25

@@ -5,9 +5,8 @@ INSERT statements per batch that does not grow with its entries."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from certvault.services.kernel import seals
 from certvault.services.vault import imports
 from certvault.services.vault.archive import ALREADY_EXISTS, IMPORTED
 from certvault.services.vault.imports import FileResult, ImportItem, import_files
+from certvault.services.vault.verification import verify_escrow
 from tests.factories import make_ca, make_cert, make_p12, new_key
 from tests.functional.helpers import counts, events
 
@@ -253,47 +253,71 @@ def test_results_go_only_to_on_file_when_not_kept(ports, operator, account):
     assert counts(ports)["certs"] == 3
 
 
-def _slow_first(data: bytes, started: list[str], name: str, delay: float) -> ImportItem:
-    def load() -> bytes:
-        started.append(threading.current_thread().name)
-        time.sleep(delay)
-        return data
+class _CountingPool(ProcessPoolExecutor):
+    """A real process pool that counts the files sent to its workers."""
 
-    return ImportItem(name=name, load=load, password=P)
+    files = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        _CountingPool.files += len(args[0])
+        return super().submit(fn, *args, **kwargs)
 
 
-def test_files_are_read_on_a_pool_and_answered_in_order(ports, operator, account):
-    ports.settings.import_threads = 3
-    ports.settings.import_batch_size = 2
+def _mixed_for_workers(ca: Any, tag: str) -> list[ImportItem]:
+    def gone() -> bytes:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    items = [_item(f"{tag}{i}.p12", _fresh(f"{tag}{i}@example.org", ca)) for i in range(9)]
+    items[2] = _item(f"{tag}-unreadable.p12", b"not a PKCS#12 file")
+    items[5] = _item(f"{tag}-wrong.p12", _fresh(f"{tag}w@example.org", ca), password="nope-nope")
+    items[7] = ImportItem(name=f"{tag}-gone.p12", load=gone, password=P)
+    return items
+
+
+def test_many_files_are_read_by_worker_processes_with_the_same_answers(
+    ports, operator, account, monkeypatch
+):
+    monkeypatch.setattr(_CountingPool, "files", 0)
     ca = make_ca("Bulk CA")
-    readers: list[str] = []
-    # The first files take longest to read: the answers still come in the order given.
-    items = [
-        _slow_first(_fresh(f"p{i}@example.org", ca), readers, f"p{i}.p12", 0.05 * (6 - i))
-        for i in range(6)
+    in_process = import_files(ports, operator, "acme", _mixed_for_workers(ca, "a"))
+    assert _CountingPool.files == 0
+    monkeypatch.setattr(imports, "POOL_FROM", 4)
+    monkeypatch.setattr(imports, "CHUNK", 2)
+    monkeypatch.setattr(imports, "ProcessPoolExecutor", _CountingPool)
+    ports.settings.import_workers = 2
+    ports.settings.import_batch_size = 3
+    items = _mixed_for_workers(ca, "b")
+    pooled = import_files(ports, operator, "acme", items)
+    # The workers read every file that loaded; the answers come in the order given, each the
+    # same as when the file is read in this process.
+    assert _CountingPool.files == 8
+    assert [r.name for r in pooled] == [i.name for i in items]
+
+    def answers(results: list[FileResult]) -> list[tuple[Any, ...]]:
+        return [
+            (r.ok, r.error_code, [(e.message, e.code) for e in r.entries], r.warnings)
+            for r in results
+        ]
+
+    assert answers(pooled) == answers(in_process)
+    assert [r.error_code for r in pooled if not r.ok] == [
+        "p12_malformed",
+        "p12_wrong_password",
+        "unreadable",
     ]
-    items.insert(3, _item("unreadable.p12", b"not a PKCS#12 file"))
-    results = import_files(ports, operator, "acme", items)
-    assert [r.name for r in results] == [i.name for i in items]
-    assert [r.ok for r in results] == [True, True, True, False, True, True, True]
-    assert all(name.startswith("certvault-import") for name in readers)
-    assert len(set(readers)) > 1
-    assert counts(ports)["certs"] == 6
+    assert counts(ports)["certs"] == 12
+    # Every key the workers read opens, fully validated, and matches its certificate.
+    drill = verify_escrow(ports, operator)
+    assert drill.ok and drill.keys == 12 and drill.certificates == 12
+    assert audit_checks.verify_chains(ports).ok
 
 
-def test_one_reader_reads_on_the_callers_thread(ports, operator, account):
-    ports.settings.import_threads = 1
-    ca = make_ca("Bulk CA")
-    readers: list[str] = []
-    items = [
-        _slow_first(_fresh(f"s{i}@example.org", ca), readers, f"s{i}.p12", 0) for i in range(3)
-    ]
-    assert all(r.ok for r in import_files(ports, operator, "acme", items))
-    assert set(readers) == {threading.current_thread().name}
-
-
-def test_a_reader_that_fails_stops_the_import_and_reads_no_further(ports, operator, account):
-    ports.settings.import_threads = 2
+def test_a_load_that_fails_stops_the_import_and_reads_no_further(
+    ports, operator, account, monkeypatch
+):
+    monkeypatch.setattr(imports, "POOL_FROM", 2)
+    monkeypatch.setattr(imports, "CHUNK", 1)
+    ports.settings.import_workers = 2
     ports.settings.import_batch_size = 1
     ca = make_ca("Bulk CA")
     loaded: list[str] = []
@@ -307,12 +331,14 @@ def test_a_reader_that_fails_stops_the_import_and_reads_no_further(ports, operat
 
     def items() -> Iterator[ImportItem]:
         yield item(0)
+        yield item(1)
         yield ImportItem(name="boom.p12", load=boom, password=P)
-        for i in range(1, 200):
+        for i in range(2, 200):
             yield item(i)
 
+    answered: list[FileResult] = []
     with pytest.raises(RuntimeError, match="went away"):
-        import_files(ports, operator, "acme", items())
-    # The window bounds what was read ahead; the file before the failure was stored.
-    assert len(loaded) < 20
-    assert counts(ports)["certs"] == 1
+        import_files(ports, operator, "acme", items(), on_file=answered.append, keep=False)
+    # Nothing after the failing file was loaded, and what was answered is what was stored.
+    assert loaded == ["b0", "b1"]
+    assert counts(ports)["certs"] == sum(r.ok for r in answered)

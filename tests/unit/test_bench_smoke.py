@@ -56,7 +56,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
                 f"{kind} read_pkcs12/load_pkcs12",
                 *_per(
                     [f"{kind} sqlite", f"{kind} postgresql"],
-                    ["import/load_pkcs12", "import/raw", "import/raw on every core"],
+                    ["import/load_pkcs12", "import/raw"],
                 ),
             ]
         ],

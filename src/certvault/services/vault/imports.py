@@ -5,10 +5,12 @@ imports commit in batches (DESIGN.md §10)."""
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import multiprocessing.context
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain, islice
 
@@ -17,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from certvault.crypto.pkcs12.limits import P12Limits
+from certvault.crypto.pkcs12.portable import Portable, contents_of, read_portables
 from certvault.crypto.pkcs12.reader import WARNINGS, P12Contents, read_pkcs12
 from certvault.db.engine import failure_of, is_retryable
 from certvault.db.models import Account
@@ -94,55 +97,114 @@ def upload_limits(ports: Ports) -> P12Limits:
     )
 
 
-def _parse(ports: Ports, item: ImportItem) -> tuple[FileResult, P12Contents | None]:
-    result = FileResult(item.name)
+_Read = tuple[FileResult, P12Contents | None]
+
+
+def _parse(ports: Ports, item: ImportItem) -> _Read:
+    loaded = _load(item)
+    if isinstance(loaded, FileResult):
+        return loaded, None
+    return _read(ports, item.name, loaded, item.password)
+
+
+def _load(item: ImportItem) -> bytes | FileResult:
+    """The file's bytes, or its result when it cannot be read."""
     try:
-        data = item.load()
-        contents = read_pkcs12(data, item.password, upload_limits(ports))
+        return item.load()
+    except CertvaultError as exc:
+        return FileResult(item.name, error=exc)
+    except OSError as exc:
+        return FileResult(item.name, error=UnreadableFile(f"Cannot read the file: {exc.strerror}."))
+
+
+def _read(ports: Ports, name: str, data: bytes, password: str) -> _Read:
+    result = FileResult(name)
+    try:
+        contents = read_pkcs12(data, password, upload_limits(ports))
     except CertvaultError as exc:
         result.error = exc
-        return result, None
-    except OSError as exc:
-        result.error = UnreadableFile(f"Cannot read the file: {exc.strerror}.")
         return result, None
     result.warnings = list(contents.warnings)
     return result, contents
 
 
-def _read_ahead(
-    ports: Ports, items: Iterable[ImportItem]
-) -> Iterator[tuple[ImportItem, tuple[FileResult, P12Contents | None]]]:
+# Fewer files than this are read in the importing process: starting workers costs more.
+POOL_FROM = 64
+
+
+def _read_ahead(ports: Ports, items: Iterable[ImportItem]) -> Iterator[tuple[ImportItem, _Read]]:
     """Each item with what reading it gave, in the order given.
 
-    Reading (the KDFs, decryption and key checks) runs on a pool of threads, a bounded number
-    of files ahead of the caller: the KDFs and key operations let go of the GIL, so files are
-    read on every core while the caller stores the ones before them. A single file (a REST
-    upload) is read on the caller's thread.
+    Reading a file (the KDFs, decryption, key checks) is mostly Python work, so a bulk import
+    reads on a pool of worker processes, one per core (CERTVAULT_IMPORT_WORKERS), a bounded
+    number of files ahead of the batches being written (crypto/pkcs12/portable.py). A few files
+    (a REST upload) are read in this process.
     """
-    threads = ports.settings.import_threads or os.cpu_count() or 1
+    workers = ports.settings.import_workers or os.cpu_count() or 1
     rest = iter(items)
-    first = list(islice(rest, 2))
-    if threads == 1 or len(first) < 2:
+    first = list(islice(rest, POOL_FROM))
+    if len(first) < POOL_FROM:
         for item in chain(first, rest):
             yield item, _parse(ports, item)
         return
-    # A batch and then some: the readers go on while the caller writes a batch. Bounded, so
-    # memory stays flat however many files there are.
-    window = max(4 * threads, ports.settings.import_batch_size + 2 * threads)
-    pending: deque[tuple[ImportItem, Future[tuple[FileResult, P12Contents | None]]]] = deque()
-    with ThreadPoolExecutor(threads, thread_name_prefix="certvault-import") as pool:
+    limits = upload_limits(ports)
+    # A batch and then some, in chunks: the workers go on while a batch is written. Bounded,
+    # so memory stays flat however many files there are.
+    window = max(2 * workers + 1, -(-(2 * ports.settings.import_batch_size + 2 * CHUNK) // CHUNK))
+    pending: deque[_Chunk] = deque()
+
+    def finish() -> Iterator[tuple[ImportItem, _Read]]:
+        loaded, future = pending.popleft()
+        portables = iter(future.result() if future is not None else [])
+        for item, data in loaded:
+            if isinstance(data, FileResult):
+                yield item, (data, None)
+                continue
+            portable: Portable | None = next(portables)
+            if portable is None:  # refused: read again here, for the reader's own refusal
+                yield item, _read(ports, item.name, data, item.password)
+                continue
+            contents = contents_of(portable)
+            yield item, (FileResult(item.name, warnings=list(contents.warnings)), contents)
+
+    # The workers yield the CPU to this process: its writes are what the import waits on.
+    with ProcessPoolExecutor(
+        workers, mp_context=_worker_context(), initializer=os.nice, initargs=(10,)
+    ) as pool:
         try:
-            for item in chain(first, rest):
-                pending.append((item, pool.submit(_parse, ports, item)))
+            for chunk in _chunks(chain(first, rest)):
+                loaded = [(item, _load(item)) for item in chunk]
+                files = [(d, item.password) for item, d in loaded if not isinstance(d, FileResult)]
+                future = pool.submit(read_portables, files, limits) if files else None
+                pending.append((loaded, future))
                 if len(pending) >= window:
-                    done, future = pending.popleft()
-                    yield done, future.result()
+                    yield from finish()
             while pending:
-                done, future = pending.popleft()
-                yield done, future.result()
+                yield from finish()
         finally:  # the caller stopped early or a read failed: read no further
             for _, future in pending:
-                future.cancel()
+                if future is not None:
+                    future.cancel()
+
+
+# Files per task of a worker.
+CHUNK = 16
+# A chunk's items, each with its bytes (or its result when they could not be loaded), and the
+# worker's reading of those that loaded.
+_Chunk = tuple[list[tuple[ImportItem, bytes | FileResult]], Future[list[Portable | None]] | None]
+
+
+def _chunks(items: Iterator[ImportItem]) -> Iterator[list[ImportItem]]:
+    while chunk := list(islice(items, CHUNK)):
+        yield chunk
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Workers forked from a fresh server process, never from this one: they hold none of its
+    connections, threads or keys. The server loads only the reader."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["certvault.crypto.pkcs12.portable"])
+    return context
 
 
 def import_files(
@@ -156,8 +218,8 @@ def import_files(
 ) -> list[FileResult]:
     """Import many PKCS#12 files, committing in batches (DESIGN.md §10).
 
-    Parsing (the KDF and key validation) runs outside any transaction, on a pool of threads
-    (CERTVAULT_IMPORT_THREADS, one per core by default); the entries of a batch are written
+    Parsing (the KDF and key validation) runs outside any transaction, on worker processes
+    (CERTVAULT_IMPORT_WORKERS, one per core by default); the entries of a batch are written
     set-based (bulk.py), so one bad entry or file never stops the others. With
     ``keep=False`` the results go only to ``on_file`` and nothing is kept per file: memory
     stays flat however many files there are.
