@@ -44,8 +44,11 @@ class Settings(BaseSettings):
     p12_max_bytes: int = Field(default=1024 * 1024, ge=1024)
     p12_max_iterations: int = Field(default=2_000_000, ge=1)
     import_batch_size: int = Field(default=100, ge=1, le=10_000)
-    # Processes that read the files of a bulk import; 0: one per CPU core.
+    # Processes that read the files of a bulk import; 0: one per CPU core. Only an import of at
+    # least import_pool_from files starts them (about half a second), a smaller one reads
+    # in-process.
     import_workers: int = Field(default=0, ge=0, le=256)
+    import_pool_from: int = Field(default=2_000, ge=2)
 
     smtp_host: str | None = None
     smtp_port: int = 25

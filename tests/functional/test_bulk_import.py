@@ -281,7 +281,7 @@ def test_many_files_are_read_by_worker_processes_with_the_same_answers(
     ca = make_ca("Bulk CA")
     in_process = import_files(ports, operator, "acme", _mixed_for_workers(ca, "a"))
     assert _CountingPool.files == 0
-    monkeypatch.setattr(imports, "POOL_FROM", 4)
+    ports.settings.import_pool_from = 4
     monkeypatch.setattr(imports, "CHUNK", 2)
     monkeypatch.setattr(imports, "ProcessPoolExecutor", _CountingPool)
     ports.settings.import_workers = 2
@@ -315,7 +315,7 @@ def test_many_files_are_read_by_worker_processes_with_the_same_answers(
 def test_a_load_that_fails_stops_the_import_and_reads_no_further(
     ports, operator, account, monkeypatch
 ):
-    monkeypatch.setattr(imports, "POOL_FROM", 2)
+    ports.settings.import_pool_from = 2
     monkeypatch.setattr(imports, "CHUNK", 1)
     ports.settings.import_workers = 2
     ports.settings.import_batch_size = 1

@@ -18,7 +18,6 @@ from argon2 import PasswordHasher
 from cryptography.hazmat.primitives import hashes
 
 from certvault.masterkey.shares import split_secret
-from certvault.services.vault import imports
 from certvault.services.vault.imports import import_p12
 from tests.conftest import TEST_OPERATOR
 from tests.factories import make_cert, make_p12, new_key, pool_key
@@ -157,18 +156,23 @@ def test_accounts_and_administrators(cli, tmp_path):
 
 
 def test_a_large_folder_is_read_by_worker_processes(cli, tmp_path):
-    """Enough files for the import's worker processes (imports.POOL_FROM): every file answered
-    once, in order, the good ones stored, the bad ones refused with the reader's own code."""
+    """Enough files for the import's worker processes (CERTVAULT_IMPORT_POOL_FROM): every file
+    answered once, in order, the good ones stored, the bad ones refused with the reader's own
+    code."""
     cli.bootstrap()
     folder = tmp_path / "many"
     folder.mkdir()
     password = write_secret(tmp_path / "pw", "import-pass-1")
-    count = imports.POOL_FROM + 6
+    count = 26
     for i in range(count):
         key = new_key("ec256")
         data = make_p12(key, make_cert(key, f"many{i}@example.org"), "import-pass-1")
         (folder / f"{i:03}.p12").write_bytes(data if i % 10 else b"not a PKCS#12 file")
-    done = cli.run("import", "--account", "acme", folder, "--password-file", password, "--json")
+    done = cli.run(
+        "import",
+        *("--account", "acme", folder, "--password-file", password, "--json"),
+        env={"CERTVAULT_IMPORT_POOL_FROM": "20", "CERTVAULT_IMPORT_WORKERS": "2"},
+    )
     assert done.returncode == 1, done.stderr
     rows = json.loads(done.stdout)
     assert [row["file"] for row in rows] == [str(folder / f"{i:03}.p12") for i in range(count)]

@@ -128,22 +128,20 @@ def _read(ports: Ports, name: str, data: bytes, password: str) -> _Read:
     return result, contents
 
 
-# Fewer files than this are read in the importing process: starting workers costs more.
-POOL_FROM = 64
-
-
 def _read_ahead(ports: Ports, items: Iterable[ImportItem]) -> Iterator[tuple[ImportItem, _Read]]:
     """Each item with what reading it gave, in the order given.
 
     Reading a file (the KDFs, decryption, key checks) is mostly Python work, so a bulk import
     reads on a pool of worker processes, one per core (CERTVAULT_IMPORT_WORKERS), a bounded
-    number of files ahead of the batches being written (crypto/pkcs12/portable.py). A few files
-    (a REST upload) are read in this process.
+    number of files ahead of the batches being written (crypto/pkcs12/portable.py). Fewer files
+    than CERTVAULT_IMPORT_POOL_FROM (a REST upload, a folder of a few hundred) are read in this
+    process: starting the workers costs more than they would save.
     """
     workers = ports.settings.import_workers or os.cpu_count() or 1
+    pool_from = ports.settings.import_pool_from
     rest = iter(items)
-    first = list(islice(rest, POOL_FROM))
-    if len(first) < POOL_FROM:
+    first = list(islice(rest, pool_from))
+    if len(first) < pool_from:
         for item in chain(first, rest):
             yield item, _parse(ports, item)
         return
