@@ -10,11 +10,12 @@ SHA-256 MAC at 2,048 rounds; each with its own key and certificate, and the CA.
 - raw: load_pkcs12 + sealing the key (data key + wrap), the floor of an import that loads
   that way;
 - read_pkcs12: certvault's reader, as the import calls it;
-- import: `import_files` (the reader in worker processes, one per core; checks, persons,
-  certificates, audit, outbox, batch commits in this process) on SQLite and on PostgreSQL.
-Targets (issue): RSA-2048 import >= 10x load_pkcs12; EC P-256 import >= 0.70x raw. The default
-counts (150 RSA, 5,000 EC files) run long enough that starting the workers is a small share, as
-in a migration.
+- import: `import_files` (the reader, in worker processes from CERTVAULT_IMPORT_POOL_FROM files
+  on, 2,000 by default; checks, persons, certificates, audit, outbox, batch commits in this
+  process) on SQLite and on PostgreSQL.
+Targets (issue): RSA-2048 import >= 10x load_pkcs12; EC P-256 import >= 0.70x raw. By default
+150 RSA files (read in-process) and 5,000 EC files (read by the workers, long enough that
+starting them is a small share, as in a migration).
 """
 
 from __future__ import annotations
@@ -112,10 +113,9 @@ def main() -> None:
         for kind in kinds:
             count = args.count or (150 if kind == "rsa2048" else 5000)
             files = make_files(count, kind)
-            master = envelope.new_key()
             floors = {
                 "load_pkcs12": rate(files, load),
-                "raw": rate(files, load_and_seal(master)),
+                "raw": rate(files, load_and_seal(envelope.new_key())),
             }
             reader = rate(files, read)
             print(
