@@ -86,6 +86,7 @@ class DatabaseRateLimiter:
                 return []
             stmt = _hit_statement(session.get_bind().dialect.name, len(windows))
             params = _window_params(windows)
+            # On the connection: the ORM would take a parameter dict for a bulk insert's rows.
             rows = session.connection().execute(stmt, params)
             counts = {(key, window): count for key, window, count in rows}
             decisions = []

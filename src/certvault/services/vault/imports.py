@@ -216,9 +216,9 @@ def import_files(
 ) -> list[FileResult]:
     """Import many PKCS#12 files, committing in batches (DESIGN.md §10).
 
-    Parsing (the KDF and key validation) runs outside any transaction, on worker processes
-    (CERTVAULT_IMPORT_WORKERS, one per core by default); the entries of a batch are written
-    set-based (bulk.py), so one bad entry or file never stops the others. With
+    Parsing (the KDF and key validation) runs outside any transaction, on worker processes once
+    the import has CERTVAULT_IMPORT_POOL_FROM files (``_read_ahead``); the entries of a batch
+    are written set-based (bulk.py), so one bad entry or file never stops the others. With
     ``keep=False`` the results go only to ``on_file`` and nothing is kept per file: memory
     stays flat however many files there are.
     """
