@@ -449,8 +449,8 @@ def test_acknowledged_restore_takes_the_restored_grant_rows(cli) -> None:  # typ
             "audit", "acknowledge-restore", "--account", "acme", "--reason", "restored backup 9"
         )
         assert done.returncode == 0, cli_env.text(done)
-        actor, slug = tokens.authenticate(ports, kept.token)
-        assert slug == "acme" and actor.name.startswith("admin:robot")
+        actor, account = tokens.authenticate(ports, kept.token)
+        assert account.slug == "acme" and actor.name.startswith("admin:robot")
         verify = cli.run("verify")
         assert verify.returncode == 0, cli_env.text(verify)
         assert cli.run("audit", "verify").returncode == 0

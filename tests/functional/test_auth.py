@@ -48,8 +48,8 @@ def api_admin(ports, operator, account):
 def test_token_defaults_to_the_scopes_the_privileges_back(ports, operator, api_admin):
     created = tokens.create_token(ports, operator, "acme", "robot")
     assert set(created.scopes) == {"read", "keys:download"}
-    actor, slug = tokens.authenticate(ports, created.token)
-    assert slug == "acme" and actor.scopes == {Scope.READ, Scope.KEYS_DOWNLOAD}
+    actor, account = tokens.authenticate(ports, created.token)
+    assert account.slug == "acme" and actor.scopes == {Scope.READ, Scope.KEYS_DOWNLOAD}
     assert actor.token_id == created.token_id and actor.admin_id is not None
     with ports.db.read() as s:
         row = s.get_one(ApiToken, created.token_id)

@@ -550,8 +550,8 @@ def test_an_installation_from_before_seals_is_sealed_once_by_init(ports, operato
         result = accounts.initialize(upgraded, operator)
         # The account, its default organization, the admin and the token.
         assert result.sealed_rows == seals.check_rows(upgraded).rows == 4
-        actor, slug = tokens.authenticate(upgraded, made.token)
-        assert slug == "acme" and actor.organization_ids == {1}
+        actor, account = tokens.authenticate(upgraded, made.token)
+        assert account.slug == "acme" and actor.organization_ids == {1}
         assert _row(upgraded, "api_tokens", "id = :id", id=made.token_id)["grant_generation"] == 4
 
         # Sealed once: a row without a MAC from now on is refused, and init leaves it so.

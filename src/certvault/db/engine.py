@@ -108,6 +108,17 @@ class Database:
             expire_on_commit=False,
             info=self.session_info,
         )
+        self._lookup_sessions = (
+            self._read_sessions
+            if self.is_sqlite
+            else sessionmaker(
+                self.engine.execution_options(
+                    certvault_read_only=True, isolation_level="AUTOCOMMIT"
+                ),
+                expire_on_commit=False,
+                info=self.session_info,
+            )
+        )
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -123,6 +134,18 @@ class Database:
         can be carried into the transaction that writes.
         """
         with self._read_sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def lookup(self) -> Iterator[Session]:
+        """A read of one statement, for the lookups that run before every request (a token).
+
+        On PostgreSQL the statement runs without a transaction around it: one statement is its
+        own snapshot, and BEGIN and COMMIT would be two more round trips. More than one
+        statement in it would each see a different moment: use :meth:`read` for those. On
+        SQLite it is a read transaction.
+        """
+        with self._lookup_sessions() as session, session.begin():
             yield session
 
     def run_request(self, work: Callable[[Session], T]) -> T:

@@ -7,11 +7,14 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
 
+from certvault.db.models import Account
 from certvault.services.access import credentials, tokens
 from certvault.services.kernel.actors import Actor
 from certvault.services.kernel.ports import Ports
 from certvault.services.kernel.ratelimit import RateLimiter
+from certvault.services.kernel.tenancy import adopt_account
 
 bearer = HTTPBearer(auto_error=False, description="An API token: `certvault token create`.")
 
@@ -20,6 +23,12 @@ bearer = HTTPBearer(auto_error=False, description="An API token: `certvault toke
 class Caller:
     actor: Actor
     account_slug: str
+    # The account row, when the authentication read it (a token): a request's transaction
+    # adopts it rather than reading it again (tenancy.adopt_account).
+    account: Account | None = None
+
+    def adopt(self, session: Session) -> None:
+        adopt_account(session, self.account)
 
 
 def get_ports(request: Request) -> Ports:
@@ -49,10 +58,10 @@ def token_caller(
     """The own API: bearer tokens only."""
     if credentials_ is None or credentials_.scheme.lower() != "bearer":
         raise tokens.Unauthenticated()
-    actor, slug = tokens.authenticate(
+    actor, account = tokens.authenticate(
         get_ports(request), credentials_.credentials, client_ip(request)
     )
-    return _remember(request, Caller(actor, slug))
+    return _remember(request, Caller(actor, account.slug, account))
 
 
 def scm_caller(

@@ -21,8 +21,9 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import event, insert, select
+from sqlalchemy import bindparam, event, insert, select, update
 from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm.attributes import set_committed_value
 
 from certvault.db.models import Account, AuditEvent, AuditHead, ServiceKey
 from certvault.errors import (
@@ -116,6 +117,15 @@ def ensure_chain(session: Session, chain: str) -> None:
         session.flush()
 
 
+# Built once: they run for every event a transaction appends first.
+_HEAD = select(AuditHead).where(AuditHead.chain == bindparam("chain")).with_for_update()
+_SINCE = (
+    select(AuditEvent)
+    .where(AuditEvent.chain == bindparam("chain"), AuditEvent.seq >= bindparam("since"))
+    .order_by(AuditEvent.seq)
+)
+
+
 def _locked_head(session: Session, ports: Ports, key: bytes, chain: str) -> AuditHead:
     """The chain's head row, locked for the rest of the transaction and set to the verified tip.
 
@@ -126,11 +136,10 @@ def _locked_head(session: Session, ports: Ports, key: bytes, chain: str) -> Audi
     locked: dict[str, AuditHead] = session.info.setdefault(LOCKED, {})
     head = locked.get(chain)
     if head is None:
-        query = select(AuditHead).where(AuditHead.chain == chain).with_for_update()
-        head = session.scalars(query).first()
+        head = session.scalars(_HEAD, {"chain": chain}).first()
         if head is None:
             ensure_chain(session, chain)
-            head = session.scalars(query).one()
+            head = session.scalars(_HEAD, {"chain": chain}).one()
         tip = _verified_tip(session, ports, key, chain)
         if (head.seq, head.mac) != (tip.seq, tip.mac):
             head.seq, head.mac = tip.seq, tip.mac
@@ -173,12 +182,8 @@ def _verified_tip(session: Session, ports: Ports, key: bytes, chain: str) -> Cha
     """
     witness = ports.audit_heads.read(chain) or ChainHead(chain, 0, GENESIS)
     # The witnessed event and those after it, in one read.
-    since = AuditEvent.seq >= witness.seq if witness.seq > 0 else AuditEvent.seq > 0
-    events = iter(
-        session.scalars(
-            select(AuditEvent).where(AuditEvent.chain == chain, since).order_by(AuditEvent.seq)
-        )
-    )
+    since = witness.seq if witness.seq > 0 else 1
+    events = iter(session.scalars(_SINCE, {"chain": chain, "since": since}))
     if witness.seq > 0:
         at = next(events, None)
         if at is None or at.seq != witness.seq:
@@ -228,24 +233,12 @@ def record(
     """Append an event to the account's chain, inside the caller's transaction.
 
     ``details`` must never hold secrets: callers pass ids, fingerprints, reasons and counts.
+    The event is written by one Core INSERT (as :func:`record_many` writes its events) and
+    comes back as written, not attached to the session.
     """
-    key = audit_key(session, ports)
-    chain = chain_of(account)
-    head = _locked_head(session, ports, key, chain)
-    return append_event(
-        session,
-        ports,
-        key,
-        head,
-        seq=head.seq + 1,
-        account=account,
-        actor=actor,
-        action=action,
-        outcome=outcome,
-        target_type=target_type,
-        target_id=target_id,
-        details=details,
-    )
+    planned = Planned(action, outcome, target_type, target_id, details)
+    [ev] = _append(session, ports, account, actor, [planned])
+    return ev
 
 
 def append_event(
@@ -295,24 +288,67 @@ def record_many(
     """Append ``planned`` to the account's chain in their order with one set-based INSERT, each
     event linked to the one before exactly as :func:`record` links them. The head moves only
     once the events are written."""
-    if not planned:
-        return
+    if planned:
+        _append(session, ports, account, actor, planned)
+
+
+def _append(
+    session: Session,
+    ports: Ports,
+    account: Account | None,
+    actor: Actor,
+    planned: Sequence[Planned],
+) -> list[AuditEvent]:
     key = audit_key(session, ports)
     chain = chain_of(account)
     head = _locked_head(session, ports, key, chain)
     seq, prev = head.seq, head.mac or GENESIS
-    rows: list[dict[str, Any]] = []
+    events: list[AuditEvent] = []
     for p in planned:
         seq += 1
         ev = _linked_event(ports, key, chain, seq, account, actor, p, prev)
         prev = ev.mac
-        rows.append({c.key: getattr(ev, c.key) for c in _EVENT_COLUMNS})
-    session.connection().execute(insert(AuditEvent), rows)
-    head.seq, head.mac = seq, prev
+        events.append(ev)
+    rows = [{c.key: getattr(ev, c.key) for c in _EVENT_COLUMNS} for ev in events]
+    connection = session.connection()
+    if (
+        len(rows) == 1
+        and connection.dialect.name == "postgresql"
+        and not session.in_nested_transaction()  # a savepoint's rollback restores ORM state only
+    ):
+        # One round trip for the event and the head it becomes; the event comes back with its id.
+        params = {f"e_{name}": value for name, value in rows[0].items()}
+        params |= {"h_chain": chain, "h_seq": seq, "h_mac": prev}
+        events[0].id = connection.execute(_APPEND_ONE, params).scalar_one()
+        set_committed_value(head, "seq", seq)
+        set_committed_value(head, "mac", prev)
+    else:
+        if len(rows) == 1:  # one event comes back with its id
+            events[0].id = connection.execute(
+                insert(AuditEvent).returning(AuditEvent.id), rows[0]
+            ).scalar_one()
+        else:
+            connection.execute(insert(AuditEvent), rows)
+        head.seq, head.mac = seq, prev
     _remember_head(session, ports, ChainHead(chain, seq, prev))
+    return events
 
 
 _EVENT_COLUMNS = [c for c in AuditEvent.__table__.c if not c.primary_key]
+# PostgreSQL: an event and the chain's head moved to it, in one statement.
+_APPENDED = (
+    insert(AuditEvent)
+    .values({c.key: bindparam(f"e_{c.key}") for c in _EVENT_COLUMNS})
+    .returning(AuditEvent.id)
+    .cte("appended")
+)
+_APPEND_ONE = (
+    update(AuditHead)
+    .where(AuditHead.chain == bindparam("h_chain"))
+    .values(seq=bindparam("h_seq"), mac=bindparam("h_mac"))
+    .add_cte(_APPENDED)
+    .returning(select(_APPENDED.c.id).scalar_subquery())
+)
 
 
 def _linked_event(

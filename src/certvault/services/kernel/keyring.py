@@ -84,13 +84,25 @@ def _account_key(
 ) -> tuple[int, bytes]:
     # Unwrapped once per transaction and account (a bulk import seals hundreds of keys);
     # the cache lives in the session and goes with it.
-    cache: dict[tuple[int, int | None], tuple[int, bytes]] = session.info.setdefault(
-        "certvault_account_keys", {}
-    )
+    cache = _account_keys(session)
     found = cache.get((account.id, version))
     if found is None:
         found = cache[(account.id, version)] = _unwrap_account_key(session, ports, account, version)
     return found
+
+
+def _account_keys(session: Session) -> dict[tuple[int, int | None], tuple[int, bytes]]:
+    cache: dict[tuple[int, int | None], tuple[int, bytes]] = session.info.setdefault(
+        "certvault_account_keys", {}
+    )
+    return cache
+
+
+def _unwrapped(ports: Ports, account: Account, row: AccountKey) -> tuple[int, bytes]:
+    key = ports.master_key.unwrap(
+        row.wrapped_key, envelope.account_key_aad(account.uuid, row.version)
+    )
+    return row.version, key
 
 
 def _unwrap_account_key(
@@ -115,10 +127,7 @@ def _unwrap_account_key(
             raise AccountKeyDestroyed()
     if row.destroyed_at is not None:
         raise AccountKeyDestroyed()
-    key = ports.master_key.unwrap(
-        row.wrapped_key, envelope.account_key_aad(account.uuid, row.version)
-    )
-    return row.version, key
+    return _unwrapped(ports, account, row)
 
 
 @dataclass(frozen=True)
@@ -151,10 +160,28 @@ def seal_private_key(
     )
 
 
-def open_private_key(session: Session, ports: Ports, account: Account, row: EscrowedKey) -> bytes:
-    """The PKCS#8 DER of an escrowed key. Callers: release and the drill, nothing else."""
+def open_private_key(
+    session: Session,
+    ports: Ports,
+    account: Account,
+    row: EscrowedKey,
+    wrapping: AccountKey | None = None,
+) -> bytes:
+    """The PKCS#8 DER of an escrowed key. Callers: release and the drill, nothing else.
+
+    ``wrapping``: the row of the account key that wraps it, when the caller read it with the
+    key (a release reads both in one statement); otherwise it is read here."""
     if row.destroyed_at is not None:
         raise AccountKeyDestroyed("This escrowed key was destroyed.")
+    if (
+        wrapping is not None
+        and wrapping.account_id == account.id
+        and wrapping.version == row.account_key_version
+        and wrapping.destroyed_at is None
+    ):
+        cache = _account_keys(session)
+        if (account.id, wrapping.version) not in cache:
+            cache[(account.id, wrapping.version)] = _unwrapped(ports, account, wrapping)
     version, wrapped = (
         row.account_key_version,
         envelope.Sealed(row.data_key_nonce, row.wrapped_data_key),

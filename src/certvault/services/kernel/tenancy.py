@@ -8,8 +8,24 @@ from sqlalchemy.orm import Session
 from certvault.db.models import Account, Organization
 from certvault.errors import NotFound
 
+_ADOPTED = "certvault_adopted_accounts"
+
+
+def adopt_account(session: Session, account: Account | None) -> None:
+    """Let ``session`` use an account row read moments ago, its seal checked as it loaded (the
+    request's authentication reads it): get_account answers from it instead of reading the row
+    again. The copy joins the session unchanged; nothing is written from it."""
+    if account is None:
+        return
+    adopted: dict[str, Account] = session.info.setdefault(_ADOPTED, {})
+    if account.slug not in adopted:
+        adopted[account.slug] = session.merge(account, load=False)
+
 
 def get_account(session: Session, slug: str) -> Account:
+    adopted = session.info.get(_ADOPTED)
+    if adopted is not None and slug in adopted:
+        return adopted[slug]
     if "\x00" in slug or len(slug) > 200:  # no account has such a slug; PostgreSQL refuses NUL
         raise NotFound("Account not found.")
     account = session.scalars(select(Account).where(Account.slug == slug)).first()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from cryptography import x509
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from certvault import timing
@@ -28,7 +28,7 @@ from certvault.crypto.mobileconfig import P12_ENCRYPTION
 from certvault.crypto.names import subject_name
 from certvault.crypto.passphrase import check_passphrase, generate_passphrase
 from certvault.crypto.pkcs12.writer import EncryptionType, write_pkcs12
-from certvault.db.models import Account, Certificate, EscrowedKey, Person
+from certvault.db.models import Account, AccountKey, Certificate, EscrowedKey, Person
 from certvault.errors import CertvaultError, Forbidden, InvalidInput, NotFound
 from certvault.services.audit import log as audit
 from certvault.services.kernel import keyring, notify
@@ -263,7 +263,8 @@ def _prepare(
         cert = item.certificate
         # Validated on the way in and authenticated by AES-GCM: no re-validation here.
         key = keylib.load_pkcs8_der(
-            keyring.open_private_key(session, ports, account, item.key), validate=False
+            keyring.open_private_key(session, ports, account, item.key, item.account_key),
+            validate=False,
         )
         certificate = x509.load_der_x509_certificate(cert.der)
         with timing.measure("kdf"):  # Server-Timing, when switched on
@@ -286,6 +287,7 @@ def _prepare(
 class _Item:
     certificate: Certificate
     key: EscrowedKey
+    account_key: AccountKey | None  # the row that wraps the key's data key
     chain: list[x509.Certificate]
     recipients: list[str]
 
@@ -317,6 +319,28 @@ def _profile(
     return Release(first, data, plan.encryption, name, plan.format)
 
 
+# One statement per certificate: the certificate, its key, its owner and the account key that
+# wraps the key, built once.
+_RELEASED = (
+    select(Certificate, EscrowedKey, Person, AccountKey)
+    .outerjoin(EscrowedKey, EscrowedKey.id == Certificate.escrowed_key_id)
+    .outerjoin(Person, Person.id == Certificate.person_id)
+    .outerjoin(
+        AccountKey,
+        (AccountKey.account_id == EscrowedKey.account_id)
+        & (AccountKey.version == EscrowedKey.account_key_version),
+    )
+    .where(
+        Certificate.id == bindparam("certificate_id"),
+        Certificate.account_id == bindparam("account_id"),
+    )
+)
+# Which of the keys are still there, after the KDF (key rows are never deleted).
+_LIVE = select(EscrowedKey.id).where(
+    EscrowedKey.id.in_(bindparam("key_ids", expanding=True)), EscrowedKey.destroyed_at.is_(None)
+)
+
+
 def _plan(
     session: Session,
     ports: Ports,
@@ -336,14 +360,11 @@ def _plan(
     trust = recovery_rules.anchors(session, account) if actor.is_person else []
     for certificate_id in certificate_ids:
         row = session.execute(
-            select(Certificate, EscrowedKey, Person)
-            .outerjoin(EscrowedKey, EscrowedKey.id == Certificate.escrowed_key_id)
-            .outerjoin(Person, Person.id == Certificate.person_id)
-            .where(Certificate.id == certificate_id, Certificate.account_id == account.id)
+            _RELEASED, {"certificate_id": certificate_id, "account_id": account.id}
         ).first()
         if row is None:
             raise NotFound("Certificate not found.")
-        cert, key_row, owner = row
+        cert, key_row, owner, account_key = row
         if actor.is_person:
             _require_self_recovery(actor, account, cert, owner, trust)
         else:
@@ -356,7 +377,7 @@ def _plan(
             raise keyring.AccountKeyDestroyed("This escrowed key was destroyed.")
         chain = x509.load_pem_x509_certificates(cert.chain_pem.encode()) if cert.chain_pem else []
         recipients = cert.emails.split() or ([owner.email] if owner is not None else [])
-        items.append(_Item(cert, key_row, chain, recipients))
+        items.append(_Item(cert, key_row, account_key, chain, recipients))
     if not account.key_vault_enabled:
         raise KeyVaultDisabled()
     reason = (reason or "").strip()
@@ -405,21 +426,16 @@ def _commit(
     # ``account`` and the plan's rows were loaded before the KDF; only what may have changed
     # since is read again: whether the keys still exist.
     key_ids = {item.key.id for item in plan.items}
-    live = set(
-        session.scalars(
-            select(EscrowedKey.id).where(
-                EscrowedKey.id.in_(key_ids), EscrowedKey.destroyed_at.is_(None)
-            )
-        )
-    )
+    live = set(session.scalars(_LIVE, {"key_ids": list(key_ids)}))
     if live != key_ids:  # destroyed since it was read (key rows are never deleted)
         raise keyring.AccountKeyDestroyed("This escrowed key was destroyed.")
+    mail = []
     for item in plan.items:
         notice = _release_notice(account, item.certificate, actor, plan.reason, plan.format)
-        for address in item.recipients:
-            notify.queue_mail(session, account, address, "Your private key was recovered", notice)
+        mail += [(address, "Your private key was recovered", notice) for address in item.recipients]
         if actor.is_operator:
             notify.queue_for_admins(session, account, "An operator released a private key", notice)
+    notify.queue_mails(session, account, mail)
     session.flush()
     # Concurrent releases wait for the quota's counter rows and the account's audit chain: both
     # are locked last, until commit. The count may refuse; it comes before the first event.

@@ -183,6 +183,7 @@ def download_key(
     ports: PortsDep,
 ) -> Response:
     def work(session: Session) -> release.ReleaseBatch:
+        caller.adopt(session)
         return release.release_keys(
             ports,
             caller.actor,
@@ -198,8 +199,9 @@ def download_key(
         )
 
     # The quota, the release, its audit event and notice in one transaction (DESIGN.md §10). The
-    # token was checked before, in a read of its own: authentication comes before FastAPI
-    # validates the path and body, so it cannot wait for this transaction.
+    # token was checked before, by one statement of its own (Database.lookup): authentication
+    # comes before FastAPI validates the path and body, so it cannot wait for this transaction;
+    # the account it read is adopted, not read again.
     batch = ports.db.run_request(work)
     [item] = batch.releases
     return _attachment(item.data, item.format.media_type, item.filename, batch.generated_passphrase)
@@ -224,6 +226,7 @@ def download_person_keys(
     ports: PortsDep,
 ) -> Response:
     def work(session: Session) -> release.ReleaseBatch:
+        caller.adopt(session)
         return person_keys.release_person_keys(
             ports,
             caller.actor,

@@ -183,6 +183,7 @@ def download_key(
 
     def work(session: Session) -> release.ReleaseBatch:
         # The quota and the release in one transaction (DESIGN.md §10).
+        caller.adopt(session)
         return release.release_key(
             ports,
             caller.actor,
