@@ -468,18 +468,22 @@ def test_the_kdf_count_follows_who_chose_the_passphrase_never_the_client(api):
 
 def test_a_download_writes_in_one_transaction(api):
     """The quota's count, the release's audit event and the owner's notice commit together, in
-    the one transaction that writes. On PostgreSQL the release also reads in it (the token was
-    checked before, in a read of its own); on SQLite its reads come before, the KDF outside."""
+    the one transaction that writes. On PostgreSQL the release also reads in it, and the token
+    was checked before by one statement outside any transaction (it must answer before the body
+    is validated). On SQLite the release's reads come before, the KDF outside."""
     path = f"{V1}/certificates/{api.alice.cert_ids[1]}/key"
     body = {"generate_passphrase": True}
     # The token's first use is noted in a transaction of its own (at most once a minute).
     assert api.post("keys", path, json=body).status_code == 200
     commits: list[bool] = []
     wrote: dict[int, bool] = {}
+    statements: list[tuple[str, bool]] = []  # (statement, run outside a transaction)
 
     def on_sql(conn, _cursor, statement, *_args):  # type: ignore[no-untyped-def]
-        if statement.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE", "WITH")):
             wrote[id(conn)] = True
+        alone = getattr(conn.connection.driver_connection, "autocommit", False) is True
+        statements.append((statement, alone))
 
     def on_commit(conn):  # type: ignore[no-untyped-def]
         commits.append(wrote.pop(id(conn), False))
@@ -495,7 +499,11 @@ def test_a_download_writes_in_one_transaction(api):
     assert r.status_code == 200, r.text
     assert commits.count(True) == 1
     if not api.ports.db.is_sqlite:
-        assert commits == [False, True]  # the token's read, then the release
+        (token, alone), *release = statements
+        assert "FROM api_tokens" in token and "accounts" in token and alone
+        assert release and not any(alone for _, alone in release)
+        # Nor read apart: the account (read with the token), the account key (with the key).
+        assert not [s for s, _ in release if "FROM accounts" in s or "FROM account_keys" in s]
     assert len(_released(api.ports)) == 2
 
 

@@ -25,6 +25,9 @@ from certvault.crypto.pkcs12.pbe import ID_IV, ID_KEY, ID_MAC, bmp_password, pkc
 from certvault.errors import InvalidInput, KeyMismatch, UnsupportedEncryption
 
 _MAX_WRITE_ITERATIONS = 10_000_000
+# The rounds cryptography gives the MAC it writes, whatever the bags get (`openssl pkcs12 -info`
+# shows it; the release tests check that MAC and bags are written with the same count).
+_CRYPTOGRAPHY_MAC_ROUNDS = 2048
 
 
 class EncryptionType(StrEnum):
@@ -120,11 +123,20 @@ def write_pkcs12_entries(
             (list(chain) or None) if index == 0 else None,
             protection,
         )
+        if len(entries) == 1 and encryption is EncryptionType.AES256_SHA256:
+            if iterations == _CRYPTOGRAPHY_MAC_ROUNDS:
+                # cryptography's own MAC (SHA-256, 2,048 rounds) already costs what the bags
+                # cost: the file is done (the low count of a generated passphrase).
+                return single
+            # The authenticated safe as cryptography wrote it, under a MAC of our own.
+            auth_safe = bytes(asn1_pkcs12.Pfx.load(single)["auth_safe"]["content"])
+            return _with_mac(auth_safe, passphrase, mac_hash, iterations)
         sections = asn1_pkcs12.Pfx.load(single).authenticated_safe
         if encryption is EncryptionType.TRIPLEDES_SHA1:
             sections = _legacy_encrypted(sections, bmp_password(passphrase), iterations)
         contents.extend(sections)
-    return _with_mac(contents, passphrase, mac_hash, iterations)
+    auth_safe = asn1_pkcs12.AuthenticatedSafe(contents).dump()
+    return _with_mac(auth_safe, passphrase, mac_hash, iterations)
 
 
 def _legacy_encrypted(sections: Iterable[Any], password_bmp: bytes, iterations: int) -> list[Any]:
@@ -190,24 +202,20 @@ def _pbe_3des(plain: bytes, password_bmp: bytes, iterations: int) -> tuple[dict[
     return algorithm, ciphertext
 
 
-def _with_mac(contents: Sequence[Any], passphrase: str, hash_name: str, iterations: int) -> bytes:
-    """The PFX of ``contents`` (its ContentInfos) under a MAC made with ``iterations`` rounds.
+def _with_mac(auth_safe: bytes, passphrase: str, hash_name: str, iterations: int) -> bytes:
+    """The PFX of ``auth_safe`` (an AuthenticatedSafe's DER) under a MAC made with
+    ``iterations`` rounds.
 
     cryptography's own MAC always uses 2,048 rounds, and the MAC is the cheapest check an attacker
     can test guessed passwords against, so a MAC weaker than the bag encryption would make every
     extra encryption round worthless (DESIGN §10). OpenSSL verifies it the same way: PKCS#12 KDF,
     id 3, BMPString password.
     """
-    auth_safe = asn1_cms.ContentInfo(
-        {
-            "content_type": "data",
-            "content": asn1_pkcs12.AuthenticatedSafe(list(contents)).dump(),
-        }
-    )
+    info = asn1_cms.ContentInfo({"content_type": "data", "content": auth_safe})
     salt = os.urandom(16)
     size = hashlib.new(hash_name).digest_size
     mac_key = pkcs12_kdf(hash_name, bmp_password(passphrase), salt, ID_MAC, iterations, size)
-    digest = hmac.new(mac_key, bytes(auth_safe["content"]), hash_name).digest()
+    digest = hmac.new(mac_key, auth_safe, hash_name).digest()
     mac_data = asn1_pkcs12.MacData(
         {
             "mac": {"digest_algorithm": {"algorithm": hash_name}, "digest": digest},
@@ -216,6 +224,6 @@ def _with_mac(contents: Sequence[Any], passphrase: str, hash_name: str, iteratio
         }
     )
     result: bytes = asn1_pkcs12.Pfx(
-        {"version": "v3", "auth_safe": auth_safe, "mac_data": mac_data}
+        {"version": "v3", "auth_safe": info, "mac_data": mac_data}
     ).dump()
     return result

@@ -156,11 +156,7 @@ def _before_update(mapper: Mapper[Any], connection: Connection, obj: Any) -> Non
 
 
 def _on_load(obj: Any, context: Any) -> None:
-    # No context: a copy merged into a session without loading it (Session.merge, load=False),
-    # checked again all the same.
-    session = context.session if context is not None else object_session(obj)
-    assert session is not None
-    seals.check_loaded(obj, session)
+    seals.check_loaded(obj, context.session)
 
 
 def _on_refresh(obj: Any, context: Any, attrs: Any) -> None:

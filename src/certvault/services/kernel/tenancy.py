@@ -14,12 +14,14 @@ _ADOPTED = "certvault_adopted_accounts"
 def adopt_account(session: Session, account: Account | None) -> None:
     """Let ``session`` use an account row read moments ago, its seal checked as it loaded (the
     request's authentication reads it): get_account answers from it instead of reading the row
-    again. The copy joins the session unchanged; nothing is written from it."""
+    again. The row joins the session as it was read (it was read by a session now closed);
+    nothing is written from it."""
     if account is None:
         return
     adopted: dict[str, Account] = session.info.setdefault(_ADOPTED, {})
     if account.slug not in adopted:
-        adopted[account.slug] = session.merge(account, load=False)
+        session.add(account)
+        adopted[account.slug] = account
 
 
 def get_account(session: Session, slug: str) -> Account:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from asn1crypto import pkcs12 as asn1_pkcs12
 from cryptography.hazmat.decrepit.ciphers.algorithms import RC2
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
@@ -159,9 +160,15 @@ def test_reading_and_writing_run_the_native_kdf(vectors, monkeypatch):
     # Our MAC over a written file, at the file's own iteration count; for the legacy type the
     # 3DES key and IV of the certificates' EncryptedData and of the key bag too.
     key, cert = vectors.key("p256"), vectors.cert("p256")
-    write_pkcs12(key, cert, [], "pw-1234", EncryptionType.AES256_SHA256, 2048, None)
+    write_pkcs12(key, cert, [], "pw-1234", EncryptionType.AES256_SHA256, 3000, None)
     assert calls == [3]
     calls.clear()
+    # At 2,048 rounds the MAC cryptography writes already has the bags' count: kept as written.
+    data = write_pkcs12(key, cert, [], "pw-1234", EncryptionType.AES256_SHA256, 2048, None)
+    assert calls == []
+    mac = asn1_pkcs12.Pfx.load(data)["mac_data"]
+    assert mac["iterations"].native == 2048
+    assert mac["mac"]["digest_algorithm"]["algorithm"].native == "sha256"
     write_pkcs12(key, cert, [], "pw-1234", EncryptionType.TRIPLEDES_SHA1, 2048, None)
     assert sorted(calls) == [1, 1, 2, 2, 3]
 
