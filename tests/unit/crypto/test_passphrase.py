@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
+from collections import Counter
 
 import pytest
 
@@ -57,6 +59,16 @@ def test_generated_passphrases_pass_the_check_they_skip():
     for _ in range(20):
         phrase = generate_passphrase()
         assert check_passphrase(phrase, 12) == phrase
+
+
+def test_generated_passphrases_use_every_symbol_in_every_place():
+    phrases = [generate_passphrase() for _ in range(3000)]
+    assert all(re.fullmatch(r"([a-z2-9]{4}-){5}[a-z2-9]{4}", p) for p in phrases)
+    assert len(set(phrases)) == len(phrases)
+    for place in (i for i in range(29) if i % 5 != 4):  # every fifth character is a dash
+        seen = Counter(p[place] for p in phrases)
+        assert set(seen) == set("abcdefghijkmnpqrstuvwxyz23456789")  # no 0/o, 1/l
+        assert max(seen.values()) < 3 * min(seen.values())  # about 94 each
 
 
 def test_the_passphrase_is_kept_exactly_as_given():
