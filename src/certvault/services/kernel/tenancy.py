@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from certvault.db.models import Account, Organization
 from certvault.errors import NotFound
 
 _ADOPTED = "certvault_adopted_accounts"
+# Built once: every request names its account.
+_BY_SLUG = select(Account).where(Account.slug == bindparam("slug"))
 
 
 def adopt_account(session: Session, account: Account | None) -> None:
@@ -30,7 +32,7 @@ def get_account(session: Session, slug: str) -> Account:
         return adopted[slug]
     if "\x00" in slug or len(slug) > 200:  # no account has such a slug; PostgreSQL refuses NUL
         raise NotFound("Account not found.")
-    account = session.scalars(select(Account).where(Account.slug == slug)).first()
+    account = session.scalars(_BY_SLUG, {"slug": slug}).first()
     if account is None:
         raise NotFound("Account not found.")
     return account
