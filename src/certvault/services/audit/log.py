@@ -117,8 +117,19 @@ def ensure_chain(session: Session, chain: str) -> None:
         session.flush()
 
 
-# Built once: they run for every event a transaction appends first.
-_HEAD = select(AuditHead).where(AuditHead.chain == bindparam("chain")).with_for_update()
+# Built once: they run for every event a transaction appends first. The head, locked, with the
+# events from a given seq on, in one statement; and those events alone.
+_HEAD_AND_SINCE = (
+    select(AuditHead, AuditEvent)
+    .outerjoin(
+        AuditEvent,
+        (AuditEvent.chain == AuditHead.chain) & (AuditEvent.seq >= bindparam("since")),
+    )
+    .where(AuditHead.chain == bindparam("chain"))
+    .order_by(AuditEvent.seq)
+    .with_for_update(of=AuditHead)
+    .execution_options(populate_existing=True)  # the head as the lock returns it
+)
 _SINCE = (
     select(AuditEvent)
     .where(AuditEvent.chain == bindparam("chain"), AuditEvent.seq >= bindparam("since"))
@@ -136,11 +147,22 @@ def _locked_head(session: Session, ports: Ports, key: bytes, chain: str) -> Audi
     locked: dict[str, AuditHead] = session.info.setdefault(LOCKED, {})
     head = locked.get(chain)
     if head is None:
-        head = session.scalars(_HEAD, {"chain": chain}).first()
-        if head is None:
+        witness = ports.audit_heads.read(chain) or ChainHead(chain, 0, GENESIS)
+        # The witnessed event and those after it, read with the lock.
+        params = {"chain": chain, "since": witness.seq if witness.seq > 0 else 1}
+        rows = session.execute(_HEAD_AND_SINCE, params).all()
+        if not rows:
             ensure_chain(session, chain)
-            head = session.scalars(_HEAD, {"chain": chain}).one()
-        tip = _verified_tip(session, ports, key, chain)
+            rows = session.execute(_HEAD_AND_SINCE, params).all()
+        head = rows[0][0]
+        events = [ev for _, ev in rows if ev is not None]
+        # PostgreSQL (READ COMMITTED) returns the head as the writer we waited for left it, but
+        # the events joined to it as they were when the statement began. Every writer moves the
+        # head with its events, so events that stop short of the head are older than the lock:
+        # read them again, under it. (A head moved by anything else costs only this read.)
+        if (events[-1].seq if events else 0) != head.seq:
+            events = list(session.scalars(_SINCE, params))
+        tip = _verified_tip(ports, key, witness, events)
         if (head.seq, head.mac) != (tip.seq, tip.mac):
             head.seq, head.mac = tip.seq, tip.mac
         locked[chain] = head
@@ -173,17 +195,18 @@ def continues(key: bytes, tip: ChainHead, ev: AuditEvent) -> bool:
     return gap is not None and gap[0] == tip.seq and ev.seq == max(gap) + 1
 
 
-def _verified_tip(session: Session, ports: Ports, key: bytes, chain: str) -> ChainHead:
-    """The newest event of the chain, proven to contain the witness (called under the lock).
+def _verified_tip(
+    ports: Ports, key: bytes, witness: ChainHead, read: Sequence[AuditEvent]
+) -> ChainHead:
+    """The newest event of the chain, proven to contain the witness (called under the lock, with
+    the events from the witnessed one on).
 
     Events after the witness must extend it link by link with valid MACs: they are the trace of
     a crash between a commit and its witness write, so the witness is moved up to them (recovery,
     not tampering). A missing or different witnessed event, or a bad link after it, refuses.
     """
-    witness = ports.audit_heads.read(chain) or ChainHead(chain, 0, GENESIS)
-    # The witnessed event and those after it, in one read.
-    since = witness.seq if witness.seq > 0 else 1
-    events = iter(session.scalars(_SINCE, {"chain": chain, "since": since}))
+    chain = witness.chain
+    events = iter(read)
     if witness.seq > 0:
         at = next(events, None)
         if at is None or at.seq != witness.seq:
