@@ -21,9 +21,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import event, insert, select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session, SessionTransaction
 
+from certvault.db.batch import insert_rows
 from certvault.db.models import Account, AuditEvent, AuditHead, ServiceKey
 from certvault.errors import (
     CertvaultError,
@@ -307,7 +308,7 @@ def record_many(
         ev = _linked_event(ports, key, chain, seq, account, actor, p, prev)
         prev = ev.mac
         rows.append({c.key: getattr(ev, c.key) for c in _EVENT_COLUMNS})
-    session.connection().execute(insert(AuditEvent), rows)
+    insert_rows(session.connection(), AuditEvent, rows)
     head.seq, head.mac = seq, prev
     _remember_head(session, ports, ChainHead(chain, seq, prev))
 
