@@ -297,6 +297,8 @@ class BatchPlan:
                 ca_id=req.ca_id,
                 trusted_issuer=trusted,
                 friendly_name=req.friendly_name,
+                identity=f.certificate,
+                spki_sha256=f.spki,  # the key's, which the certificate's matched
             )
             notice = (values["subject"], values["issuer"], values["serial"], values["not_after"])
             row = _Cert(None, organization_id, owner, escrowed, values=values, notice=notice)
