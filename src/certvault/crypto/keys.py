@@ -76,8 +76,14 @@ def certificate_spki_der(cert: x509.Certificate) -> bytes | None:
 
 def key_matches_certificate(key: PrivateKey, cert: x509.Certificate) -> bool:
     """True when ``cert`` certifies the public half of ``key``."""
+    return matched_spki_der(key, cert) is not None
+
+
+def matched_spki_der(key: PrivateKey, cert: x509.Certificate) -> bytes | None:
+    """The DER SubjectPublicKeyInfo of ``key`` when ``cert`` certifies it, else None."""
     # The whole SPKI, not just the modulus or point: a wrong curve or algorithm must not match.
-    return spki_der(key.public_key()) == certificate_spki_der(cert)
+    found = spki_der(key.public_key())
+    return found if found == certificate_spki_der(cert) else None
 
 
 def describe_key(key: PrivateKey) -> tuple[str, int | str]:

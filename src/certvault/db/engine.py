@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from psycopg.types.array import ListBinaryDumper
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
@@ -199,6 +200,12 @@ class Database:
 
 
 def _configure_postgresql(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Lists (the columns of a batch's statements, db/batch.py) go as binary arrays: the
+        # driver's text arrays escape every value in Python, bytes above all.
+        dbapi_conn.adapters.register_dumper(list, ListBinaryDumper)
+
     @event.listens_for(engine, "checkout")
     def _on_checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
         # An idle connection has nothing to read. If its socket is readable, the server closed it

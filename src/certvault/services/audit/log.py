@@ -25,6 +25,7 @@ from sqlalchemy import bindparam, event, insert, select, update
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.orm.attributes import set_committed_value
 
+from certvault.db.batch import insert_rows
 from certvault.db.models import Account, AuditEvent, AuditHead, ServiceKey
 from certvault.errors import (
     CertvaultError,
@@ -351,7 +352,7 @@ def _append(
                 insert(AuditEvent).returning(AuditEvent.id), rows[0]
             ).scalar_one()
         else:
-            connection.execute(insert(AuditEvent), rows)
+            insert_rows(connection, AuditEvent, rows)
         head.seq, head.mac = seq, prev
     _remember_head(session, ports, ChainHead(chain, seq, prev))
     return events

@@ -84,6 +84,34 @@ def add_certificate(
     return row
 
 
+@dataclass(frozen=True)
+class CertificateIdentity:
+    """The columns that identify a certificate, worked out once from its DER: an archival
+    checks them before it writes the row."""
+
+    der: bytes
+    sha256: bytes
+    sha1_hex: str
+    md5_hex: str
+    serial: str
+    issuer_sha256: bytes
+    emails: list[str]
+
+
+def identify(cert: x509.Certificate) -> CertificateIdentity:
+    """Raises :class:`InvalidInput` for email addresses that cannot be stored."""
+    der = cert.public_bytes(Encoding.DER)
+    return CertificateIdentity(
+        der=der,
+        sha256=hashlib.sha256(der).digest(),
+        sha1_hex=hashlib.sha1(der).hexdigest(),  # noqa: S324 - an identifier for the SCM API
+        md5_hex=hashlib.md5(der).hexdigest(),  # noqa: S324
+        serial=format(cert.serial_number, "x"),
+        issuer_sha256=hashlib.sha256(cert.issuer.public_bytes()).digest(),
+        emails=keylib.certificate_emails(cert),
+    )
+
+
 def certificate_values(
     account: Account,
     cert: x509.Certificate,
@@ -97,27 +125,32 @@ def certificate_values(
     escrowed_key_id: int | None = None,
     trusted_issuer: bool = False,
     friendly_name: str | None = None,
+    identity: CertificateIdentity | None = None,
+    spki_sha256: bytes | None = None,
 ) -> dict[str, Any]:
-    """The column values of a new certificate row (see :func:`add_certificate`)."""
-    der = cert.public_bytes(Encoding.DER)
+    """The column values of a new certificate row (see :func:`add_certificate`); ``identity``
+    and ``spki_sha256`` (the certificate's public-key fingerprint), when the caller has them."""
+    ids = identity if identity is not None else identify(cert)
+    if spki_sha256 is None:
+        spki_sha256 = keylib.spki_sha256(cert.public_key())
     return dict(
         account_id=account.id,
         organization_id=organization_id,
         person_id=person_id,
         escrowed_key_id=escrowed_key_id,
-        der=der,
+        der=ids.der,
         chain_pem="".join(c.public_bytes(Encoding.PEM).decode() for c in chain),
-        sha256=hashlib.sha256(der).digest(),
-        sha1_hex=hashlib.sha1(der).hexdigest(),  # noqa: S324 - an identifier for the SCM API
-        md5_hex=hashlib.md5(der).hexdigest(),  # noqa: S324
-        serial=format(cert.serial_number, "x"),
+        sha256=ids.sha256,
+        sha1_hex=ids.sha1_hex,
+        md5_hex=ids.md5_hex,
+        serial=ids.serial,
         issuer=column_text(cert.issuer.rfc4514_string()),
-        issuer_sha256=hashlib.sha256(cert.issuer.public_bytes()).digest(),
+        issuer_sha256=ids.issuer_sha256,
         subject=column_text(cert.subject.rfc4514_string()),
-        emails=" ".join(keylib.certificate_emails(cert)),
+        emails=" ".join(ids.emails),
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
-        spki_sha256=keylib.spki_sha256(cert.public_key()),
+        spki_sha256=spki_sha256,
         source=source,
         profile=profile,
         ca_id=ca_id,

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, bindparam, event, insert, inspect, update
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, SessionTransaction, object_session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from certvault.db.batch import insert_rows, new_ids
 from certvault.db.models import Admin
 from certvault.errors import ConfigurationError
 from certvault.services.kernel import seals
@@ -52,11 +53,19 @@ def _fill_defaults(mapper: Mapper[Any], obj: Any, spec: seals.SealedTable) -> No
             setattr(obj, name, _default(mapper, spec, name))
 
 
-def inserted_ids(connection: Connection, table: Any, rows: Sequence[dict[str, Any]]) -> list[int]:
-    """Insert ``rows`` (each with its unique ``uuid``) with INSERT ... RETURNING, in as few
-    statements as the driver allows, and give their new ids in the order of ``rows``. The ids
-    are matched by uuid, not by the order RETURNING gives them: asking for that order makes
-    SQLite insert one row per statement."""
+def inserted_ids(
+    connection: Connection, model: type[Any], rows: Sequence[dict[str, Any]]
+) -> list[int]:
+    """Insert ``rows`` (each with its unique ``uuid``) in as few statements as the driver
+    allows, and give their new ids in the order of ``rows``. On PostgreSQL the ids come from
+    the table's sequence first and one INSERT writes the rows (db/batch.py). Elsewhere they
+    come from INSERT ... RETURNING, matched by uuid, not by the order RETURNING gives them:
+    asking for that order makes SQLite insert one row per statement."""
+    if connection.dialect.name == "postgresql":
+        ids = new_ids(connection, model, len(rows))
+        insert_rows(connection, model, [{**row, "id": i} for row, i in zip(rows, ids, strict=True)])
+        return ids
+    table = model.__table__
     returned = connection.execute(insert(table).returning(table.c.uuid, table.c.id), list(rows))
     by_uuid = {row_uuid: row_id for row_uuid, row_id in returned}
     return [by_uuid[row["uuid"]] for row in rows]
@@ -64,10 +73,11 @@ def inserted_ids(connection: Connection, table: Any, rows: Sequence[dict[str, An
 
 def insert_sealed(session: Session, model: type[Any], rows: Sequence[dict[str, Any]]) -> list[int]:
     """Insert new rows of a sealed table with set-based statements, sealed as a flush seals them:
-    column defaults filled in first (so that the MAC covers them), the ids taken from one
-    INSERT ... RETURNING, then every MAC written by one executemany UPDATE. ``rows`` are filled
-    in place; the new ids come back in their order. Grant rows are not written this way: their
-    generation belongs to a flush."""
+    column defaults filled in first (so that the MAC covers them), and the MAC over the row's
+    id. On PostgreSQL the ids come first from the table's sequence, so that one INSERT writes
+    every row whole, its MAC included; elsewhere they come from one INSERT ... RETURNING, and
+    one executemany UPDATE writes the MACs. ``rows`` are filled in place; the new ids come back
+    in their order. Grant rows are not written this way: their generation belongs to a flush."""
     spec = seals.sealed_table(model)
     if spec is None or spec.grant:
         raise ConfigurationError(f"Not a sealed table for set-based inserts: {model.__name__}.")
@@ -82,7 +92,14 @@ def insert_sealed(session: Session, model: type[Any], rows: Sequence[dict[str, A
     table = model.__table__
     connection = session.connection()
     ports = seals.ports_of(session)
-    ids = inserted_ids(connection, table, rows)
+    if connection.dialect.name == "postgresql":
+        ids = new_ids(connection, model, len(rows))
+        for row, row_id in zip(rows, ids, strict=True):
+            row["id"] = row_id
+            row["mac"] = seals.seal_values(connection, ports, spec, row)
+        insert_rows(connection, model, rows)
+        return ids
+    ids = inserted_ids(connection, model, rows)
     seals_of = []
     for row, row_id in zip(rows, ids, strict=True):
         row["id"] = row_id

@@ -15,7 +15,6 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -30,6 +29,7 @@ from certvault.errors import (
     InvalidInput,
     KeyMismatch,
 )
+from certvault.services.directory.certificates import CertificateIdentity, identify
 from certvault.services.kernel import keyring
 from certvault.services.kernel.actors import Actor
 from certvault.services.kernel.ports import Ports
@@ -186,14 +186,33 @@ class EntryFacts:
     """What an entry's key and certificate say, checked before the database is asked."""
 
     key: keylib.PrivateKey
-    spki: bytes
-    sha256: bytes
-    sha1: str
-    md5: str
-    issuer_sha256: bytes
-    serial: str
-    emails: list[str]
+    spki: bytes  # of the key, and so of the certificate it matches
+    certificate: CertificateIdentity
     alias: str
+
+    @property
+    def sha256(self) -> bytes:
+        return self.certificate.sha256
+
+    @property
+    def sha1(self) -> str:
+        return self.certificate.sha1_hex
+
+    @property
+    def md5(self) -> str:
+        return self.certificate.md5_hex
+
+    @property
+    def issuer_sha256(self) -> bytes:
+        return self.certificate.issuer_sha256
+
+    @property
+    def serial(self) -> str:
+        return self.certificate.serial
+
+    @property
+    def emails(self) -> list[str]:
+        return self.certificate.emails
 
 
 def entry_facts(session: Session, account: Account, req: EscrowRequest) -> EntryFacts:
@@ -204,24 +223,14 @@ def entry_facts(session: Session, account: Account, req: EscrowRequest) -> Entry
         raise EscrowNotAllowed()
     key = keylib.supported_key(req.key)
     cert = req.certificate
-    if not keylib.key_matches_certificate(key, cert):
+    spki_der = keylib.matched_spki_der(key, cert)
+    if spki_der is None:
         raise KeyMismatch()
-    spki = keylib.spki_sha256(key.public_key())
+    spki = hashlib.sha256(spki_der).digest()
     if spki in ArchiveCache.of(session, account).service_spkis:
         raise ServiceKeyRefused()
-    der = cert.public_bytes(Encoding.DER)
-    emails = keylib.certificate_emails(cert)
-    return EntryFacts(
-        key=key,
-        spki=spki,
-        sha256=hashlib.sha256(der).digest(),
-        sha1=hashlib.sha1(der).hexdigest(),  # noqa: S324 - an identifier for the SCM API
-        md5=hashlib.md5(der).hexdigest(),  # noqa: S324
-        issuer_sha256=hashlib.sha256(cert.issuer.public_bytes()).digest(),
-        serial=format(cert.serial_number, "x"),
-        emails=emails,
-        alias=_alias(req, emails),
-    )
+    identity = identify(cert)
+    return EntryFacts(key=key, spki=spki, certificate=identity, alias=_alias(req, identity.emails))
 
 
 def escrowed_key_values(

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from certvault.crypto.ca import chains_to
+from certvault.db.batch import among
 from certvault.db.models import Account, Certificate, EscrowedKey, Person
 from certvault.errors import CertvaultError, NotFound
 from certvault.services.audit import log as audit
@@ -133,10 +134,17 @@ class BatchPlan:
                 facts.append(exc)
         good = [f for f in facts if isinstance(f, EntryFacts)]
         account_id = self.account.id
+        dialect = self.session.get_bind().dialect
+        # Every lookup names each column of one of the account's unique indexes. By issuer and
+        # serial: by serial alone, every certificate of the account would be read. The rows of
+        # other pairs (an issuer of one entry, the serial of another) are stored facts too.
+        issuers = list(dict.fromkeys(f.issuer_sha256 for f in good))
         for chunk in _chunks(f.serial for f in good):
             for issuer, serial, sha256 in self.session.execute(
                 select(Certificate.issuer_sha256, Certificate.serial, Certificate.sha256).where(
-                    Certificate.account_id == account_id, Certificate.serial.in_(chunk)
+                    Certificate.account_id == account_id,
+                    among(dialect, Certificate.issuer_sha256, issuers),
+                    among(dialect, Certificate.serial, chunk),
                 )
             ):
                 self.serials[(bytes(issuer), serial)] = bytes(sha256)
@@ -144,12 +152,15 @@ class BatchPlan:
         for chunk in _chunks(f.sha256 for f in good):
             stored += self.session.scalars(
                 select(Certificate).where(
-                    Certificate.account_id == account_id, Certificate.sha256.in_(chunk)
+                    Certificate.account_id == account_id,
+                    among(dialect, Certificate.sha256, chunk),
                 )
             ).all()
         owners: dict[int, _Person] = {}
         for chunk in _chunks(row.person_id for row in stored if row.person_id is not None):
-            for person in self.session.scalars(select(Person).where(Person.id.in_(chunk))):
+            for person in self.session.scalars(
+                select(Person).where(among(dialect, Person.id, chunk))
+            ):
                 owners[person.id] = self._stored_person(person)
         for row in stored:
             self.certs[bytes(row.sha256)] = _Cert(
@@ -162,7 +173,10 @@ class BatchPlan:
         for chunk in _chunks(f.spki for f in good):
             for key_id, spki, destroyed_at in self.session.execute(
                 select(EscrowedKey.id, EscrowedKey.spki_sha256, EscrowedKey.destroyed_at)
-                .where(EscrowedKey.account_id == account_id, EscrowedKey.spki_sha256.in_(chunk))
+                .where(
+                    EscrowedKey.account_id == account_id,
+                    among(dialect, EscrowedKey.spki_sha256, chunk),
+                )
                 .with_for_update(read=True)  # a retention run destroying one is waited for
             ):
                 self.keys[bytes(spki)] = _Key(key_id, destroyed=destroyed_at is not None)
@@ -177,7 +191,9 @@ class BatchPlan:
                         pass  # refused when its entry is planned
         for chunk in _chunks(emails):
             for person in self.session.scalars(
-                select(Person).where(Person.account_id == account_id, Person.email.in_(chunk))
+                select(Person).where(
+                    Person.account_id == account_id, among(dialect, Person.email, chunk)
+                )
             ):
                 self._stored_person(person)
         return facts
@@ -281,6 +297,8 @@ class BatchPlan:
                 ca_id=req.ca_id,
                 trusted_issuer=trusted,
                 friendly_name=req.friendly_name,
+                identity=f.certificate,
+                spki_sha256=f.spki,  # the key's, which the certificate's matched
             )
             notice = (values["subject"], values["issuer"], values["serial"], values["not_after"])
             row = _Cert(None, organization_id, owner, escrowed, values=values, notice=notice)
@@ -316,9 +334,7 @@ class BatchPlan:
             person.id = person_id
         keys = self.new_keys
         if keys:
-            ids = inserted_ids(
-                session.connection(), EscrowedKey.__table__, [k.values or {} for k in keys]
-            )
+            ids = inserted_ids(session.connection(), EscrowedKey, [k.values or {} for k in keys])
             for key, key_id in zip(keys, ids, strict=True):
                 key.id = key_id
         for cert in self.new_certs:
