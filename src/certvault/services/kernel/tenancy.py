@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, func, inspect, select
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from certvault.db.models import Account, Organization
 from certvault.errors import NotFound
 
 _ADOPTED = "certvault_adopted_accounts"
+_COLUMNS = inspect(Account).column_attrs
 # Built once: every request names its account.
 _BY_SLUG = select(Account).where(Account.slug == bindparam("slug"))
 
@@ -16,14 +17,17 @@ _BY_SLUG = select(Account).where(Account.slug == bindparam("slug"))
 def adopt_account(session: Session, account: Account | None) -> None:
     """Let ``session`` use an account row read moments ago, its seal checked as it loaded (the
     request's authentication reads it): get_account answers from it instead of reading the row
-    again. The row joins the session as it was read (it was read by a session now closed);
-    nothing is written from it."""
+    again. A copy joins the session as if just read, so that a rollback there (which expires
+    what the session holds) leaves the caller's row usable for another attempt; nothing is
+    written from it."""
     if account is None:
         return
     adopted: dict[str, Account] = session.info.setdefault(_ADOPTED, {})
     if account.slug not in adopted:
-        session.add(account)
-        adopted[account.slug] = account
+        copy = Account(**{attr.key: getattr(account, attr.key) for attr in _COLUMNS})
+        make_transient_to_detached(copy)
+        session.add(copy)
+        adopted[account.slug] = copy
 
 
 def get_account(session: Session, slug: str) -> Account:
