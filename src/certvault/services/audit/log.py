@@ -25,7 +25,7 @@ from sqlalchemy import bindparam, event, insert, select, update
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.orm.attributes import set_committed_value
 
-from certvault.db.batch import insert_rows
+from certvault.db.batch import insert_rows, is_postgresql
 from certvault.db.models import Account, AuditEvent, AuditHead, ServiceKey
 from certvault.errors import (
     CertvaultError,
@@ -337,7 +337,7 @@ def _append(
     connection = session.connection()
     if (
         len(rows) == 1
-        and connection.dialect.name == "postgresql"
+        and is_postgresql(connection.dialect)
         and not session.in_nested_transaction()  # a savepoint's rollback restores ORM state only
     ):
         # One round trip for the event and the head it becomes; the event comes back with its id.

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, bindparam, event, insert, inspect, update
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, SessionTransaction, object_session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from certvault.db.batch import insert_rows, new_ids
+from certvault.db.batch import insert_rows, is_postgresql, new_ids
 from certvault.db.models import Admin
 from certvault.errors import ConfigurationError
 from certvault.services.kernel import seals
@@ -61,7 +61,7 @@ def inserted_ids(
     the table's sequence first and one INSERT writes the rows (db/batch.py). Elsewhere they
     come from INSERT ... RETURNING, matched by uuid, not by the order RETURNING gives them:
     asking for that order makes SQLite insert one row per statement."""
-    if connection.dialect.name == "postgresql":
+    if is_postgresql(connection.dialect):
         ids = new_ids(connection, model, len(rows))
         insert_rows(connection, model, [{**row, "id": i} for row, i in zip(rows, ids, strict=True)])
         return ids
@@ -92,7 +92,7 @@ def insert_sealed(session: Session, model: type[Any], rows: Sequence[dict[str, A
     table = model.__table__
     connection = session.connection()
     ports = seals.ports_of(session)
-    if connection.dialect.name == "postgresql":
+    if is_postgresql(connection.dialect):
         ids = new_ids(connection, model, len(rows))
         for row, row_id in zip(rows, ids, strict=True):
             row["id"] = row_id
