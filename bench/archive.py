@@ -11,7 +11,7 @@ SHA-256 MAC at 2,048 rounds; each with its own key and certificate, and the CA.
   that way;
 - read_pkcs12: certvault's reader, as the import calls it;
 - import: `import_files` (the reader, in worker processes from CERTVAULT_IMPORT_POOL_FROM files
-  on, 2,000 by default; checks, persons, certificates, audit, outbox, batch commits in this
+  on, 1,000 by default; checks, persons, certificates, audit, outbox, batch commits in this
   process) on SQLite and on PostgreSQL.
 Targets (issue): RSA-2048 import >= 10x load_pkcs12; EC P-256 import >= 0.70x raw. By default
 150 RSA files (read in-process) and 5,000 EC files (read by the workers, long enough that

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import pytest
 from sqlalchemy import event, select, text
 
+from certvault.crypto.pkcs12.portable import ReaderPool
 from certvault.db.models import Certificate, MailMessage, Person
 from certvault.services.audit import checks as audit_checks
 from certvault.services.directory import accounts
@@ -253,14 +253,14 @@ def test_results_go_only_to_on_file_when_not_kept(ports, operator, account):
     assert counts(ports)["certs"] == 3
 
 
-class _CountingPool(ProcessPoolExecutor):
-    """A real process pool that counts the files sent to its workers."""
+class _CountingPool(ReaderPool):
+    """The real reader processes, counting the files sent to them."""
 
     files = 0
 
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        _CountingPool.files += len(args[0])
-        return super().submit(fn, *args, **kwargs)
+    def submit(self, files: Any, limits: Any) -> Any:
+        _CountingPool.files += len(files)
+        return super().submit(files, limits)
 
 
 def _mixed_for_workers(ca: Any, tag: str) -> list[ImportItem]:
@@ -283,7 +283,7 @@ def test_many_files_are_read_by_worker_processes_with_the_same_answers(
     assert _CountingPool.files == 0
     ports.settings.import_pool_from = 4
     monkeypatch.setattr(imports, "CHUNK", 2)
-    monkeypatch.setattr(imports, "ProcessPoolExecutor", _CountingPool)
+    monkeypatch.setattr(imports, "ReaderPool", _CountingPool)
     ports.settings.import_workers = 2
     ports.settings.import_batch_size = 3
     items = _mixed_for_workers(ca, "b")

@@ -5,12 +5,10 @@ imports commit in batches (DESIGN.md §10)."""
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import multiprocessing.context
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from itertools import chain, islice
 
@@ -19,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from certvault.crypto.pkcs12.limits import P12Limits
-from certvault.crypto.pkcs12.portable import Portable, contents_of, read_portables
+from certvault.crypto.pkcs12.portable import Portable, ReaderPool, contents_of
 from certvault.crypto.pkcs12.reader import WARNINGS, P12Contents, read_pkcs12
 from certvault.db.engine import failure_of, is_retryable
 from certvault.db.models import Account
@@ -165,24 +163,17 @@ def _read_ahead(ports: Ports, items: Iterable[ImportItem]) -> Iterator[tuple[Imp
             contents = contents_of(portable)
             yield item, (FileResult(item.name, warnings=list(contents.warnings)), contents)
 
-    # The workers yield the CPU to this process: its writes are what the import waits on.
-    with ProcessPoolExecutor(
-        workers, mp_context=_worker_context(), initializer=os.nice, initargs=(10,)
-    ) as pool:
-        try:
-            for chunk in _chunks(chain(first, rest)):
-                loaded = [(item, _load(item)) for item in chunk]
-                files = [(d, item.password) for item, d in loaded if not isinstance(d, FileResult)]
-                future = pool.submit(read_portables, files, limits) if files else None
-                pending.append((loaded, future))
-                if len(pending) >= window:
-                    yield from finish()
-            while pending:
+    # The caller stopping early or a read failing ends the workers: nothing more is read.
+    with ReaderPool(workers) as pool:
+        for chunk in _chunks(chain(first, rest)):
+            loaded = [(item, _load(item)) for item in chunk]
+            files = [(d, item.password) for item, d in loaded if not isinstance(d, FileResult)]
+            future = pool.submit(files, limits) if files else None
+            pending.append((loaded, future))
+            if len(pending) >= window:
                 yield from finish()
-        finally:  # the caller stopped early or a read failed: read no further
-            for _, future in pending:
-                if future is not None:
-                    future.cancel()
+        while pending:
+            yield from finish()
 
 
 # Files per task of a worker.
@@ -195,14 +186,6 @@ _Chunk = tuple[list[tuple[ImportItem, bytes | FileResult]], Future[list[Portable
 def _chunks(items: Iterator[ImportItem]) -> Iterator[list[ImportItem]]:
     while chunk := list(islice(items, CHUNK)):
         yield chunk
-
-
-def _worker_context() -> multiprocessing.context.BaseContext:
-    """Workers forked from a fresh server process, never from this one: they hold none of its
-    connections, threads or keys. The server loads only the reader."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["certvault.crypto.pkcs12.portable"])
-    return context
 
 
 def import_files(
