@@ -111,6 +111,13 @@ def test_pairwise_check_fails_with_another_public_key(vectors, name, other):
         keys.check_pairwise(vectors.key(name), vectors.cert(other).public_key())
 
 
+def test_ec_pairwise_check_fails_with_another_point_on_the_same_curve(vectors):
+    stranger = ec.generate_private_key(ec.SECP256R1()).public_key()
+    with pytest.raises(KeyInconsistent):
+        keys.check_pairwise(vectors.key("p256"), stranger)
+    keys.check_pairwise(vectors.key("p256"), vectors.cert("p256").public_key())
+
+
 def test_ec_key_whose_stored_point_is_not_its_own_is_refused_on_load(vectors):
     # The scalar of p256 with another key's public point: cryptography refuses it when loading,
     # before the pairwise check would have caught it.
