@@ -10,7 +10,18 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import and_, bindparam, delete, or_, select
+from sqlalchemy import (
+    Integer,
+    String,
+    and_,
+    bindparam,
+    delete,
+    literal,
+    or_,
+    select,
+    true,
+    union_all,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -142,15 +153,26 @@ def _window_params(windows: list[tuple[str, int]]) -> dict[str, Any]:
 
 def _hit_statement(dialect_name: str, rows: int) -> Any:
     """Count one event in each of ``rows`` windows, creating their counters, in one statement
-    that returns every count."""
+    that returns every count.
+
+    The rows come from a SELECT, not a multi-row VALUES: SQLAlchemy compiles a multi-row VALUES
+    again on every execution, which cost more than the statement's round trip. (SQLite needs the
+    WHERE to read the ON CONFLICT that follows as the upsert's.)"""
     found = _HIT.get((dialect_name, rows))
     if found is None:
         dialect = postgresql if dialect_name == "postgresql" else sqlite
-        stmt = dialect.insert(RateLimitCounter).values(
-            [
-                {"key": bindparam(f"key_{i}"), "window_start": bindparam(f"window_{i}"), "count": 1}
+        windows = union_all(
+            *(
+                select(
+                    bindparam(f"key_{i}", type_=String).label("key"),
+                    bindparam(f"window_{i}", type_=Integer).label("window_start"),
+                    literal(1, Integer).label("count"),
+                )
                 for i in range(rows)
-            ]
+            )
+        ).subquery()
+        stmt = dialect.insert(RateLimitCounter).from_select(
+            ["key", "window_start", "count"], select(*windows.c).where(true())
         )
         found = _HIT[dialect_name, rows] = stmt.on_conflict_do_update(
             index_elements=["key", "window_start"],
