@@ -167,10 +167,17 @@ class Database:
 
         return self.run(in_request)
 
+    @staticmethod
+    def writes_in(session: Session | None) -> bool:
+        """Whether :meth:`write` runs in ``session`` (a request's transaction on PostgreSQL):
+        then what is read and locked there stays so until the writes commit."""
+        return session is not None and bool(session.info.get(_REQUEST))
+
     def write(self, session: Session | None, work: Callable[[Session], T]) -> T:
         """Run ``work`` in ``session`` when it is a request's transaction that may write
         (:meth:`run_request` on PostgreSQL), otherwise in a transaction of its own."""
-        if session is not None and session.info.get(_REQUEST):
+        if self.writes_in(session):
+            assert session is not None
             return work(session)
         return self.run(work)
 

@@ -4,8 +4,11 @@ In order, as every release path must: authorization per certificate, policy (Key
 reason, passphrase), the caller's rate limits (``admit``: checked here, so that only an attempt
 that could release a key counts against them), the PKCS#12 files (the KDF), then in one
 transaction the quota's count, the audit event and the owner's notification. Nothing before the
-KDF writes or locks a row, so concurrent releases do not wait on each other's KDF; on PostgreSQL
-a request runs all of it in its one transaction (Database.run_request). The files are handed out
+KDF writes a row or takes a lock another release waits for, so concurrent releases do not wait
+on each other's KDF. On PostgreSQL a request runs all of it in its one transaction
+(Database.run_request), and the keys' rows are read with a share lock: a destruction waits for
+the release to commit, so nothing is read again after the KDF. Elsewhere the write transaction
+reads again whether the keys still exist. The files are handed out
 only once the transaction has committed. Asked for as an iOS configuration profile, the batch is
 one profile holding those PKCS#12 files (services/vault/profiles.py).
 """
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from cryptography import x509
-from sqlalchemy import bindparam, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from certvault import timing
@@ -300,6 +303,9 @@ class _Plan:
     encryption: EncryptionType
     reason: str
     format: ReleaseFormat = ReleaseFormat.P12
+    # The keys' rows are locked in the transaction that commits (PostgreSQL's request
+    # transaction): none can be destroyed before the release commits.
+    keys_locked: bool = False
 
 
 def _profile(
@@ -319,22 +325,30 @@ def _profile(
     return Release(first, data, plan.encryption, name, plan.format)
 
 
-# One statement per certificate: the certificate, its key, its owner and the account key that
-# wraps the key, built once.
-_RELEASED = (
-    select(Certificate, EscrowedKey, Person, AccountKey)
-    .outerjoin(EscrowedKey, EscrowedKey.id == Certificate.escrowed_key_id)
-    .outerjoin(Person, Person.id == Certificate.person_id)
-    .outerjoin(
-        AccountKey,
-        (AccountKey.account_id == EscrowedKey.account_id)
-        & (AccountKey.version == EscrowedKey.account_key_version),
+def _released(*, locking: bool) -> Select[Certificate, EscrowedKey, Person, AccountKey]:
+    """One statement per certificate: the certificate, its key, its owner and the account key
+    that wraps the key. ``locking``: only a certificate with a key, whose row is locked for share
+    (PostgreSQL refuses to lock the missing side of an outer join)."""
+    query = (
+        select(Certificate, EscrowedKey, Person, AccountKey)
+        .join(EscrowedKey, EscrowedKey.id == Certificate.escrowed_key_id, isouter=not locking)
+        .outerjoin(Person, Person.id == Certificate.person_id)
+        .outerjoin(
+            AccountKey,
+            (AccountKey.account_id == EscrowedKey.account_id)
+            & (AccountKey.version == EscrowedKey.account_key_version),
+        )
+        .where(
+            Certificate.id == bindparam("certificate_id"),
+            Certificate.account_id == bindparam("account_id"),
+        )
     )
-    .where(
-        Certificate.id == bindparam("certificate_id"),
-        Certificate.account_id == bindparam("account_id"),
-    )
-)
+    return query.with_for_update(read=True, of=EscrowedKey) if locking else query
+
+
+# Built once: building a statement costs more than running it.
+_RELEASED = _released(locking=False)
+_RELEASED_LOCKING = _released(locking=True)
 # Which of the keys are still there, after the KDF (key rows are never deleted).
 _LIVE = select(EscrowedKey.id).where(
     EscrowedKey.id.in_(bindparam("key_ids", expanding=True)), EscrowedKey.destroyed_at.is_(None)
@@ -358,10 +372,14 @@ def _plan(
     items = []
     # A person recovering their own keys: the certificates they proved, checked again here.
     trust = recovery_rules.anchors(session, account) if actor.is_person else []
+    # In the transaction that commits the release, the keys are locked as they are read.
+    locking = locked = ports.db.writes_in(session)
     for certificate_id in certificate_ids:
-        row = session.execute(
-            _RELEASED, {"certificate_id": certificate_id, "account_id": account.id}
-        ).first()
+        params = {"certificate_id": certificate_id, "account_id": account.id}
+        row = session.execute(_RELEASED_LOCKING, params).first() if locking else None
+        if row is None:  # not locking, or a certificate without a key or none at all
+            row = session.execute(_RELEASED, params).first()
+            locked = False
         if row is None:
             raise NotFound("Certificate not found.")
         cert, key_row, owner, account_key = row
@@ -397,7 +415,7 @@ def _plan(
         generated = passphrase
     else:
         passphrase = check_passphrase(passphrase, account.min_passphrase_length)
-    return _Plan(items, passphrase, generated, kind, reason)
+    return _Plan(items, passphrase, generated, kind, reason, keys_locked=locked)
 
 
 def _require_self_recovery(
@@ -424,11 +442,13 @@ def _commit(
     admit: Quota | None,
 ) -> None:
     # ``account`` and the plan's rows were loaded before the KDF; only what may have changed
-    # since is read again: whether the keys still exist.
-    key_ids = {item.key.id for item in plan.items}
-    live = set(session.scalars(_LIVE, {"key_ids": list(key_ids)}))
-    if live != key_ids:  # destroyed since it was read (key rows are never deleted)
-        raise keyring.AccountKeyDestroyed("This escrowed key was destroyed.")
+    # since is read again, unless the keys were locked as they were read: whether they still
+    # exist.
+    if not plan.keys_locked:
+        key_ids = {item.key.id for item in plan.items}
+        live = set(session.scalars(_LIVE, {"key_ids": list(key_ids)}))
+        if live != key_ids:  # destroyed since it was read (key rows are never deleted)
+            raise keyring.AccountKeyDestroyed("This escrowed key was destroyed.")
     mail = []
     for item in plan.items:
         notice = _release_notice(account, item.certificate, actor, plan.reason, plan.format)
