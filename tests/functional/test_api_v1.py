@@ -19,7 +19,7 @@ from sqlalchemy import event, select
 
 from certvault.crypto import keys as keylib
 from certvault.crypto.pkcs12.reader import read_pkcs12
-from certvault.db.models import Account, AuditEvent, Certificate
+from certvault.db.models import Account, AuditEvent, Certificate, RateLimitCounter
 from certvault.services.kernel import notify
 from certvault.services.pki import crl
 from certvault.services.vault.archive import ALREADY_EXISTS, IMPORTED
@@ -951,6 +951,29 @@ def test_refused_downloads_use_up_no_quota(api):
         assert _download(api, "keys", new, passphrase="short").status_code == 422
     assert [_download(api, "keys", new).status_code for _ in range(4)] == [200, 200, 200, 429]
     assert len(_released(api.ports)) == 3
+
+
+def test_downloads_under_a_generated_passphrase_count_once_and_refused_ones_not_at_all(api):
+    """On PostgreSQL such a download counts its quota before its (cheap) KDF instead of checking
+    it there and counting after: each counts once, and one over the limit counts nothing."""
+    for limit in ("admin", "token", "ip"):
+        setattr(api.ports.settings, f"downloads_per_hour_{limit}", 3)
+    path = f"{V1}/certificates/{api.alice.cert_ids[1]}/key"
+    body = {"generate_passphrase": True}
+    answers = [api.post("keys", path, json=body).status_code for _ in range(5)]
+    assert answers == [200, 200, 200, 429, 429]
+    assert len(_released(api.ports)) == 3
+    with api.ports.db.read() as s:
+        counted = s.execute(
+            select(RateLimitCounter.key, RateLimitCounter.count).where(
+                RateLimitCounter.key.like("dl-%")
+            )
+        ).all()
+    assert sorted(key.split(":")[0] for key, _ in counted) == ["dl-admin", "dl-ip", "dl-token"]
+    assert {count for _, count in counted} == {3}
+    assert [d["target"] for d in _refusals(api.ports, "rate_limited")] == [
+        str(api.alice.cert_ids[1])
+    ] * 2
 
 
 # --- audit log ----------------------------------------------------------------------------------
