@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Protocol
 
 from certvault.errors import StorageFull
+from certvault.services.kernel.durable import sync_directory
 
 _CHAIN = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
@@ -274,16 +275,7 @@ def _replace_durably(path: Path, data: bytes) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        _sync_directory(path.parent)
-
-
-def _sync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable: the new name is in the directory's own blocks."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        sync_directory(path.parent)
 
 
 @contextmanager

@@ -41,6 +41,7 @@ from certvault.masterkey import blob_origin
 from certvault.services.audit import log as audit
 from certvault.services.kernel import keyring, seals
 from certvault.services.kernel.actors import Actor
+from certvault.services.kernel.durable import sync_directory
 from certvault.services.kernel.ports import Ports
 from certvault.services.vault.backup_manifest import (
     DATA_FILES,
@@ -129,8 +130,8 @@ def make_backup(ports: Ports, actor: Actor, out: Path) -> BackupResult:
             mac_key=mac_key_of(mac_row),
         )
         write_manifest(out, manifest, secret)
-        _fsync_dir(out)
-        _fsync_dir(out.parent)
+        sync_directory(out)
+        sync_directory(out.parent)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
@@ -299,11 +300,3 @@ def file_digest(path: Path) -> tuple[int, str]:
             digest.update(chunk)
             size += len(chunk)
     return size, digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

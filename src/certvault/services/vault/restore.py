@@ -40,6 +40,7 @@ from certvault.services.audit import log as audit
 from certvault.services.audit.checks import AuditProblem
 from certvault.services.kernel import seals
 from certvault.services.kernel.actors import Actor
+from certvault.services.kernel.durable import sync_directory
 from certvault.services.kernel.ports import master_key_provider, open_ports
 from certvault.services.vault.backup import postgresql_tool, run_tool
 from certvault.services.vault.backup_manifest import (
@@ -339,11 +340,7 @@ def _restore_sqlite(settings: Settings, url: URL, source: Path, manifest: Manife
             os.replace(copy, path)  # the empty file `init` or a command left: nothing lost
         for stale in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
             stale.unlink(missing_ok=True)  # empty ones (checked above), of no database
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        sync_directory(path.parent)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
