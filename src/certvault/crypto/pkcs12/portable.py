@@ -172,6 +172,7 @@ class _Worker:
             close_fds=True,
         )
         self.waiting: deque[Future[list[Portable | None]]] = deque()
+        self.stopped = False  # the collector has ended: nothing more will be answered
         self.lock = threading.Lock()
         self.outbox: SimpleQueue[_Task | None] = SimpleQueue()
         self.feeder = threading.Thread(target=self._feed, daemon=True)
@@ -182,7 +183,7 @@ class _Worker:
     def submit(self, task: _Task) -> Future[list[Portable | None]]:
         future: Future[list[Portable | None]] = Future()
         with self.lock:
-            if not self.collector.is_alive():
+            if self.stopped:
                 future.set_exception(ReaderFailed("A reader process has stopped."))
                 return future
             self.waiting.append(future)
@@ -212,16 +213,17 @@ class _Worker:
                 ok, found = answer
                 with self.lock:
                     future = self.waiting.popleft()
-                if not ok:
-                    failure = f"A reader process failed: {found}."
-                    future.set_exception(ReaderFailed(failure))
-                    continue
-                if future.set_running_or_notify_cancel():
+                if not future.set_running_or_notify_cancel():
+                    continue  # cancelled: its answer is not wanted
+                if ok:
                     future.set_result(found)
+                else:
+                    future.set_exception(ReaderFailed(f"A reader process failed: {found}."))
         except (OSError, EOFError, pickle.UnpicklingError, IndexError):
             pass
         finally:
             with self.lock:
+                self.stopped = True
                 waiting, self.waiting = self.waiting, deque()
             for future in waiting:
                 if future.set_running_or_notify_cancel():
