@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select, text
 
-from certvault.crypto.pkcs12.portable import ReaderPool
+from certvault.crypto.pkcs12.portable import ReaderFailed, ReaderPool
 from certvault.db.models import Certificate, MailMessage, Person
 from certvault.services.audit import checks as audit_checks
 from certvault.services.directory import accounts
@@ -310,6 +310,39 @@ def test_many_files_are_read_by_worker_processes_with_the_same_answers(
     drill = verify_escrow(ports, operator)
     assert drill.ok and drill.keys == 12 and drill.certificates == 12
     assert audit_checks.verify_chains(ports).ok
+
+
+class _DyingPool(ReaderPool):
+    """The real reader processes; the first worker is killed once the third task is sent."""
+
+    sent = 0
+
+    def submit(self, files: Any, limits: Any) -> Any:
+        _DyingPool.sent += 1
+        if _DyingPool.sent == 3:
+            worker = self._workers[0].process
+            worker.kill()
+            worker.wait()
+        return super().submit(files, limits)
+
+
+def test_a_reader_process_that_dies_stops_the_import_with_what_was_stored_answered(
+    ports, operator, account, monkeypatch
+):
+    monkeypatch.setattr(_DyingPool, "sent", 0)
+    ports.settings.import_pool_from = 2
+    monkeypatch.setattr(imports, "CHUNK", 2)
+    monkeypatch.setattr(imports, "ReaderPool", _DyingPool)
+    ports.settings.import_workers = 2
+    ports.settings.import_batch_size = 2
+    ca = make_ca("Bulk CA")
+    items = [_item(f"d{i}.p12", _fresh(f"d{i}@example.org", ca)) for i in range(12)]
+    answered: list[FileResult] = []
+    with pytest.raises(ReaderFailed):
+        import_files(ports, operator, "acme", items, on_file=answered.append, keep=False)
+    # The files answered before the worker died were stored, and nothing else.
+    assert counts(ports)["certs"] == sum(r.ok for r in answered)
+    assert _DyingPool.sent >= 3
 
 
 def test_a_load_that_fails_stops_the_import_and_reads_no_further(
