@@ -190,30 +190,6 @@ class EntryFacts:
     certificate: CertificateIdentity
     alias: str
 
-    @property
-    def sha256(self) -> bytes:
-        return self.certificate.sha256
-
-    @property
-    def sha1(self) -> str:
-        return self.certificate.sha1_hex
-
-    @property
-    def md5(self) -> str:
-        return self.certificate.md5_hex
-
-    @property
-    def issuer_sha256(self) -> bytes:
-        return self.certificate.issuer_sha256
-
-    @property
-    def serial(self) -> str:
-        return self.certificate.serial
-
-    @property
-    def emails(self) -> list[str]:
-        return self.certificate.emails
-
 
 def entry_facts(session: Session, account: Account, req: EscrowRequest) -> EntryFacts:
     """The checks of an archival that need no row of the entry's own, in the order it makes them."""

@@ -138,8 +138,8 @@ class BatchPlan:
         # Every lookup names each column of one of the account's unique indexes. By issuer and
         # serial: by serial alone, every certificate of the account would be read. The rows of
         # other pairs (an issuer of one entry, the serial of another) are stored facts too.
-        issuers = list(dict.fromkeys(f.issuer_sha256 for f in good))
-        for chunk in _chunks(f.serial for f in good):
+        issuers = list(dict.fromkeys(f.certificate.issuer_sha256 for f in good))
+        for chunk in _chunks(f.certificate.serial for f in good):
             for issuer, serial, sha256 in self.session.execute(
                 select(Certificate.issuer_sha256, Certificate.serial, Certificate.sha256).where(
                     Certificate.account_id == account_id,
@@ -149,7 +149,7 @@ class BatchPlan:
             ):
                 self.serials[(bytes(issuer), serial)] = bytes(sha256)
         stored: list[Certificate] = []
-        for chunk in _chunks(f.sha256 for f in good):
+        for chunk in _chunks(f.certificate.sha256 for f in good):
             stored += self.session.scalars(
                 select(Certificate).where(
                     Certificate.account_id == account_id,
@@ -183,7 +183,8 @@ class BatchPlan:
         emails: list[str] = []
         for req, f in zip(requests, facts, strict=True):
             if isinstance(f, EntryFacts) and req.person_id is None:
-                email = req.person_email or (f.emails[0] if f.emails else None)
+                named = f.certificate.emails
+                email = req.person_email or (named[0] if named else None)
                 if email is not None:
                     try:
                         emails.append(persons.normalize_email(email))
@@ -254,21 +255,21 @@ class BatchPlan:
     def _plan(self, planned: _Planned, f: EntryFacts) -> None:
         session, account, actor, req = self.session, self.account, self.actor, planned.req
         cert = req.certificate
-        known = self.serials.get((f.issuer_sha256, f.serial))
-        if known is not None and known != f.sha256:
+        known = self.serials.get((f.certificate.issuer_sha256, f.certificate.serial))
+        if known is not None and known != f.certificate.sha256:
             raise CertificateConflict()
         cache = ArchiveCache.of(session, account)
         trusted = chains_to(cert, req.chain, cache.trusted_issuers)
         if account.require_trusted_issuer and not trusted:
             raise UntrustedIssuer()
-        existing = self.certs.get(f.sha256)
+        existing = self.certs.get(f.certificate.sha256)
         escrowed = self.keys.get(f.spki)
         if escrowed is not None and escrowed.destroyed:
             raise keyring.EscrowedKeyDestroyed()
         if existing is not None:
             actor.require_visible(account.id, existing.organization_id, "Certificate")
             if req.person_id is not None:
-                named = self._owner(req, f.emails)
+                named = self._owner(req, f.certificate.emails)
                 if not _same(existing.person, named):
                     raise PersonMismatch()
             if escrowed is not None and _same(existing.key, escrowed):
@@ -277,7 +278,7 @@ class BatchPlan:
             owner = existing.person
             organization_id = existing.organization_id
         else:
-            owner = self._owner(req, f.emails)
+            owner = self._owner(req, f.certificate.emails)
             organization_id = owner.organization_id
         actor.require(Privilege.CERTIFICATES_MANAGE, account.id, organization_id)
 
@@ -312,15 +313,15 @@ class BatchPlan:
             self.keys[f.spki] = escrowed
             self.new_keys.append(escrowed)
         if existing is None:
-            self.certs[f.sha256] = row
-            self.serials[(f.issuer_sha256, f.serial)] = f.sha256
+            self.certs[f.certificate.sha256] = row
+            self.serials[(f.certificate.issuer_sha256, f.certificate.serial)] = f.certificate.sha256
             self.new_certs.append(row)
         else:
             if existing.row is not None and existing not in self.linked:
                 self.linked.append(existing)
             existing.key = escrowed
         planned.cert = row
-        planned.details = archive_details(req, f.sha256, f.spki, new_key, trusted)
+        planned.details = archive_details(req, f.certificate.sha256, f.spki, new_key, trusted)
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -362,7 +363,7 @@ class BatchPlan:
     def _recipients(self, planned: _Planned) -> list[str]:
         assert planned.facts is not None and planned.cert is not None
         owner = planned.cert.person
-        return planned.facts.emails or ([owner.email] if owner else [])
+        return planned.facts.certificate.emails or ([owner.email] if owner else [])
 
     def _notice(self, cert: _Cert) -> str:
         if cert.row is not None:
@@ -374,8 +375,8 @@ class BatchPlan:
         if planned.refusal is not None:
             return failed_entry(planned.req, planned.refusal)
         assert planned.facts is not None and planned.cert is not None
-        f = planned.facts
-        return EntryResult(f.alias, planned.cert.id, f.md5, f.sha1, planned.message)
+        f, cert = planned.facts, planned.facts.certificate
+        return EntryResult(f.alias, planned.cert.id, cert.md5_hex, cert.sha1_hex, planned.message)
 
     def event(self, planned: _Planned) -> audit.Planned | None:
         """The entry's audit event; none for a key and certificate already stored together."""
