@@ -10,6 +10,7 @@ uploaded through `import-key`, the Key Vault list, downloads in each encryption 
 from __future__ import annotations
 
 import base64
+import ctypes
 import datetime as dt
 import io
 import json
@@ -17,6 +18,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -363,6 +365,62 @@ def test_metrics_add_up_every_worker(cli, tmp_path):
         pids = {ln["pid"] for ln in server.access_lines()}
         # Each worker writes its own file; the scrape reads them all.
         assert {int(p.stem.split("_")[-1]) for p in metrics_dir.iterdir()} >= pids
+
+
+def test_workers_send_answers_without_waiting_for_acknowledgements(cli, tmp_path):
+    """Nagle's algorithm is off on the connections the workers accept (web/server.py): with it
+    on, every kept-alive request after the first waits for the client's delayed ACK, 40 ms.
+    Read off the worker's own socket (pidfd_getfd), not timed."""
+    cli.bootstrap()
+    with serving(cli, tmp_path) as server:
+        host, port = server.base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as conn:
+            for _ in range(2):
+                conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+                answer = b""
+                while not answer.endswith(b'{"status":"ok"}'):
+                    chunk = conn.recv(4096)
+                    assert chunk, answer
+                    answer += chunk
+            deadline = time.monotonic() + READY_WITHIN
+            while not server.access_lines():
+                assert time.monotonic() < deadline, server.output()
+                time.sleep(0.05)
+            worker = int(server.access_lines()[-1]["pid"])
+            accepted = _accepted_socket(worker, conn.getsockname())
+            try:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            finally:
+                accepted.close()
+
+
+def _accepted_socket(pid: int, peer: tuple[str, int]) -> socket.socket:
+    """A copy of the socket through which process ``pid`` talks to ``peer`` (its options are
+    the original's)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                    continue
+            except FileNotFoundError:
+                continue
+            copy = libc.syscall(_PIDFD_GETFD, pidfd, int(fd), 0)
+            assert copy >= 0, os.strerror(ctypes.get_errno())
+            sock = socket.socket(fileno=copy)
+            try:
+                if sock.type == socket.SOCK_STREAM and sock.getpeername() == peer:
+                    return sock
+            except OSError:  # not connected
+                pass
+            sock.close()
+    finally:
+        os.close(pidfd)
+    raise AssertionError(f"no socket of process {pid} talks to {peer}")
+
+
+_PIDFD_GETFD = 438  # the same number on every Linux architecture
 
 
 def test_chunked_bodies_over_the_cap_answer_413(cli, tmp_path):

@@ -145,6 +145,7 @@ def serve(
     import uvicorn
 
     from certvault.web.logging import log_config
+    from certvault.web.server import PROTOCOL
 
     # Fail here with one clear line rather than in every worker; nothing is kept open.
     with ports_for_command() as ports:
@@ -175,6 +176,7 @@ def serve(
             host=host,
             port=served_port,
             workers=workers,
+            http=PROTOCOL,
             log_config=log_config(),
             access_log=False,
             proxy_headers=bool(proxies),
