@@ -95,6 +95,9 @@ def _weakness(passphrase: str) -> str | None:
     # every worker that never checks a passphrase should not pay.
     from zxcvbn import zxcvbn
 
+    from certvault.crypto import dictionary_match
+
+    dictionary_match.install()
     weakest: dict[str, Any] | None = None
     for start in range(0, min(len(passphrase), _JUDGED), _WINDOW):
         result = zxcvbn(passphrase[start : start + _WINDOW])
