@@ -4,9 +4,10 @@ Nagle's algorithm switched off.
 A response goes out in two writes, its headers and then its body. With Nagle's algorithm on,
 the kernel holds the body back until the client has acknowledged the headers, and a client
 delays that acknowledgement by 40 ms on Linux: every request after the first on a kept-alive
-connection then takes 40 ms longer. asyncio switches the algorithm off only for a listening
-socket made with ``IPPROTO_TCP`` named, and uvicorn's supervisor of several workers binds its
-socket without it; the event loop may not say either. So each connection switches it off here.
+connection then takes 40 ms longer. asyncio switches the algorithm off only on a connection
+whose listening socket was made naming ``IPPROTO_TCP``, and uvicorn's supervisor of several
+workers binds its socket without naming it. uvloop switches it off itself, but a worker must not
+depend on which event loop it runs: each connection switches it off here.
 """
 
 from __future__ import annotations
