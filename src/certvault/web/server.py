@@ -13,6 +13,7 @@ depend on which event loop it runs: each connection switches it off here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
@@ -25,7 +26,9 @@ def send_at_once(transport: asyncio.BaseTransport) -> None:
     """Switch Nagle's algorithm off for a TCP connection; anything else is left as it is."""
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # A peer that hung up already: the connection fails at its first read instead.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class HttpProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]

@@ -15,7 +15,7 @@ import uvicorn
 from starlette.responses import PlainTextResponse
 from starlette.types import Receive, Scope, Send
 
-from certvault.web.server import PROTOCOL
+from certvault.web.server import PROTOCOL, send_at_once
 
 
 async def _hello(scope: Scope, receive: Receive, send: Send) -> None:
@@ -57,3 +57,22 @@ def test_an_accepted_connection_has_nagle_off(loop):
         server.should_exit = True
         thread.join(timeout=30)
         listener.close()
+
+
+class _Transport:
+    def __init__(self, sock: socket.socket | None) -> None:
+        self.sock = sock
+
+    def get_extra_info(self, name: str) -> socket.socket | None:
+        assert name == "socket"
+        return self.sock
+
+
+def test_other_connections_are_left_as_they_are():
+    send_at_once(_Transport(None))  # a transport without a socket (a pipe, a test double)
+    left, right = socket.socketpair(socket.AF_UNIX)
+    with left, right:
+        send_at_once(_Transport(left))  # no TCP option on a Unix socket, and no error
+    gone = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    gone.close()  # a peer that hung up before the connection was set up
+    send_at_once(_Transport(gone))
