@@ -383,15 +383,19 @@ def test_workers_send_answers_without_waiting_for_acknowledgements(cli, tmp_path
                     assert chunk, answer
                     answer += chunk
             deadline = time.monotonic() + READY_WITHIN
-            while not server.access_lines():
+            while len(ours := _health_lines(server)) < 2:  # readiness was asked on /readyz
                 assert time.monotonic() < deadline, server.output()
                 time.sleep(0.05)
-            worker = int(server.access_lines()[-1]["pid"])
+            [worker] = {int(ln["pid"]) for ln in ours}  # one connection, one worker
             accepted = _accepted_socket(worker, conn.getsockname())
             try:
                 assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
             finally:
                 accepted.close()
+
+
+def _health_lines(server: Server) -> list[dict[str, Any]]:
+    return [ln for ln in server.access_lines() if ln["route"] == "/healthz"]
 
 
 def _accepted_socket(pid: int, peer: tuple[str, int]) -> socket.socket:
