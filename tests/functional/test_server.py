@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import ctypes
 import datetime as dt
+import errno
 import io
 import json
 import logging
@@ -411,6 +412,8 @@ def _accepted_socket(pid: int, peer: tuple[str, int]) -> socket.socket:
             except FileNotFoundError:
                 continue
             copy = libc.syscall(_PIDFD_GETFD, pidfd, int(fd), 0)
+            if copy < 0 and ctypes.get_errno() == errno.EBADF:  # closed since it was listed
+                continue
             assert copy >= 0, os.strerror(ctypes.get_errno())
             sock = socket.socket(fileno=copy)
             try:
