@@ -19,6 +19,7 @@ from certvault.db.engine import Database
 from certvault.services.directory import accounts
 from certvault.services.kernel.actors import Actor
 from certvault.services.kernel.ports import Ports, open_ports
+from tests.pg_copies import DatabaseCopies
 
 PG_ADMIN = os.environ.get("CERTVAULT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI") == "true"
@@ -43,6 +44,16 @@ def _pg_exec(sql: str) -> None:
         conn.execute(sql)
 
 
+# This process's copies of template databases (tests/pg_copies.py); closed as the session ends.
+PG_COPIES = DatabaseCopies(_pg_exec)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pg_copies() -> Iterator[DatabaseCopies]:
+    yield PG_COPIES
+    PG_COPIES.close()
+
+
 @pytest.fixture(scope="session")
 def pg_template() -> Iterator[str]:
     if not _pg_available():
@@ -55,6 +66,7 @@ def pg_template() -> Iterator[str]:
     migrate.upgrade(db)
     db.dispose()
     yield name
+    PG_COPIES.forget(name)
     _pg_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -89,7 +101,9 @@ def make_settings(home: Path, database_url: str | None, **overrides: object) -> 
 def database_url(
     request: pytest.FixtureRequest, backend: str, tmp_path: Path
 ) -> Iterator[str | None]:
-    """A fresh, migrated database; ``None`` means the embedded SQLite default under the home."""
+    """A fresh, migrated database; ``None`` means the embedded SQLite default under the home.
+    For a test of the admin console (the ``console`` fixture), a copy of the console's database
+    (tests/functional/console_fixtures.py)."""
     if backend == "sqlite":
         target = tmp_path / "home" / "db" / "certvault.sqlite3"
         target.parent.mkdir(parents=True, mode=0o700)
@@ -97,10 +111,11 @@ def database_url(
         yield None
         return
     template = request.getfixturevalue("pg_template")
-    name = f"cv_{uuid.uuid4().hex[:16]}"
-    _pg_exec(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    if "console" in request.fixturenames:  # the admin console's world, copied whole
+        template = request.getfixturevalue("console_templates").get(backend).database
+    name = PG_COPIES.take(template)
     yield _sqla_url(name)
-    _pg_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    PG_COPIES.drop(name)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,14 @@ from cryptography.hazmat.primitives import serialization
 
 from certvault.services.directory import accounts
 from certvault.services.kernel.ports import Ports, open_ports
-from tests.conftest import IN_CI, PG_ADMIN, TEST_OPERATOR, _pg_available, _pg_exec, _sqla_url
+from tests.conftest import (
+    IN_CI,
+    PG_ADMIN,
+    PG_COPIES,
+    TEST_OPERATOR,
+    _pg_available,
+    _sqla_url,
+)
 from tests.conftest import make_settings as _make_settings
 from tests.functional.helpers import import_ec_keys
 
@@ -123,14 +129,13 @@ def cli_for(backend: str, tmp_path: Path) -> Iterator[Cli]:
         if IN_CI:
             pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN}")
         pytest.skip("PostgreSQL is not reachable")
-    name = f"cvcli_{uuid.uuid4().hex[:16]}"
-    _pg_exec(f'CREATE DATABASE "{name}"')  # empty: the command under test must create the schema
+    name = PG_COPIES.take("template1")  # empty: the command under test must create the schema
     url = _sqla_url(name)
     env["CERTVAULT_DATABASE_URL"] = url
     try:
         yield Cli(home, url, url.replace("postgresql+psycopg://", "postgresql://", 1), env)
     finally:
-        _pg_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        PG_COPIES.drop(name)
 
 
 # --- inputs made with the real openssl -------------------------------------------------------

@@ -41,7 +41,7 @@ from certvault.services.kernel.ratelimit import DatabaseRateLimiter
 from certvault.services.vault import recovery
 from certvault.services.vault import settings as kv_settings
 from certvault.web.app import create_app
-from tests.conftest import TEST_OPERATOR, _pg_exec, _sqla_url, make_settings
+from tests.conftest import PG_COPIES, TEST_OPERATOR, _pg_exec, _sqla_url, make_settings
 from tests.functional.api_fixtures import ALL_PRIVILEGES, ApiWorld, build_world
 
 PASSWORD = "console-password-0123"
@@ -248,6 +248,7 @@ class ConsoleTemplates:
     def close(self) -> None:
         for made in self._made.values():
             if made.database is not None:
+                PG_COPIES.forget(made.database)
                 _pg_exec(f'DROP DATABASE IF EXISTS "{made.database}" WITH (FORCE)')
 
 
@@ -259,11 +260,7 @@ def console_fixture(
     overridden by a test module, as for any test)."""
     template = console_templates.get(backend)
     shutil.copytree(template.home, settings.home_dir, dirs_exist_ok=True)
-    if template.database is not None:
-        assert settings.database_url is not None
-        name = settings.database_url.rsplit("/", 1)[1]
-        _pg_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        _pg_exec(f'CREATE DATABASE "{name}" TEMPLATE "{template.database}"')
+    # On PostgreSQL, the test's database is already a copy of the console's (database_url).
     ports = open_ports(settings)
     clock = Clock()
     ports.clock = clock
