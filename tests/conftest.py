@@ -101,19 +101,14 @@ def make_settings(home: Path, database_url: str | None, **overrides: object) -> 
 def database_url(
     request: pytest.FixtureRequest, backend: str, tmp_path: Path
 ) -> Iterator[str | None]:
-    """A fresh, migrated database; ``None`` means the embedded SQLite default under the home.
-    For a test of the admin console (the ``console`` fixture), a copy of the console's database
-    (tests/functional/console_fixtures.py)."""
+    """A fresh, migrated database; ``None`` means the embedded SQLite default under the home."""
     if backend == "sqlite":
         target = tmp_path / "home" / "db" / "certvault.sqlite3"
         target.parent.mkdir(parents=True, mode=0o700)
         shutil.copy(request.getfixturevalue("sqlite_template"), target)
         yield None
         return
-    template = request.getfixturevalue("pg_template")
-    if "console" in request.fixturenames:  # the admin console's world, copied whole
-        template = request.getfixturevalue("console_templates").get(backend).database
-    name = PG_COPIES.take(template)
+    name = PG_COPIES.take(request.getfixturevalue("pg_template"))
     yield _sqla_url(name)
     PG_COPIES.drop(name)
 

@@ -260,7 +260,13 @@ def console_fixture(
     overridden by a test module, as for any test)."""
     template = console_templates.get(backend)
     shutil.copytree(template.home, settings.home_dir, dirs_exist_ok=True)
-    # On PostgreSQL, the test's database is already a copy of the console's (database_url).
+    if template.database is not None:
+        # The test's database is replaced by a copy of the console's, made ahead of time.
+        assert settings.database_url is not None
+        name = settings.database_url.rsplit("/", 1)[1]
+        copy = PG_COPIES.take(template.database)
+        _pg_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _pg_exec(f'ALTER DATABASE "{copy}" RENAME TO "{name}"')
     ports = open_ports(settings)
     clock = Clock()
     ports.clock = clock
