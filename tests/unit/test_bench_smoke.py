@@ -75,6 +75,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
         [
             "server uploads/in-process one file at a time",
             "server uploads/in-process batched import",
+            "generated-passphrase download/certificate fetch",
             "downloads 4 clients/1 client",
         ],
     ),
