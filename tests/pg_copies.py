@@ -18,8 +18,11 @@ AHEAD = 2
 
 
 class DatabaseCopies:
-    def __init__(self, execute: Callable[[str], None], *, ahead: int = AHEAD) -> None:
+    def __init__(
+        self, execute: Callable[[str], None], *, ahead: int = AHEAD, prefix: str = "cv_"
+    ) -> None:
         self._execute = execute  # one statement on the maintenance database, autocommit
+        self._prefix = prefix  # of the copies' names
         self._ahead = ahead
         self._cond = threading.Condition()
         self._ready: dict[str, list[str]] = {}  # template -> copies made and not yet taken
@@ -111,7 +114,7 @@ class DatabaseCopies:
                 if kind == "drop":
                     self._drop(target)
                     continue
-                name = f"cv_{uuid.uuid4().hex[:16]}"
+                name = f"{self._prefix}{uuid.uuid4().hex[:16]}"
                 self._execute(f'CREATE DATABASE "{name}" TEMPLATE "{target}"')
             except BaseException as exc:  # noqa: BLE001 - handed to the test that waits
                 with self._cond:

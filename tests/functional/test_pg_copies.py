@@ -16,9 +16,13 @@ def _url(name: str) -> str:
     return f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
 
 
-def _databases() -> set[str]:
+def _databases(prefix: str) -> set[str]:
+    """The databases whose names start with ``prefix`` (other tests run beside this one)."""
     with psycopg.connect(PG_ADMIN) as conn:
-        return {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", [prefix]
+        )
+        return {row[0] for row in rows}
 
 
 @pytest.fixture
@@ -35,8 +39,8 @@ def template() -> str:
 
 
 def test_each_copy_is_fresh_and_its_own_and_none_is_left(template: str) -> None:
-    before = _databases()
-    copies = DatabaseCopies(_pg_exec, ahead=2)
+    prefix = f"cvcopies_{uuid.uuid4().hex[:8]}_"
+    copies = DatabaseCopies(_pg_exec, ahead=2, prefix=prefix)
     first, second = copies.take(template), copies.take(template)
     assert first != second
     with psycopg.connect(_url(first), autocommit=True) as conn:
@@ -49,7 +53,7 @@ def test_each_copy_is_fresh_and_its_own_and_none_is_left(template: str) -> None:
     assert third not in (first, second)
     copies.forget(template)  # the template may be dropped now: no copy of it is under way
     copies.close()
-    assert _databases() - before == {third}  # the one taken and not given back
+    assert _databases(prefix) == {third}  # the one taken and not given back
     _pg_exec(f'DROP DATABASE "{third}"')
 
 
