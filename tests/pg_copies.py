@@ -1,10 +1,10 @@
 """Fresh PostgreSQL databases for tests, copied from templates ahead of time on a thread.
 
-``CREATE DATABASE … TEMPLATE`` spends most of its time waiting for the disk to flush the copy:
-from a tenth to more than half a second, depending on how busy the machine's disk is, for each
-PostgreSQL test. Made while the previous test runs, and dropped after the test on the same
-thread, a test's database costs it almost nothing, and every test still gets its own copy,
-exactly as the template is.
+``CREATE DATABASE … TEMPLATE`` writes the whole copy to PostgreSQL's log and waits for it to
+reach the disk: about a tenth of a second when the disk is idle, more than half a second when it
+is busy, for every PostgreSQL test. Made while the previous test runs, and dropped after the test
+on the same thread, a test's database no longer holds the test up, and every test still gets its
+own copy, exactly as the template is.
 """
 
 from __future__ import annotations
