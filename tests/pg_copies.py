@@ -103,9 +103,7 @@ class DatabaseCopies:
                 job = None
                 while not self._closed and (job := self._next_job()) is None:
                     self._cond.wait()
-                if self._closed:
-                    if job is not None and job[0] == "drop":
-                        self._doomed.insert(0, job[1])
+                if job is None:  # closed: close() drops what is left
                     return
                 kind, target = job
                 if kind == "copy":
