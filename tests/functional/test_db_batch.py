@@ -3,13 +3,17 @@ name; set-based INSERTs that give each row what an executemany would."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sqlalchemy import event, select
+import pytest
+from sqlalchemy import event, select, text
 
-from certvault.db.batch import among, insert_rows
-from certvault.db.models import Account, EscrowedKey, Person
+from certvault.db.batch import among, insert_rows, new_ids
+from certvault.db.engine import Database
+from certvault.db.models import Account, EscrowedKey, MailMessage, Person
 from certvault.services.vault.imports import ImportItem, import_files
+from tests.conftest import PG_COPIES, _sqla_url
 from tests.factories import make_ca, make_cert, make_p12, new_key
 
 P = "batch-pass-1234"
@@ -110,3 +114,73 @@ def test_insert_rows_gives_each_row_its_own_defaults(ports, account):
     assert sorted(bytes(r.spki_sha256) for r in stored) == [bytes([i]) * 32 for i in range(3)]
     assert len({r.uuid for r in stored}) == 3  # called for each row, not once per statement
     assert all(r.created_at is not None for r in stored)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])  # ids come from a sequence only there
+def test_a_few_new_ids_come_from_a_block_the_connection_drew_ahead(ports, account):
+    drawn: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "nextval" in statement:
+            drawn.append(statement)
+
+    def take(count: int) -> list[int]:
+        with ports.db.transaction() as session:
+            return new_ids(session.connection(), MailMessage, count)
+
+    event.listen(ports.db.engine, "before_cursor_execute", record)
+    try:
+        few = [i for count in [1, 2, 3, 4] * 10 for i in take(count)]  # one thread: one connection
+        statements_for_few = len(drawn)
+        many = take(50)  # more than a few: drawn for this call alone
+        with ThreadPoolExecutor(4) as pool:  # connections in parallel, each with its own block
+            parallel = [i for ids in pool.map(take, [1, 2, 3, 4] * 10) for i in ids]
+    finally:
+        event.remove(ports.db.engine, "before_cursor_execute", record)
+    # 100 ids for 40 inserts: each handed out once, in 4 statements or fewer, not 40.
+    assert len(few) == len(set(few)) == 100
+    assert 1 <= statements_for_few <= 4
+    assert len(many) == 50
+    everything = few + many + parallel
+    assert len(everything) == len(set(everything)) == 250
+    # Every id is a value the table's sequence gave out.
+    with ports.db.engine.begin() as connection:
+        assert max(everything) <= connection.exec_driver_sql(_LAST_ID).scalar_one()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_ids_drawn_ahead_are_never_handed_out_twice_or_after_a_reconnect(
+    ports, account, pg_template
+):
+    # Each process (here: each engine on the one database) holds its own blocks, so ids do not
+    # follow the order they are handed out in across processes, but none is handed out twice.
+    same = Database(ports.settings.effective_database_url)
+    other_name = PG_COPIES.take(pg_template)
+    other = Database(_sqla_url(other_name))
+    try:
+        taken = []
+        for _ in range(40):
+            for db in (ports.db, same):
+                with db.transaction() as session:
+                    taken += new_ids(session.connection(), MailMessage, 3)
+        # A new connection (after a restart of the database, or on a restored one) does not
+        # hand out what the old one drew: its block comes from the sequence as it is now.
+        with same.transaction() as session:
+            session.execute(text("SELECT setval('mail_outbox_id_seq', 1000000)"))
+        same.engine.dispose()
+        with same.transaction() as session:
+            [fresh] = new_ids(session.connection(), MailMessage, 1)
+        # Another database: its id comes from its own sequence, not from a block drawn here.
+        with other.transaction() as session:
+            [elsewhere] = new_ids(session.connection(), MailMessage, 1)
+            drawn = session.connection().exec_driver_sql(_LAST_ID).scalar_one()
+    finally:
+        same.dispose()
+        other.dispose()
+        PG_COPIES.drop(other_name)
+    assert len(taken) == len(set(taken)) == 240
+    assert fresh == 1000001
+    assert elsewhere <= drawn
+
+
+_LAST_ID = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM mail_outbox_id_seq"
