@@ -2,7 +2,7 @@
 downloads through the SCM paths, in one run.
 
     python bench/api.py [--count N] [--kind rsa2048|ec256] [--downloads N] [--threads N]
-                        [--rounds N]
+                        [--rounds N] [--serial N] [--warmup N]
 
 The load generator shares the machine's cores with the server, so server-side time is measured
 inside the server: with CERTVAULT_SERVER_TIMING=1 every response carries
@@ -18,7 +18,9 @@ downloads/s with --threads clients against one client on the 2 workers ("4 clien
 target >= 1.6x); and one at a time a read of one certificate (the token check and one read
 transaction: the floor that a download's own work adds to). Each download line is also printed
 as its client saw it (the KDF taken out), which adds what the server's clock cannot see: the
-HTTP exchange and any stall of the connection.
+HTTP exchange and any stall of the connection. Each one-at-a-time line is measured after
+--warmup requests of its own kind on the same connection: the time of a server that has been
+running, not of its first requests (statements not yet prepared, routes not yet built).
 """
 
 from __future__ import annotations
@@ -150,14 +152,7 @@ def hammer(
     def run(job: Job) -> httpx.Response:
         client = getattr(local, "client", None)
         if client is None:
-            client = local.client = httpx.Client(
-                base_url=base,
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=120,
-                # Headers and body go out in two writes: without NODELAY, Nagle's algorithm and
-                # the server's delayed ACK add ~40 ms to every POST on the client's side.
-                transport=httpx.HTTPTransport(socket_options=[NODELAY]),
-            )
+            client = local.client = _client(base, token)
             clients.append(client)
         return job(client)
 
@@ -168,6 +163,32 @@ def hammer(
     for c in clients:
         c.close()
     return elapsed, responses
+
+
+def one_at_a_time(
+    base: str, token: str, warmup: list[Job], jobs: list[Job]
+) -> tuple[float, list[httpx.Response]]:
+    """Run ``warmup`` then ``jobs`` one after the other on one keep-alive connection (so on one
+    worker), and time only ``jobs``: the warm-up makes the measured requests those of a server
+    that has been running, its statements prepared on the connections it uses (psycopg
+    prepares a statement on its fifth run on a connection) and its routes built."""
+    with _client(base, token) as client:
+        for job in warmup:
+            assert job(client).status_code == 200
+        start = time.perf_counter()
+        responses = [job(client) for job in jobs]
+        return time.perf_counter() - start, responses
+
+
+def _client(base: str, token: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=base,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=120,
+        # Headers and body go out in two writes: without NODELAY, Nagle's algorithm and the
+        # server's delayed ACK add ~40 ms to every POST on the client's side.
+        transport=httpx.HTTPTransport(socket_options=[NODELAY]),
+    )
 
 
 def upload_jobs(files: list[bytes], person_ids: list[int]) -> list[Job]:
@@ -234,7 +255,10 @@ def main() -> None:
     parser.add_argument("--kind", choices=["rsa2048", "ec256"], default="rsa2048")
     parser.add_argument("--downloads", type=int, default=60)
     parser.add_argument("--threads", type=int, default=4, help="concurrent clients")
-    parser.add_argument("--serial", type=int, default=30, help="downloads one at a time")
+    parser.add_argument("--serial", type=int, default=100, help="downloads one at a time")
+    parser.add_argument(
+        "--warmup", type=int, default=50, help="requests before each one-at-a-time line"
+    )
     parser.add_argument(
         "--rounds", type=int, default=600_000, help="PBKDF2 rounds of a released p12"
     )
@@ -298,19 +322,26 @@ def serve_and_measure(
             split("under load", done, figures)
             # One request at a time: nothing waits for another request's KDF to let go of the
             # GIL, so the time outside the KDF is what a download itself costs.
-            elapsed, done = hammer(base, token, 1, download_jobs(cert_ids, args.serial))
+            warm = args.warmup
+            elapsed, done = one_at_a_time(
+                base, token, download_jobs(cert_ids, warm), download_jobs(cert_ids, args.serial)
+            )
             assert all(r.status_code == 200 for r in done), {r.status_code for r in done}
             one = figures.value("downloads 1 client", len(done) / elapsed, "/s")
             print(f"server downloads (1 client): {one:,.1f} downloads/s")
             split("one at a time", done, figures, target=True)
             check = figures.value("own passphrase strength check", strength_check_ms(), "ms")
             print(f"  of which the own passphrase's strength check (in-process): {check:.2f} ms")
-            _, done = hammer(base, token, 1, generated_jobs(cert_ids, args.serial))
+            _, done = one_at_a_time(
+                base, token, generated_jobs(cert_ids, warm), generated_jobs(cert_ids, args.serial)
+            )
             assert all(r.status_code == 200 for r in done), {r.status_code for r in done}
             generated = split("one at a time, generated passphrase", done, figures)
             # The cheapest authenticated request on the same certificate, for scale: what the
             # framework and the token check cost before a release does any work of its own.
-            _, done = hammer(base, token, 1, fetch_jobs(cert_ids, args.serial))
+            _, done = one_at_a_time(
+                base, token, fetch_jobs(cert_ids, warm), fetch_jobs(cert_ids, args.serial)
+            )
             assert all(r.status_code == 200 for r in done), {r.status_code for r in done}
             fetched = split("one at a time, fetching the certificate", done, figures)
             figures.ratio("generated-passphrase download/certificate fetch", generated / fetched)

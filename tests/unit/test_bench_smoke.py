@@ -71,7 +71,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "api.py": (
         ["--count", "2", "--kind", "ec256", "--downloads", "4", "--threads", "4", "--serial", "2"]
-        + ["--rounds", "2048"],
+        + ["--rounds", "2048", "--warmup", "1"],
         [
             "server uploads/in-process one file at a time",
             "server uploads/in-process batched import",
