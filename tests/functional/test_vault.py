@@ -356,8 +356,15 @@ class _RoomAtTheCheck(DatabaseRateLimiter):
         return Decision(True, 0)
 
 
+@pytest.mark.parametrize(
+    "passphrase",
+    # Generated: counted before the KDF. Own: checked before the KDF and counted after it, when
+    # on PostgreSQL the owner's notice is already queued in the request's transaction.
+    [None, "an own passphrase, long enough 1"],
+    ids=["generated", "own"],
+)
 def test_a_release_over_the_quota_at_its_count_releases_nothing_and_is_audited(
-    ports, operator, account
+    ports, operator, account, passphrase
 ):
     """The quota is counted in the release's own transaction: refused there, the whole release
     rolls back (no event, no notice, no count) and the refusal is audited on its own; on
@@ -374,7 +381,7 @@ def test_a_release_over_the_quota_at_its_count_releases_nothing_and_is_audited(
                 operator,
                 "acme",
                 entry.client_cert_id,
-                passphrase=None,
+                passphrase=passphrase,
                 reason="test",
                 admit=quota,
                 session=session,

@@ -4,13 +4,14 @@ In order, as every release path must: authorization per certificate, policy (Key
 reason, passphrase), the caller's rate limits (``admit``: checked here, so that only an attempt
 that could release a key counts against them), the PKCS#12 files (the KDF), then in one
 transaction the quota's count, the audit event and the owner's notification. Nothing before the
-KDF writes a row or takes a lock another release waits for, so concurrent releases do not wait
-on each other's KDF. On PostgreSQL a request runs all of it in its one transaction
-(Database.run_request), and the keys' rows are read with a share lock: a destruction waits for
-the release to commit, so nothing is read again after the KDF. Elsewhere the write transaction
-reads again whether the keys still exist. The files are handed out
-only once the transaction has committed. Asked for as an iOS configuration profile, the batch is
-one profile holding those PKCS#12 files (services/vault/profiles.py).
+KDF takes a lock another release waits for, so concurrent releases do not wait on each other's
+KDF. On PostgreSQL a request runs all of it in its one transaction (Database.run_request): the
+keys' rows are read with a share lock (a destruction waits for the release to commit, so nothing
+is read again after the KDF), and the owner's notices, new rows nobody waits for, are written
+before the KDF. Elsewhere the write transaction after the KDF reads again whether the keys still
+exist and writes everything. The files are handed out only once the transaction has committed.
+Asked for as an iOS configuration profile, the batch is one profile holding those PKCS#12 files
+(services/vault/profiles.py).
 """
 
 from __future__ import annotations
@@ -238,8 +239,10 @@ def _prepare(
     admit: Quota | None,
     format: str | ReleaseFormat | None,
 ) -> tuple[Account, _Plan, list[Release]]:
-    """Authorize, check policy and the quota, then write the files (the KDF): nothing here
-    writes to the database or locks a row."""
+    """Authorize, check policy and the quota, then write the files (the KDF). Nothing here
+    takes a lock another release waits for; in PostgreSQL's request transaction the owner's
+    notices are queued here (and a generated passphrase's quota counted), elsewhere nothing is
+    written."""
     account = get_account(session, account_slug)
     refusal.account_id = account.id
     actor.require_visible(account.id, None, "Account")
@@ -266,6 +269,12 @@ def _prepare(
             plan.counted = True
         else:
             admit.check(session)
+    if ports.db.writes_in(session):
+        # The owner's notices are new rows no other release waits for: written before the KDF,
+        # they spare the round trip after it, when the database has sat idle through the KDF
+        # and answers slowest. A refusal after the KDF rolls them back with the rest.
+        _queue_notices(session, account, actor, plan)
+        plan.notified = True
     # A profile's PKCS#12 files follow the same rule: the profile is as protected as they are.
     rounds = kdf_rounds(ports.settings, plan.generated is not None)
     releases = []
@@ -314,6 +323,7 @@ class _Plan:
     # transaction): none can be destroyed before the release commits.
     keys_locked: bool = False
     counted: bool = False  # the quota was counted before the KDF (``release_keys``)
+    notified: bool = False  # the notices were queued before the KDF (``_prepare``)
 
 
 def _profile(
@@ -457,14 +467,8 @@ def _commit(
         live = set(session.scalars(_LIVE, {"key_ids": list(key_ids)}))
         if live != key_ids:  # destroyed since it was read (key rows are never deleted)
             raise keyring.AccountKeyDestroyed("This escrowed key was destroyed.")
-    mail = []
-    for item in plan.items:
-        notice = _release_notice(account, item.certificate, actor, plan.reason, plan.format)
-        mail += [(address, "Your private key was recovered", notice) for address in item.recipients]
-        if actor.is_operator:
-            notify.queue_for_admins(session, account, "An operator released a private key", notice)
-    notify.queue_mails(session, account, mail)
-    session.flush()
+    if not plan.notified:
+        _queue_notices(session, account, actor, plan)
     # Concurrent releases wait for the quota's counter rows and the account's audit chain: both
     # are locked last, until commit. The count may refuse; it comes before the first event.
     if admit is not None and not plan.counted:
@@ -489,6 +493,19 @@ def _commit(
                 "channel": channel,
             },
         )
+
+
+def _queue_notices(session: Session, account: Account, actor: Actor, plan: _Plan) -> None:
+    """The owner's notice of each released key (and the administrators', for an operator's
+    release), queued in the transaction that audits the release."""
+    mail = []
+    for item in plan.items:
+        notice = _release_notice(account, item.certificate, actor, plan.reason, plan.format)
+        mail += [(address, "Your private key was recovered", notice) for address in item.recipients]
+        if actor.is_operator:
+            notify.queue_for_admins(session, account, "An operator released a private key", notice)
+    notify.queue_mails(session, account, mail)
+    session.flush()
 
 
 def _release_notice(
