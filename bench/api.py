@@ -320,8 +320,8 @@ def serve_and_measure(
                 f"{many:,.1f} downloads/s"
             )
             split("under load", done, figures)
-            # One request at a time: nothing waits for another request's KDF to let go of the
-            # GIL, so the time outside the KDF is what a download itself costs.
+            # One request at a time: no other request shares the cores or the database, so the
+            # time outside the KDF is what a download itself costs.
             warm = args.warmup
             elapsed, done = one_at_a_time(
                 base, token, download_jobs(cert_ids, warm), download_jobs(cert_ids, args.serial)
