@@ -274,7 +274,6 @@ def _prepare(
         # they spare the round trip after it, when the database has sat idle through the KDF
         # and answers slowest. A refusal after the KDF rolls them back with the rest.
         _queue_notices(session, account, actor, plan)
-        plan.notified = True
     # A profile's PKCS#12 files follow the same rule: the profile is as protected as they are.
     rounds = kdf_rounds(ports.settings, plan.generated is not None)
     releases = []
@@ -323,7 +322,6 @@ class _Plan:
     # transaction): none can be destroyed before the release commits.
     keys_locked: bool = False
     counted: bool = False  # the quota was counted before the KDF (``release_keys``)
-    notified: bool = False  # the notices were queued before the KDF (``_prepare``)
 
 
 def _profile(
@@ -467,7 +465,7 @@ def _commit(
         live = set(session.scalars(_LIVE, {"key_ids": list(key_ids)}))
         if live != key_ids:  # destroyed since it was read (key rows are never deleted)
             raise keyring.AccountKeyDestroyed("This escrowed key was destroyed.")
-    if not plan.notified:
+    if not ports.db.writes_in(session):  # in the request's transaction: queued before the KDF
         _queue_notices(session, account, actor, plan)
     # Concurrent releases wait for the quota's counter rows and the account's audit chain: both
     # are locked last, until commit. The count may refuse; it comes before the first event.
