@@ -74,11 +74,13 @@ def releases(
     for i in range(repeat + WARMUPS):
         with timing.collecting() as phases:
             start = time.perf_counter()
-            ports.db.run_request(
+            batch = ports.db.run_request(
                 lambda s: release_key(
                     ports, actor, "bench", cert_id, passphrase=passphrase, session=s
                 )
             )
+            # As a caller does once the release has committed: take the file, written meanwhile.
+            assert all(r.data for r in batch.releases)
             total = time.perf_counter() - start
         if i >= WARMUPS:
             totals.append(total)

@@ -1,8 +1,10 @@
-"""A key destroyed while its release writes the PKCS#12 file (the KDF) is never handed out.
+"""A key destroyed after its release read it, before the release committed, is never handed out.
 
-On PostgreSQL a request's release reads the key's row with a share lock, in the transaction that
-commits it: the destruction waits for the release. On SQLite the release writes in a transaction
-of its own after the KDF, which reads again whether the key still exists.
+The window: the key is opened and its PKCS#12 file's writer made (``pkcs12_writer``, where these
+tests step in), then the release's transaction commits while the file is written. On PostgreSQL
+a request's release reads the key's row with a share lock, in the transaction that commits it:
+the destruction waits for the release. On SQLite the release writes in a transaction of its own,
+which reads again whether the key still exists.
 """
 
 from __future__ import annotations
@@ -62,13 +64,13 @@ def test_a_key_destroyed_during_its_release_is_never_handed_out(
 ):
     cert_id, key_id = _escrow(ports, operator)
     seen: list[str] = []
-    real = release.write_pkcs12
+    real = release.pkcs12_writer
 
-    def destroyed_during_the_kdf(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def destroyed_before_the_commit(*args, **kwargs):  # type: ignore[no-untyped-def]
         seen.append(_destroy(ports, key_id))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(release, "write_pkcs12", destroyed_during_the_kdf)
+    monkeypatch.setattr(release, "pkcs12_writer", destroyed_before_the_commit)
     statements: list[str] = []
 
     def run(session):  # type: ignore[no-untyped-def]
@@ -94,7 +96,7 @@ def test_a_key_destroyed_during_its_release_is_never_handed_out(
             select(AuditEvent).where(AuditEvent.action == "key.release").order_by(AuditEvent.id)
         ).all()[-1]
     if ports.db.is_sqlite:
-        # The destruction committed during the KDF; the write transaction found it.
+        # The destruction committed before the write transaction, which found it.
         assert seen == ["committed"]
         assert last.outcome == "refused"
         assert json.loads(last.details)["reason"] == "account_key_destroyed"
@@ -112,13 +114,13 @@ def test_a_key_destroyed_during_its_release_is_never_handed_out(
 def test_a_release_does_not_wait_for_another_release_of_the_same_key(
     ports, operator, account, monkeypatch
 ):
-    """Share locks do not conflict: a second release of the key runs while the first is in its
-    KDF (on SQLite neither holds a lock there)."""
+    """Share locks do not conflict: a second release of the key runs while the first holds its
+    row (on SQLite neither holds a lock there)."""
     cert_id, _ = _escrow(ports, operator)
-    real = release.write_pkcs12
+    real = release.pkcs12_writer
     inner: list[int] = []
 
-    def second_release_during_the_kdf(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def second_release_meanwhile(*args, **kwargs):  # type: ignore[no-untyped-def]
         if not inner:
             inner.append(0)
             batch = release.release_key(
@@ -127,7 +129,7 @@ def test_a_release_does_not_wait_for_another_release_of_the_same_key(
             inner.append(len(batch.releases))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(release, "write_pkcs12", second_release_during_the_kdf)
+    monkeypatch.setattr(release, "pkcs12_writer", second_release_meanwhile)
     batch = ports.db.run_request(
         lambda s: release.release_key(
             ports, operator, "acme", cert_id, passphrase=None, reason="outer", session=s

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 
 import pytest
 from sqlalchemy.orm import Session
@@ -22,6 +23,7 @@ from certvault.services.kernel.ratelimit import (
     Quota,
     RateLimited,
 )
+from certvault.services.vault import release
 from certvault.services.vault.archive import (
     ALREADY_EXISTS,
     IMPORTED,
@@ -39,6 +41,7 @@ from tests.factories import make_ca, make_cert, make_p12, new_key, pool_key
 from tests.functional.helpers import counts, events, mails
 
 PW = "import-password-1"
+OWN_PASSPHRASE = "an own passphrase, long enough 1"
 KEY_KINDS = ["rsa2048-1", "rsa4096", "ec256", "ec384", "ec521", "ed25519"]
 
 
@@ -356,15 +359,8 @@ class _RoomAtTheCheck(DatabaseRateLimiter):
         return Decision(True, 0)
 
 
-@pytest.mark.parametrize(
-    "passphrase",
-    # Generated: counted before the KDF. Own: checked before the KDF and counted after it, when
-    # on PostgreSQL the owner's notice is already queued in the request's transaction.
-    [None, "an own passphrase, long enough 1"],
-    ids=["generated", "own"],
-)
 def test_a_release_over_the_quota_at_its_count_releases_nothing_and_is_audited(
-    ports, operator, account, passphrase
+    ports, operator, account
 ):
     """The quota is counted in the release's own transaction: refused there, the whole release
     rolls back (no event, no notice, no count) and the refusal is audited on its own; on
@@ -381,7 +377,7 @@ def test_a_release_over_the_quota_at_its_count_releases_nothing_and_is_audited(
                 operator,
                 "acme",
                 entry.client_cert_id,
-                passphrase=passphrase,
+                passphrase=OWN_PASSPHRASE,
                 reason="test",
                 admit=quota,
                 session=session,
@@ -394,3 +390,69 @@ def test_a_release_over_the_quota_at_its_count_releases_nothing_and_is_audited(
     assert refused.outcome == "refused"
     # The refused release counted nothing: one download so far, this hit is the second.
     assert limiter.hit(Limit("dl-test", 2, 3600)).allowed
+
+
+def _own_release(ports, operator, cert_id):  # type: ignore[no-untyped-def]
+    return ports.db.run_request(
+        lambda session: release_key(
+            ports,
+            operator,
+            "acme",
+            cert_id,
+            passphrase=OWN_PASSPHRASE,
+            reason="test",
+            session=session,
+        )
+    )
+
+
+def test_a_release_commits_while_its_file_is_written(ports, operator, account, monkeypatch):
+    """Nothing of the release waits for its KDF: the writer holds the file back until the
+    release's audit event and the owner's notice are committed, seen from a connection of its
+    own, and the file then comes out whole."""
+    _, [entry] = _import(ports, operator, new_key("ec256"))
+    real = release.pkcs12_writer
+    seen: list[tuple[int, int]] = []
+
+    def held_back(*args, **kwargs):  # type: ignore[no-untyped-def]
+        write = real(*args, **kwargs)
+
+        def when_committed() -> bytes:
+            deadline = time.monotonic() + 30
+            while not events(ports, "key.release") and time.monotonic() < deadline:
+                time.sleep(0.01)
+            seen.append((len(events(ports, "key.release")), len(mails(ports))))
+            return write()
+
+        return when_committed
+
+    monkeypatch.setattr(release, "pkcs12_writer", held_back)
+    batch = _own_release(ports, operator, entry.client_cert_id)
+    assert read_pkcs12(batch.releases[0].data, OWN_PASSPHRASE).entries
+    # Every notice (the owner's, and the administrators' of an operator's release) was there.
+    assert seen == [(1, len(mails(ports)))] and seen[0][1] >= 1
+
+
+def test_a_writer_that_fails_after_the_commit_leaves_an_audited_release(
+    ports, operator, account, monkeypatch
+):
+    """The order's one cost, kept in sight: a release is audited before its file exists, so a
+    writer that fails once the release has committed leaves an audited release that delivered
+    nothing (as a client that hangs up after the commit does), never a file without its event."""
+    _, [entry] = _import(ports, operator, new_key("ec256"))
+    real = release.pkcs12_writer
+
+    def failing(*args, **kwargs):  # type: ignore[no-untyped-def]
+        real(*args, **kwargs)  # every check of the file passes
+
+        def write() -> bytes:
+            raise MemoryError
+
+        return write
+
+    monkeypatch.setattr(release, "pkcs12_writer", failing)
+    batch = _own_release(ports, operator, entry.client_cert_id)
+    with pytest.raises(MemoryError):
+        _ = batch.releases[0].data
+    [event] = events(ports, "key.release")
+    assert event.outcome == "success"

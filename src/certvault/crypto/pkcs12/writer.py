@@ -5,18 +5,23 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
+from asn1crypto import algos as asn1_algos
 from asn1crypto import cms as asn1_cms
+from asn1crypto import core as asn1_core
 from asn1crypto import keys as asn1_keys
 from asn1crypto import pkcs12 as asn1_pkcs12
 from cryptography import x509
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import hashes, padding, serialization
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
+from cryptography.hazmat.primitives.ciphers.algorithms import AES
+from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.hazmat.primitives.serialization import pkcs12 as crypto_pkcs12
 
 from certvault.crypto import keys
@@ -82,6 +87,19 @@ def write_pkcs12_entries(
 ) -> bytes:
     """A PKCS#12 file holding several keys, each with its certificate (a dual-key enrollment's
     encryption and signing pair), the chain once, and one MAC as strong as the encryption."""
+    return pkcs12_writer(entries, chain, passphrase, encryption, iterations)()
+
+
+def pkcs12_writer(
+    entries: Sequence[KeyAndCertificate],
+    chain: Sequence[x509.Certificate],
+    passphrase: str,
+    encryption: EncryptionType,
+    iterations: int,
+) -> Callable[[], bytes]:
+    """:func:`write_pkcs12_entries` in two steps: everything that can refuse the file is checked
+    now, and the returned function does the work (the KDF), which then only fails as a fault
+    does. A release commits its audit event in between (services/vault/release.py)."""
     if not entries:
         raise InvalidInput("A PKCS#12 file needs at least one key.")
     if not passphrase:
@@ -95,9 +113,22 @@ def write_pkcs12_entries(
         raise InvalidInput(f"Iterations must be between 1 and {_MAX_WRITE_ITERATIONS}.")
     if not all(keys.key_matches_certificate(e.key, e.certificate) for e in entries):
         raise KeyMismatch()
-    protection: serialization.KeySerializationEncryption
-    if encryption is EncryptionType.AES256_SHA256:
-        mac_hash = "sha256"
+    return partial(_write, entries, names, chain, passphrase, password_utf8, encryption, iterations)
+
+
+def _write(
+    entries: Sequence[KeyAndCertificate],
+    names: Sequence[bytes | None],
+    chain: Sequence[x509.Certificate],
+    passphrase: str,
+    password_utf8: bytes,
+    encryption: EncryptionType,
+    iterations: int,
+) -> bytes:
+    aes = encryption is EncryptionType.AES256_SHA256
+    if aes and len(entries) == 1 and iterations == _CRYPTOGRAPHY_MAC_ROUNDS:
+        # cryptography's own file, its MAC (SHA-256, 2,048 rounds) as costly as its bags: the
+        # low count of a generated passphrase, a millisecond of KDF.
         protection = (
             serialization.PrivateFormat.PKCS12.encryption_builder()
             .kdf_rounds(iterations)
@@ -105,12 +136,19 @@ def write_pkcs12_entries(
             .hmac_hash(hashes.SHA256())
             .build(password_utf8)
         )
-    else:
-        # SHA-1 and 3DES are what the old devices this option exists for understand.
-        # cryptography's PKCS#12 KDF runs at a third of libcrypto's speed holding the GIL, so it
-        # writes these bags in the clear and _legacy_encrypted encrypts them.
-        mac_hash = "sha1"
-        protection = serialization.NoEncryption()
+        [entry] = entries
+        return crypto_pkcs12.serialize_key_and_certificates(
+            names[0], entry.key, entry.certificate, list(chain) or None, protection
+        )
+    # Otherwise cryptography writes the bags in the clear and they are encrypted here: its
+    # encrypting writer holds the GIL through every KDF round, the KDFs used here let go of it
+    # (a release commits while its file is written), and its PKCS#12 KDF, which the 3DES bags
+    # need, runs at a third of libcrypto's speed.
+    seal: Callable[[bytes], tuple[dict[str, Any], bytes]]
+    if aes:
+        seal = partial(_pbes2_aes256, password_utf8, iterations)
+    else:  # SHA-1 and 3DES: what the old devices this option exists for understand
+        seal = partial(_pbe_3des, bmp_password(passphrase), iterations)
     # cryptography writes one key per file. Each entry is written on its own (its bags carry a
     # localKeyId of its own certificate) and their authenticated safes are joined under one MAC;
     # the chain goes with the first entry only.
@@ -121,28 +159,19 @@ def write_pkcs12_entries(
             entry.key,
             entry.certificate,
             (list(chain) or None) if index == 0 else None,
-            protection,
+            serialization.NoEncryption(),
         )
-        if len(entries) == 1 and encryption is EncryptionType.AES256_SHA256:
-            if iterations == _CRYPTOGRAPHY_MAC_ROUNDS:
-                # cryptography's own MAC (SHA-256, 2,048 rounds) already costs what the bags
-                # cost: the file is done (the low count of a generated passphrase).
-                return single
-            # The authenticated safe as cryptography wrote it, under a MAC of our own.
-            auth_safe = bytes(asn1_pkcs12.Pfx.load(single)["auth_safe"]["content"])
-            return _with_mac(auth_safe, passphrase, mac_hash, iterations)
-        sections = asn1_pkcs12.Pfx.load(single).authenticated_safe
-        if encryption is EncryptionType.TRIPLEDES_SHA1:
-            sections = _legacy_encrypted(sections, bmp_password(passphrase), iterations)
-        contents.extend(sections)
+        contents += _encrypted(asn1_pkcs12.Pfx.load(single).authenticated_safe, seal)
     auth_safe = asn1_pkcs12.AuthenticatedSafe(contents).dump()
-    return _with_mac(auth_safe, passphrase, mac_hash, iterations)
+    return _with_mac(auth_safe, passphrase, "sha256" if aes else "sha1", iterations)
 
 
-def _legacy_encrypted(sections: Iterable[Any], password_bmp: bytes, iterations: int) -> list[Any]:
+def _encrypted(
+    sections: Iterable[Any], seal: Callable[[bytes], tuple[dict[str, Any], bytes]]
+) -> list[Any]:
     """The plain sections cryptography wrote, laid out as it encrypts them: the certificates in
-    an EncryptedData, each key in a pkcs8ShroudedKeyBag, all with pbeWithSHAAnd3-KeyTripleDES-CBC.
-    """
+    an EncryptedData, each key in a pkcs8ShroudedKeyBag, each sealed by ``seal`` (its
+    AlgorithmIdentifier and the ciphertext)."""
     bags = [
         bag for info in sections for bag in asn1_pkcs12.SafeContents.load(bytes(info["content"]))
     ]
@@ -151,7 +180,7 @@ def _legacy_encrypted(sections: Iterable[Any], password_bmp: bytes, iterations: 
         if bag["bag_id"].native != "key_bag":
             others.append(bag)
             continue
-        algorithm, ciphertext = _pbe_3des(bag["bag_value"].untag().dump(), password_bmp, iterations)
+        algorithm, ciphertext = seal(bag["bag_value"].untag().dump())
         info = asn1_keys.EncryptedPrivateKeyInfo(
             {"encryption_algorithm": algorithm, "encrypted_data": ciphertext}
         )
@@ -166,9 +195,7 @@ def _legacy_encrypted(sections: Iterable[Any], password_bmp: bytes, iterations: 
         )
     result: list[Any] = []
     if others:
-        algorithm, ciphertext = _pbe_3des(
-            asn1_pkcs12.SafeContents(others).dump(), password_bmp, iterations
-        )
+        algorithm, ciphertext = seal(asn1_pkcs12.SafeContents(others).dump())
         result.append(
             {
                 "content_type": "encrypted_data",
@@ -186,7 +213,34 @@ def _legacy_encrypted(sections: Iterable[Any], password_bmp: bytes, iterations: 
     return result
 
 
-def _pbe_3des(plain: bytes, password_bmp: bytes, iterations: int) -> tuple[dict[str, Any], bytes]:
+def _pbes2_aes256(
+    password_utf8: bytes, iterations: int, plain: bytes
+) -> tuple[dict[str, Any], bytes]:
+    """PBES2 (RFC 8018) with PBKDF2-HMAC-SHA256 and AES-256-CBC, as OpenSSL 3 writes it by
+    default: the AlgorithmIdentifier and the ciphertext."""
+    salt, iv = os.urandom(16), os.urandom(16)
+    key = PBKDF2HMAC(hashes.SHA256(), 32, salt, iterations).derive(password_utf8)
+    padder = padding.PKCS7(128).padder()
+    encryptor = Cipher(AES(key), modes.CBC(iv)).encryptor()
+    ciphertext = encryptor.update(padder.update(plain) + padder.finalize()) + encryptor.finalize()
+    algorithm = {
+        "algorithm": "pbes2",
+        "parameters": {
+            "key_derivation_func": {
+                "algorithm": "pbkdf2",
+                "parameters": {
+                    "salt": asn1_algos.Pbkdf2Salt(name="specified", value=salt),
+                    "iteration_count": iterations,
+                    "prf": {"algorithm": "sha256", "parameters": asn1_core.Null()},
+                },
+            },
+            "encryption_scheme": {"algorithm": "aes256_cbc", "parameters": iv},
+        },
+    }
+    return algorithm, ciphertext
+
+
+def _pbe_3des(password_bmp: bytes, iterations: int, plain: bytes) -> tuple[dict[str, Any], bytes]:
     """pbeWithSHAAnd3-KeyTripleDES-CBC (RFC 7292 appendix C): the AlgorithmIdentifier and the
     ciphertext; key and IV come from the native PKCS#12 KDF."""
     salt = os.urandom(8)  # as openssl and cryptography write it

@@ -1,14 +1,14 @@
 """iOS configuration profiles for a release: the format a release is asked for, and the profile
 built from the account's Key Vault settings (Exchange account, signing identity).
 
-Only release.release_keys calls this, inside its reading transaction: the keys it puts into a
+Only release.release_keys calls this, in its reading transaction: the keys it puts into a
 profile are the PKCS#12 files the release made, so the release stays the one way out. The signing
 key is a service key, used here and never released.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -140,33 +140,35 @@ def _signer(session: Session, ports: Ports, row: KeyVaultSettings) -> mobileconf
     return mobileconfig.Signer(keyring.open_signing_key(ports, sealed), certificate, chain)
 
 
-def assemble_profile(
+def profile_writer(
     session: Session,
     account: Account,
     options: ProfileOptions,
-    payloads: Sequence[tuple[Certificate, bytes, str]],
-) -> bytes:
-    """The .mobileconfig holding ``payloads`` (each certificate with its PKCS#12 file, encrypted
-    with mobileconfig.P12_ENCRYPTION, and that file's name), signed when ``options`` say so."""
-    identities = [
-        mobileconfig.Identity(
-            x509.load_der_x509_certificate(cert.der),
-            p12,
-            filename,
-            _display_name(cert),
-            _owner_email(session, cert),
-        )
-        for cert, p12, filename in payloads
+    certificates: Sequence[tuple[Certificate, str]],
+) -> Callable[[Sequence[bytes]], bytes]:
+    """What the .mobileconfig needs from the database, read now; the returned function builds
+    it from each certificate's PKCS#12 file (encrypted with mobileconfig.P12_ENCRYPTION, named as
+    in ``certificates``) and signs it when ``options`` say so. A release commits in between."""
+    named = [
+        (x509.load_der_x509_certificate(cert.der), filename, _display_name(cert))
+        for cert, filename in certificates
     ]
-    owners = sorted({i.email for i in identities if i.email})
-    plist = mobileconfig.build_profile(
-        account.uuid,
-        account.name,
-        "Certificates and keys" + (" of " + ", ".join(owners) if owners else ""),
-        identities,
-        options.exchange,
-    )
-    return mobileconfig.sign_profile(plist, options.signer) if options.signer else plist
+    emails = [_owner_email(session, cert) for cert, _ in certificates]
+    owners = sorted({email for email in emails if email})
+    description = "Certificates and keys" + (" of " + ", ".join(owners) if owners else "")
+    uuid, name = account.uuid, account.name  # the rows expire when the release commits
+
+    def build(p12s: Sequence[bytes]) -> bytes:
+        identities = [
+            mobileconfig.Identity(certificate, p12, filename, display, email)
+            for (certificate, filename, display), p12, email in zip(
+                named, p12s, emails, strict=True
+            )
+        ]
+        plist = mobileconfig.build_profile(uuid, name, description, identities, options.exchange)
+        return mobileconfig.sign_profile(plist, options.signer) if options.signer else plist
+
+    return build
 
 
 def _owner_email(session: Session, cert: Certificate) -> str | None:

@@ -1,25 +1,30 @@
 """The one way out: every decrypted escrowed key leaves certvault through :func:`release_keys`.
 
 In order, as every release path must: authorization per certificate, policy (Key Vault enabled,
-reason, passphrase), the caller's rate limits (``admit``: checked here, so that only an attempt
-that could release a key counts against them), the PKCS#12 files (the KDF), then in one
-transaction the quota's count, the audit event and the owner's notification. Nothing before the
-KDF takes a lock another release waits for, so concurrent releases do not wait on each other's
-KDF. On PostgreSQL a request runs all of it in its one transaction (Database.run_request): the
-keys' rows are read with a share lock (a destruction waits for the release to commit, so nothing
-is read again after the KDF), and the owner's notices, new rows nobody waits for, are written
-before the KDF. Elsewhere the write transaction after the KDF reads again whether the keys still
-exist and writes everything. The files are handed out only once the transaction has committed.
-Asked for as an iOS configuration profile, the batch is one profile holding those PKCS#12 files
-(services/vault/profiles.py).
+reason, passphrase), the caller's rate limits (``admit``: here, so that only an attempt that
+could release a key counts against them, and before any KDF, so that a refused attempt costs
+none), the keys opened and their PKCS#12 files started on writer threads, then in one
+transaction the quota's count, the audit event and the owner's notification. That transaction
+commits while the files' KDFs run (they let go of the GIL): the KDF is the one deliberate cost
+of a release, and neither the request's database work nor another release's wait for a lock sits
+behind it. A file is handed out only once the transaction has committed; a writer that fails
+after the commit leaves an audited release that delivered nothing, as a client that hangs up
+after the commit does, never a file without its audit event. On PostgreSQL a request runs all of
+it in its one transaction (Database.run_request), reading the keys' rows with a share lock (a
+destruction waits for the release to commit); elsewhere a short write transaction reads again
+whether the keys still exist. Asked for as an iOS configuration profile, the batch is one
+profile holding those PKCS#12 files (services/vault/profiles.py), built once they are written.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
+from contextvars import copy_context
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 
 from cryptography import x509
 from sqlalchemy import Select, bindparam, select
@@ -31,7 +36,7 @@ from certvault.crypto import keys as keylib
 from certvault.crypto.mobileconfig import P12_ENCRYPTION
 from certvault.crypto.names import subject_name
 from certvault.crypto.passphrase import check_passphrase, generate_passphrase
-from certvault.crypto.pkcs12.writer import EncryptionType, write_pkcs12
+from certvault.crypto.pkcs12.writer import EncryptionType, KeyAndCertificate, pkcs12_writer
 from certvault.db.models import Account, AccountKey, Certificate, EscrowedKey, Person
 from certvault.errors import CertvaultError, Forbidden, InvalidInput, NotFound
 from certvault.services.audit import log as audit
@@ -73,11 +78,17 @@ class ReasonRequired(InvalidInput):
 @dataclass(frozen=True)
 class Release:
     certificate_id: int
-    data: bytes
+    # Waits for the file: its KDF runs on a writer thread while the release commits.
+    written: Callable[[], bytes]
     encryption: EncryptionType
     filename: str
     # MOBILECONFIG: one profile holding every key of the batch; certificate_id is the first one.
     format: ReleaseFormat = ReleaseFormat.P12
+
+    @cached_property
+    def data(self) -> bytes:
+        """The file. Handed out only once the release's transaction has committed."""
+        return self.written()
 
 
 @dataclass(frozen=True)
@@ -140,17 +151,18 @@ def release_keys(
     caller before (the console and the recovery form hold it sealed on the server between
     showing it and the download), so no policy check applies, the batch does not hand it out
     again, and its KDF is the low generated count. Only server code that made the passphrase
-    may say so: a client's word never counts. ``admit`` is the caller's quota: checked once the
-    release is authorized and its policy checked, before any key is opened, so that a refused
-    attempt uses up nobody's quota; counted in the transaction that audits the release. Under a
-    generated passphrase in PostgreSQL's request transaction, whose KDF takes a millisecond,
-    it is counted right then instead of checked: the count's lock is held no longer than the
-    request, an attempt it refuses is rolled back, and one round trip is saved.
+    may say so: a client's word never counts. ``admit`` is the caller's quota, taken once the
+    release is authorized and its policy checked and before any key is opened, so that a
+    refused attempt uses up nobody's quota and costs no KDF. In PostgreSQL's request
+    transaction it is counted right then: that transaction commits while the files are
+    written, so the count's lock is held no longer than it, and an attempt refused later is
+    rolled back. Elsewhere it is checked then and counted in the transaction that audits the
+    release.
 
     ``session``: the request's transaction (Database.run_request) to run in. On PostgreSQL the
-    release reads, counts, audits and queues its notice there, and the caller hands the file
-    out once that transaction has committed; on SQLite it reads there and writes in a short
-    transaction of its own.
+    release reads, counts, audits and queues its notice there; on SQLite it reads there and
+    writes in a short transaction of its own. Either way the caller reads a release's ``data``
+    (waiting for its writer) only once that transaction has committed.
     """
     refusal = _Refusal(",".join(str(i) for i in certificate_ids)[:64])
     try:
@@ -208,6 +220,18 @@ class _Refusal:
             audit.after_transaction(session, record)
 
 
+# The KDFs of the files being written, one per core: the CPU they need, and no more at once.
+_WRITERS = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="certvault-kdf")
+
+
+def _in_background(write: Callable[[], bytes]) -> Future[bytes]:
+    def measured() -> bytes:
+        with timing.measure("kdf"):  # Server-Timing, when switched on
+            return write()
+
+    return _WRITERS.submit(copy_context().run, measured)
+
+
 def read_in(ports: Ports, session: Session | None) -> AbstractContextManager[Session]:
     """The request's transaction when there is one, otherwise a read transaction of its own."""
     return ports.db.read() if session is None else nullcontext(session)
@@ -239,10 +263,9 @@ def _prepare(
     admit: Quota | None,
     format: str | ReleaseFormat | None,
 ) -> tuple[Account, _Plan, list[Release]]:
-    """Authorize, check policy and the quota, then write the files (the KDF). Nothing here
-    takes a lock another release waits for; in PostgreSQL's request transaction the owner's
-    notices are queued here (and a generated passphrase's quota counted), elsewhere nothing is
-    written."""
+    """Authorize, check policy and the quota, open the keys and start writing their files (the
+    KDF) on writer threads. The only write here is the quota's count in PostgreSQL's request
+    transaction."""
     account = get_account(session, account_slug)
     refusal.account_id = account.id
     actor.require_visible(account.id, None, "Account")
@@ -264,19 +287,17 @@ def _prepare(
         options = profiles.profile_options(session, ports, account)
         plan.encryption = P12_ENCRYPTION
     if admit is not None:
-        if plan.generated is not None and ports.db.writes_in(session):
+        if ports.db.writes_in(session):
+            # This transaction commits while the files are written: the count's lock is held no
+            # longer than it, and an attempt the count refuses costs no KDF.
             admit.count(session)
-            plan.counted = True
         else:
-            admit.check(session)
-    if ports.db.writes_in(session):
-        # The owner's notices are new rows no other release waits for: written before the KDF,
-        # they spare the round trip after it, when the database has sat idle through the KDF
-        # and answers slowest. A refusal after the KDF rolls them back with the rest.
-        _queue_notices(session, account, actor, plan)
+            admit.check(session)  # counted in the write transaction, which may still refuse
+    names = [(item.certificate, f"{item.certificate.id}.p12") for item in plan.items]
+    build = None if options is None else profiles.profile_writer(session, account, options, names)
     # A profile's PKCS#12 files follow the same rule: the profile is as protected as they are.
     rounds = kdf_rounds(ports.settings, plan.generated is not None)
-    releases = []
+    files = []
     for item in plan.items:
         cert = item.certificate
         # Validated on the way in and authenticated by AES-GCM: no re-validation here.
@@ -284,20 +305,21 @@ def _prepare(
             keyring.open_private_key(session, ports, account, item.key, item.account_key),
             validate=False,
         )
-        certificate = x509.load_der_x509_certificate(cert.der)
-        with timing.measure("kdf"):  # Server-Timing, when switched on
-            data = write_pkcs12(
-                key,
-                certificate,
-                item.chain,
-                plan.passphrase,
-                plan.encryption,
-                rounds,
-                cert.friendly_name or next(iter(cert.emails.split()), None),
-            )
-        releases.append(Release(cert.id, data, plan.encryption, f"{cert.id}.p12"))
-    if options is not None:
-        releases = [_profile(session, account, options, plan, releases)]
+        name = cert.friendly_name or next(iter(cert.emails.split()), None)
+        entry = KeyAndCertificate(key, x509.load_der_x509_certificate(cert.der), name)
+        # Refused here if at all; the KDF runs on a writer thread while the release commits.
+        write = pkcs12_writer([entry], item.chain, plan.passphrase, plan.encryption, rounds)
+        files.append(_in_background(write))
+    if build is None:
+        releases = [
+            Release(cert.id, file.result, plan.encryption, filename)
+            for (cert, filename), file in zip(names, files, strict=True)
+        ]
+    else:
+        first = plan.items[0].certificate.id
+        profile = partial(_profile, build, files)
+        filename = f"{first}{plan.format.extension}"
+        releases = [Release(first, profile, plan.encryption, filename, plan.format)]
     return account, plan, releases
 
 
@@ -321,24 +343,11 @@ class _Plan:
     # The keys' rows are locked in the transaction that commits (PostgreSQL's request
     # transaction): none can be destroyed before the release commits.
     keys_locked: bool = False
-    counted: bool = False  # the quota was counted before the KDF (``release_keys``)
 
 
-def _profile(
-    session: Session,
-    account: Account,
-    options: profiles.ProfileOptions,
-    plan: _Plan,
-    releases: list[Release],
-) -> Release:
-    """The one release of a profile batch: every PKCS#12 of ``releases`` in one profile."""
-    payloads = [
-        (item.certificate, r.data, r.filename) for item, r in zip(plan.items, releases, strict=True)
-    ]
-    data = profiles.assemble_profile(session, account, options, payloads)
-    first = releases[0].certificate_id
-    name = f"{first}{plan.format.extension}"
-    return Release(first, data, plan.encryption, name, plan.format)
+def _profile(build: Callable[[Sequence[bytes]], bytes], files: list[Future[bytes]]) -> bytes:
+    """The one file of a profile batch: every PKCS#12 file of the batch in one profile."""
+    return build([file.result() for file in files])
 
 
 def _released(*, locking: bool) -> Select[Certificate, EscrowedKey, Person, AccountKey]:
@@ -465,11 +474,11 @@ def _commit(
         live = set(session.scalars(_LIVE, {"key_ids": list(key_ids)}))
         if live != key_ids:  # destroyed since it was read (key rows are never deleted)
             raise keyring.AccountKeyDestroyed("This escrowed key was destroyed.")
-    if not ports.db.writes_in(session):  # in the request's transaction: queued before the KDF
-        _queue_notices(session, account, actor, plan)
+    _queue_notices(session, account, actor, plan)
     # Concurrent releases wait for the quota's counter rows and the account's audit chain: both
-    # are locked last, until commit. The count may refuse; it comes before the first event.
-    if admit is not None and not plan.counted:
+    # are locked last, until commit. The count may refuse; it comes before the first event. In
+    # the request's transaction the quota was counted before the files were written.
+    if admit is not None and not ports.db.writes_in(session):
         admit.count(session)
     for item in plan.items:
         cert = item.certificate
