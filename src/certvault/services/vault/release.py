@@ -477,7 +477,8 @@ def _commit(
     _queue_notices(session, account, actor, plan)
     # Concurrent releases wait for the quota's counter rows and the account's audit chain: both
     # are locked last, until commit. The count may refuse; it comes before the first event. In
-    # the request's transaction the quota was counted before the files were written.
+    # the request's transaction the quota was counted before the files were started, a few
+    # milliseconds before this commits.
     if admit is not None and not ports.db.writes_in(session):
         admit.count(session)
     for item in plan.items:
