@@ -19,6 +19,7 @@ profile holding those PKCS#12 files (services/vault/profiles.py), built once the
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -222,14 +223,25 @@ class _Refusal:
 
 # The KDFs of the files being written, one per core: the CPU they need, and no more at once.
 _WRITERS = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="certvault-kdf")
+# How long a release lets its writer take the GIL before going on with its transaction. A writer
+# needs the GIL only to reach its KDF; a writer waiting for a free thread is not waited for.
+_HANDOFF_SECONDS = 0.002
 
 
 def _in_background(write: Callable[[], bytes]) -> Future[bytes]:
+    """``write`` on a writer thread, which starts before this thread goes on: a thread that
+    keeps the GIL to itself would otherwise hold the KDF back until it next waits for the
+    database, and the KDF is what the caller waits for."""
+    started = threading.Event()
+
     def measured() -> bytes:
+        started.set()
         with timing.measure("kdf"):  # Server-Timing, when switched on
             return write()
 
-    return _WRITERS.submit(copy_context().run, measured)
+    file = _WRITERS.submit(copy_context().run, measured)
+    started.wait(_HANDOFF_SECONDS)
+    return file
 
 
 def read_in(ports: Ports, session: Session | None) -> AbstractContextManager[Session]:
