@@ -62,7 +62,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
         ],
     ),
     "release.py": (
-        ["--rounds", "2048", "--repeat", "1", "--fit-rounds", "1000,2048", "--backends", "sqlite"],
+        ["--rounds", "2048", "--repeat", "1", "--backends", "sqlite"],
         ["sqlite generated/own passphrase", "sqlite outside the KDF/release"],
     ),
     "enroll.py": (
