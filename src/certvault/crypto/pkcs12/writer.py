@@ -216,8 +216,8 @@ def _encrypted(
 def _pbes2_aes256(
     password_utf8: bytes, iterations: int, plain: bytes
 ) -> tuple[dict[str, Any], bytes]:
-    """PBES2 (RFC 8018) with PBKDF2-HMAC-SHA256 and AES-256-CBC, as OpenSSL 3 writes it by
-    default: the AlgorithmIdentifier and the ciphertext."""
+    """PBES2 (RFC 8018) with PBKDF2-HMAC-SHA256 and AES-256-CBC, the scheme OpenSSL 3 writes by
+    default, laid out as cryptography writes it: the AlgorithmIdentifier and the ciphertext."""
     salt, iv = os.urandom(16), os.urandom(16)
     key = PBKDF2HMAC(hashes.SHA256(), 32, salt, iterations).derive(password_utf8)
     padder = padding.PKCS7(128).padder()

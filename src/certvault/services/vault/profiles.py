@@ -156,7 +156,7 @@ def profile_writer(
     emails = [_owner_email(session, cert) for cert, _ in certificates]
     owners = sorted({email for email in emails if email})
     description = "Certificates and keys" + (" of " + ", ".join(owners) if owners else "")
-    uuid, name = account.uuid, account.name  # the rows expire when the release commits
+    uuid, name = account.uuid, account.name  # build runs once the release's session is gone
 
     def build(p12s: Sequence[bytes]) -> bytes:
         identities = [

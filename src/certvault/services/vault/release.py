@@ -223,8 +223,9 @@ class _Refusal:
 
 # The KDFs of the files being written, one per core: the CPU they need, and no more at once.
 _WRITERS = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="certvault-kdf")
-# How long a release lets its writer take the GIL before going on with its transaction. A writer
-# needs the GIL only to reach its KDF; a writer waiting for a free thread is not waited for.
+# How long a release waits for its writer to take the GIL before going on with its transaction. A
+# writer needs the GIL only to reach its KDF; one still waiting for a free thread (all busy with
+# other releases' KDFs) is waited for no longer than this.
 _HANDOFF_SECONDS = 0.002
 
 
