@@ -487,7 +487,14 @@ def _commit(
         live = set(session.scalars(_LIVE, {"key_ids": list(key_ids)}))
         if live != key_ids:  # destroyed since it was read (key rows are never deleted)
             raise keyring.AccountKeyDestroyed("This escrowed key was destroyed.")
-    _queue_notices(session, account, actor, plan)
+    mail = []
+    for item in plan.items:
+        notice = _release_notice(account, item.certificate, actor, plan.reason, plan.format)
+        mail += [(address, "Your private key was recovered", notice) for address in item.recipients]
+        if actor.is_operator:
+            notify.queue_for_admins(session, account, "An operator released a private key", notice)
+    notify.queue_mails(session, account, mail)
+    session.flush()
     # Concurrent releases wait for the quota's counter rows and the account's audit chain: both
     # are locked last, until commit. The count may refuse; it comes before the first event. In
     # the request's transaction the quota was counted before the files were started, a few
@@ -514,19 +521,6 @@ def _commit(
                 "channel": channel,
             },
         )
-
-
-def _queue_notices(session: Session, account: Account, actor: Actor, plan: _Plan) -> None:
-    """The owner's notice of each released key (and the administrators', for an operator's
-    release), queued in the transaction that audits the release."""
-    mail = []
-    for item in plan.items:
-        notice = _release_notice(account, item.certificate, actor, plan.reason, plan.format)
-        mail += [(address, "Your private key was recovered", notice) for address in item.recipients]
-        if actor.is_operator:
-            notify.queue_for_admins(session, account, "An operator released a private key", notice)
-    notify.queue_mails(session, account, mail)
-    session.flush()
 
 
 def _release_notice(
