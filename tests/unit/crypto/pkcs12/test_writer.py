@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 from asn1crypto import pkcs12 as asn1_pkcs12
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
 
+from certvault.crypto.pkcs12 import pfx_der
 from certvault.crypto.pkcs12.reader import read_pkcs12
 from certvault.crypto.pkcs12.writer import EncryptionType, write_pkcs12
 from certvault.errors import InvalidInput, KeyMismatch, UnsupportedEncryption
@@ -24,7 +26,6 @@ def der(cert) -> bytes:
 # --- writing ------------------------------------------------------------------------------------
 
 
-# 2,048 rounds of AES: cryptography writes the whole file; otherwise the bags are encrypted here.
 @pytest.mark.parametrize("rounds", [2048, 3000])
 @pytest.mark.parametrize("encryption", list(EncryptionType))
 @pytest.mark.parametrize("key_name", KEY_TYPES)
@@ -39,6 +40,17 @@ def test_round_trip(vectors, key_name, encryption, rounds):
     assert der(entry.certificate) == der(cert)
     assert entry.friendly_name == f"name {key_name}"
     assert [der(c) for c in contents.extra_certificates] == [der(ca)]
+
+
+@pytest.mark.parametrize("rounds", [3, 2048])
+def test_our_aes_files_take_the_readers_fast_path(vectors, rounds):
+    key, cert = vectors.key("p256"), vectors.cert("p256")
+    blob = write_pkcs12(key, cert, [cert], "pw-1234", EncryptionType.AES256_SHA256, rounds, "n")
+    read = pfx_der.pfx(blob)
+    assert read is not None
+    _, mac, sections = read
+    assert mac is not None and mac.iterations == rounds
+    assert len(sections) == 2
 
 
 def test_round_trip_without_chain_or_name(vectors):
@@ -106,6 +118,34 @@ def test_openssl_extracts_the_same_key(vectors, tmp_path, key_name, encryption):
     block = pem[pem.index("-----BEGIN PRIVATE KEY-----") :]
     extracted = serialization.load_pem_private_key(block.encode(), None)
     assert vectors.pkcs8(extracted) == vectors.pkcs8(key)
+
+
+@pytest.mark.parametrize("name", ["alice", "Ærøskøbing 😀 " + "x" * 80, None])
+@pytest.mark.parametrize("key_name", ["rsa2048", "p384", "ed25519"])
+def test_openssl_reads_our_file_as_it_reads_cryptographys(vectors, tmp_path, key_name, name):
+    """The DER is built here, not by cryptography's encrypting writer: OpenSSL sees the same
+    sections, bags, attributes (friendly name, local key id) and algorithms in both files."""
+    key, cert, chain = vectors.key(key_name), vectors.cert(key_name), [vectors.cert("ca")]
+    passphrase = "pässwörd-Ω-12345"
+    ours = write_pkcs12(key, cert, chain, passphrase, EncryptionType.AES256_SHA256, 2048, name)
+    protection = (
+        serialization.PrivateFormat.PKCS12.encryption_builder()
+        .kdf_rounds(2048)
+        .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
+        .hmac_hash(hashes.SHA256())
+        .build(passphrase.encode())
+    )
+    theirs = pkcs12.serialize_key_and_certificates(
+        name.encode() if name else None, key, cert, chain, protection
+    )
+
+    described = [_openssl(tmp_path, blob, passphrase, "-info", "-nodes") for blob in (ours, theirs)]
+
+    # The one difference: a MAC salt of 16 bytes, cryptography's is 8.
+    assert "MAC length: 32, salt length: 16" in described[0]
+    assert described[0].replace("salt length: 16", "salt length: 8") == described[1]
+    assert "Shrouded Keybag: PBES2, PBKDF2, AES-256-CBC, Iteration 2048" in described[0]
+    assert ("friendlyName" in described[0]) is (name is not None)
 
 
 def test_openssl_refuses_a_wrong_passphrase_for_our_mac(vectors, tmp_path):
