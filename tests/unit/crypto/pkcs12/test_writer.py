@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 from asn1crypto import pkcs12 as asn1_pkcs12
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.hazmat.primitives import serialization
 
 from certvault.crypto.pkcs12 import pfx_der
 from certvault.crypto.pkcs12.reader import read_pkcs12
 from certvault.crypto.pkcs12.writer import EncryptionType, write_pkcs12
 from certvault.errors import InvalidInput, KeyMismatch, UnsupportedEncryption
+from tests.factories import make_p12
 
 KEY_TYPES = ["rsa2048", "rsa4096", "p256", "p384", "p521", "ed25519"]
 
@@ -128,16 +128,7 @@ def test_openssl_reads_our_file_as_it_reads_cryptographys(vectors, tmp_path, key
     key, cert, chain = vectors.key(key_name), vectors.cert(key_name), [vectors.cert("ca")]
     passphrase = "pässwörd-Ω-12345"
     ours = write_pkcs12(key, cert, chain, passphrase, EncryptionType.AES256_SHA256, 2048, name)
-    protection = (
-        serialization.PrivateFormat.PKCS12.encryption_builder()
-        .kdf_rounds(2048)
-        .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
-        .hmac_hash(hashes.SHA256())
-        .build(passphrase.encode())
-    )
-    theirs = pkcs12.serialize_key_and_certificates(
-        name.encode() if name else None, key, cert, chain, protection
-    )
+    theirs = make_p12(key, cert, passphrase, chain, name.encode() if name else None)
 
     described = [_openssl(tmp_path, blob, passphrase, "-info", "-nodes") for blob in (ours, theirs)]
 
